@@ -1,0 +1,396 @@
+//! One collection: discover the targets, read every enabled probe in every target (in
+//! parallel over targets), and return a [`Snapshot`] that the telemetry callbacks read.
+//!
+//! Concurrent requests (scrapes, the OTLP push) coalesce: a request that arrives while a
+//! collection runs waits for that one instead of starting another.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use opentelemetry::{KeyValue, StringValue, Value};
+
+use crate::config::{Config, ProbeOptions};
+use crate::inventory::{Inventory, Target};
+use crate::probes::{self, Probe, Scope};
+use crate::sources::TargetSources;
+use crate::sources::netns::NetnsSession;
+
+/// Name under which namespace discovery and entering report, beside the probes.
+pub const NETNS_COLLECTOR: &str = "netns";
+
+/// A series ready to be observed: its full attribute set and its values.
+#[derive(Debug, Clone)]
+pub struct ObservedSeries {
+    pub attrs: Vec<KeyValue>,
+    pub values: Vec<Option<u64>>,
+}
+
+/// How one collector (a probe, or namespace discovery) did in one collection.
+#[derive(Debug, Clone)]
+pub struct CollectorStatus {
+    pub name: &'static str,
+    pub success: bool,
+    /// Time spent in this collector, summed over targets.
+    pub duration: Duration,
+    /// Failures since the agent started (a failure = one target where it failed).
+    pub errors_total: u64,
+}
+
+/// The result of one collection.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Series by probe, indexed like [`probes::PROBES`]; disabled probes have none.
+    pub series: Vec<Vec<ObservedSeries>>,
+    pub collectors: Vec<CollectorStatus>,
+    /// Attributes every node-level self-metric carries (`k8s_node`).
+    pub node_attrs: Vec<KeyValue>,
+    pub targets: u64,
+    pub started: Option<Instant>,
+}
+
+/// Reads what a probe saw in one target.
+struct TargetResult {
+    target: Target,
+    session: Option<NetnsSession>,
+    session_error: Option<String>,
+    /// Per enabled probe (same order as `Collector::probes`): `None` when not applicable.
+    results: Vec<Option<(anyhow::Result<Vec<probes::Series>>, Duration)>>,
+}
+
+type SharedCollection = Shared<BoxFuture<'static, Arc<Snapshot>>>;
+
+pub struct Collector {
+    inventory: Box<dyn Inventory>,
+    /// Enabled probes with their index in `PROBES`.
+    probes: Vec<(usize, &'static dyn Probe)>,
+    options: ProbeOptions,
+    procfs: PathBuf,
+    node_name: String,
+    workers: usize,
+    sessions: Mutex<HashMap<u64, NetnsSession>>,
+    state: Mutex<State>,
+    inflight: Mutex<Option<SharedCollection>>,
+}
+
+#[derive(Default)]
+struct State {
+    errors_total: HashMap<&'static str, u64>,
+    /// Last error logged per collector, so that a persisting problem is logged once.
+    last_error: HashMap<&'static str, String>,
+}
+
+impl Collector {
+    pub fn new(cfg: &Config, inventory: Box<dyn Inventory>) -> Self {
+        let probes = probes::PROBES
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| cfg.probes.contains(&p.name()))
+            .map(|(i, p)| (i, *p))
+            .collect();
+        Self {
+            inventory,
+            probes,
+            options: cfg.probe_options.clone(),
+            procfs: cfg.procfs.clone(),
+            node_name: cfg.node_name.clone(),
+            workers: cfg.workers,
+            sessions: Mutex::new(HashMap::new()),
+            state: Mutex::new(State::default()),
+            inflight: Mutex::new(None),
+        }
+    }
+
+    /// The enabled probes, with their index in [`probes::PROBES`].
+    pub fn probes(&self) -> &[(usize, &'static dyn Probe)] {
+        &self.probes
+    }
+
+    /// A fresh snapshot: joins the collection in flight, or starts one.
+    pub async fn collect(self: &Arc<Self>) -> Arc<Snapshot> {
+        let fut = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            match inflight.as_ref() {
+                Some(f) if f.peek().is_none() => f.clone(),
+                _ => {
+                    let me = Arc::clone(self);
+                    let f = async move {
+                        let me2 = Arc::clone(&me);
+                        match tokio::task::spawn_blocking(move || me2.collect_blocking()).await {
+                            Ok(s) => Arc::new(s),
+                            Err(e) => {
+                                tracing::error!(error = %e, "collection panicked");
+                                Arc::new(me.failed_snapshot())
+                            }
+                        }
+                    }
+                    .boxed()
+                    .shared();
+                    *inflight = Some(f.clone());
+                    f
+                }
+            }
+        };
+        fut.await
+    }
+
+    /// Runs one collection on the calling thread (and `workers` scoped threads).
+    pub fn collect_blocking(&self) -> Snapshot {
+        let started = Instant::now();
+        let discover_start = Instant::now();
+        let (targets, discovery_error) = match self.inventory.discover() {
+            Ok(t) => (t, None),
+            Err(e) => (
+                vec![Target {
+                    inode: 0,
+                    ns_path: None,
+                    labels: vec![("k8s_node", self.node_name.clone())],
+                }],
+                Some(format!(
+                    "namespace discovery failed, reading the node only: {e:#}"
+                )),
+            ),
+        };
+        let discover_time = discover_start.elapsed();
+
+        // Sessions of namespaces that are gone are closed now, which also releases the
+        // namespace itself (an open session pins it).
+        let mut sessions =
+            std::mem::take(&mut *self.sessions.lock().unwrap_or_else(|e| e.into_inner()));
+        let live: HashSet<u64> = targets.iter().map(|t| t.inode).collect();
+        sessions.retain(|ino, _| live.contains(ino));
+
+        let work: Vec<Mutex<Option<(Target, Option<NetnsSession>)>>> = targets
+            .into_iter()
+            .map(|t| {
+                let s = sessions.remove(&t.inode);
+                Mutex::new(Some((t, s)))
+            })
+            .collect();
+        let next = AtomicUsize::new(0);
+        let results: Mutex<Vec<(usize, TargetResult)>> = Mutex::new(Vec::with_capacity(work.len()));
+        let workers = self.workers.clamp(1, work.len().max(1));
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(slot) = work.get(i) else { break };
+                        let Some((target, session)) =
+                            slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+                        else {
+                            continue;
+                        };
+                        let r = self.read_target(target, session);
+                        results
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((i, r));
+                    }
+                });
+            }
+        });
+        let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+        results.sort_by_key(|(i, _)| *i);
+
+        let snapshot = self.assemble(
+            results.into_iter().map(|(_, r)| r),
+            discovery_error,
+            discover_time,
+        );
+        Snapshot {
+            started: Some(started),
+            ..snapshot
+        }
+    }
+
+    fn read_target(&self, target: Target, session: Option<NetnsSession>) -> TargetResult {
+        let mut result = TargetResult {
+            results: Vec::with_capacity(self.probes.len()),
+            session: None,
+            session_error: None,
+            target,
+        };
+        let session = match session {
+            Some(s) => Ok(s),
+            None => match &result.target.ns_path {
+                None => Ok(NetnsSession::open_own(&self.procfs)),
+                Some(path) => NetnsSession::open_in(path, &self.procfs),
+            },
+        };
+        let mut session = match session {
+            Ok(s) => s,
+            Err(e) => {
+                let vanished = e
+                    .root_cause()
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound);
+                if vanished {
+                    // It went away between discovery and now: not a failure, and it has no
+                    // series in this collection.
+                    tracing::debug!(target_labels = ?result.target.labels, "namespace vanished");
+                } else {
+                    result.session_error = Some(format!("{e:#}"));
+                }
+                return result;
+            }
+        };
+        {
+            let is_node = result.target.is_node();
+            let mut src = TargetSources::new(&mut session, &self.procfs, is_node);
+            for (_, probe) in &self.probes {
+                if probe.scope() == Scope::Node && !is_node {
+                    result.results.push(None);
+                    continue;
+                }
+                let t = Instant::now();
+                let r = probe.collect(&mut src, &self.options);
+                result.results.push(Some((r, t.elapsed())));
+            }
+        }
+        result.session = Some(session);
+        result
+    }
+
+    fn assemble(
+        &self,
+        results: impl Iterator<Item = TargetResult>,
+        discovery_error: Option<String>,
+        discover_time: Duration,
+    ) -> Snapshot {
+        let mut series: Vec<Vec<ObservedSeries>> = vec![Vec::new(); probes::PROBES.len()];
+        let mut durations = vec![Duration::ZERO; self.probes.len()];
+        let mut failures: Vec<Vec<String>> = vec![Vec::new(); self.probes.len()];
+        let mut netns_failures: Vec<String> = discovery_error.into_iter().collect();
+        let mut sessions = HashMap::new();
+        let mut targets = 0;
+        let node_attrs = vec![KeyValue::new("k8s_node", self.node_name.clone())];
+
+        for r in results {
+            targets += 1;
+            let who = r
+                .target
+                .labels
+                .iter()
+                .find(|(k, _)| *k == "netns")
+                .map_or_else(|| "node".to_string(), |(_, v)| v.clone());
+            if let Some(e) = r.session_error {
+                netns_failures.push(format!("{who}: {e}"));
+            }
+            // Shared label values: one allocation per target, not per series.
+            let base: Vec<KeyValue> = r
+                .target
+                .labels
+                .iter()
+                .map(|(k, v)| {
+                    KeyValue::new(
+                        *k,
+                        Value::String(StringValue::from(Arc::<str>::from(v.as_str()))),
+                    )
+                })
+                .collect();
+            for (j, res) in r.results.into_iter().enumerate() {
+                let Some((res, took)) = res else { continue };
+                durations[j] += took;
+                let (global, probe) = self.probes[j];
+                match res {
+                    Ok(list) => {
+                        let attrs_base = if probe.scope() == Scope::Node {
+                            &node_attrs
+                        } else {
+                            &base
+                        };
+                        series[global].extend(list.into_iter().map(|s| {
+                            let mut attrs = attrs_base.clone();
+                            if let Some((k, v)) = s.label {
+                                attrs.push(KeyValue::new(k, v));
+                            }
+                            ObservedSeries {
+                                attrs,
+                                values: s.values,
+                            }
+                        }));
+                    }
+                    Err(e) => failures[j].push(format!("{who}: {e:#}")),
+                }
+            }
+            if let Some(s) = r.session {
+                sessions.insert(r.target.inode, s);
+            }
+        }
+        *self.sessions.lock().unwrap_or_else(|e| e.into_inner()) = sessions;
+
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut collectors = Vec::with_capacity(self.probes.len() + 1);
+        collectors.push(state.record(NETNS_COLLECTOR, discover_time, &netns_failures));
+        for (j, (_, probe)) in self.probes.iter().enumerate() {
+            collectors.push(state.record(probe.name(), durations[j], &failures[j]));
+        }
+        Snapshot {
+            series,
+            collectors,
+            node_attrs,
+            targets,
+            started: None,
+        }
+    }
+
+    fn failed_snapshot(&self) -> Snapshot {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let failed = ["collection panicked".to_string()];
+        let mut collectors = vec![state.record(NETNS_COLLECTOR, Duration::ZERO, &failed)];
+        for (_, p) in &self.probes {
+            collectors.push(state.record(p.name(), Duration::ZERO, &failed));
+        }
+        Snapshot {
+            series: vec![Vec::new(); probes::PROBES.len()],
+            collectors,
+            node_attrs: vec![KeyValue::new("k8s_node", self.node_name.clone())],
+            targets: 0,
+            started: None,
+        }
+    }
+}
+
+impl State {
+    /// Counts failures, logs a problem when it first appears or changes and when it clears.
+    fn record(
+        &mut self,
+        name: &'static str,
+        duration: Duration,
+        failures: &[String],
+    ) -> CollectorStatus {
+        let total = self.errors_total.entry(name).or_insert(0);
+        *total += failures.len() as u64;
+        let errors_total = *total;
+        match failures.first() {
+            Some(first) => {
+                let changed = self.last_error.get(name) != Some(first);
+                if changed {
+                    tracing::warn!(
+                        collector = name,
+                        failures = failures.len(),
+                        error = %first,
+                        "collector failed; its series are left out until it recovers"
+                    );
+                    self.last_error.insert(name, first.clone());
+                }
+            }
+            None => {
+                if self.last_error.remove(name).is_some() {
+                    tracing::info!(collector = name, "collector recovered");
+                }
+            }
+        }
+        CollectorStatus {
+            name,
+            success: failures.is_empty(),
+            duration,
+            errors_total,
+        }
+    }
+}

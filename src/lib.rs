@@ -1,0 +1,15 @@
+//! net-exporter: network telemetry for a Kubernetes node and every Pod on it.
+//!
+//! The data flow reads top to bottom in the module list:
+//! `inventory` finds the network namespaces (targets), `sources` reads the kernel for one
+//! target, `probes` turn what was read into series, `collector` runs one collection over all
+//! targets, `telemetry` records it into OpenTelemetry and exports it (Prometheus pull, OTLP push),
+//! `http` serves it.
+
+pub mod collector;
+pub mod config;
+pub mod http;
+pub mod inventory;
+pub mod probes;
+pub mod sources;
+pub mod telemetry;

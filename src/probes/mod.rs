@@ -1,0 +1,115 @@
+//! Probes: each one reads one part of the kernel's network state for one target and turns it
+//! into series. A probe is one file and one line in [`PROBES`]; its metrics are declared next to
+//! the code that produces them, in the order of the values it returns.
+
+pub mod arp;
+pub mod conntrack;
+pub mod format;
+pub mod netdev;
+pub mod qdisc;
+pub mod sock;
+pub mod sockbacklog;
+pub mod softnet;
+pub mod tcp;
+pub mod tcpext;
+pub mod tcpsummary;
+
+use crate::config::ProbeOptions;
+use crate::sources::TargetSources;
+
+/// Every probe, in the order their metrics are listed. One line per probe.
+pub static PROBES: &[&dyn Probe] = &[
+    &conntrack::Conntrack,
+    &qdisc::Qdisc,
+    &netdev::Netdev,
+    &tcp::Tcp,
+    &tcpext::TcpExt,
+    &sock::Sock,
+    &softnet::Softnet,
+    &tcpsummary::TcpSummary,
+    &arp::Arp,
+    &sockbacklog::SockBacklog,
+];
+
+/// Looks a probe up by its name.
+pub fn by_name(name: &str) -> Option<&'static dyn Probe> {
+    PROBES.iter().copied().find(|p| p.name() == name)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// `Node`: one series per node, read in the node's (the agent's) namespace.
+/// `Pod`: one series per network namespace, the node's own included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Node,
+    Pod,
+}
+
+#[derive(Debug)]
+pub struct MetricDef {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+/// Declares a probe's metric list: `metrics![counter "name" "help", gauge "name" "help"]`.
+#[macro_export]
+macro_rules! metrics {
+    ($($kind:ident $name:literal $help:literal),* $(,)?) => {
+        &[$($crate::probes::MetricDef {
+            name: $name,
+            kind: $crate::metrics!(@kind $kind),
+            help: $help,
+        }),*]
+    };
+    (@kind counter) => { $crate::probes::Kind::Counter };
+    (@kind gauge) => { $crate::probes::Kind::Gauge };
+}
+
+/// One set of values from a probe for one target: `values[i]` belongs to `metrics()[i]`.
+/// `None` means the running kernel does not have that counter (the series is left out, never
+/// reported as a made-up zero). `label` is the extra label of multi-series probes (`if_name`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Series {
+    pub label: Option<(&'static str, String)>,
+    pub values: Vec<Option<u64>>,
+}
+
+impl Series {
+    pub fn new(values: Vec<Option<u64>>) -> Self {
+        Self {
+            label: None,
+            values,
+        }
+    }
+}
+
+pub trait Probe: Sync + Send {
+    fn name(&self) -> &'static str;
+    fn scope(&self) -> Scope;
+    fn metrics(&self) -> &'static [MetricDef];
+    /// Reads this probe's sources for one target. Errors carry the source that failed.
+    fn collect(&self, src: &mut TargetSources, opts: &ProbeOptions) -> anyhow::Result<Vec<Series>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique() {
+        let mut names: Vec<&str> = PROBES
+            .iter()
+            .flat_map(|p| p.metrics().iter().map(|m| m.name))
+            .collect();
+        let n = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(n, names.len());
+    }
+}

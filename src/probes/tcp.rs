@@ -1,0 +1,59 @@
+//! `tcp`: the Tcp section of the namespace's /proc/net/snmp.
+
+use anyhow::{Context, Result};
+
+use super::{MetricDef, Probe, Scope, Series, format};
+use crate::config::ProbeOptions;
+use crate::metrics;
+use crate::sources::TargetSources;
+use crate::sources::netns::NetFile;
+
+pub struct Tcp;
+
+/// Kernel field names, in the order of `METRICS`.
+const FIELDS: &[&str] = &[
+    "CurrEstab",
+    "AttemptFails",
+    "EstabResets",
+    "InErrs",
+    "InSegs",
+    "OutRsts",
+    "OutSegs",
+    "ActiveOpens",
+    "PassiveOpens",
+    "RetransSegs",
+];
+
+const METRICS: &[MetricDef] = metrics![
+    gauge "netexporter_tcp_currestab" "TCP connections in ESTABLISHED or CLOSE_WAIT now (Tcp: CurrEstab).",
+    counter "netexporter_tcp_attemptfails" "TCP connection attempts that failed (Tcp: AttemptFails).",
+    counter "netexporter_tcp_estabresets" "Established TCP connections reset (Tcp: EstabResets).",
+    counter "netexporter_tcp_inerrs" "TCP segments received in error (Tcp: InErrs).",
+    counter "netexporter_tcp_insegs" "TCP segments received (Tcp: InSegs).",
+    counter "netexporter_tcp_outrsts" "TCP RST segments sent (Tcp: OutRsts).",
+    counter "netexporter_tcp_outsegs" "TCP segments sent (Tcp: OutSegs).",
+    counter "netexporter_tcp_activeopens" "SYNs sent to open TCP connections (Tcp: ActiveOpens).",
+    counter "netexporter_tcp_passiveopens" "TCP connections accepted from a completed handshake (Tcp: PassiveOpens).",
+    counter "netexporter_tcp_retransseg" "TCP segments retransmitted (Tcp: RetransSegs).",
+];
+
+pub fn parse(snmp: &[u8]) -> Result<Vec<Series>> {
+    Ok(vec![Series::new(format::snmp_section(
+        snmp, "Tcp", FIELDS,
+    )?)])
+}
+
+impl Probe for Tcp {
+    fn name(&self) -> &'static str {
+        "tcp"
+    }
+    fn scope(&self) -> Scope {
+        Scope::Pod
+    }
+    fn metrics(&self) -> &'static [MetricDef] {
+        METRICS
+    }
+    fn collect(&self, src: &mut TargetSources, _: &ProbeOptions) -> Result<Vec<Series>> {
+        parse(&src.net_file(NetFile::Snmp)?).context("/proc/net/snmp")
+    }
+}

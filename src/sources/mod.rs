@@ -1,0 +1,110 @@
+//! What probes read: the kernel sources of one target, each read at most once per collection
+//! however many probes use it.
+
+pub mod netlink;
+pub mod netns;
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use anyhow::{Context, Result, anyhow};
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::link::LinkMessage;
+use netlink_packet_route::neighbour::NeighbourMessage;
+use netlink_packet_route::tc::TcMessage;
+use netlink_packet_sock_diag::SockDiagMessage;
+use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+
+use netns::{NetFile, NetnsSession};
+
+/// The sources of one target during one collection.
+pub struct TargetSources<'a> {
+    session: &'a mut NetnsSession,
+    procfs: &'a Path,
+    is_node: bool,
+    files: [Option<Rc<Vec<u8>>>; 4],
+    links: Option<Rc<Vec<u8>>>,
+}
+
+impl<'a> TargetSources<'a> {
+    pub fn new(session: &'a mut NetnsSession, procfs: &'a Path, is_node: bool) -> Self {
+        Self {
+            session,
+            procfs,
+            is_node,
+            files: Default::default(),
+            links: None,
+        }
+    }
+
+    /// A /proc/net file of the target's namespace.
+    pub fn net_file(&mut self, f: NetFile) -> Result<Rc<Vec<u8>>> {
+        let idx = NetFile::ALL.iter().position(|x| *x == f).unwrap_or(0);
+        if let Some(v) = &self.files[idx] {
+            return Ok(v.clone());
+        }
+        let v = Rc::new(self.session.read(f)?);
+        self.files[idx] = Some(v.clone());
+        Ok(v)
+    }
+
+    /// Whether the namespace has IPv6 (its sockstat6 could be opened).
+    pub fn has_ipv6(&self) -> bool {
+        self.session.has(NetFile::Sockstat6)
+    }
+
+    /// A node-wide file, `<procfs>/<rel>` (only the node's own target reads these).
+    pub fn node_file(&self, rel: &str) -> Result<Vec<u8>> {
+        if !self.is_node {
+            return Err(anyhow!("{rel} is read in the node's namespace only"));
+        }
+        let path: PathBuf = self.procfs.join(rel);
+        std::fs::read(&path).with_context(|| format!("read {}", path.display()))
+    }
+
+    /// RTM_GETLINK dump (every interface with its IFLA_STATS64).
+    pub fn links(&mut self) -> Result<Rc<Vec<u8>>> {
+        if let Some(v) = &self.links {
+            return Ok(v.clone());
+        }
+        let v = Rc::new(self.route_dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?);
+        self.links = Some(v.clone());
+        Ok(v)
+    }
+
+    /// RTM_GETQDISC dump.
+    pub fn qdiscs(&mut self) -> Result<Vec<u8>> {
+        self.route_dump(RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()))
+    }
+
+    /// RTM_GETNEIGH dump of one address family.
+    pub fn neighbours(&mut self, family: AddressFamily) -> Result<Vec<u8>> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = family;
+        self.route_dump(RouteNetlinkMessage::GetNeighbour(msg))
+    }
+
+    /// sock_diag dump of the TCP sockets of one family (`AF_INET`/`AF_INET6`) in `states`.
+    pub fn tcp_sockets(&mut self, family: u8, states: StateFlags) -> Result<Vec<u8>> {
+        let socket_id = if family == libc::AF_INET6 as u8 {
+            SocketId::new_v6()
+        } else {
+            SocketId::new_v4()
+        };
+        let req = SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: libc::IPPROTO_TCP as u8,
+            extensions: ExtensionFlags::empty(),
+            states,
+            socket_id,
+        });
+        let sock = self.session.diag.as_mut().map_err(|e| anyhow!("{e}"))?;
+        sock.dump(req).context("sock_diag dump")
+    }
+
+    fn route_dump(&mut self, msg: RouteNetlinkMessage) -> Result<Vec<u8>> {
+        let sock = self.session.route.as_mut().map_err(|e| anyhow!("{e}"))?;
+        sock.dump(msg).context("rtnetlink dump")
+    }
+}

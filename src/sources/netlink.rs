@@ -1,0 +1,141 @@
+//! A netlink socket that runs dumps and returns the raw reply. Requests are built and replies
+//! parsed with the `netlink-packet-*` crates; this file only moves bytes, so that parsers can be
+//! tested on captured replies (`tests/fixtures/`).
+
+use std::io;
+
+use anyhow::{Context, Result, bail};
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NetlinkBuffer,
+    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
+};
+use netlink_sys::{Socket, SocketAddr};
+
+/// Largest datagram the kernel sends for a dump (it caps dump skbs at 32 KiB; a bigger buffer
+/// avoids truncation on kernels that raise it).
+const RECV_BUF: usize = 64 * 1024;
+/// A dump that has not finished after this many datagrams is abandoned: it protects against a
+/// kernel (or a fuzzed reply) that never sends NLMSG_DONE.
+const MAX_DATAGRAMS: usize = 1 << 20;
+
+pub struct NlSocket {
+    socket: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl NlSocket {
+    /// Opens a socket in the calling thread's network namespace; it stays bound to that
+    /// namespace for its whole life, whichever thread uses it later.
+    pub fn open(protocol: isize) -> io::Result<Self> {
+        let mut socket = Socket::new(protocol)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(Self {
+            socket,
+            seq: 0,
+            buf: vec![0; RECV_BUF],
+        })
+    }
+
+    /// Sends a dump request and returns every reply message of it, concatenated as received
+    /// (NLMSG_DONE excluded). An NLMSG_ERROR reply becomes the matching `io::Error`.
+    pub fn dump<M>(&mut self, payload: M) -> Result<Vec<u8>>
+    where
+        M: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
+    {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.sequence_number = self.seq;
+        let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(payload));
+        msg.finalize();
+        let mut req = vec![0u8; msg.buffer_len()];
+        msg.serialize(&mut req);
+        self.socket.send(&req, 0).context("netlink send")?;
+
+        let mut out = Vec::new();
+        for _ in 0..MAX_DATAGRAMS {
+            let n = self
+                .socket
+                .recv(&mut &mut self.buf[..], libc::MSG_TRUNC)
+                .context("netlink recv")?;
+            if n > self.buf.len() {
+                bail!("netlink reply of {n} bytes truncated to {}", self.buf.len());
+            }
+            if let Done::Yes = append_messages(&self.buf[..n], self.seq, &mut out)? {
+                return Ok(out);
+            }
+        }
+        bail!("netlink dump did not finish after {MAX_DATAGRAMS} datagrams")
+    }
+}
+
+enum Done {
+    Yes,
+    No,
+}
+
+/// Appends the messages of one datagram that answer `seq` to `out`. Messages of an earlier,
+/// abandoned request (another sequence number) are skipped.
+fn append_messages(mut datagram: &[u8], seq: u32, out: &mut Vec<u8>) -> Result<Done> {
+    while !datagram.is_empty() {
+        let buf = NetlinkBuffer::new_checked(datagram).context("malformed netlink header")?;
+        let len = buf.length() as usize;
+        let (kind, msg_seq) = (buf.message_type(), buf.sequence_number());
+        let aligned = (len + 3) & !3;
+        let this = &datagram[..len];
+        datagram = datagram.get(aligned..).unwrap_or(&[]);
+        if msg_seq != seq {
+            continue;
+        }
+        match kind {
+            NLMSG_NOOP => {}
+            NLMSG_DONE => return Ok(Done::Yes),
+            NLMSG_ERROR => {
+                let code = this
+                    .get(16..20)
+                    .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                    .context("truncated NLMSG_ERROR")?;
+                if code == 0 {
+                    return Ok(Done::Yes);
+                }
+                return Err(io::Error::from_raw_os_error(-code)).context("netlink request refused");
+            }
+            _ => {
+                // NLM_F_DUMP_INTR (the table changed during the dump) is ignored: the reply is
+                // still a fair sample for counters, as `ip` and `ss` treat it.
+                out.extend_from_slice(this);
+                out.extend(std::iter::repeat_n(0, aligned - len));
+            }
+        }
+    }
+    Ok(Done::No)
+}
+
+/// Iterates the messages of a reply returned by [`NlSocket::dump`] (or captured in a fixture),
+/// decoding each with `M`.
+pub fn messages<M>(reply: &[u8]) -> impl Iterator<Item = Result<NetlinkMessage<M>>> + '_
+where
+    M: NetlinkDeserializable,
+{
+    let mut rest = reply;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let res = (|| {
+            let buf = NetlinkBuffer::new_checked(rest).context("malformed netlink header")?;
+            let len = buf.length() as usize;
+            let msg = NetlinkMessage::<M>::deserialize(&rest[..len])
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .context("malformed netlink message")?;
+            rest = rest.get((len + 3) & !3..).unwrap_or(&[]);
+            Ok(msg)
+        })();
+        if res.is_err() {
+            rest = &[];
+        }
+        Some(res)
+    })
+}

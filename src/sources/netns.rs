@@ -1,0 +1,114 @@
+//! A session with one network namespace: the /proc files and netlink sockets of that
+//! namespace, opened once from a thread inside it and reused by every later collection.
+//!
+//! Files under `/proc/thread-self/net/` and netlink sockets stay bound to the namespace that
+//! was current when they were opened, so only opening needs `setns`. It runs on a short-lived
+//! thread of its own, so no worker thread is ever left in a Pod's namespace. A session pins its
+//! namespace while it is open; the collector closes it as soon as discovery no longer finds it.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow};
+use netlink_sys::protocols::{NETLINK_ROUTE, NETLINK_SOCK_DIAG};
+
+use super::netlink::NlSocket;
+
+/// The per-namespace /proc/net files the probes read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetFile {
+    Snmp,
+    Netstat,
+    Sockstat,
+    Sockstat6,
+}
+
+impl NetFile {
+    pub const ALL: [NetFile; 4] = [Self::Snmp, Self::Netstat, Self::Sockstat, Self::Sockstat6];
+
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Self::Snmp => "snmp",
+            Self::Netstat => "netstat",
+            Self::Sockstat => "sockstat",
+            Self::Sockstat6 => "sockstat6",
+        }
+    }
+}
+
+/// Something that could not be opened stays an error with its cause, reported by the probe
+/// that needs it; the rest of the session works.
+type Opened<T> = std::result::Result<T, String>;
+
+pub struct NetnsSession {
+    files: [Opened<File>; 4],
+    pub(crate) route: Opened<NlSocket>,
+    pub(crate) diag: Opened<NlSocket>,
+}
+
+impl NetnsSession {
+    /// Opens a session for the agent's own namespace, with files from `<procfs>/net/`.
+    pub fn open_own(procfs: &Path) -> Self {
+        Self::open_here(&procfs.join("net"))
+    }
+
+    /// Opens a session for the namespace behind `ns_path` (`/run/netns/NAME`,
+    /// `/proc/PID/ns/net`), with files from `<procfs>/thread-self/net/`.
+    pub fn open_in(ns_path: &Path, procfs: &Path) -> Result<Self> {
+        let ns = File::open(ns_path).with_context(|| format!("open {}", ns_path.display()))?;
+        let net_dir = procfs.join("thread-self/net");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("setns into {}", ns_path.display()))?;
+                Ok(Self::open_here(&net_dir))
+            })
+            .join()
+            .map_err(|_| anyhow!("namespace opener thread panicked"))?
+        })
+    }
+
+    fn open_here(net_dir: &Path) -> Self {
+        let open_file = |f: NetFile| {
+            let path: PathBuf = net_dir.join(f.file_name());
+            File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))
+        };
+        Self {
+            files: NetFile::ALL.map(open_file),
+            route: NlSocket::open(NETLINK_ROUTE).map_err(|e| format!("netlink route socket: {e}")),
+            diag: NlSocket::open(NETLINK_SOCK_DIAG)
+                .map_err(|e| format!("netlink sock_diag socket: {e}")),
+        }
+    }
+
+    pub fn has(&self, f: NetFile) -> bool {
+        self.files[Self::index(f)].is_ok()
+    }
+
+    fn index(f: NetFile) -> usize {
+        NetFile::ALL.iter().position(|x| *x == f).unwrap_or(0)
+    }
+
+    /// The current content of a /proc/net file of this namespace.
+    pub fn read(&self, f: NetFile) -> Result<Vec<u8>> {
+        let file = self.files[Self::index(f)]
+            .as_ref()
+            .map_err(|e| anyhow!("{e}"))?;
+        read_from_start(file).with_context(|| format!("read {}", f.file_name()))
+    }
+}
+
+/// Reads a /proc file from offset 0 to its end. `pread` at offset 0 makes the kernel
+/// regenerate a seq_file, so one open file gives fresh content at every call.
+pub fn read_from_start(file: &File) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(4096);
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = file.read_at(&mut buf, out.len() as u64)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}

@@ -1,0 +1,289 @@
+//! How a collection becomes OpenTelemetry data: one MeterProvider whose observable
+//! instruments read the current [`Snapshot`], and one `ManualReader` per exporter (Prometheus
+//! pull, OTLP push). Each export sets the snapshot, collects its reader and encodes the result;
+//! the kernel is never read from a callback.
+
+pub mod otlp;
+pub mod prometheus;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Meter, MeterProvider as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::reader::MetricReader;
+use opentelemetry_sdk::metrics::{
+    InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Stream, Temporality,
+};
+
+use crate::collector::Snapshot;
+use crate::config::Config;
+use crate::probes::{self, Kind, Scope};
+
+/// Series ceilings per instrument (the SDK's default is 2000; past the ceiling it folds series
+/// into one `otel.metric.overflow` series). The SDK preallocates each instrument's map to its
+/// ceiling, so they are sized to what a family can reach: Pod-scope families have one series
+/// per namespace (4000 namespaces), netdev one per interface of every namespace.
+pub const POD_SERIES_LIMIT: usize = 4_000;
+pub const NETDEV_SERIES_LIMIT: usize = 16_000;
+
+/// Exporter failure counts, shown as `netexporter_export_failures_total`.
+#[derive(Default, Debug)]
+pub struct ExportStats {
+    pub otlp_metrics_failures: AtomicU64,
+}
+
+/// A `ManualReader` shared between the MeterProvider and the exporter that collects it.
+#[derive(Debug, Clone)]
+pub struct SharedReader(Arc<ManualReader>);
+
+impl MetricReader for SharedReader {
+    fn register_pipeline(&self, pipeline: Weak<Pipeline>) {
+        self.0.register_pipeline(pipeline)
+    }
+    fn collect(&self, rm: &mut ResourceMetrics) -> OTelSdkResult {
+        self.0.collect(rm)
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+    fn temporality(&self, kind: InstrumentKind) -> Temporality {
+        self.0.temporality(kind)
+    }
+}
+
+pub struct Telemetry {
+    provider: SdkMeterProvider,
+    prometheus: SharedReader,
+    otlp: Option<SharedReader>,
+    current: Arc<RwLock<Arc<Snapshot>>>,
+    /// Serializes "set the snapshot, collect a reader" so that callbacks of one collect all
+    /// see the same snapshot.
+    gate: Mutex<()>,
+    pub export_stats: Arc<ExportStats>,
+}
+
+impl Telemetry {
+    /// `enabled`: indices into [`probes::PROBES`] of the probes to register instruments for.
+    pub fn new(cfg: &Config, enabled: &[usize]) -> Self {
+        let prometheus = SharedReader(Arc::new(ManualReader::builder().build()));
+        let otlp = cfg
+            .otlp
+            .as_ref()
+            .map(|_| SharedReader(Arc::new(ManualReader::builder().build())));
+        let mut builder = SdkMeterProvider::builder()
+            .with_resource(resource(cfg))
+            .with_reader(prometheus.clone())
+            .with_view(|i: &opentelemetry_sdk::metrics::Instrument| {
+                let limit = if i.name().starts_with("netexporter_netdev_") {
+                    NETDEV_SERIES_LIMIT
+                } else {
+                    POD_SERIES_LIMIT
+                };
+                Stream::builder().with_cardinality_limit(limit).build().ok()
+            });
+        if let Some(r) = &otlp {
+            builder = builder.with_reader(r.clone());
+        }
+        let provider = builder.build();
+        let current = Arc::new(RwLock::new(Arc::new(Snapshot::default())));
+        let export_stats = Arc::new(ExportStats::default());
+        let meter = provider.meter("net-exporter");
+        register_probe_instruments(&meter, &current, enabled);
+        register_self_instruments(&meter, &current, &export_stats);
+        Self {
+            provider,
+            prometheus,
+            otlp,
+            current,
+            gate: Mutex::new(()),
+            export_stats,
+        }
+    }
+
+    /// Collects the Prometheus reader over `snapshot` and renders the text exposition format.
+    pub fn render_prometheus(&self, snapshot: Arc<Snapshot>) -> String {
+        let rm = self.collect(&self.prometheus, snapshot);
+        prometheus::encode(&rm)
+    }
+
+    /// Collects the OTLP reader over `snapshot` (`None` when OTLP push is off).
+    pub fn collect_otlp(&self, snapshot: Arc<Snapshot>) -> Option<ResourceMetrics> {
+        let reader = self.otlp.as_ref()?;
+        Some(self.collect(reader, snapshot))
+    }
+
+    fn collect(&self, reader: &SharedReader, snapshot: Arc<Snapshot>) -> ResourceMetrics {
+        let _gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = snapshot;
+        let mut rm = ResourceMetrics::default();
+        if let Err(e) = reader.collect(&mut rm) {
+            tracing::warn!(error = %e, "OpenTelemetry collect failed");
+        }
+        rm
+    }
+
+    pub fn shutdown(&self) {
+        if let Err(e) = self.provider.shutdown() {
+            tracing::debug!(error = %e, "meter provider shutdown");
+        }
+    }
+}
+
+fn resource(cfg: &Config) -> Resource {
+    let mut attrs = vec![
+        KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+        KeyValue::new("k8s.node.name", cfg.node_name.clone()),
+        KeyValue::new("host.name", cfg.node_name.clone()),
+    ];
+    attrs.extend(
+        cfg.resource_attributes
+            .iter()
+            .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+    );
+    Resource::builder_empty()
+        .with_attributes(attrs)
+        .with_service_name(cfg.service_name.clone())
+        .build()
+}
+
+fn read(current: &RwLock<Arc<Snapshot>>) -> Arc<Snapshot> {
+    current.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+fn register_probe_instruments(
+    meter: &Meter,
+    current: &Arc<RwLock<Arc<Snapshot>>>,
+    enabled: &[usize],
+) {
+    for &p in enabled {
+        let probe = probes::PROBES[p];
+        for (m, def) in probe.metrics().iter().enumerate() {
+            let current = Arc::clone(current);
+            let observe = move |obs: &dyn opentelemetry::metrics::AsyncInstrument<u64>| {
+                let snap = read(&current);
+                for s in snap.series.get(p).into_iter().flatten() {
+                    if let Some(Some(v)) = s.values.get(m) {
+                        obs.observe(*v, &s.attrs);
+                    }
+                }
+            };
+            let unit_free_description =
+                format!("{} Scope: {}.", def.help, scope_name(probe.scope()));
+            match def.kind {
+                Kind::Counter => {
+                    meter
+                        .u64_observable_counter(def.name)
+                        .with_description(unit_free_description)
+                        .with_callback(observe)
+                        .build();
+                }
+                Kind::Gauge => {
+                    meter
+                        .u64_observable_gauge(def.name)
+                        .with_description(unit_free_description)
+                        .with_callback(observe)
+                        .build();
+                }
+            }
+        }
+    }
+}
+
+fn scope_name(s: Scope) -> &'static str {
+    match s {
+        Scope::Node => "node",
+        Scope::Pod => "pod network namespace",
+    }
+}
+
+fn register_self_instruments(
+    meter: &Meter,
+    current: &Arc<RwLock<Arc<Snapshot>>>,
+    export_stats: &Arc<ExportStats>,
+) {
+    let collector_attrs = |snap: &Snapshot, name: &'static str| {
+        let mut a = snap.node_attrs.clone();
+        a.push(KeyValue::new("collector", name));
+        a
+    };
+    let c = Arc::clone(current);
+    meter
+        .f64_observable_gauge("netexporter_scrape_collector_duration_seconds")
+        .with_description(
+            "Time a collector spent in the last collection, summed over network namespaces.",
+        )
+        .with_callback(move |obs| {
+            let snap = read(&c);
+            for st in &snap.collectors {
+                obs.observe(st.duration.as_secs_f64(), &collector_attrs(&snap, st.name));
+            }
+        })
+        .build();
+    let c = Arc::clone(current);
+    meter
+        .u64_observable_gauge("netexporter_scrape_collector_success")
+        .with_description(
+            "1 if a collector succeeded in every network namespace in the last collection, else 0.",
+        )
+        .with_callback(move |obs| {
+            let snap = read(&c);
+            for st in &snap.collectors {
+                obs.observe(u64::from(st.success), &collector_attrs(&snap, st.name));
+            }
+        })
+        .build();
+    let c = Arc::clone(current);
+    meter
+        .u64_observable_counter("netexporter_scrape_collector_errors_total")
+        .with_description("Failures of a collector, one per network namespace where it failed.")
+        .with_callback(move |obs| {
+            let snap = read(&c);
+            for st in &snap.collectors {
+                obs.observe(st.errors_total, &collector_attrs(&snap, st.name));
+            }
+        })
+        .build();
+    let c = Arc::clone(current);
+    meter
+        .u64_observable_gauge("netexporter_targets")
+        .with_description(
+            "Network namespaces read in the last collection, the node's own included.",
+        )
+        .with_callback(move |obs| {
+            let snap = read(&c);
+            obs.observe(snap.targets, &snap.node_attrs);
+        })
+        .build();
+    let c = Arc::clone(current);
+    meter
+        .u64_observable_gauge("netexporter_build_info")
+        .with_description("Always 1; the labels tell the version of the agent.")
+        .with_callback(move |obs| {
+            let snap = read(&c);
+            let mut a = snap.node_attrs.clone();
+            a.push(KeyValue::new("version", env!("CARGO_PKG_VERSION")));
+            obs.observe(1, &a);
+        })
+        .build();
+    let c = Arc::clone(current);
+    let stats = Arc::clone(export_stats);
+    meter
+        .u64_observable_counter("netexporter_export_failures_total")
+        .with_description("Exports that failed, by exporter and signal.")
+        .with_callback(move |obs| {
+            let snap = read(&c);
+            let mut a = snap.node_attrs.clone();
+            a.push(KeyValue::new("exporter", "otlp"));
+            a.push(KeyValue::new("signal", "metrics"));
+            obs.observe(stats.otlp_metrics_failures.load(Ordering::Relaxed), &a);
+        })
+        .build();
+}
