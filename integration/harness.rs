@@ -1,0 +1,365 @@
+//! Test scaffolding: network namespaces, veth pairs, background processes and the agent,
+//! each removed by its guard's `Drop` (also when a test fails), plus a scrape parser.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short unique name (interface names are at most 15 bytes): `<tag><pid%10000>x<n>`.
+pub fn unique(tag: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{tag}{}x{n}", std::process::id() % 10000)
+}
+
+pub fn require_root() {
+    assert!(
+        nix_is_root(),
+        "integration tests create network namespaces and must run as root"
+    );
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Runs a command, panics with its output if it fails.
+pub fn run(cmd: &[&str]) -> String {
+    let out = output(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn output(cmd: &[&str]) -> Output {
+    Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+pub fn sh(script: &str) -> String {
+    run(&["sh", "-c", script])
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        let name = unique(tag);
+        run(&["ip", "netns", "add", &name]);
+        let ns = Self { name };
+        ns.run(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn run(&self, cmd: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(cmd);
+        run(&full)
+    }
+
+    pub fn sh(&self, script: &str) -> String {
+        self.run(&["sh", "-c", script])
+    }
+
+    /// Starts a background process inside the namespace, killed on drop of the guard.
+    pub fn spawn(&self, cmd: &[&str]) -> Proc {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(cmd);
+        Proc::spawn(&full)
+    }
+
+    /// The namespace's inode, as the agent identifies it.
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/run/netns/{}", self.name))
+            .map(|m| m.ino())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A veth pair between the host and a namespace, deleted on drop (deleting one end deletes
+/// both).
+pub struct Veth {
+    pub host: String,
+    pub peer: String,
+}
+
+impl Veth {
+    /// `host_addr`/`peer_addr` in CIDR notation, e.g. `10.200.1.1/30`.
+    pub fn new(ns: &Netns, host_addr: &str, peer_addr: &str) -> Self {
+        let host = unique("nxh");
+        let peer = unique("nxp");
+        run(&[
+            "ip", "link", "add", &host, "type", "veth", "peer", "name", &peer,
+        ]);
+        let v = Self { host, peer };
+        run(&["ip", "link", "set", &v.peer, "netns", &ns.name]);
+        run(&["ip", "addr", "add", host_addr, "dev", &v.host]);
+        run(&["ip", "link", "set", &v.host, "up"]);
+        ns.run(&["ip", "addr", "add", peer_addr, "dev", &v.peer]);
+        ns.run(&["ip", "link", "set", &v.peer, "up"]);
+        v
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A background process, killed (with its process group) on drop.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn spawn(cmd: &[&str]) -> Self {
+        use std::os::unix::process::CommandExt;
+        let child = Command::new(cmd[0])
+            .args(&cmd[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        Self { child }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill(2) with a process group id; no memory is touched.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The agent binary, started with `args` on a free loopback port; killed on drop.
+pub struct Agent {
+    pub port: u16,
+    proc: Proc,
+    pub log: std::path::PathBuf,
+}
+
+impl Agent {
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        use std::os::unix::process::CommandExt;
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("net-exporter-{}.log", unique("agent")));
+        let logfile = std::fs::File::create(&log).expect("agent log file");
+        let listen = format!("--web.listen-address=127.0.0.1:{port}");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_net-exporter"));
+        cmd.arg(&listen)
+            .arg("--node-name=itest-node")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(logfile.try_clone().expect("log fd"))
+            .stderr(logfile)
+            .process_group(0);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start net-exporter");
+        let agent = Self {
+            port,
+            proc: Proc { child },
+            log,
+        };
+        agent.wait_ready();
+        agent
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = http_get(self.port, "/readyz") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("agent not ready after 30s; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn scrape(&self) -> Scrape {
+        let (status, body) = http_get(self.port, "/metrics").expect("scrape");
+        assert_eq!(status, 200, "scrape failed: {body}");
+        Scrape::parse(&body)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A minimal HTTP/1.0 GET on loopback (no client library needed for tests).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A parsed `/metrics` response.
+#[derive(Debug)]
+pub struct Scrape {
+    pub text: String,
+    pub samples: Vec<Sample>,
+}
+
+impl Scrape {
+    pub fn parse(text: &str) -> Self {
+        let samples = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').expect("sample line");
+                let (name, labels) = match series.split_once('{') {
+                    None => (series.to_string(), BTreeMap::new()),
+                    Some((n, rest)) => (n.to_string(), parse_labels(rest.trim_end_matches('}'))),
+                };
+                Sample {
+                    name,
+                    labels,
+                    value: value.parse().expect("sample value"),
+                }
+            })
+            .collect();
+        Self {
+            text: text.to_string(),
+            samples,
+        }
+    }
+
+    /// Samples of `name` whose labels include every pair of `want`.
+    pub fn find(&self, name: &str, want: &[(&str, &str)]) -> Vec<&Sample> {
+        self.samples
+            .iter()
+            .filter(|s| s.name == name)
+            .filter(|s| {
+                want.iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .collect()
+    }
+
+    /// The one sample of `name` with exactly these labels beside `k8s_node`.
+    pub fn value(&self, name: &str, want: &[(&str, &str)]) -> Option<f64> {
+        let found: Vec<&Sample> = self
+            .find(name, want)
+            .into_iter()
+            .filter(|s| s.labels.len() == want.len() + 1)
+            .collect();
+        match found.as_slice() {
+            [one] => Some(one.value),
+            [] => None,
+            many => panic!("{name} {want:?}: {} samples", many.len()),
+        }
+    }
+}
+
+fn parse_labels(s: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        let Some((k, after)) = rest.split_once("=\"") else {
+            break;
+        };
+        let mut val = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some((_, 'n')) => val.push('\n'),
+                    Some((_, c)) => val.push(c),
+                    None => {}
+                },
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => val.push(c),
+            }
+        }
+        out.insert(k.trim_start_matches(',').to_string(), val);
+        rest = after[end..].trim_start_matches(',');
+    }
+    out
+}

@@ -1,0 +1,28 @@
+//! Integration tests: the real binary against real network namespaces, veth pairs and
+//! servers on this machine. Every resource a test creates is removed by a guard.
+
+mod harness;
+
+use harness::*;
+
+#[test]
+fn smoke_named_namespace_appears_and_disappears() {
+    require_root();
+    let agent = Agent::start(&[]);
+    let ns = Netns::new("nxs");
+    let s = agent.scrape();
+    assert!(
+        s.value("netexporter_sock_inuse", &[("netns", &ns.name)])
+            .is_some(),
+        "namespace {} missing:\n{}",
+        ns.name,
+        s.text
+    );
+    let name = ns.name.clone();
+    drop(ns);
+    let s = agent.scrape();
+    assert!(
+        s.find("netexporter_sock_inuse", &[("netns", &name)])
+            .is_empty()
+    );
+}

@@ -1,0 +1,1 @@
+//! Golden tests: each probe on captured kernel data.
