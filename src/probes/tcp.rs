@@ -11,7 +11,7 @@ use crate::sources::netns::NetFile;
 pub struct Tcp;
 
 /// Kernel field names, in the order of `METRICS`.
-const FIELDS: &[&str] = &[
+pub const FIELDS: &[&str] = &[
     "CurrEstab",
     "AttemptFails",
     "EstabResets",

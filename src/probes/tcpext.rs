@@ -11,7 +11,7 @@ use crate::sources::netns::NetFile;
 pub struct TcpExt;
 
 /// Kernel field names, in the order of `METRICS`.
-const FIELDS: &[&str] = &[
+pub const FIELDS: &[&str] = &[
     "ListenOverflows",
     "ListenDrops",
     "TCPSynRetrans",
