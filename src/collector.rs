@@ -63,6 +63,8 @@ struct TargetResult {
 }
 
 type SharedCollection = Shared<BoxFuture<'static, Arc<Snapshot>>>;
+/// A target waiting for a worker, with its session from the previous collection if any.
+type WorkItem = Mutex<Option<(Target, Option<NetnsSession>)>>;
 
 pub struct Collector {
     inventory: Box<dyn Inventory>,
@@ -164,7 +166,7 @@ impl Collector {
         let live: HashSet<u64> = targets.iter().map(|t| t.inode).collect();
         sessions.retain(|ino, _| live.contains(ino));
 
-        let work: Vec<Mutex<Option<(Target, Option<NetnsSession>)>>> = targets
+        let work: Vec<WorkItem> = targets
             .into_iter()
             .map(|t| {
                 let s = sessions.remove(&t.inode);

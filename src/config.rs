@@ -577,7 +577,9 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let cases: &[(Flags, &[(&str, &str)], &str, &str)] = &[
+        // (flags, environment, YAML, what the error must mention)
+        type Case<'a> = (Flags, &'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case] = &[
             (
                 Flags::default(),
                 &[],

@@ -3,8 +3,6 @@
 //! listening hash, so it stays cheap however many connections the node has.
 
 use anyhow::{Context, Result};
-use netlink_packet_core::NetlinkPayload;
-use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_packet_sock_diag::constants::TCP_LISTEN;
 use netlink_packet_sock_diag::inet::StateFlags;
 
@@ -12,7 +10,7 @@ use super::{MetricDef, Probe, Scope, Series};
 use crate::config::ProbeOptions;
 use crate::metrics;
 use crate::sources::TargetSources;
-use crate::sources::netlink::messages;
+use crate::sources::netlink::inet_sockets;
 
 pub struct SockBacklog;
 
@@ -23,11 +21,10 @@ const METRICS: &[MetricDef] = metrics![
 /// Sum of the accept-queue lengths of the listeners in one sock_diag reply.
 pub fn accept_queue(reply: &[u8]) -> Result<u64> {
     let mut n = 0u64;
-    for msg in messages::<SockDiagMessage>(reply) {
-        if let NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) = msg?.payload
-            && r.header.state == TCP_LISTEN
-        {
-            n += u64::from(r.header.recv_queue);
+    for r in inet_sockets(reply) {
+        let r = r?;
+        if r.state == TCP_LISTEN {
+            n += u64::from(r.recv_queue);
         }
     }
     Ok(n)

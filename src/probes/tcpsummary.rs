@@ -5,8 +5,6 @@
 //! sockstat line says it has no sockets (and no TIME-WAIT ones) is not dumped at all.
 
 use anyhow::{Context, Result};
-use netlink_packet_core::NetlinkPayload;
-use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_packet_sock_diag::constants::{TCP_ESTABLISHED, TCP_TIME_WAIT};
 use netlink_packet_sock_diag::inet::StateFlags;
 
@@ -14,7 +12,7 @@ use super::{MetricDef, Probe, Scope, Series, format};
 use crate::config::ProbeOptions;
 use crate::metrics;
 use crate::sources::TargetSources;
-use crate::sources::netlink::messages;
+use crate::sources::netlink::inet_sockets;
 use crate::sources::netns::NetFile;
 
 pub struct TcpSummary;
@@ -38,16 +36,13 @@ pub struct Summary {
 impl Summary {
     /// Adds the sockets of one sock_diag reply.
     pub fn add(&mut self, reply: &[u8]) -> Result<()> {
-        for msg in messages::<SockDiagMessage>(reply) {
-            let NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) = msg?.payload
-            else {
-                continue;
-            };
-            match r.header.state {
+        for r in inet_sockets(reply) {
+            let r = r?;
+            match r.state {
                 TCP_ESTABLISHED => {
                     self.established += 1;
-                    self.tx_queue += u64::from(r.header.send_queue);
-                    self.rx_queue += u64::from(r.header.recv_queue);
+                    self.tx_queue += u64::from(r.send_queue);
+                    self.rx_queue += u64::from(r.recv_queue);
                 }
                 TCP_TIME_WAIT => self.time_wait += 1,
                 _ => {}

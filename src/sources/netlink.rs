@@ -17,11 +17,18 @@ const RECV_BUF: usize = 64 * 1024;
 /// A dump that has not finished after this many datagrams is abandoned: it protects against a
 /// kernel (or a fuzzed reply) that never sends NLMSG_DONE.
 const MAX_DATAGRAMS: usize = 1 << 20;
+/// `struct nlmsghdr` is 16 bytes (not re-exported by netlink-packet-core).
+const NETLINK_HEADER_LEN: usize = 16;
 
 pub struct NlSocket {
     socket: Socket,
     seq: u32,
-    buf: Vec<u8>,
+}
+
+thread_local! {
+    /// One receive buffer per thread, not per socket: a node with hundreds of namespaces has
+    /// two sockets each, and a buffer each would cost RSS for nothing.
+    static RECV: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; RECV_BUF]);
 }
 
 impl NlSocket {
@@ -31,11 +38,7 @@ impl NlSocket {
         let mut socket = Socket::new(protocol)?;
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
-        Ok(Self {
-            socket,
-            seq: 0,
-            buf: vec![0; RECV_BUF],
-        })
+        Ok(Self { socket, seq: 0 })
     }
 
     /// Sends a dump request and returns every reply message of it, concatenated as received
@@ -54,20 +57,22 @@ impl NlSocket {
         msg.serialize(&mut req);
         self.socket.send(&req, 0).context("netlink send")?;
 
-        let mut out = Vec::new();
-        for _ in 0..MAX_DATAGRAMS {
-            let n = self
-                .socket
-                .recv(&mut &mut self.buf[..], libc::MSG_TRUNC)
-                .context("netlink recv")?;
-            if n > self.buf.len() {
-                bail!("netlink reply of {n} bytes truncated to {}", self.buf.len());
+        RECV.with_borrow_mut(|buf| {
+            let mut out = Vec::new();
+            for _ in 0..MAX_DATAGRAMS {
+                let n = self
+                    .socket
+                    .recv(&mut &mut buf[..], libc::MSG_TRUNC)
+                    .context("netlink recv")?;
+                if n > buf.len() {
+                    bail!("netlink reply of {n} bytes truncated to {}", buf.len());
+                }
+                if let Done::Yes = append_messages(&buf[..n], self.seq, &mut out)? {
+                    return Ok(out);
+                }
             }
-            if let Done::Yes = append_messages(&self.buf[..n], self.seq, &mut out)? {
-                return Ok(out);
-            }
-        }
-        bail!("netlink dump did not finish after {MAX_DATAGRAMS} datagrams")
+            bail!("netlink dump did not finish after {MAX_DATAGRAMS} datagrams")
+        })
     }
 }
 
@@ -113,6 +118,35 @@ fn append_messages(mut datagram: &[u8], seq: u32, out: &mut Vec<u8>) -> Result<D
     Ok(Done::No)
 }
 
+/// Iterates the messages of a reply as (message type, payload) without decoding payloads, for
+/// parsers that need two attributes of a message that has fifty.
+pub fn raw_messages(reply: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8])>> + '_ {
+    let mut rest = reply;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let res = NetlinkBuffer::new_checked(rest)
+            .map_err(|e| anyhow::anyhow!("malformed netlink header: {e}"))
+            .map(|buf| {
+                let len = buf.length() as usize;
+                let kind = buf.message_type();
+                let payload = &rest[NETLINK_HEADER_LEN.min(len)..len];
+                (len, kind, payload)
+            });
+        Some(match res {
+            Ok((len, kind, payload)) => {
+                rest = rest.get((len + 3) & !3..).unwrap_or(&[]);
+                Ok((kind, payload))
+            }
+            Err(e) => {
+                rest = &[];
+                Err(e)
+            }
+        })
+    })
+}
+
 /// Iterates the messages of a reply returned by [`NlSocket::dump`] (or captured in a fixture),
 /// decoding each with `M`.
 pub fn messages<M>(reply: &[u8]) -> impl Iterator<Item = Result<NetlinkMessage<M>>> + '_
@@ -137,5 +171,24 @@ where
             rest = &[];
         }
         Some(res)
+    })
+}
+
+/// `SOCK_DIAG_BY_FAMILY`, the message type of sock_diag replies.
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+
+/// The socket headers of a sock_diag reply (state, queues, ...). Attributes are not decoded:
+/// the probes need none, and a dump can hold one message per socket of the namespace.
+pub fn inet_sockets(
+    reply: &[u8],
+) -> impl Iterator<Item = Result<netlink_packet_sock_diag::inet::InetResponseHeader>> + '_ {
+    use netlink_packet_core::Parseable;
+    raw_messages(reply).filter_map(|m| match m {
+        Err(e) => Some(Err(e)),
+        Ok((SOCK_DIAG_BY_FAMILY, payload)) => Some(
+            netlink_packet_sock_diag::inet::InetResponseHeader::parse(payload)
+                .map_err(|e| anyhow::anyhow!("inet_diag_msg: {e}")),
+        ),
+        Ok(_) => None,
     })
 }
