@@ -363,3 +363,187 @@ fn parse_labels(s: &str) -> BTreeMap<String, String> {
     }
     out
 }
+
+// ---- Additions for the Prometheus and OTLP tests ----
+
+impl Netns {
+    /// Opens `n` listening TCP sockets on 127.0.0.1 inside the namespace (from a short-lived
+    /// thread that enters it, so the test process stays where it is). The sockets belong to
+    /// the namespace and count in its `/proc/net/sockstat` until the listeners are dropped;
+    /// drop them before the `Netns`.
+    pub fn tcp_listeners(&self, n: usize) -> Vec<std::net::TcpListener> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+            (0..n)
+                .map(|_| {
+                    std::net::TcpListener::bind("127.0.0.1:0")
+                        .unwrap_or_else(|e| panic!("listen in {path}: {e}"))
+                })
+                .collect()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
+    /// `TCP: inuse` of `/proc/net/sockstat` read inside the namespace.
+    pub fn sockstat_tcp_inuse(&self) -> u64 {
+        let text = self.run(&["cat", "/proc/net/sockstat"]);
+        text.lines()
+            .find_map(|l| l.strip_prefix("TCP: "))
+            .and_then(|rest| {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                f.windows(2)
+                    .find(|w| w[0] == "inuse")
+                    .and_then(|w| w[1].parse().ok())
+            })
+            .unwrap_or_else(|| panic!("no TCP inuse in sockstat of {}:\n{text}", self.name))
+    }
+}
+
+/// A loopback TCP port that refuses connections: a socket bound to it but not listening, so
+/// that nothing else can take the port while the guard lives. Closed on drop.
+pub struct DeadPort {
+    pub port: u16,
+    _fd: std::os::fd::OwnedFd,
+}
+
+impl DeadPort {
+    pub fn new() -> Self {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: plain socket(2)/bind(2)/getsockname(2) on a fresh fd that `OwnedFd` then
+        // owns; the sockaddr_in is zero-initialised and its size is passed along.
+        unsafe {
+            let raw = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
+            let fd = OwnedFd::from_raw_fd(raw);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let rc = libc::bind(
+                fd.as_raw_fd(),
+                (&raw const addr).cast::<libc::sockaddr>(),
+                len,
+            );
+            assert!(rc == 0, "bind: {}", std::io::Error::last_os_error());
+            let rc = libc::getsockname(
+                fd.as_raw_fd(),
+                (&raw mut addr).cast::<libc::sockaddr>(),
+                &mut len,
+            );
+            assert!(rc == 0, "getsockname: {}", std::io::Error::last_os_error());
+            Self {
+                port: u16::from_be(addr.sin_port),
+                _fd: fd,
+            }
+        }
+    }
+}
+
+/// Calls `f` every 100 ms until it returns `Some`, for at most `limit`.
+pub fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One row of the product spec's metric table (`shared/spec/metrics.tsv`).
+#[derive(Debug, Clone)]
+pub struct SpecMetric {
+    pub probe: String,
+    pub name: String,
+    /// `counter` or `gauge`, as Prometheus `# TYPE` spells them.
+    pub kind: String,
+    /// `node`, `pod` or `pod,if_name`.
+    pub scope: String,
+}
+
+impl SpecMetric {
+    /// One series per network namespace.
+    pub fn is_pod(&self) -> bool {
+        self.scope.split(',').next() == Some("pod")
+    }
+
+    /// Extra labels beside `k8s_node` and `netns` on a Pod-scope series.
+    pub fn extra_labels(&self) -> Vec<&str> {
+        self.scope.split(',').skip(1).collect()
+    }
+}
+
+/// Probes of the spec that are not implemented yet (tracked by other issues).
+pub const SPEC_PENDING_PROBES: &[&str] = &["packetloss", "podip"];
+
+/// Every metric of the spec, read at test time from `../shared/spec/metrics.tsv` beside the
+/// repository root.
+pub fn spec_metrics() -> Vec<SpecMetric> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/spec/metrics.tsv");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read the spec {}: {e}", path.display()));
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().expect("spec header").split('\t').collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("spec has no {name:?} column: {header:?}"))
+    };
+    let (probe, metric, kind, scope) = (col("probe"), col("metric"), col("kind"), col("scope"));
+    let out: Vec<SpecMetric> = lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let m = SpecMetric {
+                probe: f[probe].to_string(),
+                name: f[metric].to_string(),
+                kind: f[kind].to_string(),
+                scope: f[scope].to_string(),
+            };
+            assert!(
+                m.kind == "counter" || m.kind == "gauge",
+                "spec kind of {}: {:?}",
+                m.name,
+                m.kind
+            );
+            m
+        })
+        .collect();
+    assert!(out.len() > 50, "spec has only {} metrics", out.len());
+    out
+}
+
+/// The spec's metrics minus [`SPEC_PENDING_PROBES`].
+pub fn spec_metrics_implemented() -> Vec<SpecMetric> {
+    spec_metrics()
+        .into_iter()
+        .filter(|m| !SPEC_PENDING_PROBES.contains(&m.probe.as_str()))
+        .collect()
+}
+
+impl Scrape {
+    /// `# TYPE` of every family: name -> `counter`, `gauge`, ...
+    pub fn types(&self) -> BTreeMap<String, String> {
+        self.text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| {
+                let (n, k) = l.split_once(' ')?;
+                Some((n.to_string(), k.trim().to_string()))
+            })
+            .collect()
+    }
+
+    /// Names of the families that have at least one sample.
+    pub fn family_names(&self) -> std::collections::BTreeSet<String> {
+        self.samples.iter().map(|s| s.name.clone()).collect()
+    }
+}

@@ -2,6 +2,8 @@
 //! servers on this machine. Every resource a test creates is removed by a guard.
 
 mod harness;
+mod otlp;
+mod prometheus;
 
 use harness::*;
 

@@ -1,0 +1,448 @@
+//! OTLP push against receivers built on the official protobuf definitions: a tonic gRPC
+//! `MetricsService` and an HTTP/protobuf `POST /v1/metrics` endpoint, each collecting what the
+//! agent sends; plus a dead endpoint, which the agent must count and survive.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, Metric, NumberDataPoint, metric, number_data_point,
+};
+use prost::Message;
+
+use crate::harness::*;
+
+/// What a receiver got: decoded requests, and a description of every request it refused.
+#[derive(Default)]
+struct Inbox {
+    requests: Mutex<Vec<ExportMetricsServiceRequest>>,
+    refused: Mutex<Vec<String>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl Protocol {
+    fn flag(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
+/// An OTLP metrics receiver on a free loopback port, served by its own tokio runtime; dropping
+/// it drops the runtime, which stops the server and closes the port.
+struct Receiver {
+    port: u16,
+    inbox: Arc<Inbox>,
+    _rt: tokio::runtime::Runtime,
+}
+
+struct GrpcSink(Arc<Inbox>);
+
+#[tonic::async_trait]
+impl MetricsService for GrpcSink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.0.requests.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+/// The HTTP/protobuf endpoint: `POST /v1/metrics`, `Content-Type: application/x-protobuf`,
+/// uncompressed. Anything else is recorded and refused.
+async fn http_sink(
+    axum::extract::State(inbox): axum::extract::State<Arc<Inbox>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    let header_of = |h: header::HeaderName| {
+        headers
+            .get(h)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let content_type = header_of(header::CONTENT_TYPE);
+    let encoding = header_of(header::CONTENT_ENCODING);
+    let refuse = |status: StatusCode, why: String| {
+        inbox
+            .refused
+            .lock()
+            .unwrap()
+            .push(format!("{method} {uri}: {why}"));
+        (status, why).into_response()
+    };
+    if method != axum::http::Method::POST || uri.path() != "/v1/metrics" {
+        return refuse(StatusCode::NOT_FOUND, "not POST /v1/metrics".into());
+    }
+    if content_type.as_deref() != Some("application/x-protobuf") {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type {content_type:?}"),
+        );
+    }
+    if let Some(e) = encoding {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Encoding {e:?} (the agent compresses nothing by default)"),
+        );
+    }
+    match ExportMetricsServiceRequest::decode(body) {
+        Ok(req) => {
+            inbox.requests.lock().unwrap().push(req);
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/x-protobuf")],
+                ExportMetricsServiceResponse::default().encode_to_vec(),
+            )
+                .into_response()
+        }
+        Err(e) => refuse(StatusCode::BAD_REQUEST, format!("not a request: {e}")),
+    }
+}
+
+impl Receiver {
+    fn start(protocol: Protocol) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let inbox = Arc::new(Inbox::default());
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind receiver");
+        let port = listener.local_addr().expect("receiver address").port();
+        match protocol {
+            Protocol::Grpc => {
+                let service = MetricsServiceServer::new(GrpcSink(Arc::clone(&inbox)));
+                let incoming = tonic::transport::server::TcpIncoming::from(listener);
+                rt.spawn(
+                    tonic::transport::Server::builder()
+                        .add_service(service)
+                        .serve_with_incoming(incoming),
+                );
+            }
+            Protocol::HttpProtobuf => {
+                let app = axum::Router::new()
+                    .fallback(http_sink)
+                    .with_state(Arc::clone(&inbox));
+                rt.spawn(async move { axum::serve(listener, app).await });
+            }
+        }
+        Self {
+            port,
+            inbox,
+            _rt: rt,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Waits (at most 30 s) until `n` requests have arrived and returns them.
+    fn wait_requests(&self, n: usize, agent: &Agent) -> Vec<ExportMetricsServiceRequest> {
+        poll(Duration::from_secs(30), || {
+            let got = self.inbox.requests.lock().unwrap();
+            (got.len() >= n).then(|| got.clone())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "fewer than {n} OTLP requests after 30s ({} received); first refused: {:?}\nagent log:\n{}",
+                self.inbox.requests.lock().unwrap().len(),
+                self.inbox
+                    .refused
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .take(3)
+                    .collect::<Vec<_>>(),
+                agent.log_text()
+            )
+        })
+    }
+}
+
+fn attrs(kvs: &[KeyValue]) -> BTreeMap<String, String> {
+    kvs.iter()
+        .map(|kv| {
+            let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(any_value::Value::StringValue(s)) => s.clone(),
+                other => format!("{other:?}"),
+            };
+            (kv.key.clone(), v)
+        })
+        .collect()
+}
+
+/// The metrics of a request by name (each name once).
+fn metrics_by_name(req: &ExportMetricsServiceRequest) -> BTreeMap<&str, &Metric> {
+    let mut out = BTreeMap::new();
+    for rm in &req.resource_metrics {
+        for sm in &rm.scope_metrics {
+            for m in &sm.metrics {
+                assert!(
+                    out.insert(m.name.as_str(), m).is_none(),
+                    "metric {} twice in one request",
+                    m.name
+                );
+            }
+        }
+    }
+    out
+}
+
+fn points(m: &Metric) -> &[NumberDataPoint] {
+    match &m.data {
+        Some(metric::Data::Gauge(g)) => &g.data_points,
+        Some(metric::Data::Sum(s)) => &s.data_points,
+        _ => &[],
+    }
+}
+
+fn value(p: &NumberDataPoint) -> f64 {
+    match p.value {
+        Some(number_data_point::Value::AsInt(v)) => v as f64,
+        Some(number_data_point::Value::AsDouble(v)) => v,
+        None => panic!("data point without a value: {p:?}"),
+    }
+}
+
+/// Starts a receiver and an agent pushing to it (by flags or by `OTEL_*` variables), then
+/// checks what arrives against the spec and against the agent's own Prometheus scrape.
+fn check_push(protocol: Protocol, via_env: bool) {
+    require_root();
+    let ns = Netns::new("nxo");
+    let receiver = Receiver::start(protocol);
+    let endpoint = receiver.endpoint();
+    let agent = if via_env {
+        Agent::start_with_env(
+            &[],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.flag()),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
+            ],
+        )
+    } else {
+        Agent::start(&[
+            &format!("--otlp.endpoint={endpoint}"),
+            &format!("--otlp.protocol={}", protocol.flag()),
+            "--otlp.interval=1s",
+        ])
+    };
+
+    // Two pushes: the interval works, and the second shows how cumulative sums continue.
+    let requests = receiver.wait_requests(2, &agent);
+    let scrape = agent.scrape();
+    let (first, last) = (&requests[0], &requests[requests.len() - 1]);
+    assert_eq!(
+        *receiver.inbox.refused.lock().unwrap(),
+        Vec::<String>::new(),
+        "refused requests"
+    );
+
+    for req in [first, last] {
+        assert_eq!(req.resource_metrics.len(), 1, "one resource per request");
+        let resource = attrs(
+            &req.resource_metrics[0]
+                .resource
+                .as_ref()
+                .expect("a resource")
+                .attributes,
+        );
+        assert_eq!(
+            resource.get("service.name").map(String::as_str),
+            Some("net-exporter"),
+            "{resource:?}"
+        );
+        assert_eq!(
+            resource.get("k8s.node.name").map(String::as_str),
+            Some("itest-node"),
+            "{resource:?}"
+        );
+    }
+
+    // The same names as the Prometheus scrape of the same agent.
+    let metrics = metrics_by_name(last);
+    let otlp_names: BTreeSet<String> = metrics.keys().map(|n| n.to_string()).collect();
+    assert_eq!(
+        otlp_names,
+        scrape.family_names(),
+        "OTLP metric names (left) against the scrape's (right)"
+    );
+
+    let before = metrics_by_name(first);
+    let mut problems = Vec::new();
+    for spec in spec_metrics_implemented() {
+        let Some(m) = metrics.get(spec.name.as_str()) else {
+            problems.push(format!("{}: not pushed", spec.name));
+            continue;
+        };
+        match (&m.data, spec.kind.as_str()) {
+            (Some(metric::Data::Sum(s)), "counter")
+                if s.is_monotonic
+                    && s.aggregation_temporality == AggregationTemporality::Cumulative as i32 => {}
+            (Some(metric::Data::Gauge(_)), "gauge") => {}
+            (data, kind) => problems.push(format!(
+                "{}: spec kind {kind}, pushed as {}",
+                spec.name,
+                match data {
+                    Some(metric::Data::Sum(s)) => format!(
+                        "Sum(monotonic={}, temporality={:?})",
+                        s.is_monotonic,
+                        AggregationTemporality::try_from(s.aggregation_temporality)
+                    ),
+                    Some(metric::Data::Gauge(_)) => "Gauge".into(),
+                    other => format!("{other:?}"),
+                }
+            )),
+        }
+        if !spec.is_pod() {
+            continue;
+        }
+        let mine: Vec<&NumberDataPoint> = points(m)
+            .iter()
+            .filter(|p| attrs(&p.attributes).get("netns") == Some(&ns.name))
+            .collect();
+        if mine.is_empty() {
+            problems.push(format!(
+                "{}: no data point for netns {}",
+                spec.name, ns.name
+            ));
+        }
+        let mut want: BTreeSet<&str> = ["k8s_node", "netns"].into();
+        want.extend(spec.extra_labels());
+        for p in &mine {
+            let a = attrs(&p.attributes);
+            let keys: BTreeSet<&str> = a.keys().map(String::as_str).collect();
+            if keys != want || a["k8s_node"] != "itest-node" {
+                problems.push(format!("{}: attributes {a:?}", spec.name));
+            }
+            let _ = value(p);
+        }
+        // Cumulative counters continue from the first push: same start, never smaller.
+        if spec.kind == "counter" {
+            let earlier = before
+                .get(spec.name.as_str())
+                .map(|m| points(m))
+                .unwrap_or(&[]);
+            for p in &mine {
+                // Attributes are a set: their order may differ between pushes.
+                let key = attrs(&p.attributes);
+                let Some(q) = earlier.iter().find(|q| attrs(&q.attributes) == key) else {
+                    problems.push(format!(
+                        "{}: {:?} not in the first push",
+                        spec.name,
+                        attrs(&p.attributes)
+                    ));
+                    continue;
+                };
+                if q.start_time_unix_nano != p.start_time_unix_nano
+                    || value(q) > value(p)
+                    || q.time_unix_nano >= p.time_unix_nano
+                {
+                    problems.push(format!(
+                        "{}: not cumulative: first push start={} time={} value={}, last start={} time={} value={}",
+                        spec.name,
+                        q.start_time_unix_nano,
+                        q.time_unix_nano,
+                        value(q),
+                        p.start_time_unix_nano,
+                        p.time_unix_nano,
+                        value(p)
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{protocol:?} push against the spec:\n{}",
+        problems.join("\n")
+    );
+
+    // Every push so far succeeded as far as the agent knows.
+    let failures = agent.scrape().value(
+        "netexporter_export_failures_total",
+        &[("exporter", "otlp"), ("signal", "metrics")],
+    );
+    assert_eq!(failures, Some(0.0), "agent log:\n{}", agent.log_text());
+}
+
+#[test]
+fn otlp_grpc_push_by_flags() {
+    check_push(Protocol::Grpc, false);
+}
+
+#[test]
+fn otlp_http_protobuf_push_by_flags() {
+    check_push(Protocol::HttpProtobuf, false);
+}
+
+#[test]
+fn otlp_grpc_push_by_environment() {
+    check_push(Protocol::Grpc, true);
+}
+
+#[test]
+fn otlp_http_protobuf_push_by_environment() {
+    check_push(Protocol::HttpProtobuf, true);
+}
+
+/// With nothing listening at the endpoint, the agent keeps serving /metrics and counts the
+/// failed exports.
+#[test]
+fn otlp_dead_endpoint_is_counted_and_scrapes_go_on() {
+    require_root();
+    let ns = Netns::new("nxod");
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let dead = DeadPort::new();
+        let agent = Agent::start(&[
+            &format!("--otlp.endpoint=http://127.0.0.1:{}", dead.port),
+            &format!("--otlp.protocol={}", protocol.flag()),
+            "--otlp.interval=1s",
+        ]);
+        let failures = poll(Duration::from_secs(30), || {
+            // Each scrape must succeed while the pushes fail (`scrape` asserts 200).
+            let s = agent.scrape();
+            assert!(
+                s.value("netexporter_sock_inuse", &[("netns", &ns.name)])
+                    .is_some(),
+                "{protocol:?}: scrape without the namespace:\n{}",
+                s.text
+            );
+            s.value(
+                "netexporter_export_failures_total",
+                &[("exporter", "otlp"), ("signal", "metrics")],
+            )
+            .filter(|v| *v > 0.0)
+        });
+        assert!(
+            failures.is_some(),
+            "{protocol:?}: export failures not counted after 30s; agent log:\n{}",
+            agent.log_text()
+        );
+        // Still serving after the failures.
+        let (status, _) = http_get(agent.port, "/metrics").expect("scrape after failures");
+        assert_eq!(status, 200);
+    }
+}
