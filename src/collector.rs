@@ -50,6 +50,8 @@ pub struct Snapshot {
     /// Attributes every node-level self-metric carries (`k8s_node`).
     pub node_attrs: Vec<KeyValue>,
     pub targets: u64,
+    /// Collections run since the agent started, this one included.
+    pub collections_total: u64,
     pub started: Option<Instant>,
 }
 
@@ -75,6 +77,7 @@ pub struct Collector {
     node_name: String,
     workers: usize,
     sessions: Mutex<HashMap<u64, NetnsSession>>,
+    collections: std::sync::atomic::AtomicU64,
     state: Mutex<State>,
     inflight: Mutex<Option<SharedCollection>>,
 }
@@ -102,6 +105,7 @@ impl Collector {
             node_name: cfg.node_name.clone(),
             workers: cfg.workers,
             sessions: Mutex::new(HashMap::new()),
+            collections: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new(State::default()),
             inflight: Mutex::new(None),
         }
@@ -206,6 +210,7 @@ impl Collector {
         );
         Snapshot {
             started: Some(started),
+            collections_total: self.collections.fetch_add(1, Ordering::Relaxed) + 1,
             ..snapshot
         }
     }
@@ -337,6 +342,7 @@ impl Collector {
             collectors,
             node_attrs,
             targets,
+            collections_total: 0,
             started: None,
         }
     }
@@ -353,6 +359,7 @@ impl Collector {
             collectors,
             node_attrs: vec![KeyValue::new("k8s_node", self.node_name.clone())],
             targets: 0,
+            collections_total: self.collections.fetch_add(1, Ordering::Relaxed) + 1,
             started: None,
         }
     }

@@ -264,6 +264,15 @@ fn register_self_instruments(
         .build();
     let c = Arc::clone(current);
     meter
+        .u64_observable_counter("netexporter_collections_total")
+        .with_description("Collections run; concurrent scrapes and pushes share one, so this can grow slower than the scrapes.")
+        .with_callback(move |obs| {
+            let snap = read(&c);
+            obs.observe(snap.collections_total, &snap.node_attrs);
+        })
+        .build();
+    let c = Arc::clone(current);
+    meter
         .u64_observable_gauge("netexporter_build_info")
         .with_description("Always 1; the labels tell the version of the agent.")
         .with_callback(move |obs| {
