@@ -33,7 +33,9 @@ fn bad_configuration_exits_2_naming_the_field() {
         "prefixes.yaml",
         "probes:\n  qdisc:\n    device_prefixes: 5\n",
     );
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    // (flags, environment, what stderr must name)
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (vec![&typo], vec![], "listen_adress"),
         (vec![&probe], vec![], "probes.conntrak"),
         (vec![&prefixes], vec![], "device_prefixes"),
