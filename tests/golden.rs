@@ -533,3 +533,19 @@ fn e2e_binary_on_fixture_tree() {
         golden.display()
     );
 }
+
+/// docs/metrics.md is generated from the code's lists, so it cannot drift.
+#[test]
+fn docs_metrics_md_is_current() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/metrics.md");
+    let got = probes::reference_markdown(net_exporter::telemetry::SELF_METRICS);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &got).expect("write docs/metrics.md");
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        got == want,
+        "docs/metrics.md is stale: run UPDATE_GOLDEN=1 cargo test --test golden docs"
+    );
+}

@@ -36,6 +36,48 @@ pub fn by_name(name: &str) -> Option<&'static dyn Probe> {
     PROBES.iter().copied().find(|p| p.name() == name)
 }
 
+/// docs/metrics.md, generated from the code's own lists (a test keeps the file current).
+pub fn reference_markdown(self_metrics: &[MetricDef]) -> String {
+    let kind = |k: Kind| match k {
+        Kind::Counter => "counter",
+        Kind::Gauge => "gauge",
+    };
+    let mut out = String::from(
+        "# Metrics\n\nGenerated from the code by `UPDATE_GOLDEN=1 cargo test --test golden docs`; \
+         do not edit by hand. Every series carries `k8s_node`. Pod-scope series carry `netns` \
+         (standalone; the node's own namespace has no `netns`), and netdev series `if_name`. \
+         Names are exactly as scraped: no `_total` or unit suffix is added to the spec's names.\n",
+    );
+    for p in PROBES {
+        let scope = match p.scope() {
+            Scope::Node => "node",
+            Scope::Pod => "pod",
+        };
+        out.push_str(&format!(
+            "\n## {} ({scope} scope)\n\n| metric | kind | meaning |\n|---|---|---|\n",
+            p.name()
+        ));
+        for m in p.metrics() {
+            out.push_str(&format!(
+                "| `{}` | {} | {} |\n",
+                m.name,
+                kind(m.kind),
+                m.help
+            ));
+        }
+    }
+    out.push_str("\n## The agent itself\n\n| metric | kind | meaning |\n|---|---|---|\n");
+    for m in self_metrics {
+        out.push_str(&format!(
+            "| `{}` | {} | {} |\n",
+            m.name,
+            kind(m.kind),
+            m.help
+        ));
+    }
+    out
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Counter,

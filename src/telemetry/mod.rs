@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Meter, MeterProvider as _};
+use opentelemetry::metrics::{AsyncInstrument, Meter, MeterProvider as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
@@ -22,7 +22,7 @@ use opentelemetry_sdk::metrics::{
 
 use crate::collector::Snapshot;
 use crate::config::Config;
-use crate::probes::{self, Kind, Scope};
+use crate::probes::{self, Kind, MetricDef, Scope};
 
 /// Series ceilings per instrument (the SDK's default is 2000; past the ceiling it folds series
 /// into one `otel.metric.overflow` series). The SDK preallocates each instrument's map to its
@@ -167,7 +167,7 @@ fn register_probe_instruments(
         let probe = probes::PROBES[p];
         for (m, def) in probe.metrics().iter().enumerate() {
             let current = Arc::clone(current);
-            let observe = move |obs: &dyn opentelemetry::metrics::AsyncInstrument<u64>| {
+            let observe = move |obs: &dyn AsyncInstrument<u64>| {
                 let snap = read(&current);
                 for s in snap.series.get(p).into_iter().flatten() {
                     if let Some(Some(v)) = s.values.get(m) {
@@ -204,6 +204,28 @@ fn scope_name(s: Scope) -> &'static str {
     }
 }
 
+/// The agent's own metrics, beside the probes'. Listed once here for registration and for
+/// docs/metrics.md.
+pub const SELF_METRICS: &[MetricDef] = crate::metrics![
+    gauge "netexporter_scrape_collector_duration_seconds" "Time a collector spent in the last collection, summed over network namespaces. Labels: collector.",
+    gauge "netexporter_scrape_collector_success" "1 if a collector succeeded in every network namespace in the last collection, else 0. Labels: collector.",
+    counter "netexporter_scrape_collector_errors_total" "Failures of a collector, one per network namespace where it failed. Labels: collector.",
+    gauge "netexporter_targets" "Network namespaces read in the last collection, the node's own included.",
+    counter "netexporter_collections_total" "Collections run; concurrent scrapes and pushes share one, so this can grow slower than the scrapes.",
+    gauge "netexporter_build_info" "Always 1; the labels tell the version of the agent. Labels: version.",
+    counter "netexporter_export_failures_total" "Exports that failed, by exporter and signal. Labels: exporter, signal.",
+];
+
+/// A callback that observes values of one snapshot.
+type ObserveSnapshot = Box<dyn Fn(&Snapshot, &dyn AsyncInstrument<u64>) + Send + Sync>;
+
+fn self_metric(name: &str) -> &'static MetricDef {
+    SELF_METRICS
+        .iter()
+        .find(|m| m.name == name)
+        .unwrap_or(&SELF_METRICS[0])
+}
+
 fn register_self_instruments(
     meter: &Meter,
     current: &Arc<RwLock<Arc<Snapshot>>>,
@@ -214,12 +236,30 @@ fn register_self_instruments(
         a.push(KeyValue::new("collector", name));
         a
     };
+    let gauge = |name: &'static str, f: ObserveSnapshot| {
+        let c = Arc::clone(current);
+        let def = self_metric(name);
+        meter
+            .u64_observable_gauge(def.name)
+            .with_description(def.help)
+            .with_callback(move |obs| f(&read(&c), obs))
+            .build();
+    };
+    let counter = |name: &'static str, f: ObserveSnapshot| {
+        let c = Arc::clone(current);
+        let def = self_metric(name);
+        meter
+            .u64_observable_counter(def.name)
+            .with_description(def.help)
+            .with_callback(move |obs| f(&read(&c), obs))
+            .build();
+    };
+
     let c = Arc::clone(current);
+    let def = self_metric("netexporter_scrape_collector_duration_seconds");
     meter
-        .f64_observable_gauge("netexporter_scrape_collector_duration_seconds")
-        .with_description(
-            "Time a collector spent in the last collection, summed over network namespaces.",
-        )
+        .f64_observable_gauge(def.name)
+        .with_description(def.help)
         .with_callback(move |obs| {
             let snap = read(&c);
             for st in &snap.collectors {
@@ -227,72 +267,46 @@ fn register_self_instruments(
             }
         })
         .build();
-    let c = Arc::clone(current);
-    meter
-        .u64_observable_gauge("netexporter_scrape_collector_success")
-        .with_description(
-            "1 if a collector succeeded in every network namespace in the last collection, else 0.",
-        )
-        .with_callback(move |obs| {
-            let snap = read(&c);
+    gauge(
+        "netexporter_scrape_collector_success",
+        Box::new(move |snap, obs| {
             for st in &snap.collectors {
-                obs.observe(u64::from(st.success), &collector_attrs(&snap, st.name));
+                obs.observe(u64::from(st.success), &collector_attrs(snap, st.name));
             }
-        })
-        .build();
-    let c = Arc::clone(current);
-    meter
-        .u64_observable_counter("netexporter_scrape_collector_errors_total")
-        .with_description("Failures of a collector, one per network namespace where it failed.")
-        .with_callback(move |obs| {
-            let snap = read(&c);
+        }),
+    );
+    counter(
+        "netexporter_scrape_collector_errors_total",
+        Box::new(move |snap, obs| {
             for st in &snap.collectors {
-                obs.observe(st.errors_total, &collector_attrs(&snap, st.name));
+                obs.observe(st.errors_total, &collector_attrs(snap, st.name));
             }
-        })
-        .build();
-    let c = Arc::clone(current);
-    meter
-        .u64_observable_gauge("netexporter_targets")
-        .with_description(
-            "Network namespaces read in the last collection, the node's own included.",
-        )
-        .with_callback(move |obs| {
-            let snap = read(&c);
-            obs.observe(snap.targets, &snap.node_attrs);
-        })
-        .build();
-    let c = Arc::clone(current);
-    meter
-        .u64_observable_counter("netexporter_collections_total")
-        .with_description("Collections run; concurrent scrapes and pushes share one, so this can grow slower than the scrapes.")
-        .with_callback(move |obs| {
-            let snap = read(&c);
-            obs.observe(snap.collections_total, &snap.node_attrs);
-        })
-        .build();
-    let c = Arc::clone(current);
-    meter
-        .u64_observable_gauge("netexporter_build_info")
-        .with_description("Always 1; the labels tell the version of the agent.")
-        .with_callback(move |obs| {
-            let snap = read(&c);
+        }),
+    );
+    gauge(
+        "netexporter_targets",
+        Box::new(|snap, obs| obs.observe(snap.targets, &snap.node_attrs)),
+    );
+    counter(
+        "netexporter_collections_total",
+        Box::new(|snap, obs| obs.observe(snap.collections_total, &snap.node_attrs)),
+    );
+    gauge(
+        "netexporter_build_info",
+        Box::new(|snap, obs| {
             let mut a = snap.node_attrs.clone();
             a.push(KeyValue::new("version", env!("CARGO_PKG_VERSION")));
             obs.observe(1, &a);
-        })
-        .build();
-    let c = Arc::clone(current);
+        }),
+    );
     let stats = Arc::clone(export_stats);
-    meter
-        .u64_observable_counter("netexporter_export_failures_total")
-        .with_description("Exports that failed, by exporter and signal.")
-        .with_callback(move |obs| {
-            let snap = read(&c);
+    counter(
+        "netexporter_export_failures_total",
+        Box::new(move |snap, obs| {
             let mut a = snap.node_attrs.clone();
             a.push(KeyValue::new("exporter", "otlp"));
             a.push(KeyValue::new("signal", "metrics"));
             obs.observe(stats.otlp_metrics_failures.load(Ordering::Relaxed), &a);
-        })
-        .build();
+        }),
+    );
 }
