@@ -1,8 +1,8 @@
 //! Integration tests: the real binary against real network namespaces, veth pairs and
 //! servers on this machine. Every resource a test creates is removed by a guard.
 
-mod harness;
 mod cli;
+mod harness;
 mod otlp;
 mod prometheus;
 
