@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: all deps build release run test lint unit integration bench fmt clean
+.PHONY: all deps build release run test lint unit integration bench fmt clean bpf bpf-check
 
 all: build
 
@@ -19,8 +19,9 @@ release:
 run: release
 	./target/release/net-exporter $(ARGS)
 
-## Everything CI checks: lint, unit tests on fixtures, integration tests on real namespaces.
-test: deps lint
+## Everything CI checks: lint, the committed BPF objects, unit tests on fixtures, integration
+## tests on real namespaces.
+test: deps lint bpf-check
 	$(CARGO) test --all-targets -- --test-threads=1
 
 lint:
@@ -41,3 +42,24 @@ fmt:
 
 clean:
 	$(CARGO) clean
+
+# The BPF objects are committed (see build.rs); these rebuild and verify them with Debian's clang.
+BPF_SOURCES = bpf/packetloss.bpf.c bpf/packetloss_nobtf.bpf.c bpf/packetloss.h bpf/vmlinux.h
+BPF_CFLAGS = -O2 -g -target bpf -D__TARGET_ARCH_x86 -I/usr/include/$(shell uname -m)-linux-gnu
+BPF_OUT ?= bpf
+
+## Rebuild bpf/*.bpf.o and bpf/sources.sha256 from the sources.
+bpf: deps
+	@for o in packetloss packetloss_nobtf; do \
+	  clang $(BPF_CFLAGS) -c bpf/$$o.bpf.c -o $(BPF_OUT)/$$o.bpf.o && llvm-strip -g $(BPF_OUT)/$$o.bpf.o || exit 1; \
+	done
+	@cat $(BPF_SOURCES) | sha256sum | cut -d' ' -f1 > $(BPF_OUT)/sources.sha256
+	@echo "bpf objects written to $(BPF_OUT)/"
+
+## The committed objects and hash are exactly what the sources compile to.
+bpf-check: deps
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	$(MAKE) --no-print-directory bpf BPF_OUT=$$tmp >/dev/null && \
+	for f in packetloss.bpf.o packetloss_nobtf.bpf.o sources.sha256; do \
+	  cmp -s $$tmp/$$f bpf/$$f || { echo "bpf/$$f is not what bpf/ sources compile to: run make bpf"; exit 1; }; \
+	done && echo "bpf objects match their sources"

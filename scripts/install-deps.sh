@@ -15,6 +15,9 @@ have promtool   || need+=(prometheus)
 have curl       || need+=(curl)
 have python3    || need+=(python3)
 have setpriv    || need+=(util-linux)
+have clang      || need+=(clang)
+have llvm-strip || need+=(llvm)
+[ -e /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -35,3 +38,8 @@ fi
 for c in cargo-clippy rustfmt; do
   have "$c" || { echo "install-deps: the Rust toolchain lacks $c (rustup component add clippy rustfmt)" >&2; exit 1; }
 done
+
+# The tracepoint attach modes of the drop counter read tracefs.
+if [ ! -e /sys/kernel/tracing/events ] && [ "$(id -u)" -eq 0 ]; then
+  mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
+fi

@@ -170,6 +170,7 @@ impl Collector {
         let live: HashSet<u64> = targets.iter().map(|t| t.inode).collect();
         sessions.retain(|ino, _| live.contains(ino));
 
+        let collection = self.collections.load(Ordering::Relaxed) + 1;
         let work: Vec<WorkItem> = targets
             .into_iter()
             .map(|t| {
@@ -191,7 +192,7 @@ impl Collector {
                         else {
                             continue;
                         };
-                        let r = self.read_target(target, session);
+                        let r = self.read_target(target, session, collection);
                         results
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -202,6 +203,12 @@ impl Collector {
         });
         let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
         results.sort_by_key(|(i, _)| *i);
+        // Without a full discovery the live set is unknown: keep every probe's state.
+        if discovery_error.is_none() {
+            for (_, probe) in &self.probes {
+                probe.after_collection(&live);
+            }
+        }
 
         let snapshot = self.assemble(
             results.into_iter().map(|(_, r)| r),
@@ -215,7 +222,12 @@ impl Collector {
         }
     }
 
-    fn read_target(&self, target: Target, session: Option<NetnsSession>) -> TargetResult {
+    fn read_target(
+        &self,
+        target: Target,
+        session: Option<NetnsSession>,
+        collection: u64,
+    ) -> TargetResult {
         let mut result = TargetResult {
             results: Vec::with_capacity(self.probes.len()),
             session: None,
@@ -249,6 +261,8 @@ impl Collector {
         {
             let is_node = result.target.is_node();
             let mut src = TargetSources::new(&mut session, &self.procfs, is_node);
+            src.inode = result.target.inode;
+            src.collection = collection;
             for (_, probe) in &self.probes {
                 if probe.scope() == Scope::Node && !is_node {
                     result.results.push(None);

@@ -13,6 +13,7 @@ use clap::Parser;
 use serde::Deserialize;
 
 use crate::probes;
+pub use crate::probes::packetloss::AttachMode;
 
 /// Command-line flags, named as in Prometheus exporters.
 #[derive(Parser, Debug, Default, Clone)]
@@ -117,12 +118,28 @@ pub struct ProbeFile {
     pub enabled: Option<bool>,
     /// qdisc: device name prefixes whose root qdiscs are summed.
     pub device_prefixes: Option<Vec<String>>,
+    /// packetloss: where to attach (auto, tp_btf, raw_tracepoint, tracepoint, tracepoint_nobtf).
+    pub attach: Option<AttachMode>,
+    /// packetloss: the kernel BTF to read drop reasons and relocate the program with.
+    pub btf_path: Option<PathBuf>,
 }
 
 /// Options probes read; each probe uses its own.
 #[derive(Debug, Clone)]
 pub struct ProbeOptions {
     pub device_prefixes: Vec<String>,
+    pub attach: AttachMode,
+    pub btf_path: PathBuf,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self {
+            device_prefixes: vec!["cali".into(), "eth".into()],
+            attach: AttachMode::Auto,
+            btf_path: "/sys/kernel/btf/vmlinux".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,27 +282,38 @@ impl Config {
             .filter(|n| !flags.disable.iter().any(|d| d == n))
             .filter(|n| file.probes.get(*n).and_then(|p| p.enabled).unwrap_or(true))
             .collect();
+        let defaults = ProbeOptions::default();
         let device_prefixes = file
             .probes
             .get("qdisc")
             .and_then(|p| p.device_prefixes.clone())
-            .unwrap_or_else(|| vec!["cali".into(), "eth".into()]);
+            .unwrap_or(defaults.device_prefixes);
         if device_prefixes.iter().any(|p| p.is_empty()) {
             return Err(err(
                 "probes.qdisc.device_prefixes",
                 "an empty prefix would select every device",
             ));
         }
-        if let Some((name, _)) = file
-            .probes
-            .iter()
-            .find(|(n, p)| p.device_prefixes.is_some() && n.as_str() != "qdisc")
-        {
-            return Err(err(
-                &format!("probes.{name}.device_prefixes"),
-                "only the qdisc probe takes device_prefixes",
-            ));
+        for (name, p) in &file.probes {
+            let misplaced = [
+                ("device_prefixes", p.device_prefixes.is_some(), "qdisc"),
+                ("attach", p.attach.is_some(), "packetloss"),
+                ("btf_path", p.btf_path.is_some(), "packetloss"),
+            ];
+            for (field, set, owner) in misplaced {
+                if set && name != owner {
+                    return Err(err(
+                        &format!("probes.{name}.{field}"),
+                        format!("only the {owner} probe takes {field}"),
+                    ));
+                }
+            }
         }
+        let packetloss = file.probes.get("packetloss");
+        let attach = packetloss.and_then(|p| p.attach).unwrap_or(defaults.attach);
+        let btf_path = packetloss
+            .and_then(|p| p.btf_path.clone())
+            .unwrap_or(defaults.btf_path);
 
         let otlp = resolve_otlp(flags, &env, file.otlp)?;
 
@@ -321,7 +349,11 @@ impl Config {
             log_level,
             workers,
             probes: enabled,
-            probe_options: ProbeOptions { device_prefixes },
+            probe_options: ProbeOptions {
+                device_prefixes,
+                attach,
+                btf_path,
+            },
             otlp,
             service_name,
             resource_attributes,
@@ -603,6 +635,18 @@ mod tests {
                 &[],
                 "probes:\n  tcp:\n    device_prefixes: [a]\n",
                 "probes.tcp.device_prefixes",
+            ),
+            (
+                Flags::default(),
+                &[],
+                "probes:\n  packetloss:\n    attach: kprobe\n",
+                "unknown variant `kprobe`",
+            ),
+            (
+                Flags::default(),
+                &[],
+                "probes:\n  arp:\n    attach: tp_btf\n",
+                "probes.arp.attach",
             ),
             (
                 Flags::default(),

@@ -37,9 +37,7 @@ fn json(file: &str) -> Value {
 }
 
 fn options() -> ProbeOptions {
-    ProbeOptions {
-        device_prefixes: vec!["cali".into(), "eth".into()],
-    }
+    ProbeOptions::default()
 }
 
 /// Runs the probe's parser on its fixture folder.
@@ -77,6 +75,18 @@ fn parse_with(probe: &str, read: &dyn Fn(&str) -> Vec<u8>) -> anyhow::Result<Vec
         )])]),
         other => panic!("no fixture parser for probe {other}"),
     }
+}
+
+/// Probes whose data cannot be captured into a file: `packetloss` counts in the kernel (its
+/// BTF reader has unit tests on built blobs and the running kernel; integration tests count
+/// real drops).
+const LIVE_ONLY: &[&str] = &["packetloss"];
+
+fn fixture_probes() -> impl Iterator<Item = &'static dyn probes::Probe> {
+    probes::PROBES
+        .iter()
+        .copied()
+        .filter(|p| !LIVE_ONLY.contains(&p.name()))
 }
 
 /// `name{label} value` lines, in metric order.
@@ -120,7 +130,7 @@ fn value(probe: &str, series: &[Series], metric: &str, if_name: Option<&str>) ->
 fn every_probe_matches_its_golden_file() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let mut failures = Vec::new();
-    for probe in probes::PROBES {
+    for probe in fixture_probes() {
         let name = probe.name();
         let got = render(
             name,
@@ -404,7 +414,7 @@ fn conntrack_counters_are_at_most_the_later_conntrack_s() {
 /// panics are not.
 #[test]
 fn parsers_survive_damaged_input() {
-    for probe in probes::PROBES {
+    for probe in fixture_probes() {
         let name = probe.name();
         let files: Vec<String> = std::fs::read_dir(dir(name))
             .expect("fixture dir")
@@ -458,7 +468,13 @@ fn parsers_survive_damaged_input() {
 /// accident.
 #[test]
 fn spec_and_code_list_the_same_metrics() {
-    const NOT_YET: &[&str] = &["packetloss", "podip"];
+    const NOT_YET: &[&str] = &["podip"];
+    // Beyond the original product, on purpose (see docs/metrics.md).
+    const BEYOND_SPEC: &[&str] = &[
+        "netexporter_packetloss_reason",
+        "netexporter_packetloss_info",
+        "netexporter_packetloss_uncounted_total",
+    ];
     let spec_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/spec/metrics.tsv");
     let spec = std::fs::read_to_string(&spec_path)
         .unwrap_or_else(|e| panic!("{}: {e}", spec_path.display()));
@@ -487,6 +503,7 @@ fn spec_and_code_list_the_same_metrics() {
                 (p.name().to_string(), m.name.to_string(), kind.to_string())
             })
         })
+        .filter(|(_, name, _)| !BEYOND_SPEC.contains(&name.as_str()))
         .collect();
     from_spec.sort();
     from_code.sort();
@@ -506,7 +523,7 @@ fn e2e_binary_on_fixture_tree() {
     let agent = harness::Agent::start(&[
         &procfs,
         "--path.netns=/nonexistent",
-        "--collector.disable=netdev,qdisc,arp,tcpsummary,sockbacklog",
+        "--collector.disable=netdev,qdisc,arp,tcpsummary,sockbacklog,packetloss",
     ]);
     let scrape = agent.scrape();
     // Durations differ at every run; everything else is fixed by the fixture.

@@ -1,6 +1,7 @@
 //! `arp`: the node's IPv4 neighbour table: its hard limit (gc_thresh3), its entries (an
-//! RTM_GETNEIGH dump, NOARP entries left out as in /proc/net/arp and `ip neigh`) and the
-//! packets discarded while waiting for resolution (/proc/net/stat/arp_cache).
+//! RTM_GETNEIGH dump, NOARP entries and entries in no state left out as in /proc/net/arp and
+//! `ip neigh`) and the packets discarded while waiting for resolution
+//! (/proc/net/stat/arp_cache).
 
 use anyhow::{Context, Result};
 use netlink_packet_core::NetlinkPayload;
@@ -21,13 +22,18 @@ const METRICS: &[MetricDef] = metrics![
     counter "netexporter_arp_unresolveddiscards" "Packets discarded while waiting for address resolution (arp_cache unresolved_discards).",
 ];
 
-/// IPv4 neighbour entries in an RTM_GETNEIGH reply, NOARP ones left out.
+/// IPv4 neighbour entries in an RTM_GETNEIGH reply. NOARP entries and entries in no state at
+/// all (NUD_NONE: created but never resolved, or added with `nud none`) are left out, as
+/// /proc/net/arp (which skips entries whose state has no bit beside NOARP) and `ip neigh` do.
 pub fn count_entries(reply: &[u8]) -> Result<u64> {
     let mut n = 0;
     for msg in messages::<RouteNetlinkMessage>(reply) {
         if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(nb)) = msg?.payload
             && nb.header.family == AddressFamily::Inet
-            && nb.header.state != NeighbourState::Noarp
+            && !matches!(
+                nb.header.state,
+                NeighbourState::Noarp | NeighbourState::None
+            )
         {
             n += 1;
         }

@@ -6,6 +6,7 @@ pub mod arp;
 pub mod conntrack;
 pub mod format;
 pub mod netdev;
+pub mod packetloss;
 pub mod qdisc;
 pub mod sock;
 pub mod sockbacklog;
@@ -29,6 +30,7 @@ pub static PROBES: &[&dyn Probe] = &[
     &tcpsummary::TcpSummary,
     &arp::Arp,
     &sockbacklog::SockBacklog,
+    &packetloss::PacketLoss,
 ];
 
 /// Looks a probe up by its name.
@@ -137,6 +139,10 @@ pub trait Probe: Sync + Send {
     fn metrics(&self) -> &'static [MetricDef];
     /// Reads this probe's sources for one target. Errors carry the source that failed.
     fn collect(&self, src: &mut TargetSources, opts: &ProbeOptions) -> anyhow::Result<Vec<Series>>;
+
+    /// Called once all targets of a collection were read, with the inodes of the namespaces
+    /// that exist: node-wide state of namespaces that are gone can be dropped.
+    fn after_collection(&self, _live: &std::collections::HashSet<u64>) {}
 }
 
 #[cfg(test)]

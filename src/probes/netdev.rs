@@ -34,11 +34,15 @@ pub struct Link {
     pub index: u32,
     pub name: String,
     pub stats: Option<Stats64>,
+    /// For a device whose peer lives in another namespace (a veth): the peer's ifindex there.
+    pub peer: Option<u32>,
 }
 
 const RTM_NEWLINK: u16 = 16;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_STATS64: u16 = 23;
+const IFLA_LINK: u16 = 5;
+const IFLA_LINK_NETNSID: u16 = 37;
 /// `struct ifinfomsg`.
 const LINK_HEADER_LEN: usize = 16;
 
@@ -55,6 +59,8 @@ pub fn links(reply: &[u8]) -> Result<Vec<Link>> {
         let header = LinkHeader::parse(payload).map_err(|e| anyhow!("ifinfomsg: {e}"))?;
         let mut name = None;
         let mut stats = None;
+        let mut link = None;
+        let mut other_netns = false;
         for nla in NlasIterator::new(payload.get(LINK_HEADER_LEN..).unwrap_or_default()) {
             let nla = nla.map_err(|e| anyhow!("link attribute: {e}"))?;
             match nla.kind() {
@@ -68,6 +74,13 @@ pub fn links(reply: &[u8]) -> Result<Vec<Link>> {
                         Stats64::parse(nla.value()).map_err(|e| anyhow!("IFLA_STATS64: {e}"))?,
                     );
                 }
+                IFLA_LINK => {
+                    link = nla
+                        .value()
+                        .get(..4)
+                        .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                }
+                IFLA_LINK_NETNSID => other_netns = true,
                 _ => {}
             }
         }
@@ -75,6 +88,7 @@ pub fn links(reply: &[u8]) -> Result<Vec<Link>> {
             index: header.index,
             name: name.unwrap_or_else(|| format!("if{}", header.index)),
             stats,
+            peer: link.filter(|_| other_netns),
         });
     }
     Ok(out)

@@ -23,6 +23,10 @@ pub struct TargetSources<'a> {
     session: &'a mut NetnsSession,
     procfs: &'a Path,
     is_node: bool,
+    /// The target's namespace inode.
+    pub inode: u64,
+    /// Which collection this is (probes with node-wide state read it once per collection).
+    pub collection: u64,
     files: [Option<Rc<Vec<u8>>>; 4],
     links: Option<Rc<Vec<u8>>>,
 }
@@ -33,6 +37,8 @@ impl<'a> TargetSources<'a> {
             session,
             procfs,
             is_node,
+            inode: 0,
+            collection: 0,
             files: Default::default(),
             links: None,
         }
@@ -47,6 +53,10 @@ impl<'a> TargetSources<'a> {
         let v = Rc::new(self.session.read(f)?);
         self.files[idx] = Some(v.clone());
         Ok(v)
+    }
+
+    pub fn is_node(&self) -> bool {
+        self.is_node
     }
 
     /// Whether the namespace has IPv6 (its sockstat6 could be opened).

@@ -22,7 +22,7 @@ use opentelemetry_sdk::metrics::{
 
 use crate::collector::Snapshot;
 use crate::config::Config;
-use crate::probes::{self, Kind, MetricDef, Scope};
+use crate::probes::{self, Kind, MetricDef};
 
 /// Series ceilings per instrument (the SDK's default is 2000; past the ceiling it folds series
 /// into one `otel.metric.overflow` series). The SDK preallocates each instrument's map to its
@@ -175,32 +175,23 @@ fn register_probe_instruments(
                     }
                 }
             };
-            let unit_free_description =
-                format!("{} Scope: {}.", def.help, scope_name(probe.scope()));
             match def.kind {
                 Kind::Counter => {
                     meter
                         .u64_observable_counter(def.name)
-                        .with_description(unit_free_description)
+                        .with_description(def.help)
                         .with_callback(observe)
                         .build();
                 }
                 Kind::Gauge => {
                     meter
                         .u64_observable_gauge(def.name)
-                        .with_description(unit_free_description)
+                        .with_description(def.help)
                         .with_callback(observe)
                         .build();
                 }
             }
         }
-    }
-}
-
-fn scope_name(s: Scope) -> &'static str {
-    match s {
-        Scope::Node => "node",
-        Scope::Pod => "pod network namespace",
     }
 }
 

@@ -1,0 +1,89 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Counts every dropped packet (skb:kfree_skb) by network namespace, drop reason and device,
+ * in-kernel, in a per-CPU hash. Three entry points share the counting; user space attaches the
+ * first one the kernel accepts: tp_btf, then raw_tracepoint, then tracepoint. No per-packet
+ * event leaves the kernel. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "packetloss.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, DROPS_MAX_ENTRIES);
+	__type(key, struct drop_key);
+	__type(value, __u64);
+} drops SEC(".maps");
+
+/* Drops that could not be counted because `drops` was full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} overflow SEC(".maps");
+
+static __always_inline void count(struct sk_buff *skb, __u32 reason)
+{
+	struct drop_key key = {};
+	struct net_device *dev;
+	struct sock *sk;
+	__u64 *v, one = 1;
+	__u32 zero = 0;
+
+	key.reason = reason;
+	dev = BPF_CORE_READ(skb, dev);
+	if (dev) {
+		key.netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
+		key.ifindex = BPF_CORE_READ(dev, ifindex);
+	} else {
+		sk = BPF_CORE_READ(skb, sk);
+		if (sk)
+			key.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	}
+
+	v = bpf_map_lookup_elem(&drops, &key);
+	if (v) {
+		*v += 1; /* this CPU's slot: no other writer */
+		return;
+	}
+	if (bpf_map_update_elem(&drops, &key, &one, BPF_NOEXIST) == 0)
+		return;
+	/* Another CPU created it meanwhile, or the map is full. */
+	v = bpf_map_lookup_elem(&drops, &key);
+	if (v) {
+		*v += 1;
+		return;
+	}
+	v = bpf_map_lookup_elem(&overflow, &zero);
+	if (v)
+		*v += 1;
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(kfree_skb_btf, struct sk_buff *skb, void *location, unsigned int reason)
+{
+	count(skb, reason);
+	return 0;
+}
+
+/* raw_tp arguments: skb, location, reason (, rx_sk from 6.11). The context is typed as a
+ * plain array: `struct bpf_raw_tracepoint_args *` has a flexible array that aya refuses to
+ * relocate, which would break the whole object. */
+SEC("raw_tracepoint/kfree_skb")
+int kfree_skb_raw(unsigned long long *ctx)
+{
+	count((struct sk_buff *)ctx[0], (__u32)ctx[2]);
+	return 0;
+}
+
+SEC("tracepoint/skb/kfree_skb")
+int kfree_skb_tp(struct trace_event_raw_kfree_skb *ctx)
+{
+	/* Direct loads: the record is the context, whose fields CO-RE places. */
+	count((struct sk_buff *)ctx->skbaddr, ctx->reason);
+	return 0;
+}
