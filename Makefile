@@ -36,6 +36,7 @@ integration: deps
 
 bench: deps release
 	$(CARGO) bench --bench collection
+	$(CARGO) bench --bench drops
 
 fmt:
 	$(CARGO) fmt --all

@@ -26,13 +26,35 @@ struct {
 	__type(value, __u64);
 } overflow SEC(".maps");
 
+static __always_inline void bump(struct drop_key *key)
+{
+	__u64 *v, one = 1;
+	__u32 zero = 0;
+
+	v = bpf_map_lookup_elem(&drops, key);
+	if (v) {
+		*v += 1; /* this CPU's slot: no other writer */
+		return;
+	}
+	if (bpf_map_update_elem(&drops, key, &one, BPF_NOEXIST) == 0)
+		return;
+	/* Another CPU created it meanwhile, or the map is full. */
+	v = bpf_map_lookup_elem(&drops, key);
+	if (v) {
+		*v += 1;
+		return;
+	}
+	v = bpf_map_lookup_elem(&overflow, &zero);
+	if (v)
+		*v += 1;
+}
+
+/* For untyped pointers (raw_tracepoint, tracepoint): every load is a CO-RE probe read. */
 static __always_inline void count(struct sk_buff *skb, __u32 reason)
 {
 	struct drop_key key = {};
 	struct net_device *dev;
 	struct sock *sk;
-	__u64 *v, one = 1;
-	__u32 zero = 0;
 
 	key.reason = reason;
 	dev = BPF_CORE_READ(skb, dev);
@@ -44,29 +66,30 @@ static __always_inline void count(struct sk_buff *skb, __u32 reason)
 		if (sk)
 			key.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	}
-
-	v = bpf_map_lookup_elem(&drops, &key);
-	if (v) {
-		*v += 1; /* this CPU's slot: no other writer */
-		return;
-	}
-	if (bpf_map_update_elem(&drops, &key, &one, BPF_NOEXIST) == 0)
-		return;
-	/* Another CPU created it meanwhile, or the map is full. */
-	v = bpf_map_lookup_elem(&drops, &key);
-	if (v) {
-		*v += 1;
-		return;
-	}
-	v = bpf_map_lookup_elem(&overflow, &zero);
-	if (v)
-		*v += 1;
+	bump(&key);
 }
 
+/* tp_btf arguments are typed kernel pointers: plain loads, checked by the verifier and
+ * relocated by CO-RE, are cheaper than probe-read helper calls. */
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(kfree_skb_btf, struct sk_buff *skb, void *location, unsigned int reason)
 {
-	count(skb, reason);
+	struct drop_key key = {};
+	struct net_device *dev = skb->dev;
+	struct sock *sk;
+	struct net *net;
+
+	key.reason = reason;
+	if (dev) {
+		net = dev->nd_net.net;
+		key.netns = net ? net->ns.inum : 0;
+		key.ifindex = dev->ifindex;
+	} else {
+		sk = skb->sk;
+		net = sk ? sk->__sk_common.skc_net.net : 0;
+		key.netns = net ? net->ns.inum : 0;
+	}
+	bump(&key);
 	return 0;
 }
 

@@ -154,6 +154,15 @@ impl DropCounter {
         Ok((out, lost))
     }
 
+    /// Run time and run count of the attached program, as the kernel accounts them while
+    /// `kernel.bpf_stats_enabled` is on (`aya::sys::enable_stats`).
+    pub fn run_stats(&self) -> Option<(std::time::Duration, u64)> {
+        self.ebpf
+            .programs()
+            .find_map(|(_, p)| p.info().ok())
+            .map(|i| (i.run_time(), i.run_count()))
+    }
+
     /// Removes the entries of `keys` (namespaces that are gone).
     pub fn remove(&mut self, keys: &[DropKey]) {
         let Some(map) = self.ebpf.map_mut("drops") else {
