@@ -3,6 +3,7 @@
 //!   (`bpf_stats_enabled`, on while this runs).
 //! - Throughput: a pure-drop UDP flood (datagrams to a closed port on loopback, each one a
 //!   NO_SOCKET drop) with and without the program attached, in alternating runs, as a ratio.
+//!
 //! Needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN for the statistics).
 
 use std::net::UdpSocket;
