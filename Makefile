@@ -46,7 +46,8 @@ clean:
 
 # The BPF objects are committed (see build.rs); these rebuild and verify them with Debian's clang.
 BPF_SOURCES = bpf/packetloss.bpf.c bpf/packetloss_nobtf.bpf.c bpf/packetloss.h bpf/vmlinux.h
-BPF_CFLAGS = -O2 -g -target bpf -D__TARGET_ARCH_x86 -I/usr/include/$(shell uname -m)-linux-gnu
+# The prefix map keeps the checkout path out of the object, so any clone builds the same bytes.
+BPF_CFLAGS = -O2 -g -target bpf -D__TARGET_ARCH_x86 -I/usr/include/$(shell uname -m)-linux-gnu -fdebug-prefix-map=$(CURDIR)=.
 BPF_OUT ?= bpf
 
 ## Rebuild bpf/*.bpf.o and bpf/sources.sha256 from the sources.
