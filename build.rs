@@ -61,6 +61,9 @@ fn main() {
 
 fn compile(src: &Path, obj: &Path) {
     let arch_include = format!("-I/usr/include/{}-linux-gnu", std::env::consts::ARCH);
+    // As in the Makefile: no checkout path in the object.
+    let here = std::env::current_dir().expect("current dir");
+    let prefix_map = format!("-fdebug-prefix-map={}=.", here.display());
     let status = Command::new("clang")
         .args([
             "-O2",
@@ -69,6 +72,7 @@ fn compile(src: &Path, obj: &Path) {
             "bpf",
             "-D__TARGET_ARCH_x86",
             &arch_include,
+            &prefix_map,
             "-c",
         ])
         .arg(src)
