@@ -50,6 +50,8 @@ pub struct Snapshot {
     /// Attributes every node-level self-metric carries (`k8s_node`).
     pub node_attrs: Vec<KeyValue>,
     pub targets: u64,
+    /// The Kubernetes view used (Kubernetes mode only).
+    pub cluster: Option<Arc<crate::inventory::ClusterView>>,
     /// Collections run since the agent started, this one included.
     pub collections_total: u64,
     pub started: Option<Instant>,
@@ -91,10 +93,13 @@ struct State {
 
 impl Collector {
     pub fn new(cfg: &Config, inventory: Box<dyn Inventory>) -> Self {
+        // Probes that read the Kubernetes view do not exist outside a cluster.
+        let in_cluster = inventory.cluster().is_some();
         let probes = probes::PROBES
             .iter()
             .enumerate()
             .filter(|(_, p)| cfg.probes.contains(&p.name()))
+            .filter(|(_, p)| in_cluster || !p.needs_cluster())
             .map(|(i, p)| (i, *p))
             .collect();
         Self {
@@ -171,6 +176,7 @@ impl Collector {
         sessions.retain(|ino, _| live.contains(ino));
 
         let collection = self.collections.load(Ordering::Relaxed) + 1;
+        let cluster = self.inventory.cluster();
         let work: Vec<WorkItem> = targets
             .into_iter()
             .map(|t| {
@@ -192,7 +198,7 @@ impl Collector {
                         else {
                             continue;
                         };
-                        let r = self.read_target(target, session, collection);
+                        let r = self.read_target(target, session, collection, cluster.as_ref());
                         results
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -217,6 +223,7 @@ impl Collector {
         );
         Snapshot {
             started: Some(started),
+            cluster,
             collections_total: self.collections.fetch_add(1, Ordering::Relaxed) + 1,
             ..snapshot
         }
@@ -227,6 +234,7 @@ impl Collector {
         target: Target,
         session: Option<NetnsSession>,
         collection: u64,
+        cluster: Option<&Arc<crate::inventory::ClusterView>>,
     ) -> TargetResult {
         let mut result = TargetResult {
             results: Vec::with_capacity(self.probes.len()),
@@ -263,8 +271,11 @@ impl Collector {
             let mut src = TargetSources::new(&mut session, &self.procfs, is_node);
             src.inode = result.target.inode;
             src.collection = collection;
+            src.cluster = cluster.cloned();
             for (_, probe) in &self.probes {
-                if probe.scope() == Scope::Node && !is_node {
+                if (probe.scope() == Scope::Node && !is_node)
+                    || (probe.needs_cluster() && cluster.is_none())
+                {
                     result.results.push(None);
                     continue;
                 }
@@ -356,6 +367,7 @@ impl Collector {
             collectors,
             node_attrs,
             targets,
+            cluster: None,
             collections_total: 0,
             started: None,
         }
@@ -373,6 +385,7 @@ impl Collector {
             collectors,
             node_attrs: vec![KeyValue::new("k8s_node", self.node_name.clone())],
             targets: 0,
+            cluster: None,
             collections_total: self.collections.fetch_add(1, Ordering::Relaxed) + 1,
             started: None,
         }

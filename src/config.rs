@@ -63,6 +63,12 @@ pub struct Flags {
     /// Log level of the agent's own diagnostics (error, warn, info, debug, trace) [default: info].
     #[arg(long = "log.level", value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// auto (Kubernetes when in a cluster or given a kubeconfig), standalone or kubernetes [default: auto].
+    #[arg(long = "mode", value_name = "MODE")]
+    pub mode: Option<String>,
+    /// kubeconfig file for the Kubernetes mode [default: $KUBECONFIG, else in-cluster].
+    #[arg(long = "kubeconfig", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// The YAML file. Unknown fields are errors, so a typo never silently falls back to a default.
@@ -73,6 +79,8 @@ pub struct FileConfig {
     pub paths: PathsFile,
     pub node_name: Option<String>,
     pub log_level: Option<String>,
+    pub mode: Option<String>,
+    pub kubeconfig: Option<PathBuf>,
     pub otlp: OtlpFile,
     pub collection: CollectionFile,
     /// Extra OpenTelemetry resource attributes.
@@ -122,6 +130,8 @@ pub struct ProbeFile {
     pub attach: Option<AttachMode>,
     /// packetloss: the kernel BTF to read drop reasons and relocate the program with.
     pub btf_path: Option<PathBuf>,
+    /// podip: host-local IPAM's directory (one folder per network, one file per address).
+    pub ipam_dir: Option<PathBuf>,
 }
 
 /// Options probes read; each probe uses its own.
@@ -130,6 +140,7 @@ pub struct ProbeOptions {
     pub device_prefixes: Vec<String>,
     pub attach: AttachMode,
     pub btf_path: PathBuf,
+    pub ipam_dir: PathBuf,
 }
 
 impl Default for ProbeOptions {
@@ -138,6 +149,7 @@ impl Default for ProbeOptions {
             device_prefixes: vec!["cali".into(), "eth".into()],
             attach: AttachMode::Auto,
             btf_path: "/sys/kernel/btf/vmlinux".into(),
+            ipam_dir: "/var/lib/cni/networks".into(),
         }
     }
 }
@@ -156,9 +168,18 @@ pub struct OtlpConfig {
     pub timeout: Duration,
 }
 
+/// Where targets come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    Standalone,
+    /// With this kubeconfig, or the in-cluster configuration when `None`.
+    Kubernetes(Option<PathBuf>),
+}
+
 /// The resolved configuration the agent runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub mode: Mode,
     pub listen_address: String,
     pub telemetry_path: String,
     pub procfs: PathBuf,
@@ -299,6 +320,7 @@ impl Config {
                 ("device_prefixes", p.device_prefixes.is_some(), "qdisc"),
                 ("attach", p.attach.is_some(), "packetloss"),
                 ("btf_path", p.btf_path.is_some(), "packetloss"),
+                ("ipam_dir", p.ipam_dir.is_some(), "podip"),
             ];
             for (field, set, owner) in misplaced {
                 if set && name != owner {
@@ -317,6 +339,32 @@ impl Config {
 
         let otlp = resolve_otlp(flags, &env, file.otlp)?;
 
+        let kubeconfig = flags
+            .kubeconfig
+            .clone()
+            .or_else(|| env("KUBECONFIG").map(PathBuf::from))
+            .or(file.kubeconfig);
+        let mode_name = flags
+            .mode
+            .clone()
+            .or(file.mode)
+            .unwrap_or_else(|| "auto".into());
+        let mode = match mode_name.as_str() {
+            "standalone" => Mode::Standalone,
+            "kubernetes" => Mode::Kubernetes(kubeconfig),
+            // In a cluster (the service account's environment) or pointed at one.
+            "auto" if kubeconfig.is_some() || env("KUBERNETES_SERVICE_HOST").is_some() => {
+                Mode::Kubernetes(kubeconfig)
+            }
+            "auto" => Mode::Standalone,
+            other => {
+                return Err(err(
+                    "mode",
+                    format!("{other:?} is not one of auto, standalone, kubernetes"),
+                ));
+            }
+        };
+
         let service_name = env("OTEL_SERVICE_NAME").unwrap_or_else(|| "net-exporter".into());
         let mut resource_attributes = file.resource_attributes;
         if let Some(list) = env("OTEL_RESOURCE_ATTRIBUTES") {
@@ -328,6 +376,7 @@ impl Config {
         }
 
         Ok(Self {
+            mode,
             listen_address,
             telemetry_path,
             procfs: flags
@@ -353,6 +402,11 @@ impl Config {
                 device_prefixes,
                 attach,
                 btf_path,
+                ipam_dir: file
+                    .probes
+                    .get("podip")
+                    .and_then(|p| p.ipam_dir.clone())
+                    .unwrap_or(defaults.ipam_dir),
             },
             otlp,
             service_name,

@@ -4,8 +4,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
 use net_exporter::collector::Collector;
-use net_exporter::config::{Config, Flags};
+use net_exporter::config::{Config, Flags, Mode};
 use net_exporter::http::{self, App};
+use net_exporter::inventory::Inventory;
+use net_exporter::inventory::kubernetes;
 use net_exporter::inventory::standalone::Standalone;
 use net_exporter::telemetry::{Telemetry, otlp};
 
@@ -70,8 +72,19 @@ fn init_logging(level: &str) {
 async fn run(cfg: Config) -> anyhow::Result<()> {
     use anyhow::Context;
 
-    let inventory = Standalone::new(&cfg.procfs, &cfg.netns_dir, &cfg.node_name);
-    let collector = Arc::new(Collector::new(&cfg, Box::new(inventory)));
+    let inventory: Box<dyn Inventory> = match &cfg.mode {
+        Mode::Standalone => Box::new(Standalone::new(&cfg.procfs, &cfg.netns_dir, &cfg.node_name)),
+        Mode::Kubernetes(kubeconfig) => {
+            let client = kubernetes::client(kubeconfig.as_deref()).await?;
+            tracing::info!(node = %cfg.node_name, "Kubernetes mode: watching this node's Pods");
+            Box::new(kubernetes::Kubernetes::start(
+                client,
+                &cfg.node_name,
+                &cfg.procfs,
+            ))
+        }
+    };
+    let collector = Arc::new(Collector::new(&cfg, inventory));
     let enabled: Vec<usize> = collector.probes().iter().map(|(i, _)| *i).collect();
     let telemetry = Arc::new(Telemetry::new(&cfg, &enabled));
     tracing::info!(

@@ -7,6 +7,7 @@ pub mod conntrack;
 pub mod format;
 pub mod netdev;
 pub mod packetloss;
+pub mod podip;
 pub mod qdisc;
 pub mod sock;
 pub mod sockbacklog;
@@ -31,6 +32,7 @@ pub static PROBES: &[&dyn Probe] = &[
     &arp::Arp,
     &sockbacklog::SockBacklog,
     &packetloss::PacketLoss,
+    &podip::PodIp,
 ];
 
 /// Looks a probe up by its name.
@@ -139,6 +141,11 @@ pub trait Probe: Sync + Send {
     fn metrics(&self) -> &'static [MetricDef];
     /// Reads this probe's sources for one target. Errors carry the source that failed.
     fn collect(&self, src: &mut TargetSources, opts: &ProbeOptions) -> anyhow::Result<Vec<Series>>;
+
+    /// Whether the probe reads the Kubernetes view (it is skipped without one).
+    fn needs_cluster(&self) -> bool {
+        false
+    }
 
     /// Called once all targets of a collection were read, with the inodes of the namespaces
     /// that exist: node-wide state of namespaces that are gone can be dropped.

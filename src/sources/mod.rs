@@ -27,6 +27,8 @@ pub struct TargetSources<'a> {
     pub inode: u64,
     /// Which collection this is (probes with node-wide state read it once per collection).
     pub collection: u64,
+    /// The Kubernetes view of the node, in Kubernetes mode.
+    pub cluster: Option<std::sync::Arc<crate::inventory::ClusterView>>,
     files: [Option<Rc<Vec<u8>>>; 4],
     links: Option<Rc<Vec<u8>>>,
 }
@@ -39,6 +41,7 @@ impl<'a> TargetSources<'a> {
             is_node,
             inode: 0,
             collection: 0,
+            cluster: None,
             files: Default::default(),
             links: None,
         }

@@ -205,6 +205,8 @@ pub const SELF_METRICS: &[MetricDef] = crate::metrics![
     counter "netexporter_collections_total" "Collections run; concurrent scrapes and pushes share one, so this can grow slower than the scrapes.",
     gauge "netexporter_build_info" "Always 1; the labels tell the version of the agent. Labels: version.",
     counter "netexporter_export_failures_total" "Exports that failed, by exporter and signal. Labels: exporter, signal.",
+    gauge "netexporter_kubernetes_api_up" "Kubernetes mode: 1 while the watches of the node's Pods and Node are connected, 0 while the agent serves its last known view.",
+    gauge "netexporter_kubernetes_pods" "Kubernetes mode: Pods of this node known from the API server.",
 ];
 
 /// A callback that observes values of one snapshot.
@@ -288,6 +290,22 @@ fn register_self_instruments(
             let mut a = snap.node_attrs.clone();
             a.push(KeyValue::new("version", env!("CARGO_PKG_VERSION")));
             obs.observe(1, &a);
+        }),
+    );
+    gauge(
+        "netexporter_kubernetes_api_up",
+        Box::new(|snap, obs| {
+            if let Some(c) = &snap.cluster {
+                obs.observe(u64::from(c.api_up), &snap.node_attrs);
+            }
+        }),
+    );
+    gauge(
+        "netexporter_kubernetes_pods",
+        Box::new(|snap, obs| {
+            if let Some(c) = &snap.cluster {
+                obs.observe(c.pods.len() as u64, &snap.node_attrs);
+            }
         }),
     );
     let stats = Arc::clone(export_stats);

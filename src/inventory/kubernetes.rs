@@ -1,0 +1,312 @@
+//! Kubernetes inventory: the Pods of this node as targets.
+//!
+//! Two watches (the node's Pods, by field selector `spec.nodeName`, and the Node itself for its
+//! pod CIDRs) keep a local view current; `kube`'s watcher lists, watches from the list's
+//! resourceVersion, and relists with backoff after errors. While the API server is unreachable
+//! the last known view stays in use, `netexporter_kubernetes_api_up` is 0 and one log line
+//! says so.
+//!
+//! A Pod's network namespace is found without a container runtime API: the Pod's UID is in the
+//! cgroup path of its processes (`cgroup.rs`), and any such process's `/proc/PID/ns/net` is the
+//! namespace. Pods on the host network share the node's namespace and get no target; a Pod
+//! whose processes are not there yet is looked for again at the next collection.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client};
+
+use super::{ClusterView, Inventory, PodInfo, Target, cgroup};
+
+#[derive(Default)]
+struct Shared {
+    pods: BTreeMap<String, PodInfo>,
+    node_cidrs: Vec<IpNet>,
+    pods_ok: bool,
+    node_ok: bool,
+    /// Both watches have listed once.
+    pods_synced: bool,
+    node_synced: bool,
+}
+
+pub struct Kubernetes {
+    procfs: PathBuf,
+    node_name: String,
+    shared: Arc<Mutex<Shared>>,
+    /// Pod UID -> a process of the Pod found at an earlier collection.
+    pids: Mutex<HashMap<String, u32>>,
+}
+
+impl Kubernetes {
+    /// Starts the watches on the current tokio runtime.
+    pub fn start(client: Client, node_name: &str, procfs: &Path) -> Self {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        tokio::spawn(watch_pods(
+            client.clone(),
+            node_name.to_string(),
+            Arc::clone(&shared),
+        ));
+        tokio::spawn(watch_node(
+            client,
+            node_name.to_string(),
+            Arc::clone(&shared),
+        ));
+        Self {
+            procfs: procfs.to_path_buf(),
+            node_name: node_name.to_string(),
+            shared,
+            pids: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The netns inode and path of a process, if it still exists.
+    fn netns_of(&self, pid: u32) -> Option<(u64, PathBuf)> {
+        let path = self.procfs.join(format!("{pid}/ns/net"));
+        std::fs::metadata(&path).ok().map(|m| (m.ino(), path))
+    }
+
+    fn pod_of(&self, pid: u32) -> Option<String> {
+        let text = std::fs::read_to_string(self.procfs.join(format!("{pid}/cgroup"))).ok()?;
+        cgroup::pod_uid(&text)
+    }
+
+    /// Finds a process of each wanted Pod: first where it was last time, then by one scan of
+    /// every process's cgroup file.
+    fn locate(&self, wanted: &[&str]) -> HashMap<String, u32> {
+        let mut pids = self.pids.lock().unwrap_or_else(|e| e.into_inner());
+        pids.retain(|uid, pid| {
+            wanted.contains(&uid.as_str()) && self.pod_of(*pid).as_deref() == Some(uid)
+        });
+        if wanted.iter().any(|uid| !pids.contains_key(*uid))
+            && let Ok(dir) = std::fs::read_dir(&self.procfs)
+        {
+            for entry in dir.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if let Some(uid) = self.pod_of(pid)
+                    && wanted.contains(&uid.as_str())
+                {
+                    // The lowest pid is the sandbox's, which lives as long as the Pod.
+                    let e = pids.entry(uid).or_insert(pid);
+                    *e = (*e).min(pid);
+                }
+            }
+        }
+        pids.clone()
+    }
+}
+
+impl Inventory for Kubernetes {
+    fn discover(&self) -> Result<Vec<Target>> {
+        let own = std::fs::metadata(self.procfs.join("self/ns/net"))
+            .map(|m| m.ino())
+            .context("the agent's own network namespace")?;
+        let mut targets = vec![Target {
+            inode: own,
+            ns_path: None,
+            labels: vec![("k8s_node", self.node_name.clone())],
+        }];
+        let pods: Vec<PodInfo> = {
+            let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            shared
+                .pods
+                .values()
+                .filter(|p| !p.host_network)
+                .cloned()
+                .collect()
+        };
+        let wanted: Vec<&str> = pods.iter().map(|p| p.uid.as_str()).collect();
+        let pids = self.locate(&wanted);
+        let mut seen = std::collections::HashSet::new();
+        for pod in &pods {
+            let Some((inode, path)) = pids.get(&pod.uid).and_then(|pid| self.netns_of(*pid)) else {
+                tracing::debug!(pod = %format!("{}/{}", pod.namespace, pod.name), "no process of the Pod yet");
+                continue;
+            };
+            // A Pod whose processes run in the node's namespace (host network) has no series
+            // of its own; two Pods never share one namespace, but a stale pid could.
+            if inode == own || !seen.insert(inode) {
+                continue;
+            }
+            targets.push(Target {
+                inode,
+                ns_path: Some(path),
+                labels: vec![
+                    ("k8s_node", self.node_name.clone()),
+                    ("k8s_namespace", pod.namespace.clone()),
+                    ("k8s_pod", pod.name.clone()),
+                ],
+            });
+        }
+        Ok(targets)
+    }
+
+    fn cluster(&self) -> Option<Arc<ClusterView>> {
+        let s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        Some(Arc::new(ClusterView {
+            pods: s.pods.values().cloned().collect(),
+            node_cidrs: s.node_cidrs.clone(),
+            api_up: s.pods_ok && s.node_ok,
+            synced: s.pods_synced && s.node_synced,
+        }))
+    }
+}
+
+fn pod_info(p: &Pod) -> Option<PodInfo> {
+    let meta = &p.metadata;
+    let status = p.status.as_ref();
+    let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("");
+    let mut ips: Vec<IpAddr> = status
+        .and_then(|s| s.pod_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip.ip.parse().ok())
+        .collect();
+    if ips.is_empty()
+        && let Some(ip) = status
+            .and_then(|s| s.pod_ip.as_ref())
+            .and_then(|ip| ip.parse().ok())
+    {
+        ips.push(ip);
+    }
+    Some(PodInfo {
+        uid: meta.uid.clone()?,
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        name: meta.name.clone()?,
+        host_network: p
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false),
+        // A finished Pod's IP is back in the pool.
+        ips: if matches!(phase, "Succeeded" | "Failed") {
+            Vec::new()
+        } else {
+            ips
+        },
+    })
+}
+
+fn node_cidrs(n: &Node) -> Vec<IpNet> {
+    let spec = n.spec.as_ref();
+    let mut list: Vec<&String> = spec
+        .and_then(|s| s.pod_cidrs.as_ref())
+        .into_iter()
+        .flatten()
+        .collect();
+    if list.is_empty() {
+        list.extend(spec.and_then(|s| s.pod_cidr.as_ref()));
+    }
+    list.into_iter().filter_map(|c| c.parse().ok()).collect()
+}
+
+/// Logs an API outage once when it starts and once when it ends.
+fn report(what: &str, ok: &mut bool, now_ok: bool, error: Option<&dyn std::fmt::Display>) {
+    if *ok && !now_ok {
+        tracing::warn!(watch = what, error = %error.map(|e| e.to_string()).unwrap_or_default(), "Kubernetes API unreachable; serving the last known Pods until it is back");
+    } else if !*ok && now_ok {
+        tracing::info!(watch = what, "Kubernetes API reachable");
+    }
+    *ok = now_ok;
+}
+
+async fn watch_pods(client: Client, node: String, shared: Arc<Mutex<Shared>>) {
+    let api: Api<Pod> = Api::all(client);
+    let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
+    let mut listing: BTreeMap<String, PodInfo> = BTreeMap::new();
+    // `true` at start so that a first failure is reported.
+    let mut ok = true;
+    while let Some(event) = stream.next().await {
+        let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            Ok(ev) => {
+                report("pods", &mut ok, true, None);
+                s.pods_ok = true;
+                match ev {
+                    Event::Init => listing.clear(),
+                    Event::InitApply(p) => {
+                        if let Some(info) = pod_info(&p) {
+                            listing.insert(info.uid.clone(), info);
+                        }
+                    }
+                    Event::InitDone => {
+                        s.pods = std::mem::take(&mut listing);
+                        s.pods_synced = true;
+                    }
+                    Event::Apply(p) => {
+                        if let Some(info) = pod_info(&p) {
+                            s.pods.insert(info.uid.clone(), info);
+                        }
+                    }
+                    Event::Delete(p) => {
+                        if let Some(uid) = &p.metadata.uid {
+                            s.pods.remove(uid);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                report("pods", &mut ok, false, Some(&e));
+                s.pods_ok = false;
+            }
+        }
+    }
+}
+
+async fn watch_node(client: Client, node: String, shared: Arc<Mutex<Shared>>) {
+    let api: Api<Node> = Api::all(client);
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={node}"));
+    let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
+    let mut ok = true;
+    while let Some(event) = stream.next().await {
+        let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            Ok(ev) => {
+                report("node", &mut ok, true, None);
+                s.node_ok = true;
+                match ev {
+                    Event::InitApply(n) | Event::Apply(n) => s.node_cidrs = node_cidrs(&n),
+                    Event::InitDone => s.node_synced = true,
+                    Event::Init | Event::Delete(_) => {}
+                }
+            }
+            Err(e) => {
+                report("node", &mut ok, false, Some(&e));
+                s.node_ok = false;
+            }
+        }
+    }
+}
+
+/// A client from an explicit kubeconfig file, else the standard inference (`KUBECONFIG`,
+/// `~/.kube/config`, in-cluster service account).
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("Kubernetes client configuration")?,
+    };
+    Client::try_from(config).context("Kubernetes client")
+}
