@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: all deps build release run test lint unit integration bench fmt clean bpf bpf-check
+.PHONY: all deps build release run test lint unit integration bench fmt clean bpf bpf-check manifests
 
 all: build
 
@@ -21,7 +21,7 @@ run: release
 
 ## Everything CI checks: lint, the committed BPF objects, unit tests on fixtures, integration
 ## tests on real namespaces.
-test: deps lint bpf-check
+test: deps lint bpf-check manifests
 	$(CARGO) test --all-targets -- --test-threads=1
 
 lint:
@@ -65,3 +65,7 @@ bpf-check: deps
 	for f in packetloss.bpf.o packetloss_nobtf.bpf.o sources.sha256; do \
 	  cmp -s $$tmp/$$f bpf/$$f || { echo "bpf/$$f is not what bpf/ sources compile to: run make bpf"; exit 1; }; \
 	done && echo "bpf objects match their sources"
+
+## deploy/ renders with kubectl kustomize and passes schema, policy and flag checks (offline).
+manifests: deps
+	@scripts/check-manifests.sh

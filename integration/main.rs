@@ -4,6 +4,7 @@
 mod cli;
 mod harness;
 mod otlp;
+mod packetloss;
 mod probes;
 mod prometheus;
 

@@ -18,6 +18,11 @@ have setpriv    || need+=(util-linux)
 have clang      || need+=(clang)
 have llvm-strip || need+=(llvm)
 [ -e /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
+# scripts/check-manifests.sh (make manifests): `kubectl kustomize` renders deploy/. The machine's
+# image has kubectl; Debian's kubernetes-client (1.20, an old kustomize) is the fallback.
+have kubectl    || need+=(kubernetes-client)
+# ... and a Python venv (below) for kubernetes-validate; Debian's python3 needs python3-venv.
+{ have python3 && python3 -c 'import venv, ensurepip' 2>/dev/null; } || need+=(python3-venv)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -42,4 +47,19 @@ done
 # The tracepoint attach modes of the drop counter read tracefs.
 if [ ! -e /sys/kernel/tracing/events ] && [ "$(id -u)" -eq 0 ]; then
   mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
+fi
+
+# The Python tools of scripts/check-manifests.sh, in a venv of the repository (.cache/, ignored
+# by git): kubernetes-validate (offline JSON schemas of the Kubernetes API) and PyYAML. Rebuilt
+# only when missing, broken or of other versions than these.
+MANIFEST_TOOLS="kubernetes-validate==1.37.0 PyYAML==6.0.3"
+venv="$(cd "$(dirname "$0")/.." && pwd)/.cache/venv"
+if [ "$(cat "$venv/.tools" 2>/dev/null)" != "$MANIFEST_TOOLS" ] \
+   || ! "$venv/bin/python" -c 'import kubernetes_validate, yaml' 2>/dev/null; then
+  echo "install-deps: creating $venv with $MANIFEST_TOOLS" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  # shellcheck disable=SC2086
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check $MANIFEST_TOOLS
+  echo "$MANIFEST_TOOLS" > "$venv/.tools"
 fi

@@ -116,6 +116,11 @@ impl Collector {
         }
     }
 
+    /// Where targets come from (the checks look at the same namespaces).
+    pub fn inventory(&self) -> &dyn Inventory {
+        self.inventory.as_ref()
+    }
+
     /// The enabled probes, with their index in [`probes::PROBES`].
     pub fn probes(&self) -> &[(usize, &'static dyn Probe)] {
         &self.probes
@@ -184,8 +189,26 @@ impl Collector {
                 Mutex::new(Some((t, s)))
             })
             .collect();
-        let next = AtomicUsize::new(0);
         let results: Mutex<Vec<(usize, TargetResult)>> = Mutex::new(Vec::with_capacity(work.len()));
+        // The node's namespace first, alone: probes with node-wide state (which devices are
+        // veths to which Pod) set it there before any Pod is read.
+        let mut first = 0;
+        let node_first = work.first().is_some_and(|slot| {
+            let item = slot.lock().unwrap_or_else(|e| e.into_inner());
+            item.as_ref().is_some_and(|(t, _)| t.is_node())
+        });
+        if node_first
+            && let Some(slot) = work.first()
+            && let Some((target, session)) = slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+        {
+            let r = self.read_target(target, session, collection, cluster.as_ref());
+            results
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((0, r));
+            first = 1;
+        }
+        let next = AtomicUsize::new(first);
         let workers = self.workers.clamp(1, work.len().max(1));
         std::thread::scope(|s| {
             for _ in 0..workers {

@@ -71,6 +71,17 @@ pub struct Flags {
     pub kubeconfig: Option<PathBuf>,
 }
 
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Run every configuration check once, print what is wrong, exit 1 if anything is (0 if
+    /// nothing is): the first command on a sick node.
+    Diagnose {
+        /// table, or json (the event JSON lines).
+        #[arg(long, default_value = "table")]
+        output: String,
+    },
+}
+
 /// The YAML file. Unknown fields are errors, so a typo never silently falls back to a default.
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -87,6 +98,34 @@ pub struct FileConfig {
     pub resource_attributes: BTreeMap<String, String>,
     /// Per-probe settings, by probe name.
     pub probes: BTreeMap<String, ProbeFile>,
+    /// The configuration checks.
+    pub checks: crate::checks::CheckOptions,
+    /// Where events go.
+    pub events: EventsFile,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsFile {
+    /// Any of stdout, otlp, loki [default: stdout].
+    pub sinks: Option<Vec<String>>,
+    /// OTLP logs endpoint and protocol [default: the metrics' OTLP endpoint and protocol].
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: Option<String>,
+    /// Grafana Loki's base URL (`http://loki:3100`); `/otlp/v1/logs` is appended.
+    pub loki_endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventSink {
+    Stdout,
+    Otlp {
+        endpoint: String,
+        protocol: OtlpProtocol,
+    },
+    Loki {
+        endpoint: String,
+    },
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -180,6 +219,8 @@ pub enum Mode {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub mode: Mode,
+    pub checks: crate::checks::CheckOptions,
+    pub event_sinks: Vec<EventSink>,
     pub listen_address: String,
     pub telemetry_path: String,
     pub procfs: PathBuf,
@@ -375,8 +416,13 @@ impl Config {
             }
         }
 
+        file.checks.validate().map_err(|p| err("checks", p))?;
+        let event_sinks = resolve_sinks(&file.events, otlp.as_ref())?;
+
         Ok(Self {
             mode,
+            checks: file.checks,
+            event_sinks,
             listen_address,
             telemetry_path,
             procfs: flags
@@ -500,6 +546,68 @@ fn resolve_otlp(
         interval,
         timeout,
     }))
+}
+
+fn resolve_sinks(
+    file: &EventsFile,
+    metrics_otlp: Option<&OtlpConfig>,
+) -> Result<Vec<EventSink>, ConfigError> {
+    let names = file.sinks.clone().unwrap_or_else(|| vec!["stdout".into()]);
+    let mut out = Vec::new();
+    for n in names {
+        out.push(match n.as_str() {
+            "stdout" => EventSink::Stdout,
+            "otlp" => {
+                let endpoint = file
+                    .otlp_endpoint
+                    .clone()
+                    .or_else(|| metrics_otlp.map(|o| o.endpoint.clone()))
+                    .ok_or_else(|| {
+                        err(
+                            "events.otlp_endpoint",
+                            "the otlp sink needs an endpoint (or an OTLP endpoint for metrics)",
+                        )
+                    })?;
+                let protocol = match file.otlp_protocol.as_deref() {
+                    None => metrics_otlp.map_or(OtlpProtocol::HttpProtobuf, |o| o.protocol),
+                    Some("grpc") => OtlpProtocol::Grpc,
+                    Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
+                    Some(other) => {
+                        return Err(err(
+                            "events.otlp_protocol",
+                            format!("{other:?} is not grpc or http/protobuf"),
+                        ));
+                    }
+                };
+                EventSink::Otlp { endpoint, protocol }
+            }
+            "loki" => EventSink::Loki {
+                endpoint: file.loki_endpoint.clone().ok_or_else(|| {
+                    err("events.loki_endpoint", "the loki sink needs loki_endpoint")
+                })?,
+            },
+            other => {
+                return Err(err(
+                    "events.sinks",
+                    format!("unknown sink {other:?}; use stdout, otlp, loki"),
+                ));
+            }
+        });
+    }
+    for (field, url) in [
+        ("events.otlp_endpoint", &file.otlp_endpoint),
+        ("events.loki_endpoint", &file.loki_endpoint),
+    ] {
+        if let Some(u) = url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(err(
+                field,
+                format!("{u:?} must start with http:// or https://"),
+            ));
+        }
+    }
+    Ok(out)
 }
 
 fn parse_duration(field: &str, s: &str) -> Result<Duration, ConfigError> {

@@ -36,6 +36,8 @@ pub struct Link {
     pub stats: Option<Stats64>,
     /// For a device whose peer lives in another namespace (a veth): the peer's ifindex there.
     pub peer: Option<u32>,
+    /// And the id (this namespace's name for it) of the namespace the peer lives in.
+    pub peer_netnsid: Option<i32>,
 }
 
 const RTM_NEWLINK: u16 = 16;
@@ -60,7 +62,7 @@ pub fn links(reply: &[u8]) -> Result<Vec<Link>> {
         let mut name = None;
         let mut stats = None;
         let mut link = None;
-        let mut other_netns = false;
+        let mut other_netns = None;
         for nla in NlasIterator::new(payload.get(LINK_HEADER_LEN..).unwrap_or_default()) {
             let nla = nla.map_err(|e| anyhow!("link attribute: {e}"))?;
             match nla.kind() {
@@ -80,7 +82,12 @@ pub fn links(reply: &[u8]) -> Result<Vec<Link>> {
                         .get(..4)
                         .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
                 }
-                IFLA_LINK_NETNSID => other_netns = true,
+                IFLA_LINK_NETNSID => {
+                    other_netns = nla
+                        .value()
+                        .get(..4)
+                        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                }
                 _ => {}
             }
         }
@@ -88,7 +95,8 @@ pub fn links(reply: &[u8]) -> Result<Vec<Link>> {
             index: header.index,
             name: name.unwrap_or_else(|| format!("if{}", header.index)),
             stats,
-            peer: link.filter(|_| other_netns),
+            peer: link.filter(|_| other_netns.is_some()),
+            peer_netnsid: other_netns,
         });
     }
     Ok(out)

@@ -116,6 +116,30 @@ impl<'a> TargetSources<'a> {
         sock.dump(req).context("sock_diag dump")
     }
 
+    /// The id this namespace gives the namespace of `ns` (an open nsfs file), if it gave one
+    /// (RTM_GETNSID). Device peers in other namespaces are named by such ids.
+    pub fn nsid_of(&mut self, ns: &std::fs::File) -> Result<Option<i32>> {
+        use netlink_packet_core::NetlinkPayload;
+        use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
+        use std::os::fd::AsRawFd;
+        let mut msg = NsidMessage::default();
+        msg.attributes
+            .push(NsidAttribute::Fd(ns.as_raw_fd() as u32));
+        let sock = self.session.route.as_mut().map_err(|e| anyhow!("{e}"))?;
+        let reply = sock
+            .request(RouteNetlinkMessage::GetNsId(msg))
+            .context("RTM_GETNSID")?;
+        for m in netlink::messages::<RouteNetlinkMessage>(&reply) {
+            if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(n)) = m?.payload {
+                return Ok(n.attributes.iter().find_map(|a| match a {
+                    NsidAttribute::Id(id) if *id >= 0 => Some(*id),
+                    _ => None,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
     fn route_dump(&mut self, msg: RouteNetlinkMessage) -> Result<Vec<u8>> {
         let sock = self.session.route.as_mut().map_err(|e| anyhow!("{e}"))?;
         sock.dump(msg).context("rtnetlink dump")

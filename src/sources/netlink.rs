@@ -41,6 +41,40 @@ impl NlSocket {
         Ok(Self { socket, seq: 0 })
     }
 
+    /// Sends a single (non-dump) request and returns its reply messages.
+    pub fn request<M>(&mut self, payload: M) -> Result<Vec<u8>>
+    where
+        M: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
+    {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST;
+        header.sequence_number = self.seq;
+        let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(payload));
+        msg.finalize();
+        let mut req = vec![0u8; msg.buffer_len()];
+        msg.serialize(&mut req);
+        self.socket.send(&req, 0).context("netlink send")?;
+        RECV.with_borrow_mut(|buf| {
+            let mut out = Vec::new();
+            // Replies to earlier, abandoned requests are skipped by sequence number.
+            for _ in 0..16 {
+                let n = self
+                    .socket
+                    .recv(&mut &mut buf[..], libc::MSG_TRUNC)
+                    .context("netlink recv")?;
+                if n > buf.len() {
+                    bail!("netlink reply of {n} bytes truncated to {}", buf.len());
+                }
+                let done = append_messages(&buf[..n], self.seq, &mut out)?;
+                if !out.is_empty() || matches!(done, Done::Yes) {
+                    return Ok(out);
+                }
+            }
+            bail!("no netlink reply to request {}", self.seq)
+        })
+    }
+
     /// Sends a dump request and returns every reply message of it, concatenated as received
     /// (NLMSG_DONE excluded). An NLMSG_ERROR reply becomes the matching `io::Error`.
     pub fn dump<M>(&mut self, payload: M) -> Result<Vec<u8>>

@@ -65,6 +65,11 @@ struct State {
     /// Recorded by the node's target; Pods use the latest record (at most one collection old).
     node_veths: HashMap<u32, u32>,
     node_inode: u64,
+    /// The node's namespace, to ask each Pod's namespace what id it gives it.
+    node_ns: Option<std::fs::File>,
+    /// Drops of namespaces that are gone, by reason: the node's counters keep them, so they
+    /// never go backwards when a Pod is deleted.
+    retired: HashMap<u32, u64>,
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -87,6 +92,8 @@ impl State {
             lost: 0,
             node_veths: HashMap::new(),
             node_inode: 0,
+            node_ns: std::fs::File::open(opts_procfs_self_ns()).ok(),
+            retired: HashMap::new(),
         }
     }
 
@@ -96,6 +103,11 @@ impl State {
             .cloned()
             .unwrap_or_else(|| format!("REASON_{reason}"))
     }
+}
+
+/// The agent's own network namespace: the node's (the agent runs on the host network).
+fn opts_procfs_self_ns() -> &'static str {
+    "/proc/self/ns/net"
 }
 
 /// Reason names from the kernel's BTF, else from the tracepoint format, else none (numbers).
@@ -178,10 +190,18 @@ impl Probe for PacketLoss {
         }
         let mode = counter.mode;
 
-        // This namespace's devices with a peer elsewhere: ifindex -> peer ifindex.
+        // This namespace's devices whose peer is in the node's namespace: ifindex -> the peer's
+        // ifindex there. (The node records its devices with a peer anywhere else.)
         let links = netdev::links(&src.links()?)?;
+        let node_id = match (&st.node_ns, src.is_node()) {
+            (Some(ns), false) if links.iter().any(|l| l.peer.is_some()) => {
+                src.nsid_of(ns).ok().flatten()
+            }
+            _ => None,
+        };
         let own_veths: HashMap<u32, u32> = links
             .iter()
+            .filter(|l| src.is_node() || (node_id.is_some() && l.peer_netnsid == node_id))
             .filter_map(|l| Some((l.index, l.peer?)))
             .collect();
         if src.is_node() {
@@ -210,6 +230,13 @@ impl Probe for PacketLoss {
                 if !btf::is_drop(&name) {
                     continue;
                 }
+                if let Some(i) = LEGACY.iter().position(|l| *l == name) {
+                    sums[i] += v;
+                }
+                sums[TOTAL] += v;
+            }
+            for (reason, v) in &st.retired {
+                let name = st.name(*reason);
                 if let Some(i) = LEGACY.iter().position(|l| *l == name) {
                     sums[i] += v;
                 }
@@ -246,7 +273,11 @@ impl Probe for PacketLoss {
             c.remove(&gone);
         }
         for k in &gone {
-            st.counts.remove(k);
+            if let Some(v) = st.counts.remove(k)
+                && btf::is_drop(&st.name(k.reason))
+            {
+                *st.retired.entry(k.reason).or_default() += v;
+            }
         }
     }
 }

@@ -1,0 +1,273 @@
+//! Events: problems found by the checks, with noise control, to every configured sink —
+//! stdout (one JSON object per line, the spec's exact shape) and OpenTelemetry log records
+//! (OTLP to a collector, or Grafana Loki's OTLP endpoint).
+
+pub mod otlp;
+pub mod runner;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::checks::Problem;
+
+/// One event as it leaves the agent.
+#[derive(Clone, Debug)]
+pub struct Event {
+    /// Nanoseconds since the epoch.
+    pub timestamp: u128,
+    pub kind: &'static str,
+    pub msg: String,
+    /// The spec's probe the check belongs to (`KernelParam`, `nodeconfig`, ...).
+    pub probe: &'static str,
+    pub object: Vec<(&'static str, String)>,
+}
+
+impl Event {
+    pub fn new(probe: &'static str, p: Problem) -> Self {
+        Self {
+            timestamp: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+            kind: p.kind,
+            msg: p.msg,
+            probe,
+            object: p.object,
+        }
+    }
+
+    /// `{"timestamp":<ns>,"type":"<type>","msg":"<msg>"}`, exactly these keys in this order.
+    pub fn json_line(&self) -> String {
+        format!(
+            "{{\"timestamp\":{},\"type\":{},\"msg\":{}}}",
+            self.timestamp,
+            serde_json::Value::from(self.kind),
+            serde_json::Value::from(self.msg.as_str())
+        )
+    }
+}
+
+/// Where events go.
+pub trait Sink: Send + Sync {
+    fn send(&self, event: &Event);
+}
+
+/// One JSON object per line on stdout.
+pub struct Stdout;
+
+impl Sink for Stdout {
+    fn send(&self, event: &Event) {
+        let mut out = std::io::stdout().lock();
+        // A closed stdout must not stop the checks.
+        let _ = writeln!(out, "{}", event.json_line());
+        let _ = out.flush();
+    }
+}
+
+/// A persisting problem is repeated at most every `repeat`; a new or changed one goes out at
+/// once; one that went away and comes back is new again.
+pub struct NoiseControl {
+    repeat: Duration,
+    /// (check, type, object) -> (last message, when it was last emitted)
+    seen: HashMap<String, (String, Instant)>,
+}
+
+impl NoiseControl {
+    pub fn new(repeat: Duration) -> Self {
+        Self {
+            repeat,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// One problem of a continuous source: emitted when new, changed or due again; nothing is
+    /// forgotten (such a source never says a problem went away).
+    pub fn filter_one(&mut self, check: &str, p: Problem, now: Instant) -> Option<Problem> {
+        let key = format!("{check}\u{1f}{}\u{1f}{:?}", p.kind, p.object);
+        let emit = match self.seen.get(&key) {
+            Some((msg, at)) => *msg != p.msg || now.duration_since(*at) >= self.repeat,
+            None => true,
+        };
+        if emit {
+            self.seen.insert(key, (p.msg.clone(), now));
+            return Some(p);
+        }
+        None
+    }
+
+    /// The problems of one run of `check` that are to be emitted now.
+    pub fn filter(&mut self, check: &str, problems: Vec<Problem>, now: Instant) -> Vec<Problem> {
+        let prefix = format!("{check}\u{1f}");
+        let mut current = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for p in problems {
+            let key = format!("{prefix}{}\u{1f}{:?}", p.kind, p.object);
+            current.insert(key.clone());
+            let emit = match self.seen.get(&key) {
+                Some((msg, at)) => *msg != p.msg || now.duration_since(*at) >= self.repeat,
+                None => true,
+            };
+            if emit {
+                self.seen.insert(key, (p.msg.clone(), now));
+                out.push(p);
+            }
+        }
+        // Problems of this check that are gone are forgotten.
+        self.seen
+            .retain(|k, _| !k.starts_with(&prefix) || current.contains(k));
+        out
+    }
+}
+
+/// The events side of the agent: noise control, counting, sinks.
+pub struct Events {
+    sinks: Vec<Box<dyn Sink>>,
+    pub(crate) noise: Mutex<NoiseControl>,
+    /// Emitted events by type, for `netexporter_events{type}`.
+    pub counts: Mutex<BTreeMap<&'static str, u64>>,
+    /// Last run of each check: (succeeded, problems found), for `netexporter_check_*`.
+    pub checks: Mutex<BTreeMap<&'static str, (bool, u64)>>,
+}
+
+impl Events {
+    pub fn new(sinks: Vec<Box<dyn Sink>>, repeat: Duration) -> Self {
+        Self {
+            sinks,
+            noise: Mutex::new(NoiseControl::new(repeat)),
+            counts: Mutex::new(BTreeMap::new()),
+            checks: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Records one run of a check and emits what noise control lets through.
+    pub fn report(
+        &self,
+        check: &'static str,
+        probe: &'static str,
+        result: anyhow::Result<Vec<Problem>>,
+    ) {
+        let problems = match result {
+            Ok(p) => p,
+            Err(e) => {
+                let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
+                if checks.get(check).is_none_or(|(ok, _)| *ok) {
+                    tracing::warn!(check, error = %format!("{e:#}"), "check could not run");
+                }
+                checks.insert(check, (false, 0));
+                return;
+            }
+        };
+        self.checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(check, (true, problems.len() as u64));
+        let now = Instant::now();
+        let emit = self
+            .noise
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .filter(check, problems, now);
+        for p in emit {
+            self.emit(Event::new(probe, p));
+        }
+    }
+
+    /// Emits one event to every sink, counted (no noise control: for kernel log lines, which
+    /// are each an event).
+    pub fn emit(&self, event: Event) {
+        *self
+            .counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(event.kind)
+            .or_default() += 1;
+        for s in &self.sinks {
+            s.send(&event);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(kind: &'static str, msg: &str) -> Problem {
+        Problem {
+            kind,
+            msg: msg.into(),
+            object: vec![("sysctl", "x".into())],
+        }
+    }
+
+    #[test]
+    fn json_line_shape() {
+        let e = Event {
+            timestamp: 1741163909810866660,
+            kind: "RPFilterKernelParam",
+            msg: "net.ipv4.conf.cali1.rp_filter:current_value=1,expect_value=0".into(),
+            probe: "KernelParam",
+            object: vec![],
+        };
+        assert_eq!(
+            e.json_line(),
+            r#"{"timestamp":1741163909810866660,"type":"RPFilterKernelParam","msg":"net.ipv4.conf.cali1.rp_filter:current_value=1,expect_value=0"}"#
+        );
+        let e = Event {
+            msg: "a \"quoted\"\nline".into(),
+            ..e
+        };
+        let v: serde_json::Value = serde_json::from_str(&e.json_line()).unwrap();
+        assert_eq!(v["msg"], "a \"quoted\"\nline");
+    }
+
+    #[test]
+    fn noise_control() {
+        let mut n = NoiseControl::new(Duration::from_secs(600));
+        let t0 = Instant::now();
+        assert_eq!(
+            n.filter("c", vec![p("A", "1")], t0).len(),
+            1,
+            "new: at once"
+        );
+        assert_eq!(
+            n.filter("c", vec![p("A", "1")], t0 + Duration::from_secs(60))
+                .len(),
+            0,
+            "persisting: quiet"
+        );
+        assert_eq!(
+            n.filter("c", vec![p("A", "2")], t0 + Duration::from_secs(61))
+                .len(),
+            1,
+            "changed: at once"
+        );
+        assert_eq!(
+            n.filter("c", vec![p("A", "2")], t0 + Duration::from_secs(662))
+                .len(),
+            1,
+            "repeat interval passed"
+        );
+        assert_eq!(
+            n.filter("c", vec![], t0 + Duration::from_secs(700)).len(),
+            0,
+            "gone"
+        );
+        assert_eq!(
+            n.filter("c", vec![p("A", "2")], t0 + Duration::from_secs(701))
+                .len(),
+            1,
+            "back: new again"
+        );
+        assert_eq!(
+            n.filter("d", vec![], t0 + Duration::from_secs(702)).len(),
+            0
+        );
+        assert_eq!(
+            n.filter("c", vec![p("A", "2")], t0 + Duration::from_secs(703))
+                .len(),
+            0,
+            "other check's run forgets nothing of c"
+        );
+    }
+}
