@@ -23,6 +23,8 @@ pub use crate::probes::packetloss::AttachMode;
     about = "Network telemetry for a Kubernetes node and every Pod on it"
 )]
 pub struct Flags {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// YAML configuration file (everything the flags set, plus per-probe options).
     #[arg(long = "config.file", value_name = "FILE")]
     pub config_file: Option<PathBuf>,

@@ -4,12 +4,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
 use net_exporter::collector::Collector;
-use net_exporter::config::{Config, Flags, Mode};
+use net_exporter::config::{Command, Config, EventSink, Flags, Mode, OtlpProtocol};
+use net_exporter::events::otlp::OtlpLogs;
+use net_exporter::events::runner::Runner;
+use net_exporter::events::{Event, Events, Sink, Stdout};
 use net_exporter::http::{self, App};
 use net_exporter::inventory::Inventory;
 use net_exporter::inventory::kubernetes;
 use net_exporter::inventory::standalone::Standalone;
-use net_exporter::telemetry::{Telemetry, otlp};
+use net_exporter::telemetry::{self, ExportStats, Telemetry, otlp};
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
@@ -22,6 +25,18 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cfg.log_level);
+    let diagnose = match &flags.command {
+        Some(Command::Diagnose { output }) => match output.as_str() {
+            "table" | "json" => Some(output.clone()),
+            other => {
+                eprintln!(
+                    "net-exporter: configuration error: --output: {other:?} is not table or json"
+                );
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(8)
@@ -34,6 +49,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(output) = diagnose {
+        return match runtime.block_on(run_diagnose(cfg, &output)) {
+            Ok(true) => ExitCode::from(1),
+            Ok(false) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("net-exporter diagnose: {e:#}");
+                ExitCode::from(3)
+            }
+        };
+    }
     match runtime.block_on(run(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -69,24 +94,136 @@ fn init_logging(level: &str) {
         .init();
 }
 
-async fn run(cfg: Config) -> anyhow::Result<()> {
-    use anyhow::Context;
-
-    let inventory: Box<dyn Inventory> = match &cfg.mode {
-        Mode::Standalone => Box::new(Standalone::new(&cfg.procfs, &cfg.netns_dir, &cfg.node_name)),
+/// The inventory for the configured mode, and the Kubernetes client when there is one.
+async fn inventory(cfg: &Config) -> anyhow::Result<(Box<dyn Inventory>, Option<kube::Client>)> {
+    Ok(match &cfg.mode {
+        Mode::Standalone => (
+            Box::new(Standalone::new(&cfg.procfs, &cfg.netns_dir, &cfg.node_name)),
+            None,
+        ),
         Mode::Kubernetes(kubeconfig) => {
             let client = kubernetes::client(kubeconfig.as_deref()).await?;
             tracing::info!(node = %cfg.node_name, "Kubernetes mode: watching this node's Pods");
-            Box::new(kubernetes::Kubernetes::start(
-                client,
-                &cfg.node_name,
-                &cfg.procfs,
-            ))
+            (
+                Box::new(kubernetes::Kubernetes::start(
+                    client.clone(),
+                    &cfg.node_name,
+                    &cfg.procfs,
+                )),
+                Some(client),
+            )
         }
+    })
+}
+
+/// Event sinks as configured; the OTLP ones count their failures into `stats`.
+fn event_sinks(cfg: &Config, stats: &ExportStats) -> anyhow::Result<Vec<Box<dyn Sink>>> {
+    let resource = telemetry::resource(cfg);
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    for s in &cfg.event_sinks {
+        sinks.push(match s {
+            EventSink::Stdout => Box::new(Stdout),
+            EventSink::Otlp { endpoint, protocol } => Box::new(OtlpLogs::new(
+                "otlp",
+                endpoint,
+                *protocol,
+                resource.clone(),
+                &cfg.node_name,
+                Arc::clone(&stats.otlp_logs_failures),
+            )?),
+            EventSink::Loki { endpoint } => Box::new(OtlpLogs::new(
+                "loki",
+                endpoint,
+                OtlpProtocol::HttpProtobuf,
+                resource.clone(),
+                &cfg.node_name,
+                Arc::clone(&stats.loki_logs_failures),
+            )?),
+        });
+    }
+    Ok(sinks)
+}
+
+/// Runs every check once and prints the problems; `Ok(true)` when there are any.
+async fn run_diagnose(cfg: Config, output: &str) -> anyhow::Result<bool> {
+    let (inventory, kube) = inventory(&cfg).await?;
+    if kube.is_some() {
+        // Give the watches a moment to list the node's Pods.
+        for _ in 0..50 {
+            if inventory.cluster().is_some_and(|c| c.synced) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let collector = Arc::new(Collector::new(&cfg, inventory));
+    let runner = Runner {
+        collector,
+        kube,
+        options: cfg.checks.clone(),
+        procfs: cfg.procfs.clone(),
+        sysfs: cfg.sysfs.clone(),
+        events: Arc::new(Events::new(Vec::new(), cfg.checks.repeat_interval)),
     };
+    let results = tokio::task::spawn_blocking(move || runner.run_all()).await?;
+    let mut found = false;
+    let mut rows = Vec::new();
+    for (check, probe, result) in results {
+        match result {
+            Ok(problems) => {
+                for p in problems {
+                    found = true;
+                    let e = Event::new(probe, p);
+                    if output == "json" {
+                        println!("{}", e.json_line());
+                    } else {
+                        rows.push((e.kind.to_string(), e.msg));
+                    }
+                }
+            }
+            Err(e) => eprintln!("could not check {check}: {e:#}"),
+        }
+    }
+    if output == "table" {
+        if rows.is_empty() {
+            println!("no problem found");
+        } else {
+            let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(4).max(4);
+            println!("{:<w$}  MESSAGE", "TYPE");
+            for (k, m) in rows {
+                println!("{k:<w$}  {m}");
+            }
+        }
+    }
+    Ok(found)
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+
+    let (inventory, kube) = inventory(&cfg).await?;
     let collector = Arc::new(Collector::new(&cfg, inventory));
     let enabled: Vec<usize> = collector.probes().iter().map(|(i, _)| *i).collect();
-    let telemetry = Arc::new(Telemetry::new(&cfg, &enabled));
+    let export_stats = Arc::new(ExportStats::default());
+    let events = Arc::new(Events::new(
+        event_sinks(&cfg, &export_stats)?,
+        cfg.checks.repeat_interval,
+    ));
+    let telemetry = Arc::new(Telemetry::new(
+        &cfg,
+        &enabled,
+        Some(Arc::clone(&events)),
+        export_stats,
+    ));
+    let runner = Arc::new(Runner {
+        collector: Arc::clone(&collector),
+        kube,
+        options: cfg.checks.clone(),
+        procfs: cfg.procfs.clone(),
+        sysfs: cfg.sysfs.clone(),
+        events,
+    });
+    let checks = tokio::spawn(runner.run());
     tracing::info!(
         node = %cfg.node_name,
         probes = ?cfg.probes,
@@ -130,6 +267,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(p) = push {
         p.abort();
     }
+    checks.abort();
     telemetry.shutdown();
     tracing::info!("net-exporter stopped");
     Ok(())

@@ -521,8 +521,10 @@ mod harness;
 fn e2e_binary_on_fixture_tree() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/e2e");
     let procfs = format!("--path.procfs={}", root.join("proc").display());
+    let config = format!("--config.file={}", root.join("config.yaml").display());
     let agent = harness::Agent::start(&[
         &procfs,
+        &config,
         "--path.netns=/nonexistent",
         "--collector.disable=netdev,qdisc,arp,tcpsummary,sockbacklog,packetloss",
     ]);

@@ -35,6 +35,9 @@ pub const NETDEV_SERIES_LIMIT: usize = 16_000;
 #[derive(Default, Debug)]
 pub struct ExportStats {
     pub otlp_metrics_failures: AtomicU64,
+    /// Event records that could not be exported (shared with the log sinks).
+    pub otlp_logs_failures: Arc<AtomicU64>,
+    pub loki_logs_failures: Arc<AtomicU64>,
 }
 
 /// A `ManualReader` shared between the MeterProvider and the exporter that collects it.
@@ -72,7 +75,12 @@ pub struct Telemetry {
 
 impl Telemetry {
     /// `enabled`: indices into [`probes::PROBES`] of the probes to register instruments for.
-    pub fn new(cfg: &Config, enabled: &[usize]) -> Self {
+    pub fn new(
+        cfg: &Config,
+        enabled: &[usize],
+        events: Option<Arc<crate::events::Events>>,
+        export_stats: Arc<ExportStats>,
+    ) -> Self {
         let prometheus = SharedReader(Arc::new(ManualReader::builder().build()));
         let otlp = cfg
             .otlp
@@ -94,10 +102,12 @@ impl Telemetry {
         }
         let provider = builder.build();
         let current = Arc::new(RwLock::new(Arc::new(Snapshot::default())));
-        let export_stats = Arc::new(ExportStats::default());
         let meter = provider.meter("net-exporter");
         register_probe_instruments(&meter, &current, enabled);
         register_self_instruments(&meter, &current, &export_stats);
+        if let Some(events) = events {
+            register_event_instruments(&meter, &current, events);
+        }
         Self {
             provider,
             prometheus,
@@ -137,7 +147,7 @@ impl Telemetry {
     }
 }
 
-fn resource(cfg: &Config) -> Resource {
+pub fn resource(cfg: &Config) -> Resource {
     let mut attrs = vec![
         KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
         KeyValue::new("k8s.node.name", cfg.node_name.clone()),
@@ -207,7 +217,54 @@ pub const SELF_METRICS: &[MetricDef] = crate::metrics![
     counter "netexporter_export_failures_total" "Exports that failed, by exporter and signal. Labels: exporter, signal.",
     gauge "netexporter_kubernetes_api_up" "Kubernetes mode: 1 while the watches of the node's Pods and Node are connected, 0 while the agent serves its last known view.",
     gauge "netexporter_kubernetes_pods" "Kubernetes mode: Pods of this node known from the API server.",
+    counter "netexporter_events" "Events emitted, by type (label type).",
+    gauge "netexporter_check_success" "1 if a configuration check could run at its last run, else 0 (label check).",
+    gauge "netexporter_check_problems" "Problems a configuration check found at its last run (label check).",
 ];
+
+fn register_event_instruments(
+    meter: &Meter,
+    current: &Arc<RwLock<Arc<Snapshot>>>,
+    events: Arc<crate::events::Events>,
+) {
+    let c = Arc::clone(current);
+    let e = Arc::clone(&events);
+    let def = self_metric("netexporter_events");
+    meter
+        .u64_observable_counter(def.name)
+        .with_description(def.help)
+        .with_callback(move |obs| {
+            let snap = read(&c);
+            let counts = e.counts.lock().unwrap_or_else(|p| p.into_inner());
+            for (kind, n) in counts.iter() {
+                let mut a = snap.node_attrs.clone();
+                a.push(KeyValue::new("type", *kind));
+                obs.observe(*n, &a);
+            }
+        })
+        .build();
+    for (name, pick) in [
+        ("netexporter_check_success", 0usize),
+        ("netexporter_check_problems", 1usize),
+    ] {
+        let c = Arc::clone(current);
+        let e = Arc::clone(&events);
+        let def = self_metric(name);
+        meter
+            .u64_observable_gauge(def.name)
+            .with_description(def.help)
+            .with_callback(move |obs| {
+                let snap = read(&c);
+                let checks = e.checks.lock().unwrap_or_else(|p| p.into_inner());
+                for (check, (ok, problems)) in checks.iter() {
+                    let mut a = snap.node_attrs.clone();
+                    a.push(KeyValue::new("check", *check));
+                    obs.observe(if pick == 0 { u64::from(*ok) } else { *problems }, &a);
+                }
+            })
+            .build();
+    }
+}
 
 /// A callback that observes values of one snapshot.
 type ObserveSnapshot = Box<dyn Fn(&Snapshot, &dyn AsyncInstrument<u64>) + Send + Sync>;
@@ -316,6 +373,15 @@ fn register_self_instruments(
             a.push(KeyValue::new("exporter", "otlp"));
             a.push(KeyValue::new("signal", "metrics"));
             obs.observe(stats.otlp_metrics_failures.load(Ordering::Relaxed), &a);
+            for (exporter, n) in [
+                ("otlp", &stats.otlp_logs_failures),
+                ("loki", &stats.loki_logs_failures),
+            ] {
+                let mut a = snap.node_attrs.clone();
+                a.push(KeyValue::new("exporter", exporter));
+                a.push(KeyValue::new("signal", "logs"));
+                obs.observe(n.load(Ordering::Relaxed), &a);
+            }
         }),
     );
 }
