@@ -15,6 +15,8 @@ pub struct Standalone {
     procfs: PathBuf,
     netns_dir: PathBuf,
     node_name: String,
+    /// Whether processes whose namespace we may not see were reported (once).
+    denied_reported: std::sync::atomic::AtomicBool,
 }
 
 impl Standalone {
@@ -23,6 +25,7 @@ impl Standalone {
             procfs: procfs.to_path_buf(),
             netns_dir: netns_dir.to_path_buf(),
             node_name: node_name.to_string(),
+            denied_reported: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -74,14 +77,26 @@ impl Inventory for Standalone {
             .filter_map(|e| e.file_name().to_str()?.parse().ok())
             .collect();
         pids.sort_unstable();
+        let mut denied = 0usize;
         for pid in pids {
             let path = self.procfs.join(format!("{pid}/ns/net"));
-            // Processes exit during the scan, and some are not ours to look at: skip them.
-            if let Ok(m) = std::fs::metadata(&path)
-                && m.ino() != own
-            {
-                found.entry(m.ino()).or_insert((format!("pid-{pid}"), path));
+            match std::fs::metadata(&path) {
+                Ok(m) if m.ino() != own => {
+                    found.entry(m.ino()).or_insert((format!("pid-{pid}"), path));
+                }
+                Ok(_) => {}
+                // Without CAP_SYS_PTRACE, other users' namespaces cannot be seen: say so once,
+                // rather than let their namespaces go missing silently.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => denied += 1,
+                // Processes exit during the scan.
+                Err(_) => {}
             }
+        }
+        if denied > 0 && !self.denied_reported.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                processes = denied,
+                "cannot see the network namespace of some processes (needs CAP_SYS_PTRACE); namespaces held only by them are not read"
+            );
         }
 
         targets.extend(found.into_iter().map(|(inode, (name, path))| Target {
