@@ -45,14 +45,16 @@ clean:
 	$(CARGO) clean
 
 # The BPF objects are committed (see build.rs); these rebuild and verify them with Debian's clang.
-BPF_SOURCES = bpf/packetloss.bpf.c bpf/packetloss_nobtf.bpf.c bpf/packetloss.h bpf/vmlinux.h
+BPF_SOURCES = bpf/packetloss.bpf.c bpf/packetloss_nobtf.bpf.c bpf/packetloss.h bpf/vmlinux.h \
+	bpf/socksummary.bpf.c bpf/socksummary.h
+BPF_OBJECTS = packetloss packetloss_nobtf socksummary
 # The prefix map keeps the checkout path out of the object, so any clone builds the same bytes.
 BPF_CFLAGS = -O2 -g -target bpf -D__TARGET_ARCH_x86 -I/usr/include/$(shell uname -m)-linux-gnu -fdebug-prefix-map=$(CURDIR)=.
 BPF_OUT ?= bpf
 
 ## Rebuild bpf/*.bpf.o and bpf/sources.sha256 from the sources.
 bpf: deps
-	@for o in packetloss packetloss_nobtf; do \
+	@for o in $(BPF_OBJECTS); do \
 	  clang $(BPF_CFLAGS) -c bpf/$$o.bpf.c -o $(BPF_OUT)/$$o.bpf.o && llvm-strip -g $(BPF_OUT)/$$o.bpf.o || exit 1; \
 	done
 	@cat $(BPF_SOURCES) | sha256sum | cut -d' ' -f1 > $(BPF_OUT)/sources.sha256
@@ -62,7 +64,7 @@ bpf: deps
 bpf-check: deps
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
 	$(MAKE) --no-print-directory bpf BPF_OUT=$$tmp >/dev/null && \
-	for f in packetloss.bpf.o packetloss_nobtf.bpf.o sources.sha256; do \
+	for f in $(addsuffix .bpf.o,$(BPF_OBJECTS)) sources.sha256; do \
 	  cmp -s $$tmp/$$f bpf/$$f || { echo "bpf/$$f is not what bpf/ sources compile to: run make bpf"; exit 1; }; \
 	done && echo "bpf objects match their sources"
 

@@ -10,13 +10,15 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-const OBJECTS: [&str; 2] = ["packetloss", "packetloss_nobtf"];
+const OBJECTS: [&str; 3] = ["packetloss", "packetloss_nobtf", "socksummary"];
 /// In the order `make bpf` hashes them.
-const SOURCES: [&str; 4] = [
+const SOURCES: [&str; 6] = [
     "bpf/packetloss.bpf.c",
     "bpf/packetloss_nobtf.bpf.c",
     "bpf/packetloss.h",
     "bpf/vmlinux.h",
+    "bpf/socksummary.bpf.c",
+    "bpf/socksummary.h",
 ];
 
 fn main() {

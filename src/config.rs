@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::probes;
 pub use crate::probes::packetloss::AttachMode;
+pub use crate::sources::socket_storage::SocketPath;
 
 /// Command-line flags, named as in Prometheus exporters.
 #[derive(Parser, Debug, Default, Clone)]
@@ -173,6 +174,8 @@ pub struct ProbeFile {
     pub btf_path: Option<PathBuf>,
     /// podip: host-local IPAM's directory (one folder per network, one file per address).
     pub ipam_dir: Option<PathBuf>,
+    /// tcpsummary (and sockbacklog): `auto`, `bpf` (socket storage) or `sock_diag`.
+    pub socket_path: Option<SocketPath>,
 }
 
 /// Options probes read; each probe uses its own.
@@ -182,6 +185,7 @@ pub struct ProbeOptions {
     pub attach: AttachMode,
     pub btf_path: PathBuf,
     pub ipam_dir: PathBuf,
+    pub socket_path: SocketPath,
 }
 
 impl Default for ProbeOptions {
@@ -191,6 +195,7 @@ impl Default for ProbeOptions {
             attach: AttachMode::Auto,
             btf_path: "/sys/kernel/btf/vmlinux".into(),
             ipam_dir: "/var/lib/cni/networks".into(),
+            socket_path: SocketPath::Auto,
         }
     }
 }
@@ -364,6 +369,7 @@ impl Config {
                 ("attach", p.attach.is_some(), "packetloss"),
                 ("btf_path", p.btf_path.is_some(), "packetloss"),
                 ("ipam_dir", p.ipam_dir.is_some(), "podip"),
+                ("socket_path", p.socket_path.is_some(), "tcpsummary"),
             ];
             for (field, set, owner) in misplaced {
                 if set && name != owner {
@@ -455,6 +461,11 @@ impl Config {
                     .get("podip")
                     .and_then(|p| p.ipam_dir.clone())
                     .unwrap_or(defaults.ipam_dir),
+                socket_path: file
+                    .probes
+                    .get("tcpsummary")
+                    .and_then(|p| p.socket_path)
+                    .unwrap_or(defaults.socket_path),
             },
             otlp,
             service_name,

@@ -475,6 +475,7 @@ fn spec_and_code_list_the_same_metrics() {
         "netexporter_packetloss_reason",
         "netexporter_packetloss_info",
         "netexporter_packetloss_uncounted_total",
+        "netexporter_tcpsummary_info",
     ];
     let spec_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/spec/metrics.tsv");
     let spec = std::fs::read_to_string(&spec_path)

@@ -11,6 +11,7 @@ use crate::config::ProbeOptions;
 use crate::metrics;
 use crate::sources::TargetSources;
 use crate::sources::netlink::inet_sockets;
+use crate::sources::socket_storage;
 
 pub struct SockBacklog;
 
@@ -40,7 +41,10 @@ impl Probe for SockBacklog {
     fn metrics(&self) -> &'static [MetricDef] {
         METRICS
     }
-    fn collect(&self, src: &mut TargetSources, _: &ProbeOptions) -> Result<Vec<Series>> {
+    fn collect(&self, src: &mut TargetSources, opts: &ProbeOptions) -> Result<Vec<Series>> {
+        if let Some(bpf) = socket_storage::summary(src, opts) {
+            return Ok(vec![Series::new(vec![Some(bpf?.accept_queue)])]);
+        }
         let mut total = 0;
         let mut families = vec![libc::AF_INET as u8];
         if src.has_ipv6() {

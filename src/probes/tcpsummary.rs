@@ -14,6 +14,7 @@ use crate::metrics;
 use crate::sources::TargetSources;
 use crate::sources::netlink::inet_sockets;
 use crate::sources::netns::NetFile;
+use crate::sources::socket_storage;
 
 pub struct TcpSummary;
 
@@ -22,6 +23,7 @@ const METRICS: &[MetricDef] = metrics![
     gauge "netexporter_tcpsummary_tcptimewaitconn" "TCP sockets in TIME_WAIT now.",
     gauge "netexporter_tcpsummary_tcptxqueue" "Bytes waiting in the send queues of ESTABLISHED TCP sockets.",
     gauge "netexporter_tcpsummary_tcprxqueue" "Bytes waiting in the receive queues of ESTABLISHED TCP sockets.",
+    gauge "netexporter_tcpsummary_info" "Always 1; the label path tells how socket summaries are read: bpf (socket storage, one pass for every namespace) or sock_diag.",
 ];
 
 /// Running sums over sock_diag replies: established, time-wait, send queue, receive queue.
@@ -52,16 +54,16 @@ impl Summary {
     }
 
     pub fn series(&self) -> Vec<Series> {
-        vec![Series::new(
-            [
-                self.established,
-                self.time_wait,
-                self.tx_queue,
-                self.rx_queue,
-            ]
-            .map(Some)
-            .to_vec(),
-        )]
+        let mut values: Vec<Option<u64>> = [
+            self.established,
+            self.time_wait,
+            self.tx_queue,
+            self.rx_queue,
+        ]
+        .map(Some)
+        .to_vec();
+        values.push(None);
+        vec![Series::new(values)]
     }
 }
 
@@ -102,12 +104,45 @@ impl Probe for TcpSummary {
     fn metrics(&self) -> &'static [MetricDef] {
         METRICS
     }
-    fn collect(&self, src: &mut TargetSources, _: &ProbeOptions) -> Result<Vec<Series>> {
-        let mut sum = Summary::default();
-        for family in families_to_dump(src) {
-            let reply = src.tcp_sockets(family, StateFlags::ESTABLISHED | StateFlags::TIME_WAIT)?;
-            sum.add(&reply).context("sock_diag reply")?;
+    fn collect(&self, src: &mut TargetSources, opts: &ProbeOptions) -> Result<Vec<Series>> {
+        let sum = match socket_storage::summary(src, opts) {
+            Some(bpf) => {
+                let b = bpf?;
+                // TIME-WAIT sockets carry no socket storage; sockstat counts them.
+                let sockstat = src.net_file(NetFile::Sockstat)?;
+                let tw = format::keyed_line(&sockstat, "TCP", &["tw"])
+                    .context("/proc/net/sockstat")?[0]
+                    .unwrap_or(0);
+                Summary {
+                    established: b.established,
+                    time_wait: tw,
+                    tx_queue: b.tx_queue,
+                    rx_queue: b.rx_queue,
+                }
+            }
+            None => {
+                let mut sum = Summary::default();
+                for family in families_to_dump(src) {
+                    let reply =
+                        src.tcp_sockets(family, StateFlags::ESTABLISHED | StateFlags::TIME_WAIT)?;
+                    sum.add(&reply).context("sock_diag reply")?;
+                }
+                sum
+            }
+        };
+        let mut out = sum.series();
+        if src.is_node() {
+            let mut info = vec![None; METRICS.len()];
+            info[METRICS.len() - 1] = Some(1);
+            out.push(Series {
+                label: Some(("path", socket_storage::path(opts).0.to_string())),
+                values: info,
+            });
         }
-        Ok(sum.series())
+        Ok(out)
+    }
+
+    fn after_collection(&self, live: &std::collections::HashSet<u64>) {
+        socket_storage::retain(live);
     }
 }

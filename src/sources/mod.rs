@@ -3,6 +3,7 @@
 
 pub mod netlink;
 pub mod netns;
+pub mod socket_storage;
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -60,6 +61,11 @@ impl<'a> TargetSources<'a> {
 
     pub fn is_node(&self) -> bool {
         self.is_node
+    }
+
+    /// The namespace, to enter it (`None` for the node's: the agent's own).
+    pub fn ns_file(&self) -> Option<&std::fs::File> {
+        self.session.ns.as_ref()
     }
 
     /// Whether the namespace has IPv6 (its sockstat6 could be opened).
@@ -140,8 +146,50 @@ impl<'a> TargetSources<'a> {
         Ok(None)
     }
 
+    /// RTM_GETROUTE dump of one address family: the routes of every table.
+    pub fn routes(&mut self, family: AddressFamily) -> Result<Vec<u8>> {
+        let mut msg = netlink_packet_route::route::RouteMessage::default();
+        msg.header.address_family = family;
+        self.route_dump(RouteNetlinkMessage::GetRoute(msg))
+            .context("RTM_GETROUTE")
+    }
+
+    /// RTM_GETADDR dump of one address family: every address of every interface.
+    pub fn addresses(&mut self, family: AddressFamily) -> Result<Vec<u8>> {
+        let mut msg = netlink_packet_route::address::AddressMessage::default();
+        msg.header.family = family;
+        self.route_dump(RouteNetlinkMessage::GetAddress(msg))
+            .context("RTM_GETADDR")
+    }
+
+    /// RTM_GETRULE dump of one address family: the policy-routing rules (`ip rule`).
+    pub fn rules(&mut self, family: AddressFamily) -> Result<Vec<u8>> {
+        let mut msg = netlink_packet_route::rule::RuleMessage::default();
+        msg.header.family = family;
+        self.route_dump(RouteNetlinkMessage::GetRule(msg))
+            .context("RTM_GETRULE")
+    }
+
     fn route_dump(&mut self, msg: RouteNetlinkMessage) -> Result<Vec<u8>> {
         let sock = self.session.route.as_mut().map_err(|e| anyhow!("{e}"))?;
         sock.dump(msg).context("rtnetlink dump")
     }
+}
+
+/// Runs `f` on the sources of `target` from a session opened for this call only, for the
+/// checks: they run about once a minute and need a dump or two, so they do not share the
+/// collector's long-lived sessions. The session (and the pin on the namespace) is closed
+/// when `f` returns.
+pub fn with_target<T>(
+    procfs: &Path,
+    target: &crate::inventory::Target,
+    f: impl FnOnce(&mut TargetSources<'_>) -> Result<T>,
+) -> Result<T> {
+    let mut session = match &target.ns_path {
+        None => NetnsSession::open_own(procfs),
+        Some(path) => NetnsSession::open_in(path, procfs)?,
+    };
+    let mut src = TargetSources::new(&mut session, procfs, target.is_node());
+    src.inode = target.inode;
+    f(&mut src)
 }

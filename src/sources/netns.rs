@@ -42,6 +42,8 @@ impl NetFile {
 type Opened<T> = std::result::Result<T, String>;
 
 pub struct NetnsSession {
+    /// The namespace itself (`None`: the agent's own), for what must run inside it later.
+    pub(crate) ns: Option<File>,
     files: [Opened<File>; 4],
     pub(crate) route: Opened<NlSocket>,
     pub(crate) diag: Opened<NlSocket>,
@@ -58,15 +60,17 @@ impl NetnsSession {
     pub fn open_in(ns_path: &Path, procfs: &Path) -> Result<Self> {
         let ns = File::open(ns_path).with_context(|| format!("open {}", ns_path.display()))?;
         let net_dir = procfs.join("thread-self/net");
-        std::thread::scope(|s| {
+        let mut session = std::thread::scope(|s| {
             s.spawn(|| {
                 nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
                     .with_context(|| format!("setns into {}", ns_path.display()))?;
-                Ok(Self::open_here(&net_dir))
+                Ok::<_, anyhow::Error>(Self::open_here(&net_dir))
             })
             .join()
             .map_err(|_| anyhow!("namespace opener thread panicked"))?
-        })
+        })?;
+        session.ns = Some(ns);
+        Ok(session)
     }
 
     fn open_here(net_dir: &Path) -> Self {
@@ -75,6 +79,7 @@ impl NetnsSession {
             File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))
         };
         Self {
+            ns: None,
             files: NetFile::ALL.map(open_file),
             route: NlSocket::open(NETLINK_ROUTE).map_err(|e| format!("netlink route socket: {e}")),
             diag: NlSocket::open(NETLINK_SOCK_DIAG)
