@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use net_exporter::probes::tcpsummary;
 use net_exporter::sources::TargetSources;
 use net_exporter::sources::netns::{NetFile, NetnsSession};
+use net_exporter::sources::socket_storage::SocketStorage;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_sock_diag::inet::StateFlags;
 
@@ -47,47 +48,189 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:>5} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
-        "netns", "scrape_ms", "cpu_ms", "floor_ms", "series", "lat/flr", "cpu/flr", "rss_mib"
+        "{:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
+        "netns",
+        "path",
+        "scrape_ms",
+        "cpu_ms",
+        "floor_ms",
+        "series",
+        "lat/flr",
+        "cpu/flr",
+        "rss_mib"
     );
+    let mut socket_rows = Vec::new();
     for n in SIZES {
         world.grow_to(n);
-        let agent = Agent::start();
-        // Warm-up: the first collection opens every namespace's session.
-        for _ in 0..3 {
-            agent.scrape();
-        }
-        let cpu_before = agent.cpu_time();
-        let mut latencies = Vec::with_capacity(SCRAPES);
-        let mut series = 0;
-        for _ in 0..SCRAPES {
-            let t = Instant::now();
-            let body = agent.scrape();
-            latencies.push(t.elapsed());
-            series = body.lines().filter(|l| !l.starts_with('#')).count();
-        }
-        let cpu = (agent.cpu_time() - cpu_before) / SCRAPES as u32;
-        let rss = agent.rss_kib();
-        drop(agent);
         let floor = floor(&world);
-        let scrape = median(&mut latencies);
-        println!(
-            "{:>5} {:>9.2} {:>9.2} {:>9.2} {:>9} {:>8.2} {:>8.2} {:>8.1}",
-            n,
-            ms(scrape),
-            ms(cpu),
-            ms(floor),
-            series,
-            ms(scrape) / ms(floor),
-            ms(cpu) / ms(floor),
-            rss as f64 / 1024.0
-        );
+        for path in ["bpf", "sock_diag"] {
+            let m = measure(path);
+            println!(
+                "{:>5} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>9} {:>8.2} {:>8.2} {:>8.1}",
+                n,
+                path,
+                ms(m.scrape),
+                ms(m.cpu),
+                ms(floor),
+                m.series,
+                ms(m.scrape) / ms(floor),
+                ms(m.cpu) / ms(floor),
+                m.rss_kib as f64 / 1024.0
+            );
+        }
+        if n >= 100 {
+            socket_rows.push((n, socket_part(&world)));
+        }
     }
     println!(
         "scrape_ms: median wall time of {SCRAPES} scrapes; cpu_ms: agent CPU (user+sys) per scrape;"
     );
     println!(
-        "floor_ms: median of {FLOOR_RUNS} raw reads of the same sources, one thread, no parsing."
+        "floor_ms: median of {FLOOR_RUNS} naive raw reads of the same sources (sock_diag dumps), one thread, no parsing."
+    );
+    println!();
+    println!("socket summaries alone, every namespace (median of {FLOOR_RUNS}):");
+    println!(
+        "{:>5} {:>13} {:>9} {:>8}",
+        "netns", "sock_diag_ms", "bpf_ms", "ratio"
+    );
+    for (n, (diag, bpf)) in socket_rows {
+        match bpf {
+            Some(b) => println!(
+                "{:>5} {:>13.3} {:>9.3} {:>8.0}",
+                n,
+                ms(diag),
+                ms(b),
+                ms(diag) / ms(b).max(1e-6)
+            ),
+            None => println!("{:>5} {:>13.3} {:>9} {:>8}", n, ms(diag), "n/a", "-"),
+        }
+    }
+    println!();
+    connection_setup();
+}
+
+struct Measured {
+    scrape: Duration,
+    cpu: Duration,
+    series: usize,
+    rss_kib: u64,
+}
+
+/// The agent with the given socket summary path: median scrape, CPU per scrape, RSS.
+fn measure(path: &str) -> Measured {
+    let config = std::env::temp_dir().join(format!(
+        "net-exporter-bench-{}-{path}.yaml",
+        std::process::id()
+    ));
+    std::fs::write(
+        &config,
+        format!("probes:\n  tcpsummary:\n    socket_path: {path}\n"),
+    )
+    .expect("write config");
+    let agent = Agent::start(&config);
+    // Warm-up: the first collection opens every namespace's session (and sweeps them).
+    for _ in 0..3 {
+        agent.scrape();
+    }
+    let cpu_before = agent.cpu_time();
+    let mut latencies = Vec::with_capacity(SCRAPES);
+    let mut series = 0;
+    for _ in 0..SCRAPES {
+        let t = Instant::now();
+        let body = agent.scrape();
+        latencies.push(t.elapsed());
+        series = body.lines().filter(|l| !l.starts_with('#')).count();
+    }
+    let cpu = (agent.cpu_time() - cpu_before) / SCRAPES as u32;
+    let rss_kib = agent.rss_kib();
+    drop(agent);
+    let _ = std::fs::remove_file(&config);
+    Measured {
+        scrape: median(&mut latencies),
+        cpu,
+        series,
+        rss_kib,
+    }
+}
+
+/// The socket-summary part alone, for every namespace: sock_diag dumps (established and
+/// time-wait, both families, plus listeners) against one BPF socket-storage pass.
+fn socket_part(world: &World) -> (Duration, Option<Duration>) {
+    let procfs = Path::new("/proc");
+    let mut sessions: Vec<(NetnsSession, bool)> = vec![(NetnsSession::open_own(procfs), true)];
+    for i in 0..world.count {
+        let path = format!("/run/netns/{}", world.name(i));
+        sessions.push((
+            NetnsSession::open_in(Path::new(&path), procfs).expect("session"),
+            false,
+        ));
+    }
+    let mut diag = Vec::new();
+    for _ in 0..FLOOR_RUNS {
+        let t = Instant::now();
+        for (session, is_node) in &mut sessions {
+            let mut src = TargetSources::new(session, procfs, *is_node);
+            for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+                let _ = src.tcp_sockets(family, StateFlags::ESTABLISHED | StateFlags::TIME_WAIT);
+                let _ = src.tcp_sockets(family, StateFlags::LISTEN);
+            }
+        }
+        diag.push(t.elapsed());
+    }
+    let bpf = SocketStorage::load(Path::new("/sys/kernel/btf/vmlinux"))
+        .ok()
+        .map(|mut storage| {
+            // Sweep every namespace once (collection 1), then time passes.
+            for (i, (session, is_node)) in sessions.iter_mut().enumerate() {
+                let mut src = TargetSources::new(session, procfs, *is_node);
+                src.inode = i as u64 + 1;
+                let _ = storage.summary(src.inode, src.ns_file(), 1);
+            }
+            let mut runs = Vec::new();
+            for c in 0..FLOOR_RUNS as u64 {
+                let t = Instant::now();
+                let _ = storage.summary(1, None, c + 2);
+                runs.push(t.elapsed());
+            }
+            median(&mut runs)
+        });
+    (median(&mut diag), bpf)
+}
+
+/// Connections per second through loopback with and without the tagging tracepoint, from
+/// alternating runs.
+fn connection_setup() {
+    const CONNS: usize = 3000;
+    let run = || {
+        let l = TcpListener::bind("127.0.0.1:0").expect("listen");
+        let addr = l.local_addr().expect("addr");
+        let t = Instant::now();
+        for _ in 0..CONNS {
+            let c = TcpStream::connect(addr).expect("connect");
+            let (a, _) = l.accept().expect("accept");
+            drop(c);
+            drop(a);
+        }
+        CONNS as f64 / t.elapsed().as_secs_f64()
+    };
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        off.push(run());
+        let storage = SocketStorage::load(Path::new("/sys/kernel/btf/vmlinux"));
+        if storage.is_err() {
+            println!("connection setup: BPF socket storage unavailable");
+            return;
+        }
+        on.push(run());
+        drop(storage);
+    }
+    off.sort_by(f64::total_cmp);
+    on.sort_by(f64::total_cmp);
+    let (off, on) = (off[off.len() / 2], on[on.len() / 2]);
+    println!(
+        "connection setup through loopback: {off:.0}/s without, {on:.0}/s with the tagging tracepoint: {:.1} % fewer",
+        (1.0 - on / off) * 100.0
     );
 }
 
@@ -265,7 +408,7 @@ struct Agent {
 }
 
 impl Agent {
-    fn start() -> Self {
+    fn start(config: &Path) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("port")
@@ -273,6 +416,8 @@ impl Agent {
         let child = Command::new(env!("CARGO_BIN_EXE_net-exporter"))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--log.level=warn")
+            .arg(format!("--config.file={}", config.display()))
+            .stdout(Stdio::null())
             .stdin(Stdio::null())
             .spawn()
             .expect("start agent");

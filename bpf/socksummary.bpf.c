@@ -43,9 +43,14 @@ static __always_inline void tag(struct tcp_sock *tp, __u32 netns)
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(tag_on_state_change, struct sock *sk, int oldstate, int newstate)
 {
-	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	struct tcp_sock *tp;
 	struct net *net;
 
+	/* Only the states the pass counts: one storage operation per socket, not one per
+	 * transition (a connection goes through half a dozen). A tagged socket keeps its tag. */
+	if (newstate != TCP_ESTABLISHED && newstate != TCP_LISTEN)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(sk);
 	if (!tp)
 		return 0; /* not TCP (DCCP, SCTP, MPTCP subflow parents...) */
 	net = sk->__sk_common.skc_net.net;

@@ -2,6 +2,7 @@
 //! servers on this machine. Every resource a test creates is removed by a guard.
 
 mod cli;
+mod events_export;
 mod harness;
 mod otlp;
 mod packetloss;

@@ -221,7 +221,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         options: cfg.checks.clone(),
         procfs: cfg.procfs.clone(),
         sysfs: cfg.sysfs.clone(),
-        events,
+        events: Arc::clone(&events),
     });
     let checks = tokio::spawn(runner.run());
     tracing::info!(
@@ -268,6 +268,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         p.abort();
     }
     checks.abort();
+    // The OTLP log sinks export from a thread of their own: flushing blocks.
+    let _ = tokio::task::spawn_blocking(move || events.shutdown()).await;
     telemetry.shutdown();
     tracing::info!("net-exporter stopped");
     Ok(())

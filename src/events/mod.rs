@@ -51,6 +51,8 @@ impl Event {
 /// Where events go.
 pub trait Sink: Send + Sync {
     fn send(&self, event: &Event);
+    /// Flushes what is queued (at shutdown).
+    fn shutdown(&self) {}
 }
 
 /// One JSON object per line on stdout.
@@ -170,6 +172,13 @@ impl Events {
             .filter(check, problems, now);
         for p in emit {
             self.emit(Event::new(probe, p));
+        }
+    }
+
+    /// Flushes every sink (at shutdown).
+    pub fn shutdown(&self) {
+        for s in &self.sinks {
+            s.shutdown();
         }
     }
 

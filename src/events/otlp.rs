@@ -6,8 +6,11 @@
 //! in `netexporter_export_failures_total{exporter,signal="logs"}` and is logged once per outage.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -33,12 +36,38 @@ struct Counting {
     endpoint: String,
     failures: Arc<AtomicU64>,
     failing: AtomicBool,
+    /// The agent's runtime. The batch processor exports from a thread of its own, outside any
+    /// tokio runtime; the HTTP client (async reqwest, hyper) needs one for its I/O and timers
+    /// and panics without it, which kills the processor's thread: every record after it would
+    /// be lost, uncounted.
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+/// Polls `inner` with `handle`'s runtime entered, so that it may register I/O and timers
+/// with it while an executor of another thread drives it.
+struct InRuntime<F> {
+    handle: Option<tokio::runtime::Handle>,
+    inner: Pin<Box<F>>,
+}
+
+impl<F: Future> Future for InRuntime<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let _entered = this.handle.as_ref().map(tokio::runtime::Handle::enter);
+        this.inner.as_mut().poll(cx)
+    }
 }
 
 impl LogExporter for Counting {
     async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
         let n = batch.iter().count() as u64;
-        let r = self.inner.export(batch).await;
+        let r = InRuntime {
+            handle: self.runtime.clone(),
+            inner: Box::pin(self.inner.export(batch)),
+        }
+        .await;
         match &r {
             Err(e) => {
                 self.failures.fetch_add(n, Ordering::Relaxed);
@@ -116,6 +145,7 @@ impl OtlpLogs {
             endpoint: endpoint.to_string(),
             failures,
             failing: AtomicBool::new(false),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         };
         let processor = BatchLogProcessor::builder(exporter)
             .with_batch_config(
@@ -136,13 +166,14 @@ impl OtlpLogs {
             node: node.to_string(),
         })
     }
-
-    pub fn shutdown(&self) {
-        let _ = self.provider.shutdown();
-    }
 }
 
 impl Sink for OtlpLogs {
+    fn shutdown(&self) {
+        // Flushes the batch queue to the endpoint before the agent exits.
+        let _ = self.provider.shutdown();
+    }
+
     fn send(&self, e: &Event) {
         let mut r = self.logger.create_log_record();
         let ts = std::time::UNIX_EPOCH
