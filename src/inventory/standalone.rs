@@ -92,7 +92,11 @@ impl Inventory for Standalone {
                 Err(_) => {}
             }
         }
-        if denied > 0 && !self.denied_reported.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        if denied > 0
+            && !self
+                .denied_reported
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
             tracing::warn!(
                 processes = denied,
                 "cannot see the network namespace of some processes (needs CAP_SYS_PTRACE); namespaces held only by them are not read"
