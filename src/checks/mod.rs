@@ -3,9 +3,13 @@
 //! problems it sees, which `events` turns into events. A check that cannot look (no
 //! permission, not applicable here) says so with an error, never with a made-up problem.
 
+pub mod iptables;
 pub mod irqbalance;
 pub mod kernel_log;
 pub mod kernel_param;
+pub mod kube_proxy;
+pub mod mtu;
+pub mod route;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,7 +20,16 @@ use serde::Deserialize;
 use crate::inventory::{ClusterView, Target};
 
 /// Every check, one line each.
-pub static CHECKS: &[&dyn Check] = &[&kernel_param::KernelParam, &irqbalance::IrqBalance];
+pub static CHECKS: &[&dyn Check] = &[
+    &kernel_param::KernelParam,
+    &irqbalance::IrqBalance,
+    &route::DefaultRoute,
+    &route::PolicyRoute,
+    &route::VPC_ROUTE,
+    &mtu::MtuAbnormal,
+    &iptables::IptablesAbnormal,
+    &kube_proxy::KubeProxyAbnormal,
+];
 
 /// The kernel log is not polled like the others: the agent follows it (`kernel_log.rs`).
 pub const KERNEL_LOG: &str = "KernelLog";
@@ -107,6 +120,21 @@ pub struct CheckOptions {
     /// The kernel log to follow, and the lines in it that are events.
     pub kernel_log_path: PathBuf,
     pub kernel_log_patterns: Vec<String>,
+    /// MTUAbnormal: an interface (node's or a Pod's, `lo` aside) with an MTU below this is
+    /// abnormal. 1280 is the least IPv6 works with.
+    pub mtu_floor: u32,
+    /// PolicyRoute: CNIs whose Pods need a policy-routing rule (`ip rule from <Pod IP>`) on the
+    /// node, each `{name, interface_prefixes}`. Empty (the default): the check does nothing.
+    pub policy_route_cnis: Vec<route::PolicyRouteCni>,
+    /// IPtablesAbnormal: the iptables command to run (`iptables-legacy` where the node's rules
+    /// are in the legacy backend and the agent's `iptables` is the nft one).
+    pub iptables_command: String,
+    /// KubeProxyAbnormal: unset, it runs in Kubernetes mode only; `true` always; `false` never
+    /// (clusters without kube-proxy).
+    pub kube_proxy: Option<bool>,
+    /// KubeProxyAbnormal: kube-proxy's health endpoint, plain http, expected to answer 200
+    /// within 2 s.
+    pub kube_proxy_healthz: String,
 }
 
 impl CheckOptions {
@@ -140,6 +168,12 @@ impl CheckOptions {
                 }
             }
         }
+        if let Err(e) = kube_proxy::parse_http_url(&self.kube_proxy_healthz) {
+            return Err(format!("checks.kube_proxy_healthz: {e:#}"));
+        }
+        if self.iptables_command.trim().is_empty() {
+            return Err("checks.iptables_command: empty".into());
+        }
         Ok(())
     }
 
@@ -164,6 +198,11 @@ impl Default for CheckOptions {
             intervals: Default::default(),
             kernel_log_path: "/dev/kmsg".into(),
             kernel_log_patterns: kernel_log::default_patterns(),
+            mtu_floor: 1280,
+            policy_route_cnis: Vec::new(),
+            iptables_command: "iptables".into(),
+            kube_proxy: None,
+            kube_proxy_healthz: "http://127.0.0.1:10256/healthz".into(),
         }
     }
 }

@@ -38,6 +38,10 @@ pub struct Link {
     pub peer: Option<u32>,
     /// And the id (this namespace's name for it) of the namespace the peer lives in.
     pub peer_netnsid: Option<i32>,
+    /// IFLA_MTU, for the MTU check.
+    pub mtu: Option<u32>,
+    /// Administratively up (IFF_UP).
+    pub up: bool,
 }
 
 const RTM_NEWLINK: u16 = 16;
@@ -45,10 +49,11 @@ const IFLA_IFNAME: u16 = 3;
 const IFLA_STATS64: u16 = 23;
 const IFLA_LINK: u16 = 5;
 const IFLA_LINK_NETNSID: u16 = 37;
+const IFLA_MTU: u16 = 4;
 /// `struct ifinfomsg`.
 const LINK_HEADER_LEN: usize = 16;
 
-/// Decodes an RTM_GETLINK dump reply. Only the two attributes needed are decoded (with the
+/// Decodes an RTM_GETLINK dump reply. Only the attributes needed are decoded (with the
 /// crate's header, attribute iterator and `Stats64` parser): a full `LinkMessage` decodes some
 /// fifty attributes per interface, which dominated the probe's cost on nodes with many Pods.
 pub fn links(reply: &[u8]) -> Result<Vec<Link>> {
@@ -63,6 +68,7 @@ pub fn links(reply: &[u8]) -> Result<Vec<Link>> {
         let mut stats = None;
         let mut link = None;
         let mut other_netns = None;
+        let mut mtu = None;
         for nla in NlasIterator::new(payload.get(LINK_HEADER_LEN..).unwrap_or_default()) {
             let nla = nla.map_err(|e| anyhow!("link attribute: {e}"))?;
             match nla.kind() {
@@ -82,6 +88,12 @@ pub fn links(reply: &[u8]) -> Result<Vec<Link>> {
                         .get(..4)
                         .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
                 }
+                IFLA_MTU => {
+                    mtu = nla
+                        .value()
+                        .get(..4)
+                        .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                }
                 IFLA_LINK_NETNSID => {
                     other_netns = nla
                         .value()
@@ -97,6 +109,10 @@ pub fn links(reply: &[u8]) -> Result<Vec<Link>> {
             stats,
             peer: link.filter(|_| other_netns.is_some()),
             peer_netnsid: other_netns,
+            mtu,
+            up: header
+                .flags
+                .contains(netlink_packet_route::link::LinkFlags::Up),
         });
     }
     Ok(out)
