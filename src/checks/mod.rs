@@ -1,7 +1,9 @@
 //! Checks: what finds problems in the node's network configuration. Each check is one file and
 //! one line in [`CHECKS`]; it looks at the node (and its Pods' namespaces) and returns the
 //! problems it sees, which `events` turns into events. A check that cannot look (no
-//! permission, not applicable here) says so with an error, never with a made-up problem.
+//! permission, a missing tool) says so with an error, never with a made-up problem; one that
+//! does not apply here (a Kubernetes check in standalone mode, a provider check without a
+//! provider) finds nothing, so that `netexporter_check_success` stays 1 on such nodes.
 
 pub mod iptables;
 pub mod irqbalance;
