@@ -550,3 +550,219 @@ impl Scrape {
         self.samples.iter().map(|s| s.name.clone()).collect()
     }
 }
+
+// ---- Additions for the Kubernetes-mode tests ----
+
+impl Agent {
+    /// Like [`Agent::start_with_env`], with the variables of `remove` taken out of the
+    /// environment the agent inherits (e.g. `KUBERNETES_SERVICE_HOST`, `KUBECONFIG`).
+    pub fn start_without_env(args: &[&str], remove: &[&str]) -> Self {
+        use std::os::unix::process::CommandExt;
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("net-exporter-{}.log", unique("agent")));
+        let logfile = std::fs::File::create(&log).expect("agent log file");
+        let listen = format!("--web.listen-address=127.0.0.1:{port}");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_net-exporter"));
+        cmd.arg(&listen)
+            .arg("--node-name=itest-node")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(logfile.try_clone().expect("log fd"))
+            .stderr(logfile)
+            .process_group(0);
+        for k in remove {
+            cmd.env_remove(k);
+        }
+        let child = cmd.spawn().expect("start net-exporter");
+        let agent = Self {
+            port,
+            proc: Proc { child },
+            log,
+        };
+        agent.wait_ready();
+        agent
+    }
+}
+
+// ---- Additions for the checks tests ----
+
+/// A veth pair between two namespaces, each end with the given name and address there (names
+/// only need to be unique inside their namespace: `eth0` on both sides is fine). Deleted on
+/// drop; deleting either namespace deletes it too.
+pub struct NsVeth {
+    pub ns_a: String,
+    pub a: String,
+    pub ns_b: String,
+    pub b: String,
+}
+
+impl NsVeth {
+    /// `a_addr`/`b_addr` in CIDR notation, e.g. `10.77.0.2/24`.
+    pub fn new(a_ns: &Netns, a: &str, a_addr: &str, b_ns: &Netns, b: &str, b_addr: &str) -> Self {
+        run(&[
+            "ip", "link", "add", a, "netns", &a_ns.name, "type", "veth", "peer", "name", b,
+            "netns", &b_ns.name,
+        ]);
+        let v = Self {
+            ns_a: a_ns.name.clone(),
+            a: a.to_string(),
+            ns_b: b_ns.name.clone(),
+            b: b.to_string(),
+        };
+        for (ns, dev, addr) in [(&v.ns_a, a, a_addr), (&v.ns_b, b, b_addr)] {
+            run(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
+            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        v
+    }
+}
+
+impl Drop for NsVeth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["-n", &self.ns_a, "link", "del", &self.a])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Netns {
+    /// Runs `f` on a short-lived thread inside the namespace (sockets it opens stay there).
+    pub fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
+    /// A minimal HTTP/1.0 GET to `127.0.0.1:port` inside the namespace.
+    pub fn http_get(&self, port: u16, path: &str) -> std::io::Result<(u16, String)> {
+        let mut s = self.within(move || TcpStream::connect(("127.0.0.1", port)))?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        let status = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+}
+
+/// Single-quotes `s` for `sh -c`.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// A `sh -c` script's command that runs `prelude` and then the agent with `args`, inside `ns`
+/// (the agent's node: its own namespace) and in a PID namespace of its own with its own /proc,
+/// so that the agent sees only the processes started in it (by `prelude`), not the machine's
+/// or other tests'. The PID namespace dies with the agent (`--kill-child`: also when the
+/// `unshare` parent is killed).
+pub fn isolated_agent_command(ns: &Netns, prelude: &str, args: &[String]) -> Command {
+    let mut script = String::from(prelude);
+    script.push_str("\nexec ip netns exec ");
+    script.push_str(&shell_quote(&ns.name));
+    script.push(' ');
+    script.push_str(&shell_quote(env!("CARGO_BIN_EXE_net-exporter")));
+    for a in args {
+        script.push(' ');
+        script.push_str(&shell_quote(a));
+    }
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--kill-child",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    cmd
+}
+
+/// The agent running in a namespace as its node (see [`isolated_agent_command`]), serving on
+/// 127.0.0.1:`port` there; killed on drop. Its stdout and stderr go to `log`.
+pub struct NsAgent {
+    pub port: u16,
+    pub ns: String,
+    proc: Proc,
+    pub log: std::path::PathBuf,
+}
+
+impl NsAgent {
+    pub fn start(ns: &Netns, prelude: &str, args: &[String]) -> Self {
+        use std::os::unix::process::CommandExt;
+        // The namespace is the test's own: nothing else listens in it.
+        let port = 9102;
+        let log = std::env::temp_dir().join(format!("net-exporter-{}.log", unique("nsagent")));
+        let logfile = std::fs::File::create(&log).expect("agent log file");
+        let mut all = vec![
+            format!("--web.listen-address=127.0.0.1:{port}"),
+            "--node-name=itest-node".to_string(),
+        ];
+        all.extend_from_slice(args);
+        let child = isolated_agent_command(ns, prelude, &all)
+            .stdin(Stdio::null())
+            .stdout(logfile.try_clone().expect("log fd"))
+            .stderr(logfile)
+            .process_group(0)
+            .spawn()
+            .expect("start net-exporter in a namespace");
+        let mut agent = Self {
+            port,
+            ns: ns.name.clone(),
+            proc: Proc { child },
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = ns.http_get(port, "/readyz") {
+                return agent;
+            }
+            if let Ok(Some(status)) = agent.proc.child.try_wait() {
+                panic!("agent exited ({status}); log:\n{}", agent.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("agent not ready after 30s; log:\n{}", agent.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn scrape(&self, ns: &Netns) -> Scrape {
+        let (status, body) = ns.http_get(self.port, "/metrics").expect("scrape");
+        assert_eq!(status, 200, "scrape failed: {body}");
+        Scrape::parse(&body)
+    }
+}
+
+impl Drop for NsAgent {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Writes one record to the kernel log.
+pub fn kmsg(line: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/kmsg")
+        .expect("open /dev/kmsg for writing");
+    f.write_all(format!("{line}\n").as_bytes())
+        .expect("write /dev/kmsg");
+}

@@ -1,9 +1,12 @@
 //! Integration tests: the real binary against real network namespaces, veth pairs and
 //! servers on this machine. Every resource a test creates is removed by a guard.
 
+mod checks;
 mod cli;
 mod events_export;
+mod fake_apiserver;
 mod harness;
+mod kubernetes;
 mod otlp;
 mod packetloss;
 mod probes;

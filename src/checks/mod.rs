@@ -7,6 +7,7 @@
 
 pub mod iptables;
 pub mod irqbalance;
+pub mod k8s_config;
 pub mod kernel_log;
 pub mod kernel_param;
 pub mod kube_proxy;
@@ -31,6 +32,10 @@ pub static CHECKS: &[&dyn Check] = &[
     &mtu::MtuAbnormal,
     &iptables::IptablesAbnormal,
     &kube_proxy::KubeProxyAbnormal,
+    &k8s_config::NetworkPolicyCheck,
+    &k8s_config::TrafficPolicyCheck,
+    &k8s_config::IpMasqAgentCheck,
+    &k8s_config::CidrConflictCheck,
 ];
 
 /// The kernel log is not polled like the others: the agent follows it (`kernel_log.rs`).
@@ -137,6 +142,11 @@ pub struct CheckOptions {
     /// KubeProxyAbnormal: kube-proxy's health endpoint, plain http, expected to answer 200
     /// within 2 s.
     pub kube_proxy_healthz: String,
+    /// IPMasqAgentConf and CIDRConflict: the node network's (VPC's) CIDR; unset, the first
+    /// is not checked and the second leaves it out.
+    pub vpc_cidr: Option<ipnet::IpNet>,
+    /// CIDRConflict: the cluster's Service CIDR (not published by the API server).
+    pub service_cidr: Option<ipnet::IpNet>,
 }
 
 impl CheckOptions {
@@ -205,6 +215,8 @@ impl Default for CheckOptions {
             iptables_command: "iptables".into(),
             kube_proxy: None,
             kube_proxy_healthz: "http://127.0.0.1:10256/healthz".into(),
+            vpc_cidr: None,
+            service_cidr: None,
         }
     }
 }

@@ -155,6 +155,7 @@ pub struct Address {
     /// IFA_LABEL: the interface's name (or `name:alias`), IPv4 only.
     pub label: Option<String>,
     pub ip: IpAddr,
+    pub prefix_len: u8,
     pub scope: AddressScope,
 }
 
@@ -179,6 +180,7 @@ pub fn parse_addresses(reply: &[u8]) -> Result<Vec<Address>> {
                 index: a.header.index,
                 label,
                 ip,
+                prefix_len: a.header.prefix_len,
                 scope: a.header.scope,
             });
         }

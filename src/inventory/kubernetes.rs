@@ -2,9 +2,9 @@
 //!
 //! Two watches (the node's Pods, by field selector `spec.nodeName`, and the Node itself for its
 //! pod CIDRs) keep a local view current; `kube`'s watcher lists, watches from the list's
-//! resourceVersion, and relists with backoff after errors. While the API server is unreachable
-//! the last known view stays in use, `netexporter_kubernetes_api_up` is 0 and one log line
-//! says so.
+//! resourceVersion, and after an error is replaced by a fresh one (a new list) with backoff.
+//! While the API server is unreachable the last known view stays in use,
+//! `netexporter_kubernetes_api_up` is 0 and one log line says so.
 //!
 //! A Pod's network namespace is found without a container runtime API: the Pod's UID is in the
 //! cgroup path of its processes (`cgroup.rs`), and any such process's `/proc/PID/ns/net` is the
@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::runtime::WatchStreamExt;
+use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 
@@ -224,79 +224,116 @@ fn report(what: &str, ok: &mut bool, now_ok: bool, error: Option<&dyn std::fmt::
     *ok = now_ok;
 }
 
+/// The watches below start a fresh watcher after every error (after a backoff). `kube`'s
+/// watcher, left to recover by itself, gives no sign that the API answers again: it emits
+/// `Init` before its list request is even sent (and each `Init` resets `default_backoff`, so
+/// failed lists were retried every 0.8 s), and it resumes an interrupted watch without any
+/// event while nothing changes. A fresh watcher lists first, so its `InitApply`/`InitDone`
+/// prove that the API is back; the view it replaces stays in use until its `InitDone`.
+fn rewatch_delay(backoff: &mut watcher::DefaultBackoff) -> std::time::Duration {
+    backoff.next().unwrap_or(std::time::Duration::from_secs(30))
+}
+
+/// A 410 Gone during a watch: the history is compacted and a relist is due; not an outage.
+fn is_gone(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::WatchError(s) if s.code == 410)
+}
+
 async fn watch_pods(client: Client, node: String, shared: Arc<Mutex<Shared>>) {
     let api: Api<Pod> = Api::all(client);
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-    let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
     let mut listing: BTreeMap<String, PodInfo> = BTreeMap::new();
     // `true` at start so that a first failure is reported.
     let mut ok = true;
-    while let Some(event) = stream.next().await {
-        let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
-        match event {
-            Ok(ev) => {
-                report("pods", &mut ok, true, None);
-                s.pods_ok = true;
-                match ev {
-                    Event::Init => listing.clear(),
-                    Event::InitApply(p) => {
-                        if let Some(info) = pod_info(&p) {
-                            listing.insert(info.uid.clone(), info);
+    let mut backoff = watcher::DefaultBackoff::default();
+    loop {
+        let mut stream = watcher::watcher(api.clone(), cfg.clone()).boxed();
+        while let Some(event) = stream.next().await {
+            let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+            match event {
+                // Sent before the list request: says nothing about the API.
+                Ok(Event::Init) => listing.clear(),
+                Ok(ev) => {
+                    report("pods", &mut ok, true, None);
+                    s.pods_ok = true;
+                    match ev {
+                        Event::Init => {}
+                        Event::InitApply(p) => {
+                            if let Some(info) = pod_info(&p) {
+                                listing.insert(info.uid.clone(), info);
+                            }
                         }
-                    }
-                    Event::InitDone => {
-                        s.pods = std::mem::take(&mut listing);
-                        s.pods_synced = true;
-                    }
-                    Event::Apply(p) => {
-                        if let Some(info) = pod_info(&p) {
-                            s.pods.insert(info.uid.clone(), info);
+                        Event::InitDone => {
+                            s.pods = std::mem::take(&mut listing);
+                            s.pods_synced = true;
+                            backoff.reset();
                         }
-                    }
-                    Event::Delete(p) => {
-                        if let Some(uid) = &p.metadata.uid {
-                            s.pods.remove(uid);
+                        Event::Apply(p) => {
+                            if let Some(info) = pod_info(&p) {
+                                s.pods.insert(info.uid.clone(), info);
+                            }
+                        }
+                        Event::Delete(p) => {
+                            if let Some(uid) = &p.metadata.uid {
+                                s.pods.remove(uid);
+                            }
                         }
                     }
                 }
-            }
-            Err(e) => {
-                report("pods", &mut ok, false, Some(&e));
-                s.pods_ok = false;
+                Err(e) => {
+                    if !is_gone(&e) {
+                        report("pods", &mut ok, false, Some(&e));
+                        s.pods_ok = false;
+                    }
+                    break;
+                }
             }
         }
+        tokio::time::sleep(rewatch_delay(&mut backoff)).await;
     }
 }
 
 async fn watch_node(client: Client, node: String, shared: Arc<Mutex<Shared>>) {
     let api: Api<Node> = Api::all(client);
     let cfg = watcher::Config::default().fields(&format!("metadata.name={node}"));
-    let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
     let mut ok = true;
-    while let Some(event) = stream.next().await {
-        let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
-        match event {
-            Ok(ev) => {
-                report("node", &mut ok, true, None);
-                s.node_ok = true;
-                match ev {
-                    Event::InitApply(n) | Event::Apply(n) => s.node_cidrs = node_cidrs(&n),
-                    Event::InitDone => s.node_synced = true,
-                    Event::Init | Event::Delete(_) => {}
+    let mut backoff = watcher::DefaultBackoff::default();
+    loop {
+        let mut stream = watcher::watcher(api.clone(), cfg.clone()).boxed();
+        while let Some(event) = stream.next().await {
+            let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+            match event {
+                // Sent before the list request: says nothing about the API.
+                Ok(Event::Init) => {}
+                Ok(ev) => {
+                    report("node", &mut ok, true, None);
+                    s.node_ok = true;
+                    match ev {
+                        Event::InitApply(n) | Event::Apply(n) => s.node_cidrs = node_cidrs(&n),
+                        Event::InitDone => {
+                            s.node_synced = true;
+                            backoff.reset();
+                        }
+                        Event::Init | Event::Delete(_) => {}
+                    }
+                }
+                Err(e) => {
+                    if !is_gone(&e) {
+                        report("node", &mut ok, false, Some(&e));
+                        s.node_ok = false;
+                    }
+                    break;
                 }
             }
-            Err(e) => {
-                report("node", &mut ok, false, Some(&e));
-                s.node_ok = false;
-            }
         }
+        tokio::time::sleep(rewatch_delay(&mut backoff)).await;
     }
 }
 
 /// A client from an explicit kubeconfig file, else the standard inference (`KUBECONFIG`,
 /// `~/.kube/config`, in-cluster service account).
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
-    let config = match kubeconfig {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("read kubeconfig {}", path.display()))?;
@@ -308,5 +345,9 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
             .await
             .context("Kubernetes client configuration")?,
     };
+    // No retries inside the client: it would retry a 429/503/504 up to 15 times for minutes
+    // (5 ms doubling up to 1000 s) before the watches see an error, all the while reporting
+    // the API as up. The watches retry with their own backoff and report the outage.
+    config.default_retry = false;
     Client::try_from(config).context("Kubernetes client")
 }

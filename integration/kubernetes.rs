@@ -1,0 +1,1054 @@
+//! Kubernetes mode: the real agent and its real `kube` client against a fake API server
+//! (`fake_apiserver.rs`) that lists and watches Pods and Nodes as the real one does, and real
+//! Pods on this machine: each a network namespace with a veth to the host, a process in it, and
+//! that process in a cgroup named the way the kubelet names it (systemd or cgroupfs driver,
+//! cgroup v2, and v1 where a v1 hierarchy is mounted). Pod-scope values are compared with what
+//! the kernel says inside the Pod's namespace.
+//!
+//! Every namespace, veth, process, cgroup, temporary file and server made here is removed by a
+//! guard, also when an assertion fails.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::fake_apiserver::{self, FakeApiServer, Kind};
+use crate::harness::*;
+
+const NODE: &str = "itest-node";
+const POD_CIDR: &str = "10.207.0.0/24";
+const CGROUP2: &str = "/sys/fs/cgroup/unified";
+const CGROUP1_PIDS: &str = "/sys/fs/cgroup/pids";
+/// For changes the agent learns through an open watch.
+const DEADLINE: Duration = Duration::from_secs(30);
+/// For recoveries that wait on the watcher's backoff (up to 30 s between attempts).
+const OUTAGE_DEADLINE: Duration = Duration::from_secs(60);
+
+const API_UP: &str = "netexporter_kubernetes_api_up";
+const UNREACHABLE_LOG: &str = "Kubernetes API unreachable";
+const REACHABLE_LOG: &str = "Kubernetes API reachable";
+
+/// (metric, direction, key in `stats64` of `ip -s -j link`).
+const NETDEV: [(&str, &str, &str); 4] = [
+    ("netexporter_netdev_rxbytes", "rx", "bytes"),
+    ("netexporter_netdev_rxpackets", "rx", "packets"),
+    ("netexporter_netdev_txbytes", "tx", "bytes"),
+    ("netexporter_netdev_txpackets", "tx", "packets"),
+];
+
+// ---- Pods: namespaces, veths, processes and kubelet-style cgroups ----
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh Pod UID (the API's form, lowercase with `-`).
+fn new_uid() -> String {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        std::process::id(),
+        n & 0xffff,
+        nanos & 0xfff,
+        (nanos >> 12) & 0xfff,
+        (u64::from(nanos) << 16) | u64::from(n & 0xffff)
+    )
+}
+
+/// Where the kubelet puts a Pod's container.
+#[derive(Clone, Copy, Debug)]
+enum Driver {
+    /// systemd cgroup driver, cgroup v2, a BestEffort Pod.
+    SystemdV2,
+    /// cgroupfs driver, cgroup v2, a Burstable Pod.
+    CgroupfsV2,
+    /// systemd cgroup driver, cgroup v1 (the `pids` hierarchy), a Guaranteed Pod.
+    SystemdV1,
+}
+
+impl Driver {
+    /// (hierarchy mount, container cgroup below it) of a Pod's container.
+    fn cgroup(self, uid: &str) -> (&'static str, String) {
+        let underscored = uid.replace('-', "_");
+        let container = uid.replace('-', "").repeat(2);
+        match self {
+            Driver::SystemdV2 => (
+                CGROUP2,
+                format!(
+                    "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{underscored}.slice/cri-containerd-{container}.scope"
+                ),
+            ),
+            Driver::CgroupfsV2 => (CGROUP2, format!("kubepods/burstable/pod{uid}/{container}")),
+            Driver::SystemdV1 => (
+                CGROUP1_PIDS,
+                format!(
+                    "kubepods.slice/kubepods-pod{underscored}.slice/cri-containerd-{container}.scope"
+                ),
+            ),
+        }
+    }
+}
+
+/// Shared kubelet cgroups (`kubepods.slice`, `kubepods/burstable`, ...) this process made;
+/// also the lock around making and removing cgroups here.
+static SHARED_CGROUPS: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+/// A Pod's cgroup and its container's, with one process moved in. On drop the processes are
+/// moved out to the root, the two cgroups removed, and the shared parents this process made
+/// removed once empty.
+struct PodCgroup {
+    mount: PathBuf,
+    /// The Pod's cgroup and its container's, outermost first.
+    own: Vec<PathBuf>,
+}
+
+impl PodCgroup {
+    fn enter(mount: &str, rel: &str, pid: u32) -> Self {
+        let mount = PathBuf::from(mount);
+        assert!(
+            mount.join("cgroup.procs").exists(),
+            "no cgroup hierarchy at {}",
+            mount.display()
+        );
+        let mut cg = Self {
+            mount: mount.clone(),
+            own: Vec::new(),
+        };
+        {
+            let mut shared = SHARED_CGROUPS.lock().unwrap_or_else(|e| e.into_inner());
+            let parts: Vec<&str> = rel.split('/').collect();
+            let mut dir = mount.clone();
+            for (i, part) in parts.iter().enumerate() {
+                dir.push(part);
+                let own = i + 2 >= parts.len();
+                match std::fs::create_dir(&dir) {
+                    Ok(()) if own => cg.own.push(dir.clone()),
+                    Ok(()) => {
+                        shared.insert(dir.clone());
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && !own => {}
+                    Err(e) => panic!("mkdir {}: {e}", dir.display()),
+                }
+            }
+        }
+        let leaf = mount.join(rel);
+        std::fs::write(leaf.join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("move {pid} into {}: {e}", leaf.display()));
+        // The process's own view must name the cgroup, as the agent reads it.
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup file");
+        let want = format!(":/{rel}");
+        let line = text
+            .lines()
+            .find(|l| l.ends_with(&want))
+            .unwrap_or_else(|| panic!("/proc/{pid}/cgroup does not show {rel}:\n{text}"));
+        if mount.as_os_str() == CGROUP2 {
+            assert!(line.starts_with("0::/"), "not the v2 line: {line}");
+        } else {
+            assert!(line.contains(":pids:/"), "not the v1 pids line: {line}");
+        }
+        cg
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        let mut shared = SHARED_CGROUPS.lock().unwrap_or_else(|e| e.into_inner());
+        let root_procs = self.mount.join("cgroup.procs");
+        for dir in self.own.iter().rev() {
+            for _ in 0..40 {
+                if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                    for pid in procs.lines() {
+                        let _ = std::fs::write(&root_procs, pid);
+                    }
+                }
+                match std::fs::remove_dir(dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    _ => break,
+                }
+            }
+            if dir.exists() {
+                eprintln!("cannot remove cgroup {}", dir.display());
+            }
+        }
+        // Shared parents, deepest first; those still holding another Pod stay.
+        let mut mine: Vec<PathBuf> = shared
+            .iter()
+            .filter(|d| d.starts_with(&self.mount))
+            .cloned()
+            .collect();
+        mine.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in mine {
+            if std::fs::remove_dir(&d).is_ok() || !d.exists() {
+                shared.remove(&d);
+            }
+        }
+    }
+}
+
+static SUBNET: AtomicU32 = AtomicU32::new(0);
+
+/// A veth pair between the host and `ns` on the next /30 of the Pod CIDR (host `.4k+1`,
+/// namespace `.4k+2`), with IPv6 off on both ends (no router solicitations or DAD to move
+/// the counters compared here). Returns the host's and the namespace's address.
+fn pod_veth(ns: &Netns) -> (Veth, String, String) {
+    let k = SUBNET.fetch_add(1, Ordering::Relaxed) % 40 + 2;
+    let host_ip = format!("10.207.0.{}", 4 * k + 1);
+    let pod_ip = format!("10.207.0.{}", 4 * k + 2);
+    let v = Veth {
+        host: unique("nxh"),
+        peer: unique("nxp"),
+    };
+    run(&[
+        "ip", "link", "add", &v.host, "type", "veth", "peer", "name", &v.peer,
+    ]);
+    run(&["ip", "link", "set", &v.peer, "netns", &ns.name]);
+    let host_v6 = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", v.host);
+    if Path::new(&host_v6).exists() {
+        std::fs::write(&host_v6, "1").expect("disable IPv6 on the host end");
+        ns.sh(&format!(
+            "echo 1 > /proc/sys/net/ipv6/conf/{}/disable_ipv6",
+            v.peer
+        ));
+    }
+    run(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{host_ip}/30"),
+        "dev",
+        &v.host,
+    ]);
+    run(&["ip", "link", "set", &v.host, "up"]);
+    ns.run(&["ip", "addr", "add", &format!("{pod_ip}/30"), "dev", &v.peer]);
+    ns.run(&["ip", "link", "set", &v.peer, "up"]);
+    (v, host_ip, pod_ip)
+}
+
+/// A Pod of this machine. Fields drop in order: listeners, the process, its cgroups, the
+/// veth, the namespace.
+struct PodEnv {
+    namespace: String,
+    name: String,
+    uid: String,
+    /// The Pod's IP (its end of the veth; the node's for a hostNetwork Pod).
+    ip: String,
+    host_ip: String,
+    host_network: bool,
+    _listeners: Vec<std::net::TcpListener>,
+    proc: Proc,
+    _cgroup: PodCgroup,
+    veth: Option<Veth>,
+    ns: Option<Netns>,
+}
+
+impl PodEnv {
+    /// A Pod with a network namespace of its own, `listeners` TCP listeners in it and one
+    /// process in the cgroup `driver` puts it in.
+    fn new(namespace: &str, name: &str, driver: Driver, listeners: usize) -> Self {
+        let ns = Netns::new("nxk");
+        let (veth, host_ip, ip) = pod_veth(&ns);
+        let proc = ns.spawn(&["sleep", "600"]);
+        let pid = proc.child.id();
+        let inode = ns.inode();
+        let entered = poll(Duration::from_secs(10), || {
+            std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .ok()
+                .filter(|m| m.ino() == inode)
+        });
+        assert!(entered.is_some(), "process {pid} never entered {}", ns.name);
+        let uid = new_uid();
+        let (mount, rel) = driver.cgroup(&uid);
+        let cgroup = PodCgroup::enter(mount, &rel, pid);
+        let listeners = ns.tcp_listeners(listeners);
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid,
+            ip,
+            host_ip,
+            host_network: false,
+            _listeners: listeners,
+            proc,
+            _cgroup: cgroup,
+            veth: Some(veth),
+            ns: Some(ns),
+        }
+    }
+
+    /// A hostNetwork Pod: its process is in a kubepods cgroup but in the node's namespace.
+    fn host_network(namespace: &str, name: &str) -> Self {
+        let proc = Proc::spawn(&["sleep", "600"]);
+        let uid = new_uid();
+        let (mount, rel) = Driver::SystemdV2.cgroup(&uid);
+        let cgroup = PodCgroup::enter(mount, &rel, proc.child.id());
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid,
+            ip: "192.0.2.10".into(),
+            host_ip: String::new(),
+            host_network: true,
+            _listeners: Vec::new(),
+            proc,
+            _cgroup: cgroup,
+            veth: None,
+            ns: None,
+        }
+    }
+
+    fn ns(&self) -> &Netns {
+        self.ns.as_ref().expect("a Pod of its own namespace")
+    }
+
+    /// The Pod as the API server returns it.
+    fn json(&self, node: &str) -> Value {
+        fake_apiserver::pod(
+            &self.namespace,
+            &self.name,
+            &self.uid,
+            node,
+            self.host_network,
+            Some(&self.ip),
+        )
+    }
+
+    fn labels(&self) -> [(&str, &str); 2] {
+        [("k8s_namespace", &self.namespace), ("k8s_pod", &self.name)]
+    }
+
+    fn alive(&self) -> bool {
+        Path::new(&format!("/proc/{}", self.proc.child.id())).exists()
+    }
+
+    /// A few UDP datagrams from the host to the Pod (to a closed port: the Pod answers with
+    /// ICMP), so that both directions of its veth have counted something.
+    fn traffic(&self) {
+        let sock = std::net::UdpSocket::bind((self.host_ip.as_str(), 0)).expect("udp socket");
+        for _ in 0..5 {
+            sock.send_to(&[0u8; 200], (self.ip.as_str(), 9))
+                .expect("send to the Pod");
+        }
+    }
+}
+
+// ---- The kernel's values in a Pod ----
+
+struct Kernel {
+    /// `TCP: inuse` of /proc/net/sockstat.
+    inuse: u64,
+    /// Interface -> the values of [`NETDEV`].
+    links: BTreeMap<String, [u64; 4]>,
+}
+
+fn kernel(ns: &Netns) -> Kernel {
+    let text = ns.run(&["ip", "-s", "-j", "link", "show"]);
+    let links: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("ip -s -j link: {e}\n{text}"));
+    let links = links
+        .as_array()
+        .expect("ip link: array")
+        .iter()
+        .map(|l| {
+            let name = l["ifname"].as_str().expect("ifname").to_string();
+            let v = NETDEV.map(|(_, dir, key)| {
+                l["stats64"][dir][key]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("no stats64.{dir}.{key} on {name}"))
+            });
+            (name, v)
+        })
+        .collect();
+    Kernel {
+        inuse: ns.sockstat_tcp_inuse(),
+        links,
+    }
+}
+
+/// Rounds of "kernel, scrape, kernel" until no gauge moved in between: in that round each
+/// Pod's `netexporter_sock_inuse` must equal the kernel's and each netdev counter of each of
+/// its interfaces must lie between the two kernel reads (and no other interface be there).
+fn assert_pods_match_kernel(agent: &Agent, pods: &[&PodEnv]) -> Scrape {
+    for _ in 0..8 {
+        let before: Vec<Kernel> = pods.iter().map(|p| kernel(p.ns())).collect();
+        let s = agent.scrape();
+        let after: Vec<Kernel> = pods.iter().map(|p| kernel(p.ns())).collect();
+        if before.iter().zip(&after).any(|(b, a)| b.inuse != a.inuse) {
+            std::thread::sleep(Duration::from_millis(300));
+            continue;
+        }
+        for (i, p) in pods.iter().enumerate() {
+            let labels = p.labels();
+            assert_eq!(
+                s.value("netexporter_sock_inuse", &labels),
+                Some(before[i].inuse as f64),
+                "sock_inuse of Pod {} (the kernel's TCP inuse in {}: {}):\n{}",
+                p.name,
+                p.ns().name,
+                before[i].inuse,
+                s.text
+            );
+            for (ifname, b) in &before[i].links {
+                let a = after[i].links.get(ifname).expect("interface vanished");
+                for (j, (metric, _, _)) in NETDEV.iter().enumerate() {
+                    let mut want = labels.to_vec();
+                    want.push(("if_name", ifname));
+                    let got = s.value(metric, &want).unwrap_or_else(|| {
+                        panic!("no {metric}{want:?} in the scrape:\n{}", s.text)
+                    });
+                    assert!(
+                        b[j] as f64 <= got && got <= a[j] as f64,
+                        "{metric} of {} {ifname}: scraped {got}, the kernel had {} before and {} after",
+                        p.name,
+                        b[j],
+                        a[j]
+                    );
+                }
+            }
+            let scraped: BTreeSet<&str> = s
+                .find("netexporter_netdev_rxbytes", &[("k8s_pod", &p.name)])
+                .iter()
+                .filter_map(|x| x.labels.get("if_name").map(String::as_str))
+                .collect();
+            let kernel: BTreeSet<&str> = before[i].links.keys().map(String::as_str).collect();
+            assert_eq!(scraped, kernel, "interfaces of Pod {}", p.name);
+        }
+        return s;
+    }
+    panic!("the TCP sockets of the Pods kept changing in every round");
+}
+
+// ---- The agent and the scrape ----
+
+struct K8sAgent {
+    agent: Agent,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for K8sAgent {
+    type Target = Agent;
+    fn deref(&self) -> &Agent {
+        &self.agent
+    }
+}
+
+/// The agent in Kubernetes mode with a kubeconfig for `server`, and `config` (YAML) as its
+/// configuration file if given.
+fn start_agent(server: &FakeApiServer, config: Option<&str>) -> K8sAgent {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = server.write_kubeconfig(dir.path());
+    let mut args = vec![
+        "--mode=kubernetes".to_string(),
+        format!("--kubeconfig={}", kubeconfig.display()),
+    ];
+    if let Some(yaml) = config {
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, yaml).expect("config file");
+        args.push(format!("--config.file={}", path.display()));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    K8sAgent {
+        agent: Agent::start(&args),
+        _dir: dir,
+    }
+}
+
+/// Scrapes until `ok` holds, for at most `limit`; fails with the last scrape, the agent's
+/// log and the API server's requests.
+fn wait_for(
+    agent: &Agent,
+    server: &FakeApiServer,
+    what: &str,
+    limit: Duration,
+    mut ok: impl FnMut(&Scrape) -> bool,
+) -> Scrape {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = agent.scrape();
+        if ok(&s) {
+            return s;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "{what}: not within {limit:?}\n\nlast scrape:\n{}\n\nagent log:\n{}\n\nAPI requests:\n{}",
+                s.text,
+                agent.log_text(),
+                server.requests().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The Pods (by `k8s_pod`) that have any series.
+fn pods_in(s: &Scrape) -> BTreeSet<String> {
+    s.samples
+        .iter()
+        .filter_map(|x| x.labels.get("k8s_pod").cloned())
+        .collect()
+}
+
+fn has_pod(s: &Scrape, pod: &PodEnv) -> bool {
+    s.value("netexporter_sock_inuse", &pod.labels()).is_some()
+}
+
+fn api_up(s: &Scrape) -> Option<f64> {
+    s.value(API_UP, &[])
+}
+
+/// Pod list (not watch) requests for this node's Pods so far.
+fn pod_lists(server: &FakeApiServer) -> usize {
+    server
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("GET /api/v1/pods?") && !r.contains("watch=true"))
+        .count()
+}
+
+/// The node's own series and the last known Pods' are served while the API is away.
+fn assert_still_serving(s: &Scrape, pods: &[&PodEnv]) {
+    assert!(
+        s.value("netexporter_sock_inuse", &[]).is_some(),
+        "no node series:\n{}",
+        s.text
+    );
+    assert!(
+        !s.find("netexporter_netdev_rxbytes", &[("if_name", "lo")])
+            .is_empty(),
+        "no netdev series:\n{}",
+        s.text
+    );
+    for p in pods {
+        assert!(
+            has_pod(s, p),
+            "Pod {} lost while the API is away:\n{}",
+            p.name,
+            s.text
+        );
+    }
+}
+
+fn new_server(cidrs: &[&str]) -> FakeApiServer {
+    let server = FakeApiServer::start();
+    server.apply(Kind::Node, fake_apiserver::node(NODE, &new_uid(), cidrs));
+    server
+}
+
+// ---- Tests ----
+
+/// Two Pods (systemd and cgroupfs drivers) are targets with their labels and the kernel's
+/// values; a hostNetwork Pod, a namespace of no Pod and a Pod of another node are not.
+#[test]
+fn kubernetes_pods_are_targets_with_their_labels() {
+    require_root();
+    let server = new_server(&[POD_CIDR]);
+    server.apply(
+        Kind::Node,
+        fake_apiserver::node("other-node", &new_uid(), &["10.207.1.0/24"]),
+    );
+    let a = PodEnv::new("shop", "web-a", Driver::SystemdV2, 2);
+    let b = PodEnv::new("kube-system", "dns-b", Driver::CgroupfsV2, 1);
+    let host = PodEnv::host_network("kube-system", "proxy-h");
+    // A Pod of another node with a real namespace and process: only the field selector keeps
+    // it out.
+    let other = PodEnv::new("shop", "web-other", Driver::SystemdV2, 3);
+    let plain = Netns::new("nxk");
+    let (plain_veth, _, _) = pod_veth(&plain);
+    for p in [&a, &b, &host] {
+        server.apply(Kind::Pod, p.json(NODE));
+    }
+    server.apply(Kind::Pod, other.json("other-node"));
+    a.traffic();
+    b.traffic();
+
+    let agent = start_agent(&server, None);
+    wait_for(&agent, &server, "both Pods", DEADLINE, |s| {
+        has_pod(s, &a) && has_pod(s, &b)
+    });
+    let s = assert_pods_match_kernel(&agent, &[&a, &b]);
+
+    assert_eq!(
+        pods_in(&s),
+        BTreeSet::from([a.name.clone(), b.name.clone()]),
+        "Pods with series:\n{}",
+        s.text
+    );
+    for x in &s.samples {
+        assert!(
+            !x.labels.contains_key("netns"),
+            "a netns label in Kubernetes mode: {} {:?}",
+            x.name,
+            x.labels
+        );
+        assert_eq!(x.labels.get("k8s_node").map(String::as_str), Some(NODE));
+        if let Some(pod) = x.labels.get("k8s_pod") {
+            let want = if *pod == a.name { &a } else { &b };
+            assert_eq!(
+                x.labels.get("k8s_namespace"),
+                Some(&want.namespace),
+                "{} {:?}",
+                x.name,
+                x.labels
+            );
+        }
+    }
+    // One sock_inuse series for the node and one per Pod: the namespace of no Pod and the
+    // other node's Pod are not targets.
+    assert_eq!(
+        s.find("netexporter_sock_inuse", &[]).len(),
+        3,
+        "sock_inuse series:\n{}",
+        s.text
+    );
+    for gone in [&plain_veth.peer, &other.veth.as_ref().expect("veth").peer] {
+        assert!(
+            s.find("netexporter_netdev_rxbytes", &[("if_name", gone)])
+                .is_empty(),
+            "interface {gone} of no Pod of this node is reported"
+        );
+    }
+    // The host ends of the Pods' veths are the node's, with only k8s_node.
+    let a_host = &a.veth.as_ref().expect("veth").host;
+    assert!(
+        s.value("netexporter_netdev_rxbytes", &[("if_name", a_host)])
+            .is_some(),
+        "no node series of {a_host}:\n{}",
+        s.text
+    );
+    assert_eq!(
+        s.value(
+            "netexporter_scrape_collector_success",
+            &[("collector", "netns")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(api_up(&s), Some(1.0));
+    // This node's Pods as the API lists them: a, b and the hostNetwork one.
+    assert_eq!(s.value("netexporter_kubernetes_pods", &[]), Some(3.0));
+    assert!(a.alive() && b.alive() && host.alive() && other.alive());
+
+    let requests = server.requests();
+    eprintln!("requests of the kube client:\n{}", requests.join("\n"));
+    assert!(
+        requests.iter().any(|r| r.starts_with("GET /api/v1/pods?")
+            && r.contains("fieldSelector=spec.nodeName%3Ditest-node")
+            && r.contains("watch=true")),
+        "no watch of this node's Pods: {requests:#?}"
+    );
+}
+
+/// A Pod added through the watch while the agent runs appears; a deleted one disappears
+/// while its process still runs.
+#[test]
+fn kubernetes_watch_adds_and_deletes_pods() {
+    require_root();
+    let server = new_server(&[POD_CIDR]);
+    let a = PodEnv::new("shop", "web-a", Driver::SystemdV2, 1);
+    server.apply(Kind::Pod, a.json(NODE));
+    let agent = start_agent(&server, None);
+    wait_for(&agent, &server, "Pod web-a", DEADLINE, |s| has_pod(s, &a));
+
+    // Guaranteed Pod of the systemd driver, in a cgroup v1 hierarchy where one is mounted.
+    let v1 = Path::new(CGROUP1_PIDS).join("cgroup.procs").exists();
+    let driver = if v1 {
+        Driver::SystemdV1
+    } else {
+        Driver::SystemdV2
+    };
+    let c = PodEnv::new("shop", "web-c", driver, 2);
+    c.traffic();
+    // Its process is in a kubepods cgroup, but no Pod of the API has its UID yet.
+    let s = agent.scrape();
+    assert_eq!(
+        pods_in(&s),
+        BTreeSet::from([a.name.clone()]),
+        "before the API has web-c:\n{}",
+        s.text
+    );
+    let lists = pod_lists(&server);
+
+    server.apply(Kind::Pod, c.json(NODE));
+    wait_for(&agent, &server, "Pod web-c after ADDED", DEADLINE, |s| {
+        has_pod(s, &c)
+    });
+    let s = assert_pods_match_kernel(&agent, &[&a, &c]);
+    assert_eq!(s.value("netexporter_kubernetes_pods", &[]), Some(2.0));
+    assert_eq!(
+        pod_lists(&server),
+        lists,
+        "the agent listed the Pods again instead of following the watch: {:#?}",
+        server.requests()
+    );
+
+    assert!(server.delete(Kind::Pod, "shop", "web-a"));
+    let s = wait_for(&agent, &server, "web-a gone after DELETED", DEADLINE, |s| {
+        !pods_in(s).contains(&a.name)
+    });
+    assert!(
+        a.alive(),
+        "web-a's process is gone: this test proves nothing"
+    );
+    assert!(has_pod(&s, &c), "web-c lost:\n{}", s.text);
+    assert_eq!(s.value("netexporter_kubernetes_pods", &[]), Some(1.0));
+    assert_pods_match_kernel(&agent, &[&c]);
+
+    // Bookmarks on the open watches are taken in stride: no relist, no outage.
+    let seen = server.bookmarks();
+    assert!(
+        poll(DEADLINE, || (server.bookmarks() >= seen + 4).then_some(())).is_some(),
+        "no bookmarks sent"
+    );
+    let s = agent.scrape();
+    assert_eq!(api_up(&s), Some(1.0));
+    assert_eq!(pod_lists(&server), lists, "{:#?}", server.requests());
+    assert!(!agent.log_text().contains(UNREACHABLE_LOG));
+}
+
+/// The API server stops: the agent keeps serving its last view, says so (api_up 0, a log
+/// line), and catches up when the server is back, with its history (a Pod added while down
+/// appears) or without it (a Pod deleted while down disappears); a watch whose history is
+/// gone (410 Gone) makes the agent list again without an outage; a server that answers only
+/// 503 is an outage.
+#[test]
+fn kubernetes_api_outage_keeps_the_last_view_and_catches_up() {
+    require_root();
+    let mut server = new_server(&[POD_CIDR]);
+    let a = PodEnv::new("shop", "web-a", Driver::SystemdV2, 1);
+    server.apply(Kind::Pod, a.json(NODE));
+    let agent = start_agent(&server, None);
+    wait_for(&agent, &server, "api_up 1 and web-a", DEADLINE, |s| {
+        api_up(s) == Some(1.0) && has_pod(s, &a)
+    });
+
+    // 1. Down, a Pod added meanwhile, back with the history: the watch resumes.
+    server.stop();
+    wait_for(
+        &agent,
+        &server,
+        "api_up 0 with the server stopped",
+        OUTAGE_DEADLINE,
+        |s| {
+            assert_still_serving(s, &[&a]);
+            api_up(s) == Some(0.0)
+        },
+    );
+    assert!(
+        agent.log_text().contains(UNREACHABLE_LOG),
+        "no log line about the API:\n{}",
+        agent.log_text()
+    );
+    let d = PodEnv::new("shop", "web-d", Driver::CgroupfsV2, 1);
+    server.apply(Kind::Pod, d.json(NODE));
+    let s = agent.scrape();
+    assert_still_serving(&s, &[&a]);
+    assert!(!has_pod(&s, &d), "web-d known with the API down?");
+    assert_eq!(api_up(&s), Some(0.0));
+
+    server.restart();
+    wait_for(
+        &agent,
+        &server,
+        "api_up 1 and web-d after the server came back",
+        OUTAGE_DEADLINE,
+        |s| {
+            assert_still_serving(s, &[&a]);
+            api_up(s) == Some(1.0) && has_pod(s, &d)
+        },
+    );
+    assert!(
+        agent.log_text().contains(REACHABLE_LOG),
+        "no log line about the API being back:\n{}",
+        agent.log_text()
+    );
+    assert_pods_match_kernel(&agent, &[&a, &d]);
+
+    // 2. Down, web-a deleted meanwhile, back without the history: the agent must list again.
+    let lists = pod_lists(&server);
+    server.stop();
+    wait_for(&agent, &server, "api_up 0 again", OUTAGE_DEADLINE, |s| {
+        assert_still_serving(s, &[&a, &d]);
+        api_up(s) == Some(0.0)
+    });
+    assert!(server.delete(Kind::Pod, "shop", "web-a"));
+    server.compact();
+    server.restart();
+    let s = wait_for(
+        &agent,
+        &server,
+        "api_up 1 and web-a gone after a relist",
+        OUTAGE_DEADLINE,
+        |s| api_up(s) == Some(1.0) && !pods_in(s).contains(&a.name),
+    );
+    assert!(has_pod(&s, &d), "web-d lost:\n{}", s.text);
+    assert!(a.alive());
+    assert!(
+        pod_lists(&server) > lists,
+        "no new list after the outage: {:#?}",
+        server.requests()
+    );
+
+    // 3. No outage, but the history behind the open watches is dropped and they are closed
+    //    (web-d's deletion went with it): watching again gets 410 Gone, the agent lists again,
+    //    which is no outage (no log line).
+    let lists = pod_lists(&server);
+    let outages = agent.log_text().matches(UNREACHABLE_LOG).count();
+    assert!(server.forget(Kind::Pod, "shop", "web-d"));
+    server.expire_watches();
+    wait_for(
+        &agent,
+        &server,
+        "web-d gone after 410 Gone and a relist",
+        OUTAGE_DEADLINE,
+        |s| {
+            assert_eq!(api_up(s), Some(1.0), "api_up after 410 Gone:\n{}", s.text);
+            !pods_in(s).contains(&d.name)
+        },
+    );
+    assert!(d.alive());
+    assert!(pod_lists(&server) > lists);
+    assert_eq!(
+        agent.log_text().matches(UNREACHABLE_LOG).count(),
+        outages,
+        "410 Gone reported as an outage:\n{}",
+        agent.log_text()
+    );
+
+    // 4. The server answers, but only 503 (as with no healthy backend behind a load
+    //    balancer), and the open watches are closed: that is an outage too.
+    server.fail_with(Some(503));
+    server.expire_watches();
+    wait_for(&agent, &server, "api_up 0 on 503", OUTAGE_DEADLINE, |s| {
+        assert_still_serving(s, &[]);
+        api_up(s) == Some(0.0)
+    });
+    assert!(
+        agent.log_text().matches(UNREACHABLE_LOG).count() > outages,
+        "no log line about the 503s:\n{}",
+        agent.log_text()
+    );
+    server.fail_with(None);
+    wait_for(
+        &agent,
+        &server,
+        "api_up 1 after the 503s",
+        OUTAGE_DEADLINE,
+        |s| api_up(s) == Some(1.0),
+    );
+    eprintln!(
+        "requests of the kube client:\n{}",
+        server.requests().join("\n")
+    );
+}
+
+/// An API server that fails every request from the start (500 from etcd; not a status the
+/// kube client retries by itself, so each failure reaches the agent): the agent serves the
+/// node, reports api_up 0 all along and never claims the API reachable, then catches up once
+/// the server answers.
+#[test]
+fn kubernetes_api_failing_at_start_is_never_reported_up() {
+    require_root();
+    let server = new_server(&[POD_CIDR]);
+    let a = PodEnv::new("shop", "web-a", Driver::CgroupfsV2, 1);
+    server.apply(Kind::Pod, a.json(NODE));
+    server.fail_with(Some(500));
+    let agent = start_agent(&server, None);
+
+    // Three list attempts of the Pods, i.e. two retries after failures.
+    wait_for(
+        &agent,
+        &server,
+        "three failed Pod lists",
+        OUTAGE_DEADLINE,
+        |s| {
+            assert_ne!(api_up(s), Some(1.0), "api_up 1 with every request failing");
+            assert!(pods_in(s).is_empty(), "Pods without an API:\n{}", s.text);
+            assert!(s.value("netexporter_sock_inuse", &[]).is_some());
+            pod_lists(&server) >= 3
+        },
+    );
+    let log = agent.log_text();
+    assert!(log.contains(UNREACHABLE_LOG), "no log line:\n{log}");
+    assert!(
+        !log.contains(REACHABLE_LOG),
+        "the agent says the API is reachable while every request fails:\n{log}"
+    );
+    assert!(
+        log.matches(UNREACHABLE_LOG).count() <= 2,
+        "one line per watch expected:\n{log}"
+    );
+
+    server.fail_with(None);
+    wait_for(
+        &agent,
+        &server,
+        "api_up 1 and web-a",
+        OUTAGE_DEADLINE,
+        |s| api_up(s) == Some(1.0) && has_pod(s, &a),
+    );
+    assert!(agent.log_text().contains(REACHABLE_LOG));
+}
+
+/// podip: the Node's CIDRs, host-local IPAM files and the Pods' IPs, also as they change.
+#[test]
+fn kubernetes_podip_accounts_cidrs_ipam_files_and_pods() {
+    require_root();
+    let node_uid = new_uid();
+    let server = FakeApiServer::start();
+    server.apply(
+        Kind::Node,
+        fake_apiserver::node(NODE, &node_uid, &[POD_CIDR]),
+    );
+    let pod = |ns: &str, name: &str, host: bool, ip: Option<&str>| {
+        fake_apiserver::pod(ns, name, &new_uid(), NODE, host, ip)
+    };
+    server.apply(Kind::Pod, pod("shop", "web-a", false, Some("10.207.0.21")));
+    server.apply(Kind::Pod, pod("shop", "web-b", false, Some("10.207.0.22")));
+    server.apply(Kind::Pod, pod("shop", "web-out", false, Some("10.208.0.5")));
+    server.apply(
+        Kind::Pod,
+        pod("kube-system", "proxy-h", true, Some("192.0.2.10")),
+    );
+    server.apply(Kind::Pod, pod("shop", "web-pending", false, None));
+    let mut done = pod("shop", "job-done", false, Some("10.207.0.23"));
+    done["status"]["phase"] = "Succeeded".into();
+    server.apply(Kind::Pod, done);
+    // Pods of another node count nowhere.
+    server.apply(
+        Kind::Pod,
+        fake_apiserver::pod(
+            "shop",
+            "elsewhere",
+            &new_uid(),
+            "other-node",
+            false,
+            Some("10.207.0.99"),
+        ),
+    );
+
+    let ipam = tempfile::tempdir().expect("temp dir");
+    let net = ipam.path().join("k8s-pod-network");
+    std::fs::create_dir(&net).expect("ipam network dir");
+    for f in [
+        "10.207.0.21",
+        "10.207.0.22",
+        "10.207.0.200",
+        "lock",
+        "last_reserved_ip.0",
+    ] {
+        std::fs::write(net.join(f), "x").expect("ipam file");
+    }
+    let config = format!(
+        "probes:\n  podip:\n    ipam_dir: {}\n",
+        ipam.path().display()
+    );
+    let agent = start_agent(&server, Some(&config));
+
+    let podip = |s: &Scrape| {
+        ["maxentries", "entries", "redisuals", "notinpodcidrs"]
+            .map(|m| s.value(&format!("netexporter_podip_{m}"), &[]))
+    };
+    let s = wait_for(&agent, &server, "podip metrics", DEADLINE, |s| {
+        podip(s)[0].is_some()
+    });
+    assert_eq!(
+        podip(&s),
+        [Some(256.0), Some(3.0), Some(1.0), Some(1.0)],
+        "podip maxentries, entries, redisuals, notinpodcidrs:\n{}",
+        s.text
+    );
+    assert_eq!(
+        s.value(
+            "netexporter_scrape_collector_success",
+            &[("collector", "podip")]
+        ),
+        Some(1.0)
+    );
+
+    // web-b deleted: its address file stays behind, leaked.
+    assert!(server.delete(Kind::Pod, "shop", "web-b"));
+    wait_for(&agent, &server, "web-b's IP leaked", DEADLINE, |s| {
+        podip(s) == [Some(256.0), Some(2.0), Some(2.0), Some(1.0)]
+    });
+    // The Node gains a second CIDR that holds web-out's address.
+    server.apply(
+        Kind::Node,
+        fake_apiserver::node(NODE, &node_uid, &[POD_CIDR, "10.208.0.0/24"]),
+    );
+    wait_for(&agent, &server, "the Node's second CIDR", DEADLINE, |s| {
+        podip(s) == [Some(512.0), Some(2.0), Some(2.0), Some(0.0)]
+    });
+}
+
+/// Without a mode, a kubeconfig or KUBERNETES_SERVICE_HOST the agent is standalone; an
+/// explicit `--mode=standalone` wins over a kubeconfig.
+#[test]
+fn standalone_stays_the_default() {
+    require_root();
+    let ns = Netns::new("nxk");
+    let server = new_server(&[POD_CIDR]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = server.write_kubeconfig(dir.path());
+    let explicit = format!("--kubeconfig={}", kubeconfig.display());
+    let cases: [(&str, Vec<&str>); 2] = [
+        ("no Kubernetes settings", vec![]),
+        (
+            "--mode=standalone with a kubeconfig",
+            vec!["--mode=standalone", &explicit],
+        ),
+    ];
+    for (case, args) in cases {
+        let agent = Agent::start_without_env(
+            &args,
+            &[
+                "KUBERNETES_SERVICE_HOST",
+                "KUBERNETES_SERVICE_PORT",
+                "KUBECONFIG",
+            ],
+        );
+        let s = poll(DEADLINE, || {
+            let s = agent.scrape();
+            s.value("netexporter_sock_inuse", &[("netns", &ns.name)])
+                .is_some()
+                .then_some(s)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{case}: namespace {} missing; log:\n{}",
+                ns.name,
+                agent.log_text()
+            )
+        });
+        let names = s.family_names();
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with("netexporter_podip_")
+                    || n.starts_with("netexporter_kubernetes_")),
+            "{case}: Kubernetes families in standalone mode: {names:?}"
+        );
+        assert!(
+            !s.text.contains("netexporter_podip_") && !s.text.contains(API_UP),
+            "{case}: Kubernetes families announced:\n{}",
+            s.text
+        );
+        assert!(pods_in(&s).is_empty(), "{case}: Pod labels:\n{}", s.text);
+        assert!(
+            !agent.log_text().contains("Kubernetes mode"),
+            "{case}:\n{}",
+            agent.log_text()
+        );
+    }
+    assert!(
+        server.requests().is_empty(),
+        "a standalone agent asked the API server: {:#?}",
+        server.requests()
+    );
+}
