@@ -11,6 +11,7 @@ mod otlp;
 mod packetloss;
 mod probes;
 mod prometheus;
+mod sockets;
 
 use harness::*;
 

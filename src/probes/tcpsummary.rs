@@ -108,11 +108,29 @@ impl Probe for TcpSummary {
         let sum = match socket_storage::summary(src, opts) {
             Some(bpf) => {
                 let b = bpf?;
-                // TIME-WAIT sockets carry no socket storage; sockstat counts them.
+                // TIME-WAIT sockets carry no socket storage. sockstat's `tw` counts them, but
+                // together with orphaned FIN-WAIT-2 connections (the same kind of kernel
+                // object), which `ss` and sock_diag show as FIN-WAIT-2. So sockstat only says
+                // whether there are any; when there are, a TIME-WAIT-only dump counts them
+                // exactly, at the cost of a hash walk for namespaces that have some.
                 let sockstat = src.net_file(NetFile::Sockstat)?;
-                let tw = format::keyed_line(&sockstat, "TCP", &["tw"])
+                let tw_or_orphans = format::keyed_line(&sockstat, "TCP", &["tw"])
                     .context("/proc/net/sockstat")?[0]
                     .unwrap_or(0);
+                let mut tw = 0;
+                if tw_or_orphans > 0 {
+                    let mut families = vec![libc::AF_INET as u8];
+                    if src.has_ipv6() {
+                        families.push(libc::AF_INET6 as u8);
+                    }
+                    let mut only_tw = Summary::default();
+                    for family in families {
+                        only_tw
+                            .add(&src.tcp_sockets(family, StateFlags::TIME_WAIT)?)
+                            .context("sock_diag reply")?;
+                    }
+                    tw = only_tw.time_wait;
+                }
                 Summary {
                     established: b.established,
                     time_wait: tw,
