@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: all deps build release run test lint unit integration bench fmt clean bpf bpf-check manifests
+.PHONY: all deps build release run test lint unit integration bench soak fmt clean bpf bpf-check manifests
 
 all: build
 
@@ -37,6 +37,10 @@ integration: deps
 bench: deps release
 	$(CARGO) bench --bench collection
 	$(CARGO) bench --bench drops
+
+## 100 namespaces with traffic for 10 minutes, scraped every second: RSS and CPU over time.
+soak: deps release
+	scripts/soak.sh
 
 fmt:
 	$(CARGO) fmt --all

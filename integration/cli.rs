@@ -169,3 +169,106 @@ fn concurrent_scrapes_share_collections() {
         "{N} concurrent scrapes ran {used} collections: none were shared"
     );
 }
+
+fn config_file(dir: &tempfile::TempDir, text: &str) -> String {
+    let p = dir.path().join("config.yaml");
+    std::fs::write(&p, text).expect("write config");
+    format!("--config.file={}", p.display())
+}
+
+#[test]
+fn namespaces_can_be_included_and_excluded_by_name() {
+    require_root();
+    let keep = Netns::new("nxi");
+    let skip = Netns::new("nxe");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pattern = format!("{}*", &skip.name[..3]);
+    let cfg = config_file(
+        &dir,
+        &format!("collection:\n  include_netns: [\"nx*\"]\n  exclude_netns: [\"{pattern}\"]\n"),
+    );
+    let agent = Agent::start(&[&cfg]);
+    let s = agent.scrape();
+    assert!(
+        s.value("netexporter_sock_inuse", &[("netns", &keep.name)])
+            .is_some()
+    );
+    assert!(
+        s.find("netexporter_sock_inuse", &[("netns", &skip.name)])
+            .is_empty()
+    );
+    // Everything not matching the include pattern (other namespaces on the machine) is out.
+    assert!(
+        s.find("netexporter_sock_inuse", &[])
+            .iter()
+            .all(|x| x.labels.get("netns").is_none_or(|n| n.starts_with("nx"))),
+        "a namespace outside include_netns was read"
+    );
+}
+
+#[test]
+fn series_ceiling_leaves_whole_namespaces_out_and_says_so() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // What the node alone produces, measured with no other namespace admitted.
+    let only_node = config_file(
+        &dir,
+        "collection:\n  include_netns: [\"nothing-matches\"]\n",
+    );
+    let node_series = {
+        let agent = Agent::start(&[&only_node]);
+        agent
+            .scrape()
+            .value("netexporter_series", &[])
+            .expect("netexporter_series")
+    };
+    let namespaces: Vec<Netns> = (0..3).map(|_| Netns::new("nxm")).collect();
+    // Room for the node and one namespace (~60 series each), not three.
+    let ceiling = node_series as usize + 100;
+    let cfg = config_file(
+        &dir,
+        &format!("collection:\n  include_netns: [\"nxm*\"]\n  max_series: {ceiling}\n"),
+    );
+    let agent = Agent::start(&[&cfg]);
+    let s = agent.scrape();
+    let read: Vec<&Netns> = namespaces
+        .iter()
+        .filter(|n| {
+            s.value("netexporter_sock_inuse", &[("netns", &n.name)])
+                .is_some()
+        })
+        .collect();
+    assert_eq!(
+        read.len(),
+        1,
+        "exactly one namespace fits under the ceiling"
+    );
+    for n in &namespaces {
+        let tcp = s
+            .value("netexporter_tcp_insegs", &[("netns", &n.name)])
+            .is_some();
+        let sock = s
+            .value("netexporter_sock_inuse", &[("netns", &n.name)])
+            .is_some();
+        assert_eq!(tcp, sock, "{}: a namespace is in or out whole", n.name);
+    }
+    let series = s.value("netexporter_series", &[]).expect("series");
+    assert!(
+        series <= ceiling as f64,
+        "{series} series over the ceiling {ceiling}"
+    );
+    assert!(
+        s.value("netexporter_series_dropped_total", &[])
+            .expect("dropped")
+            > 0.0
+    );
+    assert!(
+        poll(std::time::Duration::from_secs(5), || agent
+            .log_text()
+            .contains("series ceiling reached")
+            .then_some(()))
+        .is_some(),
+        "no log line about the ceiling:\n{}",
+        agent.log_text()
+    );
+}

@@ -12,6 +12,14 @@
 //!   bookmark), open until `timeoutSeconds` or until the server stops; a version older than the
 //!   last [`FakeApiServer::compact`] gets the real server's `ERROR` event with a 410 `Status`.
 //!
+//! - the same for NetworkPolicies (`GET /apis/networking.k8s.io/v1/networkpolicies`), Services
+//!   (`/api/v1/services`), Endpoints (`/api/v1/endpoints`) and ConfigMaps (`/api/v1/configmaps`),
+//!   also per namespace (`.../namespaces/<ns>/<plural>`), with their `List` kinds and API
+//!   versions; `limit` pages a list as the real server does (`metadata.continue` and
+//!   `remainingItemCount`, the next page from `continue=<token>`);
+//! - `GET .../namespaces/<ns>/<plural>/<name>` (and `/api/v1/nodes/<name>`): the object, or a 404
+//!   `Status` of reason `NotFound` with `details` as the real server sends it.
+//!
 //! The objects and their history live in a store beside the server, like etcd beside a real API
 //! server: the server can be stopped and started again on the same port while the tests change
 //! the objects. Every request line is logged ([`FakeApiServer::requests`]). The server, its
@@ -44,14 +52,63 @@ const FIRST_RV: u64 = 1000;
 pub enum Kind {
     Pod,
     Node,
+    NetworkPolicy,
+    Service,
+    Endpoints,
+    ConfigMap,
 }
 
 impl Kind {
+    const ALL: [Kind; 6] = [
+        Kind::Pod,
+        Kind::Node,
+        Kind::NetworkPolicy,
+        Kind::Service,
+        Kind::Endpoints,
+        Kind::ConfigMap,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Kind::Pod => "Pod",
             Kind::Node => "Node",
+            Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::Service => "Service",
+            Kind::Endpoints => "Endpoints",
+            Kind::ConfigMap => "ConfigMap",
         }
+    }
+
+    /// `apiVersion` of its objects and lists.
+    fn api_version(self) -> &'static str {
+        match self {
+            Kind::NetworkPolicy => "networking.k8s.io/v1",
+            _ => "v1",
+        }
+    }
+
+    /// Where its resources are: `/api/v1` (core) or `/apis/<group>/<version>`.
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::NetworkPolicy => "/apis/networking.k8s.io/v1",
+            _ => "/api/v1",
+        }
+    }
+
+    /// Its resource name in paths.
+    fn plural(self) -> &'static str {
+        match self {
+            Kind::Pod => "pods",
+            Kind::Node => "nodes",
+            Kind::NetworkPolicy => "networkpolicies",
+            Kind::Service => "services",
+            Kind::Endpoints => "endpoints",
+            Kind::ConfigMap => "configmaps",
+        }
+    }
+
+    fn namespaced(self) -> bool {
+        self != Kind::Node
     }
 
     /// Field selector labels the real API server accepts for the kind (a subset).
@@ -71,7 +128,57 @@ impl Kind {
                     | "status.nominatedNodeName"
             ),
             Kind::Node => matches!(field, "metadata.name" | "spec.unschedulable"),
+            Kind::Service => matches!(
+                field,
+                "metadata.name" | "metadata.namespace" | "spec.clusterIP" | "spec.type"
+            ),
+            Kind::NetworkPolicy | Kind::Endpoints | Kind::ConfigMap => {
+                matches!(field, "metadata.name" | "metadata.namespace")
+            }
         }
+    }
+}
+
+/// What a request path names: every object of a kind (in one namespace or all), or one object.
+struct Target {
+    kind: Kind,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+impl Target {
+    /// `<prefix>/<plural>[/<name>]` or `<prefix>/namespaces/<ns>/<plural>[/<name>]`.
+    fn parse(path: &str) -> Option<Self> {
+        for kind in Kind::ALL {
+            let Some(rest) = path.strip_prefix(kind.prefix()) else {
+                continue;
+            };
+            let parts: Vec<&str> = rest.split('/').skip(1).collect();
+            let (namespace, tail) = match parts.as_slice() {
+                ["namespaces", ns, tail @ ..] if kind.namespaced() && !tail.is_empty() => {
+                    (Some(ns.to_string()), tail)
+                }
+                tail => (None, tail),
+            };
+            let name = match tail {
+                [plural] if *plural == kind.plural() => None,
+                // Cluster-wide gets are of cluster-scoped kinds only.
+                [plural, name]
+                    if *plural == kind.plural()
+                        && !name.is_empty()
+                        && (namespace.is_some() || !kind.namespaced()) =>
+                {
+                    Some(name.to_string())
+                }
+                _ => continue,
+            };
+            return Some(Self {
+                kind,
+                namespace,
+                name,
+            });
+        }
+        None
     }
 }
 
@@ -115,7 +222,7 @@ impl Store {
         d.rv += 1;
         let rv = d.rv;
         object["kind"] = json!(kind.name());
-        object["apiVersion"] = json!("v1");
+        object["apiVersion"] = json!(kind.api_version());
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
         let key = key_of(kind, &object);
         if kind_of_event == "DELETED" {
@@ -175,7 +282,7 @@ fn bookmark_line(kind: Kind, rv: u64, initial_events_end: bool) -> String {
     }
     event_line(
         "BOOKMARK",
-        &json!({ "kind": kind.name(), "apiVersion": "v1", "metadata": meta }),
+        &json!({ "kind": kind.name(), "apiVersion": kind.api_version(), "metadata": meta }),
     )
 }
 
@@ -310,17 +417,14 @@ async fn handle(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
             _ => status(code, "Failure", "injected failure"),
         };
     }
-    let kind = match req.uri().path() {
-        "/api/v1/pods" => Kind::Pod,
-        "/api/v1/nodes" => Kind::Node,
-        _ => {
-            return status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                "the server could not find the requested resource",
-            );
-        }
+    let Some(target) = Target::parse(req.uri().path()) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+        );
     };
+    let kind = target.kind;
     if req.method() != Method::GET {
         return status(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -328,27 +432,100 @@ async fn handle(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
             "the server does not allow this method on the requested resource",
         );
     }
+    if let Some(name) = &target.name {
+        return get(&ctx, kind, target.namespace.as_deref().unwrap_or(""), name);
+    }
     let q = query(&req);
-    let sel = match Selector::parse(kind, q.get("fieldSelector").map_or("", String::as_str)) {
+    let mut sel = match Selector::parse(kind, q.get("fieldSelector").map_or("", String::as_str)) {
         Ok(s) => s,
         Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e),
     };
+    if let Some(ns) = target.namespace {
+        sel.0.push(("metadata.namespace".into(), true, ns));
+    }
     if matches!(q.get("watch").map(String::as_str), Some("true" | "1")) {
         watch(&ctx, kind, sel, &q)
     } else {
-        list(&ctx, kind, &sel)
+        list(&ctx, kind, &sel, &q)
     }
 }
 
-fn list(ctx: &Ctx, kind: Kind, sel: &Selector) -> Response {
+/// One object, or the real server's 404.
+fn get(ctx: &Ctx, kind: Kind, namespace: &str, name: &str) -> Response {
+    let key = (kind, namespace.to_string(), name.to_string());
+    match ctx.store.lock().objects.get(&key) {
+        Some(o) => json_response(StatusCode::OK, o),
+        None => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": format!("{} \"{name}\" not found", kind.plural()),
+                "reason": "NotFound",
+                "details": { "name": name, "kind": kind.plural() },
+                "code": 404,
+            }),
+        ),
+    }
+}
+
+/// The opaque `continue` token of a paged list: where the next page starts (hex, so that it
+/// survives any query encoding).
+fn continue_token(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn parse_continue(token: &str) -> Option<(String, String)> {
+    let bytes: Option<Vec<u8>> = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
+        .collect();
+    let text = String::from_utf8(bytes?).ok()?;
+    let (ns, name) = text.split_once('/')?;
+    Some((ns.to_string(), name.to_string()))
+}
+
+fn list(ctx: &Ctx, kind: Kind, sel: &Selector, q: &HashMap<String, String>) -> Response {
+    let after = match q.get("continue").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => match parse_continue(c) {
+            Some(k) => Some(k),
+            None => {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "continue key is not valid: illegal base64 data at input byte 0",
+                );
+            }
+        },
+    };
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
     let d = ctx.store.lock();
-    let items: Vec<Value> = d
+    let matching: Vec<(&(Kind, String, String), &Value)> = d
         .objects
         .iter()
-        .filter(|((k, _, _), o)| *k == kind && sel.matches(o))
+        .filter(|((k, ns, name), o)| {
+            *k == kind
+                && sel.matches(o)
+                && after
+                    .as_ref()
+                    .is_none_or(|(a_ns, a_name)| (ns, name) > (a_ns, a_name))
+        })
+        .collect();
+    let page = limit.map_or(matching.len(), |l| l.min(matching.len()));
+    let items: Vec<Value> = matching[..page]
+        .iter()
         .map(|(_, o)| {
             // Items of a typed list carry no kind and apiVersion.
-            let mut o = o.clone();
+            let mut o = (*o).clone();
             if let Some(m) = o.as_object_mut() {
                 m.remove("kind");
                 m.remove("apiVersion");
@@ -356,12 +533,18 @@ fn list(ctx: &Ctx, kind: Kind, sel: &Selector) -> Response {
             o
         })
         .collect();
+    let mut meta = json!({ "resourceVersion": d.rv.to_string() });
+    if page < matching.len() {
+        let ((_, ns, name), _) = matching[page - 1];
+        meta["continue"] = json!(continue_token(ns, name));
+        meta["remainingItemCount"] = json!(matching.len() - page);
+    }
     json_response(
         StatusCode::OK,
         &json!({
             "kind": format!("{}List", kind.name()),
-            "apiVersion": "v1",
-            "metadata": { "resourceVersion": d.rv.to_string() },
+            "apiVersion": kind.api_version(),
+            "metadata": meta,
             "items": items,
         }),
     )
@@ -499,11 +682,24 @@ pub struct FakeApiServer {
     /// one else takes the port.
     placeholder: Option<tokio::net::TcpSocket>,
     rt: Option<tokio::runtime::Runtime>,
+    /// The network namespace (`/run/netns` name) whose loopback it listens on; `None`: the
+    /// test process's.
+    netns: Option<String>,
 }
 
 impl FakeApiServer {
     /// Starts an empty server on a free loopback port.
     pub fn start() -> Self {
+        Self::start_on(None)
+    }
+
+    /// Starts an empty server on a free loopback port of the named network namespace
+    /// (`ip netns` name): only processes in that namespace reach it, at `127.0.0.1:<port>`.
+    pub fn start_in(netns: &str) -> Self {
+        Self::start_on(Some(netns.to_string()))
+    }
+
+    fn start_on(netns: Option<String>) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -523,6 +719,7 @@ impl FakeApiServer {
             running: None,
             placeholder: None,
             rt: Some(rt),
+            netns,
         };
         server.serve();
         server
@@ -539,11 +736,7 @@ impl FakeApiServer {
         let mut last = None;
         let mut listener = None;
         for _ in 0..50 {
-            let bound = tokio::net::TcpSocket::new_v4().and_then(|s| {
-                s.set_reuseaddr(true)?;
-                s.bind(addr)?;
-                s.listen(1024)
-            });
+            let bound = self.bind(addr).and_then(|s| s.listen(1024));
             match bound {
                 Ok(l) => {
                     listener = Some(l);
@@ -599,13 +792,33 @@ impl FakeApiServer {
         }
         let _guard = rt.enter();
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-        self.placeholder = tokio::net::TcpSocket::new_v4()
-            .and_then(|s| {
-                s.set_reuseaddr(true)?;
-                s.bind(addr)?;
-                Ok(s)
-            })
-            .ok();
+        self.placeholder = self.bind(addr).ok();
+    }
+
+    /// A TCP socket bound to `addr` (address reuse on), in the server's namespace: a socket
+    /// belongs to the namespace of the thread that creates it.
+    fn bind(&self, addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+        let make = move || {
+            let s = tokio::net::TcpSocket::new_v4()?;
+            s.set_reuseaddr(true)?;
+            s.bind(addr)?;
+            Ok(s)
+        };
+        let Some(ns) = &self.netns else {
+            return make();
+        };
+        let path = format!("/run/netns/{ns}");
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    let f = std::fs::File::open(&path)?;
+                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)?;
+                    make()
+                })
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
     }
 
     /// Starts the server again on the same port, with the store as it is now.
@@ -780,5 +993,170 @@ pub fn node(name: &str, uid: &str, pod_cidrs: &[&str]) -> Value {
         "status": {
             "addresses": [{ "type": "InternalIP", "address": "192.0.2.10" }],
         },
+    })
+}
+
+static OBJECT_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A fresh object UID in the API's form.
+fn object_uid() -> String {
+    let n = OBJECT_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "{:08x}-0000-4000-8000-{:012x}",
+        std::process::id(),
+        u64::from(n)
+    )
+}
+
+fn object_meta(namespace: &str, name: &str) -> Value {
+    json!({
+        "name": name,
+        "namespace": namespace,
+        "uid": object_uid(),
+        "creationTimestamp": "2025-01-01T00:00:00Z",
+    })
+}
+
+/// A NetworkPolicy selecting every Pod of its namespace, allowing ingress from the same
+/// namespace only (a typical "default deny from elsewhere").
+pub fn network_policy(namespace: &str, name: &str) -> Value {
+    json!({
+        "kind": "NetworkPolicy",
+        "apiVersion": "networking.k8s.io/v1",
+        "metadata": object_meta(namespace, name),
+        "spec": {
+            "podSelector": {},
+            "ingress": [{ "from": [{ "podSelector": {} }] }],
+            "policyTypes": ["Ingress"],
+        },
+    })
+}
+
+/// One port of a Service: (name, port, protocol, targetPort).
+pub type SvcPort<'a> = (&'a str, u16, &'a str, u16);
+
+/// A Service as the API server returns it after defaulting. `type_` is `ClusterIP`,
+/// `NodePort` or `LoadBalancer` (the last two get node ports and
+/// `externalTrafficPolicy: Cluster`); `cluster_ip` `None` is a headless Service.
+pub fn service(
+    namespace: &str,
+    name: &str,
+    type_: &str,
+    cluster_ip: Option<&str>,
+    ports: &[SvcPort<'_>],
+) -> Value {
+    let ip = cluster_ip.unwrap_or("None");
+    let node_ports = type_ == "NodePort" || type_ == "LoadBalancer";
+    let ports: Vec<Value> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (pname, port, protocol, target))| {
+            let mut p = json!({
+                "protocol": protocol,
+                "port": port,
+                "targetPort": target,
+            });
+            if !pname.is_empty() {
+                p["name"] = json!(pname);
+            }
+            if node_ports {
+                p["nodePort"] = json!(30000 + i);
+            }
+            p
+        })
+        .collect();
+    let mut spec = json!({
+        "ports": ports,
+        "selector": { "app": name },
+        "clusterIP": ip,
+        "clusterIPs": [ip],
+        "type": type_,
+        "sessionAffinity": "None",
+        "ipFamilies": ["IPv4"],
+        "ipFamilyPolicy": "SingleStack",
+        "internalTrafficPolicy": "Cluster",
+    });
+    if node_ports {
+        spec["externalTrafficPolicy"] = json!("Cluster");
+    }
+    let status = if type_ == "LoadBalancer" {
+        json!({ "loadBalancer": { "ingress": [{ "ip": "192.0.2.200", "ipMode": "VIP" }] } })
+    } else {
+        json!({ "loadBalancer": {} })
+    };
+    json!({
+        "kind": "Service",
+        "apiVersion": "v1",
+        "metadata": object_meta(namespace, name),
+        "spec": spec,
+        "status": status,
+    })
+}
+
+/// The Endpoints of a Service: one subset of `ready` (and `not_ready`) addresses, each
+/// `(ip, nodeName)`, with `ports` `(name, port, protocol)`.
+pub fn endpoints(
+    namespace: &str,
+    name: &str,
+    ready: &[(&str, &str)],
+    not_ready: &[(&str, &str)],
+    ports: &[(&str, u16, &str)],
+) -> Value {
+    let addrs = |list: &[(&str, &str)]| -> Vec<Value> {
+        list.iter()
+            .map(|(ip, node)| {
+                json!({
+                    "ip": ip,
+                    "nodeName": node,
+                    "targetRef": {
+                        "kind": "Pod",
+                        "namespace": namespace,
+                        "name": format!("{name}-{}", ip.replace('.', "-")),
+                        "uid": object_uid(),
+                    },
+                })
+            })
+            .collect()
+    };
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|(pname, port, protocol)| {
+            let mut p = json!({ "port": port, "protocol": protocol });
+            if !pname.is_empty() {
+                p["name"] = json!(pname);
+            }
+            p
+        })
+        .collect();
+    let mut subset = json!({ "ports": ports });
+    if !ready.is_empty() {
+        subset["addresses"] = json!(addrs(ready));
+    }
+    if !not_ready.is_empty() {
+        subset["notReadyAddresses"] = json!(addrs(not_ready));
+    }
+    let mut o = json!({
+        "kind": "Endpoints",
+        "apiVersion": "v1",
+        "metadata": object_meta(namespace, name),
+    });
+    // The real server leaves `subsets` out when there is no address at all.
+    if !ready.is_empty() || !not_ready.is_empty() {
+        o["subsets"] = json!([subset]);
+    }
+    o
+}
+
+/// A ConfigMap with these `data` entries.
+pub fn config_map(namespace: &str, name: &str, data: &[(&str, &str)]) -> Value {
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    json!({
+        "kind": "ConfigMap",
+        "apiVersion": "v1",
+        "metadata": object_meta(namespace, name),
+        "data": data,
     })
 }

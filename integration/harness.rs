@@ -766,3 +766,169 @@ pub fn kmsg(line: &str) {
     f.write_all(format!("{line}\n").as_bytes())
         .expect("write /dev/kmsg");
 }
+
+// ---- Additions for the operator surfaces tests (dashboards, rules) ----
+
+/// Percent-encodes `s` for a URL query parameter.
+pub fn query_param(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Seconds since the epoch, as the Prometheus HTTP API takes times.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A Prometheus server (Debian's, installed by scripts/install-deps.sh) on a free loopback port
+/// that scrapes one target every second as `job` and evaluates `rule_files` every second; its
+/// config and TSDB live in a temporary directory. Drop kills it (process group), then removes
+/// the directory.
+pub struct PromServer {
+    pub port: u16,
+    // Field order is drop order: the process goes before its directory.
+    _proc: Proc,
+    dir: tempfile::TempDir,
+}
+
+impl PromServer {
+    pub fn start(job: &str, target_port: u16, rule_files: &[&std::path::Path]) -> Self {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::Builder::new()
+            .prefix("net-exporter-prom")
+            .tempdir()
+            .expect("temp dir");
+        let mut config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: {job}\n    static_configs:\n      \
+             - targets: ['127.0.0.1:{target_port}']\n"
+        );
+        if !rule_files.is_empty() {
+            config.push_str("rule_files:\n");
+            for f in rule_files {
+                config.push_str(&format!("  - '{}'\n", f.display()));
+            }
+        }
+        let path = dir.path().join("prometheus.yml");
+        std::fs::write(&path, config).expect("write prometheus.yml");
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("start prometheus (scripts/install-deps.sh installs it)");
+        let prom = Self {
+            port,
+            _proc: Proc { child },
+            dir,
+        };
+        let ready = poll(Duration::from_secs(30), || {
+            matches!(http_get(prom.port, "/-/ready"), Ok((200, _))).then_some(())
+        });
+        assert!(
+            ready.is_some(),
+            "prometheus not ready after 30s; log:\n{}",
+            prom.log()
+        );
+        prom
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// GET `path_and_query` of the HTTP API: the HTTP status and the JSON body.
+    pub fn api(&self, path_and_query: &str) -> (u16, serde_json::Value) {
+        let (status, body) = http_get(self.port, path_and_query)
+            .unwrap_or_else(|e| panic!("prometheus API {path_and_query}: {e}"));
+        let v = serde_json::from_str(&body).unwrap_or_else(|e| {
+            panic!("prometheus API {path_and_query}: status {status}, not JSON ({e}): {body}")
+        });
+        (status, v)
+    }
+
+    /// `data` of a successful API answer, or the error Prometheus gave (a PromQL parse error is
+    /// a 400 with `errorType` `bad_data`).
+    fn data(&self, path_and_query: &str) -> Result<serde_json::Value, String> {
+        let (status, v) = self.api(path_and_query);
+        if status == 200 && v["status"] == "success" {
+            Ok(v["data"].clone())
+        } else {
+            Err(format!(
+                "status {status}: {} {}",
+                v["errorType"].as_str().unwrap_or(""),
+                v["error"].as_str().unwrap_or("")
+            ))
+        }
+    }
+
+    /// An instant query at `time` (seconds since the epoch): its `data` (`resultType`, `result`).
+    pub fn query_at(&self, expr: &str, time: f64) -> Result<serde_json::Value, String> {
+        self.data(&format!(
+            "/api/v1/query?query={}&time={time:.3}",
+            query_param(expr)
+        ))
+    }
+
+    /// A range query from `start` to `end` every `step` seconds: its `data`.
+    pub fn query_range(
+        &self,
+        expr: &str,
+        start: f64,
+        end: f64,
+        step: f64,
+    ) -> Result<serde_json::Value, String> {
+        self.data(&format!(
+            "/api/v1/query_range?query={}&start={start:.3}&end={end:.3}&step={step}",
+            query_param(expr)
+        ))
+    }
+
+    /// The values of `label` on the series that `selector` matches between `start` and `end`
+    /// (what Grafana's `label_values(selector, label)` asks).
+    pub fn label_values(
+        &self,
+        label: &str,
+        selector: &str,
+        start: f64,
+        end: f64,
+    ) -> Result<Vec<String>, String> {
+        let data = self.data(&format!(
+            "/api/v1/label/{label}/values?match%5B%5D={}&start={start:.3}&end={end:.3}",
+            query_param(selector)
+        ))?;
+        Ok(data
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+impl Agent {
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+}

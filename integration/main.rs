@@ -2,16 +2,22 @@
 //! servers on this machine. Every resource a test creates is removed by a guard.
 
 mod checks;
+mod churn;
 mod cli;
+mod degraded;
 mod events_export;
 mod fake_apiserver;
 mod harness;
+mod k8s_checks;
 mod kubernetes;
 mod otlp;
 mod packetloss;
+mod privilege;
 mod probes;
 mod prometheus;
 mod sockets;
+mod surfaces;
+mod web;
 
 use harness::*;
 

@@ -50,6 +50,10 @@ pub struct Snapshot {
     /// Attributes every node-level self-metric carries (`k8s_node`).
     pub node_attrs: Vec<KeyValue>,
     pub targets: u64,
+    /// Series (data points) of the last collection, and those left out past the ceiling since
+    /// the agent started.
+    pub series_count: u64,
+    pub series_dropped_total: u64,
     /// The Kubernetes view used (Kubernetes mode only).
     pub cluster: Option<Arc<crate::inventory::ClusterView>>,
     /// Collections run since the agent started, this one included.
@@ -78,6 +82,7 @@ pub struct Collector {
     procfs: PathBuf,
     node_name: String,
     workers: usize,
+    max_series: usize,
     sessions: Mutex<HashMap<u64, NetnsSession>>,
     collections: std::sync::atomic::AtomicU64,
     state: Mutex<State>,
@@ -86,6 +91,8 @@ pub struct Collector {
 
 #[derive(Default)]
 struct State {
+    series_dropped_total: u64,
+    over_ceiling: bool,
     errors_total: HashMap<&'static str, u64>,
     /// Last error logged per collector, so that a persisting problem is logged once.
     last_error: HashMap<&'static str, String>,
@@ -109,6 +116,7 @@ impl Collector {
             procfs: cfg.procfs.clone(),
             node_name: cfg.node_name.clone(),
             workers: cfg.workers,
+            max_series: cfg.collection.max_series,
             sessions: Mutex::new(HashMap::new()),
             collections: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new(State::default()),
@@ -244,6 +252,7 @@ impl Collector {
             discovery_error,
             discover_time,
         );
+        release_freed_memory();
         Snapshot {
             started: Some(started),
             cluster,
@@ -324,6 +333,7 @@ impl Collector {
         let mut sessions = HashMap::new();
         let mut targets = 0;
         let node_attrs = vec![KeyValue::new("k8s_node", self.node_name.clone())];
+        let (mut series_total, mut dropped, mut dropped_targets) = (0usize, 0usize, 0usize);
 
         for r in results {
             targets += 1;
@@ -348,6 +358,25 @@ impl Collector {
                     )
                 })
                 .collect();
+            // The series ceiling: a namespace whose series would pass it is left out whole
+            // (never half a namespace); the node's own is always kept.
+            let count: usize = r
+                .results
+                .iter()
+                .flatten()
+                .filter_map(|(res, _)| res.as_ref().ok())
+                .flatten()
+                .map(|s| s.values.iter().flatten().count())
+                .sum();
+            if !r.target.is_node() && series_total + count > self.max_series {
+                dropped += count;
+                dropped_targets += 1;
+                if let Some(s) = r.session {
+                    sessions.insert(r.target.inode, s);
+                }
+                continue;
+            }
+            series_total += count;
             for (j, res) in r.results.into_iter().enumerate() {
                 let Some((res, took)) = res else { continue };
                 durations[j] += took;
@@ -380,6 +409,18 @@ impl Collector {
         *self.sessions.lock().unwrap_or_else(|e| e.into_inner()) = sessions;
 
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.series_dropped_total += dropped as u64;
+        match (dropped_targets > 0, state.over_ceiling) {
+            (true, false) => tracing::warn!(
+                ceiling = self.max_series,
+                namespaces = dropped_targets,
+                series = dropped,
+                "series ceiling reached: namespaces past it are left out (collection.max_series)"
+            ),
+            (false, true) => tracing::info!("back under the series ceiling"),
+            _ => {}
+        }
+        state.over_ceiling = dropped_targets > 0;
         let mut collectors = Vec::with_capacity(self.probes.len() + 1);
         collectors.push(state.record(NETNS_COLLECTOR, discover_time, &netns_failures));
         for (j, (_, probe)) in self.probes.iter().enumerate() {
@@ -390,6 +431,8 @@ impl Collector {
             collectors,
             node_attrs,
             targets,
+            series_count: series_total as u64,
+            series_dropped_total: state.series_dropped_total,
             cluster: None,
             collections_total: 0,
             started: None,
@@ -408,6 +451,8 @@ impl Collector {
             collectors,
             node_attrs: vec![KeyValue::new("k8s_node", self.node_name.clone())],
             targets: 0,
+            series_count: 0,
+            series_dropped_total: state.series_dropped_total,
             cluster: None,
             collections_total: self.collections.fetch_add(1, Ordering::Relaxed) + 1,
             started: None,
@@ -451,5 +496,16 @@ impl State {
             duration,
             errors_total,
         }
+    }
+}
+
+/// Returns the heap memory a collection freed to the kernel. Without it, glibc keeps it:
+/// namespace churn (3,000 namespaces in a minute, `integration/churn.rs`) left the agent's RSS
+/// 26 MiB above its level before; a trim costs well under a millisecond here.
+pub fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

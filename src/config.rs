@@ -35,6 +35,10 @@ pub struct Flags {
     /// Path under which to expose metrics [default: /metrics].
     #[arg(long = "web.telemetry-path", value_name = "PATH")]
     pub telemetry_path: Option<String>,
+    /// Web configuration file (Prometheus exporter-toolkit format): TLS and basic auth
+    /// [default: none: plain HTTP without authentication]. See docs/web.md.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
     /// procfs mount point [default: /proc].
     #[arg(long = "path.procfs", value_name = "DIR")]
     pub procfs: Option<PathBuf>,
@@ -136,6 +140,13 @@ pub enum EventSink {
 pub struct WebFile {
     pub listen_address: Option<String>,
     pub telemetry_path: Option<String>,
+    /// The web configuration file (TLS, basic auth), as `--web.config.file`.
+    pub config_file: Option<PathBuf>,
+    /// Time a client has to send its request headers, e.g. `10s` [default: 10s]; also how long
+    /// an idle keep-alive connection stays open.
+    pub read_header_timeout: Option<String>,
+    /// Time a request may take from its headers to its response, e.g. `30s` [default: 30s].
+    pub request_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -160,6 +171,55 @@ pub struct OtlpFile {
 pub struct CollectionFile {
     /// Threads that read namespaces in parallel [default: the number of CPUs, at most 4].
     pub workers: Option<usize>,
+    /// Ceiling on the series of one collection [default: 60000, enough for 250 Pods with
+    /// their interfaces several times over]; namespaces past it are left out, counted and
+    /// logged once.
+    pub max_series: Option<usize>,
+    /// Standalone: only namespaces whose name matches one of these patterns (`*` matches
+    /// anything) [default: all].
+    pub include_netns: Vec<String>,
+    /// Standalone: namespaces whose name matches one of these are left out.
+    pub exclude_netns: Vec<String>,
+    /// Kubernetes: only Pods matching this label selector (`app=web,tier!=db`) [default: all].
+    /// A Pod annotated `net-exporter.io/exclude: "true"` is left out either way.
+    pub pod_label_selector: Option<String>,
+}
+
+/// Which namespaces a collection reads, and how much it may produce.
+#[derive(Debug, Clone, Default)]
+pub struct CollectionConfig {
+    pub max_series: usize,
+    pub include_netns: Vec<String>,
+    pub exclude_netns: Vec<String>,
+    pub pod_label_selector: Option<String>,
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+impl CollectionConfig {
+    /// Whether a standalone namespace called `name` is read.
+    pub fn wants_netns(&self, name: &str) -> bool {
+        (self.include_netns.is_empty() || self.include_netns.iter().any(|p| glob_match(p, name)))
+            && !self.exclude_netns.iter().any(|p| glob_match(p, name))
+    }
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -230,12 +290,15 @@ pub struct Config {
     pub event_sinks: Vec<EventSink>,
     pub listen_address: String,
     pub telemetry_path: String,
+    /// Timeouts, TLS and basic auth of the HTTP endpoint.
+    pub web: WebConfig,
     pub procfs: PathBuf,
     pub sysfs: PathBuf,
     pub netns_dir: PathBuf,
     pub node_name: String,
     pub log_level: String,
     pub workers: usize,
+    pub collection: CollectionConfig,
     /// Names of the enabled probes, in registry order.
     pub probes: Vec<&'static str>,
     pub probe_options: ProbeOptions,
@@ -275,7 +338,11 @@ impl Config {
                     .map_err(|e| err(&format!("config file {}", path.display()), e.to_string()))?
             }
         };
-        Self::resolve(flags, &|k| std::env::var(k).ok(), file)
+        let mut cfg = Self::resolve(flags, &|k| std::env::var(k).ok(), file)?;
+        if let Some(path) = cfg.web.config_file.clone() {
+            cfg.web.load_file(&path)?;
+        }
+        Ok(cfg)
     }
 
     /// Resolves with an explicit environment (tests pass a map).
@@ -308,6 +375,23 @@ impl Config {
             ));
         }
 
+        let web = WebConfig {
+            read_header_timeout: match &file.web.read_header_timeout {
+                Some(t) => parse_duration("web.read_header_timeout", t)?,
+                None => Duration::from_secs(10),
+            },
+            request_timeout: match &file.web.request_timeout {
+                Some(t) => parse_duration("web.request_timeout", t)?,
+                None => Duration::from_secs(30),
+            },
+            config_file: flags
+                .web_config_file
+                .clone()
+                .or(file.web.config_file.clone()),
+            tls: None,
+            basic_auth_users: BTreeMap::new(),
+        };
+
         let node_name = flags
             .node_name
             .clone()
@@ -328,6 +412,20 @@ impl Config {
             ));
         }
 
+        let collection = CollectionConfig {
+            max_series: match file.collection.max_series {
+                Some(0) => return Err(err("collection.max_series", "must be at least 1")),
+                Some(n) => n,
+                None => 60_000,
+            },
+            include_netns: file.collection.include_netns.clone(),
+            exclude_netns: file.collection.exclude_netns.clone(),
+            pod_label_selector: file.collection.pod_label_selector.clone(),
+        };
+        if let Some(sel) = &collection.pod_label_selector {
+            crate::inventory::LabelSelector::parse(sel)
+                .map_err(|p| err("collection.pod_label_selector", p))?;
+        }
         let workers = match file.collection.workers {
             Some(0) => return Err(err("collection.workers", "must be at least 1")),
             Some(n) => n,
@@ -433,6 +531,7 @@ impl Config {
             event_sinks,
             listen_address,
             telemetry_path,
+            web,
             procfs: flags
                 .procfs
                 .clone()
@@ -451,6 +550,7 @@ impl Config {
             node_name,
             log_level,
             workers,
+            collection,
             probes: enabled,
             probe_options: ProbeOptions {
                 device_prefixes,
@@ -477,6 +577,248 @@ impl Config {
     pub fn listen_addrs(&self) -> Result<Vec<SocketAddr>, String> {
         parse_listen_address(&self.listen_address)
     }
+}
+
+/// How the HTTP endpoint serves: timeouts, and TLS and basic auth from the web config file.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    pub read_header_timeout: Duration,
+    pub request_timeout: Duration,
+    /// `--web.config.file` (or `web.config_file`); [`Config::load`] reads it into `tls` and
+    /// `basic_auth_users`.
+    pub config_file: Option<PathBuf>,
+    pub tls: Option<TlsSettings>,
+    /// User name -> bcrypt hash; empty: no authentication.
+    pub basic_auth_users: BTreeMap<String, String>,
+}
+
+/// `tls_server_config` of the web config file, checked; paths made absolute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_auth: ClientAuth,
+    pub client_ca_file: Option<PathBuf>,
+    pub min_version: TlsVersion,
+    pub max_version: TlsVersion,
+}
+
+/// The `client_auth_type`s that are supported (the ones that verify what they accept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `NoClientCert` (the default).
+    None,
+    /// `VerifyClientCertIfGiven`.
+    VerifyIfGiven,
+    /// `RequireAndVerifyClientCert`.
+    RequireAndVerify,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+/// The web configuration file, in the format of the Prometheus exporter toolkit
+/// (`--web.config.file`). Unknown fields are errors.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfigFile {
+    pub tls_server_config: Option<TlsServerConfigFile>,
+    /// User name -> bcrypt hash of the password.
+    pub basic_auth_users: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct TlsServerConfigFile {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    #[serde(default)]
+    pub client_auth_type: Option<String>,
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub min_version: Option<String>,
+    #[serde(default)]
+    pub max_version: Option<String>,
+}
+
+impl WebConfig {
+    /// How errors about the web config file name it: `web config file PATH`.
+    pub fn file_label(&self) -> String {
+        match &self.config_file {
+            Some(p) => format!("web config file {}", p.display()),
+            None => "web config file".into(),
+        }
+    }
+
+    /// Reads the web config file at `path` into `tls` and `basic_auth_users`. Relative paths in
+    /// it are relative to its directory; the certificate, key and CA files must be readable.
+    pub fn load_file(&mut self, path: &std::path::Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            err(
+                "--web.config.file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let label = format!("web config file {}", path.display());
+        let (tls, users) = parse_web_config(&text, dir).map_err(|e| ConfigError {
+            field: if e.field.is_empty() {
+                label.clone()
+            } else {
+                format!("{label}: {}", e.field)
+            },
+            problem: e.problem,
+        })?;
+        if let Some(t) = &tls {
+            let files = [
+                ("tls_server_config.cert_file", Some(&t.cert_file)),
+                ("tls_server_config.key_file", Some(&t.key_file)),
+                (
+                    "tls_server_config.client_ca_file",
+                    t.client_ca_file.as_ref(),
+                ),
+            ];
+            for (field, file) in files {
+                if let Some(f) = file {
+                    std::fs::File::open(f).map_err(|e| {
+                        err(
+                            &format!("{label}: {field}"),
+                            format!("cannot read {}: {e}", f.display()),
+                        )
+                    })?;
+                }
+            }
+        }
+        self.tls = tls;
+        self.basic_auth_users = users;
+        Ok(())
+    }
+}
+
+/// Parses and checks a web config file's text; paths are resolved against `dir`. Errors name
+/// the field inside the file (an empty field for YAML errors, whose message names it).
+pub fn parse_web_config(
+    text: &str,
+    dir: &std::path::Path,
+) -> Result<(Option<TlsSettings>, BTreeMap<String, String>), ConfigError> {
+    let file: WebConfigFile = if text.trim().is_empty() {
+        WebConfigFile::default()
+    } else {
+        serde_yaml::from_str(text).map_err(|e| err("", e.to_string()))?
+    };
+    for (user, hash) in &file.basic_auth_users {
+        let field = format!("basic_auth_users.{user}");
+        if user.is_empty() || user.contains(':') {
+            return Err(err(&field, "a user name must be non-empty and without ':'"));
+        }
+        if hash.parse::<bcrypt::HashParts>().is_err() {
+            return Err(err(
+                &field,
+                "not a bcrypt hash (make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`)",
+            ));
+        }
+    }
+    let Some(t) = file.tls_server_config else {
+        return Ok((None, file.basic_auth_users));
+    };
+    let abs = |p: &PathBuf| {
+        if p.is_absolute() {
+            p.clone()
+        } else {
+            dir.join(p)
+        }
+    };
+    for (field, p) in [
+        ("tls_server_config.cert_file", &t.cert_file),
+        ("tls_server_config.key_file", &t.key_file),
+    ] {
+        if p.as_os_str().is_empty() {
+            return Err(err(field, "must not be empty"));
+        }
+    }
+    let client_auth = match t.client_auth_type.as_deref().unwrap_or("NoClientCert") {
+        "" | "NoClientCert" => ClientAuth::None,
+        "VerifyClientCertIfGiven" => ClientAuth::VerifyIfGiven,
+        "RequireAndVerifyClientCert" => ClientAuth::RequireAndVerify,
+        other @ ("RequestClientCert" | "RequireAnyClientCert") => {
+            return Err(err(
+                "tls_server_config.client_auth_type",
+                format!(
+                    "{other} (client certificates accepted unverified) is not supported; \
+                     use VerifyClientCertIfGiven or RequireAndVerifyClientCert"
+                ),
+            ));
+        }
+        other => {
+            return Err(err(
+                "tls_server_config.client_auth_type",
+                format!(
+                    "{other:?} is not one of NoClientCert, VerifyClientCertIfGiven, \
+                     RequireAndVerifyClientCert"
+                ),
+            ));
+        }
+    };
+    let client_ca_file = t
+        .client_ca_file
+        .as_ref()
+        .filter(|p| !p.as_os_str().is_empty());
+    match (client_auth, client_ca_file) {
+        (ClientAuth::None, Some(_)) => {
+            return Err(err(
+                "tls_server_config.client_ca_file",
+                "set without a client_auth_type that verifies client certificates",
+            ));
+        }
+        (ClientAuth::VerifyIfGiven | ClientAuth::RequireAndVerify, None) => {
+            return Err(err(
+                "tls_server_config.client_ca_file",
+                "client_auth_type verifies client certificates: it needs client_ca_file",
+            ));
+        }
+        _ => {}
+    }
+    let version = |field: &str, v: Option<&str>, default: TlsVersion| match v {
+        None | Some("") => Ok(default),
+        Some("TLS12") => Ok(TlsVersion::Tls12),
+        Some("TLS13") => Ok(TlsVersion::Tls13),
+        Some(old @ ("TLS10" | "TLS11")) => Err(err(
+            field,
+            format!("{old} is not supported (TLS 1.2 and 1.3 are): use TLS12 or TLS13"),
+        )),
+        Some(other) => Err(err(field, format!("{other:?} is not TLS12 or TLS13"))),
+    };
+    let min_version = version(
+        "tls_server_config.min_version",
+        t.min_version.as_deref(),
+        TlsVersion::Tls12,
+    )?;
+    let max_version = version(
+        "tls_server_config.max_version",
+        t.max_version.as_deref(),
+        TlsVersion::Tls13,
+    )?;
+    if min_version > max_version {
+        return Err(err("tls_server_config.min_version", "is above max_version"));
+    }
+    Ok((
+        Some(TlsSettings {
+            cert_file: abs(&t.cert_file),
+            key_file: abs(&t.key_file),
+            client_auth,
+            client_ca_file: client_ca_file.map(abs),
+            min_version,
+            max_version,
+        }),
+        file.basic_auth_users,
+    ))
 }
 
 impl FileConfig {
@@ -723,6 +1065,141 @@ mod tests {
     }
 
     #[test]
+    fn web_timeouts_and_config_file() {
+        let c = resolve(&Flags::default(), &[], "").unwrap();
+        assert_eq!(c.web.read_header_timeout, Duration::from_secs(10));
+        assert_eq!(c.web.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.web.config_file, None);
+        assert!(c.web.tls.is_none() && c.web.basic_auth_users.is_empty());
+        let yaml =
+            "web:\n  read_header_timeout: 2s\n  request_timeout: 1m\n  config_file: /etc/web.yml\n";
+        let c = resolve(&Flags::default(), &[], yaml).unwrap();
+        assert_eq!(c.web.read_header_timeout, Duration::from_secs(2));
+        assert_eq!(c.web.request_timeout, Duration::from_secs(60));
+        assert_eq!(c.web.config_file, Some(PathBuf::from("/etc/web.yml")));
+        let flags = Flags {
+            web_config_file: Some("/flag/web.yml".into()),
+            ..Flags::default()
+        };
+        let c = resolve(&flags, &[], yaml).unwrap();
+        assert_eq!(c.web.config_file, Some(PathBuf::from("/flag/web.yml")));
+        for (yaml, field) in [
+            (
+                "web:\n  read_header_timeout: soon\n",
+                "web.read_header_timeout",
+            ),
+            ("web:\n  request_timeout: 0s\n", "web.request_timeout"),
+            (
+                "web:\n  request_timeot: 1s\n",
+                "unknown field `request_timeot`",
+            ),
+        ] {
+            let e = resolve(&Flags::default(), &[], yaml)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{e:?} should mention {field:?}");
+        }
+    }
+
+    /// A bcrypt hash of "pw" (cost 4).
+    const HASH: &str = "$2b$04$.xtZFRwgO8JtbRfGtP1YQ.SjSawFrhBxc0fPihu/FKbzED6VWWuM.";
+
+    #[test]
+    fn web_config_file() {
+        let dir = std::path::Path::new("/etc/net-exporter");
+        let (tls, users) = parse_web_config("", dir).unwrap();
+        assert!(tls.is_none() && users.is_empty());
+
+        let text = format!(
+            "tls_server_config:\n  cert_file: tls.crt\n  key_file: /abs/tls.key\n  \
+             client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca.crt\n  \
+             min_version: TLS13\nbasic_auth_users:\n  prom: '{HASH}'\n"
+        );
+        let (tls, users) = parse_web_config(&text, dir).unwrap();
+        assert_eq!(
+            tls,
+            Some(TlsSettings {
+                cert_file: "/etc/net-exporter/tls.crt".into(),
+                key_file: "/abs/tls.key".into(),
+                client_auth: ClientAuth::VerifyIfGiven,
+                client_ca_file: Some("/etc/net-exporter/ca.crt".into()),
+                min_version: TlsVersion::Tls13,
+                max_version: TlsVersion::Tls13,
+            })
+        );
+        assert_eq!(users.get("prom").map(String::as_str), Some(HASH));
+        assert!(bcrypt::verify("pw", HASH).unwrap());
+
+        let (tls, _) =
+            parse_web_config("tls_server_config:\n  cert_file: c\n  key_file: k\n", dir).unwrap();
+        let tls = tls.unwrap();
+        assert_eq!(tls.client_auth, ClientAuth::None);
+        assert_eq!(
+            (tls.min_version, tls.max_version),
+            (TlsVersion::Tls12, TlsVersion::Tls13)
+        );
+
+        let tls = "tls_server_config:\n  cert_file: c\n  key_file: k\n";
+        // (file text, what the error must mention)
+        let cases: &[(String, &str)] = &[
+            ("tls_config: {}\n".into(), "unknown field `tls_config`"),
+            (format!("{tls}  cert: x\n"), "unknown field `cert`"),
+            (
+                "tls_server_config:\n  cert_file: c\n".into(),
+                "missing field `key_file`",
+            ),
+            (
+                "tls_server_config:\n  cert_file: ''\n  key_file: k\n".into(),
+                "tls_server_config.cert_file",
+            ),
+            (
+                format!("{tls}  client_auth_type: RequestClientCert\n"),
+                "tls_server_config.client_auth_type",
+            ),
+            (
+                format!("{tls}  client_auth_type: Sometimes\n"),
+                "tls_server_config.client_auth_type",
+            ),
+            (
+                format!("{tls}  client_auth_type: RequireAndVerifyClientCert\n"),
+                "tls_server_config.client_ca_file",
+            ),
+            (
+                format!("{tls}  client_ca_file: ca.crt\n"),
+                "tls_server_config.client_ca_file",
+            ),
+            (
+                format!("{tls}  min_version: TLS11\n"),
+                "tls_server_config.min_version",
+            ),
+            (
+                format!("{tls}  max_version: TLS14\n"),
+                "tls_server_config.max_version",
+            ),
+            (
+                format!("{tls}  min_version: TLS13\n  max_version: TLS12\n"),
+                "tls_server_config.min_version",
+            ),
+            (
+                "basic_auth_users:\n  prom: secret\n".into(),
+                "basic_auth_users.prom",
+            ),
+            (
+                format!("basic_auth_users:\n  'a:b': '{HASH}'\n"),
+                "basic_auth_users.a:b",
+            ),
+            (
+                "basic_auth_users:\n  prom:\n".into(),
+                "basic_auth_users.prom",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = parse_web_config(text, dir).unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?}: {e:?} should mention {want:?}");
+        }
+    }
+
+    #[test]
     fn defaults() {
         let c = resolve(&Flags::default(), &[], "").unwrap();
         assert_eq!(c.listen_address, ":9102");
@@ -907,6 +1384,23 @@ mod tests {
             let e = resolve(flags, env, yaml).expect_err(want).to_string();
             assert!(e.contains(want), "{e:?} should mention {want:?}");
         }
+    }
+
+    #[test]
+    fn namespace_patterns() {
+        assert!(glob_match("pod-*", "pod-1"));
+        assert!(glob_match("*-test", "a-test"));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("a*b*c", "axxcyyb"));
+        assert!(glob_match("exact", "exact") && !glob_match("exact", "exactly"));
+        assert!(glob_match("*", "anything"));
+        let c = CollectionConfig {
+            include_netns: vec!["app-*".into()],
+            exclude_netns: vec!["app-skip*".into()],
+            ..Default::default()
+        };
+        assert!(c.wants_netns("app-1") && !c.wants_netns("app-skip-2") && !c.wants_netns("other"));
+        assert!(CollectionConfig::default().wants_netns("x"));
     }
 
     #[test]

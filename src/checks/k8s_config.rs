@@ -24,12 +24,19 @@ pub fn capped(names: &[String]) -> String {
     out.join(",")
 }
 
-/// Runs an API call on the agent's runtime from a check's (blocking) thread.
-fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
+/// How long a check waits for one API call: the client's own timeouts are minutes long (made
+/// for watches), and the checks run one after the other.
+pub const API_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Runs an API call on the agent's runtime from a check's (blocking) thread, for at most
+/// [`API_TIMEOUT`].
+pub(super) fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
     let handle =
         tokio::runtime::Handle::try_current().context("no async runtime for the API call")?;
     // Checks run on blocking-pool threads, where blocking on the runtime is allowed.
-    Ok(handle.block_on(f))
+    handle
+        .block_on(async { tokio::time::timeout(API_TIMEOUT, f).await })
+        .map_err(|_| anyhow::anyhow!("the API server did not answer within {API_TIMEOUT:?}"))
 }
 
 pub struct NetworkPolicyCheck;
@@ -130,15 +137,27 @@ impl Check for TrafficPolicyCheck {
 
 pub struct IpMasqAgentCheck;
 
-/// The nonMasqueradeCIDRs of an ip-masq-agent config (YAML or JSON, under key `config`).
+/// What the ip-masq-agent does not masquerade when its config does not say
+/// (`nonMasqueradeCIDRs` absent, or no config at all): the RFC 1918 ranges.
+pub const IP_MASQ_AGENT_DEFAULTS: [&str; 3] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"];
+
+/// The nonMasqueradeCIDRs of an ip-masq-agent config (YAML or JSON, the ConfigMap's `config`
+/// entry). As the agent itself reads it, what the config leaves out keeps its default: an
+/// empty config, or one without `nonMasqueradeCIDRs`, means [`IP_MASQ_AGENT_DEFAULTS`].
 pub fn non_masquerade_cidrs(config: &str) -> Result<Vec<IpNet>> {
     #[derive(serde::Deserialize)]
     struct MasqConfig {
         #[serde(rename = "nonMasqueradeCIDRs", default)]
-        non_masquerade_cidrs: Vec<String>,
+        non_masquerade_cidrs: Option<Vec<String>>,
     }
-    let c: MasqConfig = serde_yaml::from_str(config).context("ip-masq-agent config")?;
-    c.non_masquerade_cidrs
+    let listed = if config.trim().is_empty() {
+        None
+    } else {
+        let c: MasqConfig = serde_yaml::from_str(config).context("ip-masq-agent config")?;
+        c.non_masquerade_cidrs
+    };
+    let cidrs = listed.unwrap_or_else(|| IP_MASQ_AGENT_DEFAULTS.map(String::from).to_vec());
+    cidrs
         .iter()
         .map(|s| {
             s.parse::<IpNet>()
@@ -147,9 +166,40 @@ pub fn non_masquerade_cidrs(config: &str) -> Result<Vec<IpNet>> {
         .collect()
 }
 
-/// Whether `inner` lies inside one of `outer`.
+/// The first and last address of a network, as numbers (IPv4 in the low 32 bits).
+fn bounds(n: &IpNet) -> (u128, u128) {
+    match n {
+        IpNet::V4(v) => (
+            u128::from(u32::from(v.network())),
+            u128::from(u32::from(v.broadcast())),
+        ),
+        IpNet::V6(v) => (u128::from(v.network()), u128::from(v.broadcast())),
+    }
+}
+
+/// Whether every address of `inner` lies in one of `outer`, or in several of them together.
 pub fn covered(inner: &IpNet, outer: &[IpNet]) -> bool {
-    outer.iter().any(|o| o.contains(inner))
+    let mut ranges: Vec<(u128, u128)> = outer
+        .iter()
+        .filter(|o| o.addr().is_ipv4() == inner.addr().is_ipv4())
+        .map(bounds)
+        .collect();
+    ranges.sort();
+    let (start, end) = bounds(inner);
+    // Walk the ranges in order, extending what is covered from `start` on.
+    let mut reach = start;
+    for (lo, hi) in ranges {
+        if lo > reach {
+            break;
+        }
+        if hi >= reach {
+            if hi >= end {
+                return true;
+            }
+            reach = hi + 1;
+        }
+    }
+    false
 }
 
 impl Check for IpMasqAgentCheck {
@@ -220,18 +270,22 @@ pub fn cidr_conflict_msg(
 }
 
 /// The IPv4 network of the node's docker0 bridge, if there is one.
-fn docker0(ctx: &CheckContext) -> Option<IpNet> {
-    let node = ctx.targets.iter().find(|t| t.is_node())?;
+fn docker0(ctx: &CheckContext) -> Result<Option<IpNet>> {
+    let node = ctx
+        .targets
+        .iter()
+        .find(|t| t.is_node())
+        .context("no node namespace among the targets")?;
     let reply = crate::sources::with_target(&ctx.procfs, node, |src| {
         src.addresses(netlink_packet_route::AddressFamily::Inet)
     })
-    .ok()?;
-    let addrs = super::route::parse_addresses(&reply).ok()?;
-    addrs
+    .context("addresses of the node")?;
+    let addrs = super::route::parse_addresses(&reply)?;
+    Ok(addrs
         .into_iter()
         .find(|a| a.label.as_deref() == Some("docker0"))
         .and_then(|a| IpNet::new(a.ip, a.prefix_len).ok())
-        .map(|n| n.trunc())
+        .map(|n| n.trunc()))
 }
 
 impl Check for CidrConflictCheck {
@@ -252,7 +306,7 @@ impl Check for CidrConflictCheck {
             ctx.options.vpc_cidr,
             ctx.options.service_cidr,
             &cluster.node_cidrs,
-            docker0(ctx),
+            docker0(ctx)?,
         );
         Ok(msg
             .map(|msg| Problem {
@@ -316,6 +370,39 @@ mod tests {
         assert!(covered(&n("10.1.0.0/16"), &cidrs));
         assert!(!covered(&n("192.168.0.0/16"), &cidrs));
         assert!(non_masquerade_cidrs("nonMasqueradeCIDRs: [nope]").is_err());
-        assert!(non_masquerade_cidrs("{}").unwrap().is_empty());
+        assert!(
+            non_masquerade_cidrs("nonMasqueradeCIDRs: []")
+                .unwrap()
+                .is_empty()
+        );
+        // What the config leaves out keeps the agent's defaults.
+        let defaults: Vec<IpNet> = IP_MASQ_AGENT_DEFAULTS.iter().map(|c| n(c)).collect();
+        assert_eq!(non_masquerade_cidrs("{}").unwrap(), defaults);
+        assert_eq!(non_masquerade_cidrs("").unwrap(), defaults);
+        assert_eq!(
+            non_masquerade_cidrs("masqLinkLocal: true\n").unwrap(),
+            defaults
+        );
+        // Covered by several together; not with a gap; families apart.
+        let halves = [n("10.1.0.0/17"), n("10.1.128.0/17")];
+        assert!(covered(&n("10.1.0.0/16"), &halves));
+        assert!(covered(
+            &n("10.1.0.0/16"),
+            &[n("10.1.0.0/17"), n("10.1.64.0/18"), n("10.1.128.0/17")]
+        ));
+        assert!(!covered(
+            &n("10.1.0.0/16"),
+            &[n("10.1.0.0/17"), n("10.1.129.0/24"), n("10.1.130.0/23")]
+        ));
+        assert!(!covered(&n("10.1.0.0/16"), &[n("10.1.0.0/17")]));
+        assert!(covered(
+            &n("255.255.255.0/24"),
+            &[n("255.255.255.0/25"), n("255.255.255.128/25")]
+        ));
+        assert!(!covered(&n("10.1.0.0/16"), &[n("::/0")]));
+        assert!(covered(
+            &n("fd00::/64"),
+            &[n("fd00::/65"), n("fd00::8000:0:0:0/65")]
+        ));
     }
 }

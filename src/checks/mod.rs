@@ -6,6 +6,7 @@
 //! provider) finds nothing, so that `netexporter_check_success` stays 1 on such nodes.
 
 pub mod iptables;
+pub mod ipvs;
 pub mod irqbalance;
 pub mod k8s_config;
 pub mod kernel_log;
@@ -29,9 +30,11 @@ pub static CHECKS: &[&dyn Check] = &[
     &route::DefaultRoute,
     &route::PolicyRoute,
     &route::VPC_ROUTE,
+    &route::PodRoute,
     &mtu::MtuAbnormal,
     &iptables::IptablesAbnormal,
     &kube_proxy::KubeProxyAbnormal,
+    &ipvs::IpvsRulesAbnormal,
     &k8s_config::NetworkPolicyCheck,
     &k8s_config::TrafficPolicyCheck,
     &k8s_config::IpMasqAgentCheck,
@@ -112,6 +115,8 @@ pub struct CheckOptions {
     /// A persisting problem is repeated at most this often; a new or changed one at once.
     #[serde(with = "humantime_serde_opt")]
     pub repeat_interval: Duration,
+    /// `false` turns every check off (no events at all).
+    pub enabled: bool,
     /// Checks to leave off.
     pub disabled: Vec<String>,
     /// Name prefixes of the node's Pod-facing interfaces (the host ends of Pod veths).
@@ -147,6 +152,9 @@ pub struct CheckOptions {
     pub vpc_cidr: Option<ipnet::IpNet>,
     /// CIDRConflict: the cluster's Service CIDR (not published by the API server).
     pub service_cidr: Option<ipnet::IpNet>,
+    /// IPVSRulesAbnormal: `auto` (the kernel has IPVS and the node kube-proxy's `kube-ipvs0`),
+    /// `true` (always; an error without IPVS) or `false` (never).
+    pub ipvs: ipvs::IpvsMode,
 }
 
 impl CheckOptions {
@@ -190,7 +198,7 @@ impl CheckOptions {
     }
 
     pub fn enabled(&self, check: &str) -> bool {
-        !self.disabled.iter().any(|d| d == check)
+        self.enabled && !self.disabled.iter().any(|d| d == check)
     }
 }
 
@@ -199,6 +207,7 @@ impl Default for CheckOptions {
         Self {
             interval: Duration::from_secs(60),
             repeat_interval: Duration::from_secs(600),
+            enabled: true,
             disabled: Vec::new(),
             pod_interface_prefixes: vec!["cali".into(), "veth".into(), "lxc".into(), "cni".into()],
             expect_rp_filter: 0,
@@ -217,6 +226,7 @@ impl Default for CheckOptions {
             kube_proxy_healthz: "http://127.0.0.1:10256/healthz".into(),
             vpc_cidr: None,
             service_cidr: None,
+            ipvs: ipvs::IpvsMode::Auto,
         }
     }
 }

@@ -44,11 +44,35 @@ pub struct Kubernetes {
     shared: Arc<Mutex<Shared>>,
     /// Pod UID -> a process of the Pod found at an earlier collection.
     pids: Mutex<HashMap<String, u32>>,
+    selector: Option<super::LabelSelector>,
 }
 
 impl Kubernetes {
     /// Starts the watches on the current tokio runtime.
     pub fn start(client: Client, node_name: &str, procfs: &Path) -> Self {
+        Self::start_selected(client, None, node_name, procfs)
+    }
+
+    /// As `start`, reading only the Pods that match `selector` (all Pods still count for
+    /// podip). A selector that does not parse selects nothing and is logged.
+    pub fn start_selected(
+        client: Client,
+        selector: Option<&str>,
+        node_name: &str,
+        procfs: &Path,
+    ) -> Self {
+        let selector = selector.map(|s| {
+            super::LabelSelector::parse(s).unwrap_or_else(|e| {
+                tracing::error!(selector = s, error = %e, "bad Pod label selector; reading no Pod");
+                super::LabelSelector::parse("!__never__,__never__").unwrap_or_default()
+            })
+        });
+        let mut me = Self::start_inner(client, node_name, procfs);
+        me.selector = selector;
+        me
+    }
+
+    fn start_inner(client: Client, node_name: &str, procfs: &Path) -> Self {
         let shared = Arc::new(Mutex::new(Shared::default()));
         tokio::spawn(watch_pods(
             client.clone(),
@@ -65,6 +89,7 @@ impl Kubernetes {
             node_name: node_name.to_string(),
             shared,
             pids: Mutex::new(HashMap::new()),
+            selector: None,
         }
     }
 
@@ -125,7 +150,8 @@ impl Inventory for Kubernetes {
             shared
                 .pods
                 .values()
-                .filter(|p| !p.host_network)
+                .filter(|p| !p.host_network && !p.excluded)
+                .filter(|p| self.selector.as_ref().is_none_or(|s| s.matches(&p.labels)))
                 .cloned()
                 .collect()
         };
@@ -198,6 +224,12 @@ fn pod_info(p: &Pod) -> Option<PodInfo> {
         } else {
             ips
         },
+        excluded: meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("net-exporter.io/exclude"))
+            .is_some_and(|v| v == "true"),
+        labels: meta.labels.clone().unwrap_or_default(),
     })
 }
 

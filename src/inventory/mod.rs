@@ -46,6 +46,92 @@ pub struct PodInfo {
     pub host_network: bool,
     /// Its own addresses (none for a finished Pod).
     pub ips: Vec<IpAddr>,
+    /// Annotated `net-exporter.io/exclude: "true"`: no series of its own (still counted by
+    /// podip).
+    pub excluded: bool,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// An equality-based label selector (`app=web,tier!=db,canary,!legacy`), as `kubectl -l`
+/// takes them (set-based `in (...)` forms are not supported).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LabelSelector(Vec<(String, SelectorOp)>);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum SelectorOp {
+    Eq(String),
+    Ne(String),
+    Exists,
+    Absent,
+}
+
+impl LabelSelector {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut out = Vec::new();
+        for term in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let valid = |k: &str| {
+                !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+            };
+            let (key, op) = if let Some((k, v)) = term.split_once("!=") {
+                (k.trim(), SelectorOp::Ne(v.trim().to_string()))
+            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                (k.trim(), SelectorOp::Eq(v.trim().to_string()))
+            } else if let Some(k) = term.strip_prefix('!') {
+                (k.trim(), SelectorOp::Absent)
+            } else {
+                (term, SelectorOp::Exists)
+            };
+            if !valid(key) {
+                return Err(format!(
+                    "{term:?} is not a label selector term (k=v, k!=v, k, !k)"
+                ));
+            }
+            out.push((key.to_string(), op));
+        }
+        Ok(Self(out))
+    }
+
+    pub fn matches(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        self.0.iter().all(|(k, op)| match op {
+            SelectorOp::Eq(v) => labels.get(k) == Some(v),
+            SelectorOp::Ne(v) => labels.get(k) != Some(v),
+            SelectorOp::Exists => labels.contains_key(k),
+            SelectorOp::Absent => !labels.contains_key(k),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors() {
+        let labels: std::collections::BTreeMap<String, String> =
+            [("app", "web"), ("tier", "front")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        for (sel, want) in [
+            ("app=web", true),
+            ("app==web,tier!=db", true),
+            ("app=db", false),
+            ("tier", true),
+            ("!tier", false),
+            ("!legacy", true),
+            ("", true),
+        ] {
+            assert_eq!(
+                LabelSelector::parse(sel).unwrap().matches(&labels),
+                want,
+                "{sel}"
+            );
+        }
+        assert!(LabelSelector::parse("a b=c").is_err());
+        assert!(LabelSelector::parse("=x").is_err());
+    }
 }
 
 /// The Kubernetes view of this node at one collection.

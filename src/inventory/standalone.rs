@@ -15,16 +15,33 @@ pub struct Standalone {
     procfs: PathBuf,
     netns_dir: PathBuf,
     node_name: String,
+    filter: crate::config::CollectionConfig,
     /// Whether processes whose namespace we may not see were reported (once).
     denied_reported: std::sync::atomic::AtomicBool,
 }
 
 impl Standalone {
     pub fn new(procfs: &Path, netns_dir: &Path, node_name: &str) -> Self {
+        Self::with_filter(
+            procfs,
+            netns_dir,
+            node_name,
+            crate::config::CollectionConfig::default(),
+        )
+    }
+
+    /// Only namespaces `filter` wants (by their `netns` label).
+    pub fn with_filter(
+        procfs: &Path,
+        netns_dir: &Path,
+        node_name: &str,
+        filter: crate::config::CollectionConfig,
+    ) -> Self {
         Self {
             procfs: procfs.to_path_buf(),
             netns_dir: netns_dir.to_path_buf(),
             node_name: node_name.to_string(),
+            filter,
             denied_reported: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -103,11 +120,16 @@ impl Inventory for Standalone {
             );
         }
 
-        targets.extend(found.into_iter().map(|(inode, (name, path))| Target {
-            inode,
-            ns_path: Some(path),
-            labels: vec![("k8s_node", self.node_name.clone()), ("netns", name)],
-        }));
+        targets.extend(
+            found
+                .into_iter()
+                .filter(|(_, (name, _))| self.filter.wants_netns(name))
+                .map(|(inode, (name, path))| Target {
+                    inode,
+                    ns_path: Some(path),
+                    labels: vec![("k8s_node", self.node_name.clone()), ("netns", name)],
+                }),
+        );
         Ok(targets)
     }
 }

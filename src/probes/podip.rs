@@ -132,6 +132,8 @@ mod tests {
             name: name.into(),
             host_network: host,
             ips: vec![ip.parse().unwrap()],
+            excluded: false,
+            labels: Default::default(),
         }
     }
 

@@ -152,6 +152,14 @@ fn append_messages(mut datagram: &[u8], seq: u32, out: &mut Vec<u8>) -> Result<D
     Ok(Done::No)
 }
 
+/// [`append_messages`] for tests and fuzzing: appends the messages of `datagram` that answer
+/// `seq` to `out`, and says whether the datagram ended the dump (NLMSG_DONE, or an
+/// NLMSG_ERROR acknowledgement).
+#[doc(hidden)]
+pub fn append_datagram(datagram: &[u8], seq: u32, out: &mut Vec<u8>) -> Result<bool> {
+    append_messages(datagram, seq, out).map(|done| matches!(done, Done::Yes))
+}
+
 /// Iterates the messages of a reply as (message type, payload) without decoding payloads, for
 /// parsers that need two attributes of a message that has fifty.
 pub fn raw_messages(reply: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8])>> + '_ {

@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use aya::maps::{HashMap as BpfHashMap, Map};
 use aya::programs::{BtfTracePoint, Iter};
 use aya::{Btf, Ebpf, EbpfLoader, Endianness};
 
@@ -134,7 +134,7 @@ impl SocketStorage {
             }
         }
         let map_fd = match self.ebpf.map("sk_tags") {
-            Some(Map::SkStorage(data)) => map_fd(data)?,
+            Some(Map::SkStorage(data)) => data.fd().as_fd().as_raw_fd(),
             _ => bail!("map sk_tags missing"),
         };
         let prog = self
@@ -142,8 +142,7 @@ impl SocketStorage {
             .program("sum_sockets")
             .context("program sum_sockets missing")?;
         let prog_fd = prog.fd()?.as_fd().as_raw_fd();
-        let link = map_iter_link(prog_fd, map_fd.as_fd().as_raw_fd())
-            .context("link for iter/bpf_sk_storage_map")?;
+        let link = map_iter_link(prog_fd, map_fd).context("link for iter/bpf_sk_storage_map")?;
         let mut f = iter_create(&link).context("bpf_iter_create")?;
         drain(&mut f)?;
         let map = self.ebpf.map("summary").context("map summary missing")?;
@@ -156,10 +155,6 @@ impl SocketStorage {
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
     ebpf.program_mut(name)
         .with_context(|| format!("program {name} missing from the object"))
-}
-
-fn map_fd(data: &MapData) -> Result<aya::maps::MapFd> {
-    Ok(data.info()?.fd()?)
 }
 
 /// Reads an iterator to its end (the programs write nothing; reading runs them).

@@ -217,6 +217,8 @@ pub const SELF_METRICS: &[MetricDef] = crate::metrics![
     counter "netexporter_export_failures_total" "Exports that failed, by exporter and signal. Labels: exporter, signal.",
     gauge "netexporter_kubernetes_api_up" "Kubernetes mode: 1 while the watches of the node's Pods and Node are connected, 0 while the agent serves its last known view.",
     gauge "netexporter_kubernetes_pods" "Kubernetes mode: Pods of this node known from the API server.",
+    gauge "netexporter_series" "Series (data points) of the last collection.",
+    counter "netexporter_series_dropped_total" "Series left out because a collection passed collection.max_series (whole namespaces are left out).",
     counter "netexporter_events" "Events emitted, by type (label type).",
     gauge "netexporter_check_success" "1 if a configuration check could run at its last run, else 0 (label check).",
     gauge "netexporter_check_problems" "Problems a configuration check found at its last run (label check).",
@@ -348,6 +350,14 @@ fn register_self_instruments(
             a.push(KeyValue::new("version", env!("CARGO_PKG_VERSION")));
             obs.observe(1, &a);
         }),
+    );
+    gauge(
+        "netexporter_series",
+        Box::new(|snap, obs| obs.observe(snap.series_count, &snap.node_attrs)),
+    );
+    counter(
+        "netexporter_series_dropped_total",
+        Box::new(|snap, obs| obs.observe(snap.series_dropped_total, &snap.node_attrs)),
     );
     gauge(
         "netexporter_kubernetes_api_up",
