@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: all deps build release run test lint unit integration bench soak fmt clean bpf bpf-check manifests
+.PHONY: all deps build release run test lint unit integration fuzz bench soak fmt clean bpf bpf-check manifests
 
 all: build
 
@@ -33,6 +33,14 @@ unit:
 
 integration: deps
 	$(CARGO) test --test integration -- --test-threads=1
+
+## Every parser under property-based fuzzing, long (tests/fuzz.rs; `make test` runs it with 256
+## cases per property): optimized, with overflow checks and debug assertions kept on so that a
+## wrapped integer is found, not hidden. FUZZ_CASES=n to go longer still.
+FUZZ_CASES ?= 100000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS=true \
+	CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true $(CARGO) test --release --test fuzz
 
 bench: deps release
 	$(CARGO) bench --bench collection

@@ -139,7 +139,9 @@ fn append_messages(mut datagram: &[u8], seq: u32, out: &mut Vec<u8>) -> Result<D
                 if code == 0 {
                     return Ok(Done::Yes);
                 }
-                return Err(io::Error::from_raw_os_error(-code)).context("netlink request refused");
+                // wrapping_neg: -i32::MIN overflows (a panic in debug builds); no errno is that big.
+                return Err(io::Error::from_raw_os_error(code.wrapping_neg()))
+                    .context("netlink request refused");
             }
             _ => {
                 // NLM_F_DUMP_INTR (the table changed during the dump) is ignored: the reply is

@@ -13,6 +13,10 @@ use anyhow::{Context, Result, bail};
 const BTF_MAGIC: u16 = 0xeb9f;
 const KIND_ENUM: u32 = 6;
 const KIND_ENUM64: u32 = 19;
+/// Longest name read, terminator included: the kernel's KSYM_NAME_LEN, beyond which it
+/// rejects a BTF identifier. Bounding names keeps the work and the copies proportional to the
+/// blob even when many records name one huge string.
+const MAX_NAME_LEN: usize = 512;
 
 /// The enum's values by number, names without the `SKB_DROP_REASON_` (or `SKB_`) prefix
 /// (`1 => "CONSUMED"`, `2 => "NOT_SPECIFIED"`, `3 => "NO_SOCKET"`, ...). `NOT_DROPPED_YET` and
@@ -99,11 +103,17 @@ pub fn enum_variants(btf: &[u8], wanted: &str) -> Result<Vec<(String, i64)>> {
         let s = strs
             .get(off as usize..)
             .context("BTF string offset out of bounds")?;
-        let end = s
+        let end = s[..s.len().min(MAX_NAME_LEN)]
             .iter()
             .position(|b| *b == 0)
-            .context("BTF string not terminated")?;
+            .context("BTF string not terminated within KSYM_NAME_LEN")?;
         std::str::from_utf8(&s[..end]).context("BTF string not UTF-8")
+    };
+    // Whether a type is named `wanted`, without reading the rest of its name.
+    let named_wanted = |off: u32| {
+        strs.get(off as usize..)
+            .and_then(|s| s.get(..wanted.len() + 1))
+            .is_some_and(|s| &s[..wanted.len()] == wanted.as_bytes() && s[wanted.len()] == 0)
     };
 
     let mut pos = types_start;
@@ -122,8 +132,7 @@ pub fn enum_variants(btf: &[u8], wanted: &str) -> Result<Vec<(String, i64)>> {
             2 | 7..=12 | 16 | 18 => 0, // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG
             other => bail!("unknown BTF kind {other} at offset {pos}"),
         };
-        if (kind == KIND_ENUM || kind == KIND_ENUM64) && name_off != 0 && name(name_off)? == wanted
-        {
+        if (kind == KIND_ENUM || kind == KIND_ENUM64) && name_off != 0 && named_wanted(name_off) {
             let signed = info >> 31 == 1;
             let mut out = Vec::with_capacity(vlen);
             for i in 0..vlen {
