@@ -802,7 +802,6 @@ pub struct PromServer {
 
 impl PromServer {
     pub fn start(job: &str, target_port: u16, rule_files: &[&std::path::Path]) -> Self {
-        use std::os::unix::process::CommandExt;
         let dir = tempfile::Builder::new()
             .prefix("net-exporter-prom")
             .tempdir()
@@ -818,6 +817,13 @@ impl PromServer {
                 config.push_str(&format!("  - '{}'\n", f.display()));
             }
         }
+        Self::with_config(dir, &config)
+    }
+
+    /// Prometheus with `config` (written as prometheus.yml into `dir`, whose TSDB it also
+    /// holds), started and ready.
+    pub fn with_config(dir: tempfile::TempDir, config: &str) -> Self {
+        use std::os::unix::process::CommandExt;
         let path = dir.path().join("prometheus.yml");
         std::fs::write(&path, config).expect("write prometheus.yml");
         let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");

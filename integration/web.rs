@@ -753,50 +753,18 @@ fn client_certificates_and_min_version() {
 
 /// Prometheus on a free loopback port with `config` and its TSDB in a temp dir; killed on
 /// drop, then the dir removed.
-struct Prom {
-    port: u16,
-    _proc: Proc,
-    dir: tempfile::TempDir,
-}
+struct Prom(PromServer);
 
 impl Prom {
     fn start(config: &str) -> Self {
-        use std::os::unix::process::CommandExt;
-        let dir = temp_dir("net-exporter-prom");
-        let file = write(dir.path(), "prometheus.yml", config);
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
-        let port = free_port();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", file.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("start prometheus (scripts/install-deps.sh installs it)");
-        let prom = Self {
-            port,
-            _proc: Proc { child },
-            dir,
-        };
-        let ready = poll(Duration::from_secs(30), || {
-            matches!(http_get(prom.port, "/-/ready"), Ok((200, _))).then_some(())
-        });
-        assert!(
-            ready.is_some(),
-            "prometheus not ready; log:\n{}",
-            prom.log()
-        );
-        prom
+        Self(PromServer::with_config(
+            temp_dir("net-exporter-prom"),
+            config,
+        ))
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+        self.0.log()
     }
 
     /// An instant query: the value of each series, by its `job` label.
@@ -811,7 +779,7 @@ impl Prom {
             })
             .collect();
         let (status, body) =
-            http_get(self.port, &format!("/api/v1/query?query={encoded}")).expect("query");
+            http_get(self.0.port, &format!("/api/v1/query?query={encoded}")).expect("query");
         assert_eq!(status, 200, "{promql}: {body}");
         let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
         v["data"]["result"]
@@ -863,7 +831,7 @@ fn prometheus_scrapes_over_tls_with_basic_auth() {
     let Some((up, series)) = up else {
         panic!(
             "prometheus has not scraped over TLS after 30s; targets: {:?}\nprometheus log:\n{}\nagent log:\n{}",
-            http_get(prom.port, "/api/v1/targets"),
+            http_get(prom.0.port, "/api/v1/targets"),
             prom.log(),
             agent.log_text()
         );
