@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: all deps build release run test lint unit integration fuzz bench soak fmt clean bpf bpf-check manifests
+.PHONY: all deps build release run test lint unit integration fuzz bench soak outage fmt clean bpf bpf-check manifests
 
 all: build
 
@@ -49,6 +49,12 @@ bench: deps release
 ## 100 namespaces with traffic for 10 minutes, scraped every second: RSS and CPU over time.
 soak: deps release
 	scripts/soak.sh
+
+## The OTLP and Loki endpoints down for five minutes, then a black hole for five, then back
+## (integration/outage.rs; `make test` runs the same test with 25 s phases).
+OUTAGE_SECS ?= 300
+outage: deps
+	NETEXPORTER_OUTAGE_SECS=$(OUTAGE_SECS) $(CARGO) test --test integration outage:: -- --nocapture
 
 fmt:
 	$(CARGO) fmt --all

@@ -7,6 +7,11 @@
 //!   sockets opened beforehand, with no parsing or encoding, in this process;
 //! - their ratios (latency / floor, CPU / floor), and the agent's RSS.
 //!
+//! Then, at 100 namespaces, what trace export costs (`docs/tracing.md`): the agent with trace
+//! export off against the same agent exporting every collection's spans to a receiver on
+//! loopback, over gRPC and over HTTP/protobuf, as ratios against off measured in the same run.
+//! `cargo bench --bench collection -- tracing` runs that part alone.
+//!
 //! Figures are ratios against a floor measured in the same run: the machines are noisy.
 //! Needs root. Everything it creates is removed at the end (and on panic, by guards).
 
@@ -14,6 +19,8 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use net_exporter::probes::tcpsummary;
@@ -22,10 +29,19 @@ use net_exporter::sources::netns::{NetFile, NetnsSession};
 use net_exporter::sources::socket_storage::SocketStorage;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_sock_diag::inet::StateFlags;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 
 const SIZES: [usize; 3] = [10, 100, 250];
 const SCRAPES: usize = 20;
 const FLOOR_RUNS: usize = 20;
+/// Namespaces of the trace export comparison, and its rounds (off, gRPC, HTTP each round).
+const TRACING_SIZE: usize = 100;
+const TRACING_ROUNDS: usize = 3;
 
 fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it (and
@@ -43,6 +59,13 @@ fn main() {
         count: 0,
         sockets: Vec::new(),
     };
+    if std::env::args().any(|a| a == "tracing") {
+        world.grow_to(TRACING_SIZE);
+        for line in tracing_cost(&world) {
+            println!("{line}");
+        }
+        return;
+    }
     println!(
         "net-exporter collection benchmark ({} CPUs)",
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -60,6 +83,7 @@ fn main() {
         "rss_mib"
     );
     let mut socket_rows = Vec::new();
+    let mut tracing_rows = Vec::new();
     for n in SIZES {
         world.grow_to(n);
         let floor = floor(&world);
@@ -80,6 +104,9 @@ fn main() {
         }
         if n >= 100 {
             socket_rows.push((n, socket_part(&world)));
+        }
+        if n == TRACING_SIZE {
+            tracing_rows = tracing_cost(&world);
         }
     }
     println!(
@@ -107,18 +134,208 @@ fn main() {
         }
     }
     println!();
+    for line in tracing_rows {
+        println!("{line}");
+    }
+    println!();
     connection_setup();
+}
+
+/// The agent with trace export off, then on towards a counting receiver (gRPC, HTTP/protobuf),
+/// in alternating rounds; each mode's latency is the median of all its scrapes and its CPU
+/// the mean per scrape over all rounds. Returns the lines of its table.
+fn tracing_cost(world: &World) -> Vec<String> {
+    let receiver = Receiver::start();
+    let grpc = format!("http://127.0.0.1:{}", receiver.grpc_port);
+    // The signal's own variables: the generic endpoint would turn the metrics push on too.
+    let http = format!("http://127.0.0.1:{}/v1/traces", receiver.http_port);
+    // Scrapes back to back make a collection every few milliseconds, far more spans per second
+    // than any real scrape interval: a queue that holds them all, so that every span is
+    // exported and its cost counted (the default 2048 would drop some, counted). Not more: the
+    // SDK allocates the whole queue up front, some 350 bytes a span.
+    let on = [
+        ("OTEL_TRACES_EXPORTER", "otlp"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "20000"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "500"),
+    ];
+    let modes: [(&str, Vec<(&str, &str)>); 3] = [
+        ("off", vec![]),
+        (
+            "grpc",
+            vec![
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &grpc),
+            ],
+        ),
+        (
+            "http",
+            vec![
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &http),
+            ],
+        ),
+    ]
+    .map(|(name, mut env)| {
+        if !env.is_empty() {
+            env.extend(on);
+        }
+        (name, env)
+    });
+    // Per mode: every scrape's latency, total CPU, RSS of the last round, spans received,
+    // collections run.
+    let mut runs: Vec<(Vec<Duration>, Duration, u64, u64, u64)> = modes
+        .iter()
+        .map(|_| (Vec::new(), Duration::ZERO, 0, 0, 0))
+        .collect();
+    for _ in 0..TRACING_ROUNDS {
+        for (i, (_, env)) in modes.iter().enumerate() {
+            let before = receiver.spans.load(Ordering::Relaxed);
+            let m = measure_with("bpf", env, Some(&receiver.spans));
+            let run = &mut runs[i];
+            run.0.extend(m.latencies);
+            run.1 += m.cpu * SCRAPES as u32;
+            run.2 = m.rss_kib;
+            run.3 += receiver.spans.load(Ordering::Relaxed) - before;
+            run.4 += m.collections;
+        }
+    }
+    let scrapes = (TRACING_ROUNDS * SCRAPES) as u32;
+    let (off_lat, off_cpu) = (median(&mut runs[0].0.clone()), runs[0].1 / scrapes);
+    let mut out = vec![
+        format!(
+            "trace export, {} namespaces, bpf path ({TRACING_ROUNDS} alternating rounds of {SCRAPES} scrapes):",
+            world.count
+        ),
+        format!(
+            "{:>6} {:>9} {:>9} {:>8} {:>8} {:>8} {:>10}",
+            "traces", "scrape_ms", "cpu_ms", "lat/off", "cpu/off", "rss_mib", "spans/coll"
+        ),
+    ];
+    for ((name, _), (latencies, cpu, rss, spans, collections)) in modes.iter().zip(runs.iter_mut())
+    {
+        let lat = median(latencies);
+        let cpu = *cpu / scrapes;
+        out.push(format!(
+            "{:>6} {:>9.2} {:>9.2} {:>8.2} {:>8.2} {:>8.1} {:>10.0}",
+            name,
+            ms(lat),
+            ms(cpu),
+            ms(lat) / ms(off_lat),
+            ms(cpu) / ms(off_cpu),
+            *rss as f64 / 1024.0,
+            *spans as f64 / (*collections).max(1) as f64
+        ));
+    }
+    out.push(
+        "lat/off, cpu/off: against the agent without trace export in the same run; spans/coll: spans received per collection."
+            .to_string(),
+    );
+    out
+}
+
+/// An OTLP receiver on loopback, gRPC and HTTP/protobuf on a port each, that decodes and counts
+/// the spans it gets (in this process, so its work is not the agent's).
+struct Receiver {
+    grpc_port: u16,
+    http_port: u16,
+    spans: Arc<AtomicU64>,
+    _rt: tokio::runtime::Runtime,
+}
+
+struct CountSpans(Arc<AtomicU64>);
+
+fn count_spans(r: &ExportTraceServiceRequest) -> u64 {
+    r.resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .map(|ss| ss.spans.len() as u64)
+        .sum()
+}
+
+#[tonic::async_trait]
+impl TraceService for CountSpans {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0
+            .fetch_add(count_spans(request.get_ref()), Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl Receiver {
+    fn start() -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let spans = Arc::new(AtomicU64::new(0));
+        let bind = || {
+            rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                .expect("bind")
+        };
+        let (grpc, http) = (bind(), bind());
+        let (grpc_port, http_port) = (
+            grpc.local_addr().expect("addr").port(),
+            http.local_addr().expect("addr").port(),
+        );
+        rt.spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(CountSpans(Arc::clone(&spans))))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(grpc)),
+        );
+        let counter = Arc::clone(&spans);
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| async move {
+                use prost::Message;
+                match ExportTraceServiceRequest::decode(body) {
+                    Ok(r) => {
+                        counter.fetch_add(count_spans(&r), Ordering::Relaxed);
+                        (
+                            axum::http::StatusCode::OK,
+                            [(axum::http::header::CONTENT_TYPE, "application/x-protobuf")],
+                            ExportTraceServiceResponse::default().encode_to_vec(),
+                        )
+                    }
+                    Err(_) => (
+                        axum::http::StatusCode::BAD_REQUEST,
+                        [(axum::http::header::CONTENT_TYPE, "text/plain")],
+                        Vec::new(),
+                    ),
+                }
+            }),
+        );
+        rt.spawn(async move { axum::serve(http, app).await });
+        Self {
+            grpc_port,
+            http_port,
+            spans,
+            _rt: rt,
+        }
+    }
 }
 
 struct Measured {
     scrape: Duration,
+    latencies: Vec<Duration>,
     cpu: Duration,
     series: usize,
     rss_kib: u64,
+    /// `netexporter_collections_total` at the last scrape.
+    collections: u64,
 }
 
 /// The agent with the given socket summary path: median scrape, CPU per scrape, RSS.
 fn measure(path: &str) -> Measured {
+    measure_with(path, &[], None)
+}
+
+/// [`measure`] with extra environment for the agent; `spans`: a receiver's span count, to
+/// wait for before stopping the agent until every span of the run has arrived.
+fn measure_with(path: &str, env: &[(&str, &str)], spans: Option<&AtomicU64>) -> Measured {
     let config = std::env::temp_dir().join(format!(
         "net-exporter-bench-{}-{path}.yaml",
         std::process::id()
@@ -128,7 +345,7 @@ fn measure(path: &str) -> Measured {
         format!("probes:\n  tcpsummary:\n    socket_path: {path}\n"),
     )
     .expect("write config");
-    let agent = Agent::start(&config);
+    let agent = Agent::start(&config, env);
     // Warm-up: the first collection opens every namespace's session (and sweeps them).
     for _ in 0..3 {
         agent.scrape();
@@ -136,21 +353,43 @@ fn measure(path: &str) -> Measured {
     let cpu_before = agent.cpu_time();
     let mut latencies = Vec::with_capacity(SCRAPES);
     let mut series = 0;
+    let mut collections = 0;
     for _ in 0..SCRAPES {
         let t = Instant::now();
         let body = agent.scrape();
         latencies.push(t.elapsed());
         series = body.lines().filter(|l| !l.starts_with('#')).count();
+        collections = body
+            .lines()
+            .find(|l| l.starts_with("netexporter_collections_total"))
+            .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+            .unwrap_or(0);
+    }
+    let rss_kib = agent.rss_kib();
+    if let Some(spans) = spans.filter(|_| !env.is_empty()) {
+        // Exports run behind the scrapes: their CPU counts once every span has arrived (the
+        // batch processor exports a partial batch every OTEL_BSP_SCHEDULE_DELAY).
+        let mut last = spans.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1500));
+            let now = spans.load(Ordering::Relaxed);
+            if now == last && now > 0 {
+                break;
+            }
+            last = now;
+        }
     }
     let cpu = (agent.cpu_time() - cpu_before) / SCRAPES as u32;
-    let rss_kib = agent.rss_kib();
     drop(agent);
     let _ = std::fs::remove_file(&config);
     Measured {
-        scrape: median(&mut latencies),
+        scrape: median(&mut latencies.clone()),
+        latencies,
         cpu,
         series,
         rss_kib,
+        collections,
     }
 }
 
@@ -408,7 +647,7 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(config: &Path) -> Self {
+    fn start(config: &Path, env: &[(&str, &str)]) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("port")
@@ -417,6 +656,7 @@ impl Agent {
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--log.level=warn")
             .arg(format!("--config.file={}", config.display()))
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stdin(Stdio::null())
             .spawn()

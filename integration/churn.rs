@@ -118,22 +118,6 @@ impl Drop for ChurnGuard {
     }
 }
 
-fn proc_figures(pid: u32) -> (usize, usize, u64) {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |k: &str| -> u64 {
-        status
-            .lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (fds, field("Threads:") as usize, field("VmRSS:"))
-}
-
 #[test]
 fn namespace_churn_at_50_per_second_for_a_minute() {
     require_root();
@@ -158,7 +142,7 @@ fn namespace_churn_at_50_per_second_for_a_minute() {
         "--otlp.protocol=http/protobuf",
         "--otlp.interval=1s",
     ]);
-    let pid = agent_pid(&agent);
+    let pid = agent.pid();
     // Steady state before the churn.
     for _ in 0..5 {
         agent.scrape();
@@ -305,8 +289,4 @@ fn namespace_churn_at_50_per_second_for_a_minute() {
         before.2,
         after.2
     );
-}
-
-fn agent_pid(agent: &Agent) -> u32 {
-    agent.pid()
 }

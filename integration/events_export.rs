@@ -9,23 +9,17 @@
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
-    LogsService, LogsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, SeverityNumber};
-use prost::Message;
 
 use crate::harness::*;
+use crate::otlp_receiver::{GRPC_LOGS_PATH, LogsReceived, OtlpReceiver, Protocol};
 
 /// The event type every test provokes.
-const KIND: &str = "TCPSackKernelParam";
+pub(crate) const KIND: &str = "TCPSackKernelParam";
 const SYSCTL: &str = "net.ipv4.tcp_sack";
 
 /// A limit for everything the agent does in the background (checks every second, log batches
@@ -46,7 +40,7 @@ fn sack() -> (String, u32) {
 }
 
 /// The message of the provoked event.
-fn expected_msg() -> String {
+pub(crate) fn expected_msg() -> String {
     let (current, expect) = sack();
     format!("{SYSCTL}:current_value={current},expect_value={expect}")
 }
@@ -75,13 +69,13 @@ fn all_checks_but_kernel_param() -> Vec<String> {
 }
 
 /// A config file in a temporary directory, removed on drop.
-struct ConfigFile {
+pub(crate) struct ConfigFile {
     _dir: tempfile::TempDir,
-    flag: String,
+    pub(crate) flag: String,
 }
 
 impl ConfigFile {
-    fn new(text: &str) -> Self {
+    pub(crate) fn new(text: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("net-exporter.yaml");
         std::fs::write(&path, text).expect("write config");
@@ -93,7 +87,7 @@ impl ConfigFile {
 
     /// Checks every second, the TCP SACK expectation against the machine, and `extra_checks`
     /// (indented lines under `checks:`) and `rest` (top-level sections) appended.
-    fn disagreeing(extra_checks: &str, rest: &str) -> Self {
+    pub(crate) fn disagreeing(extra_checks: &str, rest: &str) -> Self {
         let (_, expect) = sack();
         let disabled = all_checks_but_kernel_param().join(", ");
         Self::new(&format!(
@@ -154,7 +148,7 @@ fn parse_event_line(line: &str) -> (u64, String, String) {
 }
 
 /// The agent's event lines of type [`KIND`], each checked for shape, message and time.
-fn sack_lines(agent: &Agent) -> Vec<(u64, String)> {
+pub(crate) fn sack_lines(agent: &Agent) -> Vec<(u64, String)> {
     let want = expected_msg();
     json_lines(agent)
         .iter()
@@ -169,7 +163,7 @@ fn sack_lines(agent: &Agent) -> Vec<(u64, String)> {
 }
 
 /// Waits until the agent has printed at least one [`KIND`] line.
-fn wait_sack_lines(agent: &Agent, at_least: usize) -> Vec<(u64, String)> {
+pub(crate) fn wait_sack_lines(agent: &Agent, at_least: usize) -> Vec<(u64, String)> {
     poll(WAIT, || {
         let lines = sack_lines(agent);
         (lines.len() >= at_least).then_some(lines)
@@ -182,18 +176,18 @@ fn wait_sack_lines(agent: &Agent, at_least: usize) -> Vec<(u64, String)> {
     })
 }
 
-fn events_count(s: &Scrape) -> Option<f64> {
+pub(crate) fn events_count(s: &Scrape) -> Option<f64> {
     s.value("netexporter_events", &[("type", KIND)])
 }
 
-fn logs_failures(s: &Scrape, exporter: &str) -> Option<f64> {
+pub(crate) fn logs_failures(s: &Scrape, exporter: &str) -> Option<f64> {
     s.value(
         "netexporter_export_failures_total",
         &[("exporter", exporter), ("signal", "logs")],
     )
 }
 
-// ---- A logs receiver: OTLP/gRPC, OTLP/HTTP (`/v1/logs`) or Loki (`/otlp/v1/logs`) ----
+// ---- The logs endpoints (served by `otlp_receiver.rs`) ----
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Endpoint {
@@ -203,179 +197,43 @@ enum Endpoint {
 }
 
 impl Endpoint {
-    /// The HTTP path the requests must use.
+    /// The path the requests must use.
     fn path(self) -> &'static str {
         match self {
-            Endpoint::Grpc => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+            Endpoint::Grpc => GRPC_LOGS_PATH,
             Endpoint::Http => "/v1/logs",
             Endpoint::Loki => "/otlp/v1/logs",
         }
     }
-}
 
-/// One request that reached the receiver and decoded.
-#[derive(Clone, Debug)]
-struct Received {
-    path: String,
-    content_type: Option<String>,
-    request: ExportLogsServiceRequest,
-}
-
-#[derive(Default)]
-struct Inbox {
-    requests: Mutex<Vec<Received>>,
-    /// Requests answered with an error, described.
-    refused: Mutex<Vec<String>>,
-}
-
-/// A logs receiver on a free loopback port, served by its own tokio runtime; dropping it drops
-/// the runtime, which stops the server and closes the port.
-struct LogsReceiver {
-    port: u16,
-    inbox: Arc<Inbox>,
-    _rt: tokio::runtime::Runtime,
-}
-
-struct GrpcLogs(Arc<Inbox>);
-
-#[tonic::async_trait]
-impl LogsService for GrpcLogs {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportLogsServiceRequest>,
-    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        let content_type = request
-            .metadata()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        self.0.requests.lock().unwrap().push(Received {
-            path: Endpoint::Grpc.path().to_string(),
-            content_type,
-            request: request.into_inner(),
-        });
-        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
-    }
-}
-
-/// `POST <path>` with a protobuf `ExportLogsServiceRequest`; 200 with an empty response.
-/// Everything else is recorded and refused.
-async fn http_logs(
-    axum::extract::State((inbox, path)): axum::extract::State<(Arc<Inbox>, &'static str)>,
-    method: axum::http::Method,
-    uri: axum::http::Uri,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
-) -> axum::response::Response {
-    use axum::http::{StatusCode, header};
-    use axum::response::IntoResponse;
-    let header_of = |h: header::HeaderName| {
-        headers
-            .get(h)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-    };
-    let content_type = header_of(header::CONTENT_TYPE);
-    let encoding = header_of(header::CONTENT_ENCODING);
-    let refuse = |status: StatusCode, why: String| {
-        inbox
-            .refused
-            .lock()
-            .unwrap()
-            .push(format!("{method} {uri}: {why}"));
-        (status, why).into_response()
-    };
-    if method != axum::http::Method::POST || uri.path() != path {
-        return refuse(StatusCode::NOT_FOUND, format!("not POST {path}"));
-    }
-    if let Some(e) = encoding {
-        return refuse(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("Content-Encoding {e:?}"),
-        );
-    }
-    match ExportLogsServiceRequest::decode(body) {
-        Ok(request) => {
-            inbox.requests.lock().unwrap().push(Received {
-                path: uri.path().to_string(),
-                content_type,
-                request,
-            });
-            (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/x-protobuf")],
-                ExportLogsServiceResponse::default().encode_to_vec(),
-            )
-                .into_response()
-        }
-        Err(e) => refuse(
-            StatusCode::BAD_REQUEST,
-            format!("not an ExportLogsServiceRequest: {e}"),
-        ),
-    }
-}
-
-impl LogsReceiver {
-    fn start(kind: Endpoint) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let inbox = Arc::new(Inbox::default());
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind receiver");
-        let port = listener.local_addr().expect("receiver address").port();
-        match kind {
-            Endpoint::Grpc => {
-                let service = LogsServiceServer::new(GrpcLogs(Arc::clone(&inbox)));
-                let incoming = tonic::transport::server::TcpIncoming::from(listener);
-                rt.spawn(
-                    tonic::transport::Server::builder()
-                        .add_service(service)
-                        .serve_with_incoming(incoming),
-                );
-            }
-            Endpoint::Http | Endpoint::Loki => {
-                let app = axum::Router::new()
-                    .fallback(http_logs)
-                    .with_state((Arc::clone(&inbox), kind.path()));
-                rt.spawn(async move { axum::serve(listener, app).await });
-            }
-        }
-        Self {
-            port,
-            inbox,
-            _rt: rt,
-        }
-    }
-
-    fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Waits (at most [`WAIT`]) for a log record whose body is `msg`; returns the request it
-    /// came in, the record's resource attributes and the record.
-    fn wait_record(
-        &self,
-        msg: &str,
-        agent: &Agent,
-    ) -> (Received, BTreeMap<String, String>, LogRecord) {
-        poll(WAIT, || {
-            let got = self.inbox.requests.lock().unwrap();
-            got.iter().find_map(|r| {
-                find_record(&r.request, msg).map(|(res, rec)| (r.clone(), res, rec))
-            })
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no log record with body {msg:?} after {WAIT:?} ({} requests received); refused: {:?}\nagent log:\n{}",
-                self.inbox.requests.lock().unwrap().len(),
-                self.inbox.refused.lock().unwrap(),
-                agent.log_text()
-            )
+    fn receiver(self) -> OtlpReceiver {
+        OtlpReceiver::start(match self {
+            Endpoint::Grpc => Protocol::Grpc,
+            Endpoint::Http | Endpoint::Loki => Protocol::HttpProtobuf,
         })
     }
+}
+
+/// Waits (at most [`WAIT`]) for a log record whose body is `msg` at `receiver`; returns the
+/// request it came in, the record's resource attributes and the record.
+fn wait_record(
+    receiver: &OtlpReceiver,
+    msg: &str,
+    agent: &Agent,
+) -> (LogsReceived, BTreeMap<String, String>, LogRecord) {
+    poll(WAIT, || {
+        receiver.logs().into_iter().find_map(|r| {
+            find_record(&r.request, msg).map(|(res, rec)| (r.clone(), res, rec))
+        })
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no log record with body {msg:?} after {WAIT:?} ({} requests received); refused: {:?}\nagent log:\n{}",
+            receiver.logs().len(),
+            receiver.refused(),
+            agent.log_text()
+        )
+    })
 }
 
 fn value_text(v: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
@@ -460,7 +318,7 @@ fn check_record(resource: &BTreeMap<String, String>, rec: &LogRecord) {
     }
 }
 
-fn events_yaml(sinks: &str, otlp: Option<(&str, &str)>, loki: Option<&str>) -> String {
+pub(crate) fn events_yaml(sinks: &str, otlp: Option<(&str, &str)>, loki: Option<&str>) -> String {
     let mut s = format!("events:\n  sinks: [{sinks}]\n");
     if let Some((endpoint, protocol)) = otlp {
         s += &format!("  otlp_endpoint: {endpoint}\n  otlp_protocol: {protocol}\n");
@@ -507,13 +365,13 @@ fn events_stdout_json_line_and_counter() {
 
 fn check_otlp_only(protocol: &str, endpoint: Endpoint) {
     require_root();
-    let receiver = LogsReceiver::start(endpoint);
+    let receiver = endpoint.receiver();
     let config = ConfigFile::disagreeing(
         "",
-        &events_yaml("otlp", Some((&receiver.base_url(), protocol)), None),
+        &events_yaml("otlp", Some((&receiver.endpoint(), protocol)), None),
     );
     let agent = agent(&config);
-    let (req, resource, rec) = receiver.wait_record(&expected_msg(), &agent);
+    let (req, resource, rec) = wait_record(&receiver, &expected_msg(), &agent);
     check_record(&resource, &rec);
     assert_eq!(req.path, endpoint.path());
     let want_type = if endpoint == Endpoint::Grpc {
@@ -528,10 +386,7 @@ fn check_otlp_only(protocol: &str, endpoint: Endpoint) {
         "content type {:?}",
         req.content_type
     );
-    assert_eq!(
-        *receiver.inbox.refused.lock().unwrap(),
-        Vec::<String>::new()
-    );
+    assert_eq!(receiver.refused(), Vec::<String>::new());
     let s = agent.scrape();
     assert!(
         events_count(&s).is_some_and(|n| n >= 1.0),
@@ -564,14 +419,14 @@ fn events_otlp_http_protobuf() {
 #[test]
 fn events_loki_otlp_endpoint() {
     require_root();
-    let loki = LogsReceiver::start(Endpoint::Loki);
-    let config = ConfigFile::disagreeing("", &events_yaml("loki", None, Some(&loki.base_url())));
+    let loki = Endpoint::Loki.receiver();
+    let config = ConfigFile::disagreeing("", &events_yaml("loki", None, Some(&loki.endpoint())));
     let agent = agent(&config);
-    let (req, resource, rec) = loki.wait_record(&expected_msg(), &agent);
+    let (req, resource, rec) = wait_record(&loki, &expected_msg(), &agent);
     assert_eq!(req.path, "/otlp/v1/logs");
     assert_eq!(req.content_type.as_deref(), Some("application/x-protobuf"));
     check_record(&resource, &rec);
-    assert_eq!(*loki.inbox.refused.lock().unwrap(), Vec::<String>::new());
+    assert_eq!(loki.refused(), Vec::<String>::new());
     let s = agent.scrape();
     assert_eq!(logs_failures(&s, "loki"), Some(0.0), "{}", agent.log_text());
     assert_eq!(json_lines(&agent), Vec::<String>::new());
@@ -583,17 +438,17 @@ fn events_loki_otlp_endpoint() {
 #[test]
 fn events_stdout_and_otlp_together() {
     require_root();
-    let receiver = LogsReceiver::start(Endpoint::Http);
+    let receiver = Endpoint::Http.receiver();
     let config = ConfigFile::disagreeing(
         "",
         &events_yaml(
             "stdout, otlp",
-            Some((&receiver.base_url(), "http/protobuf")),
+            Some((&receiver.endpoint(), "http/protobuf")),
             None,
         ),
     );
     let agent = agent(&config);
-    let (_, resource, rec) = receiver.wait_record(&expected_msg(), &agent);
+    let (_, resource, rec) = wait_record(&receiver, &expected_msg(), &agent);
     check_record(&resource, &rec);
     let lines = wait_sack_lines(&agent, 1);
     assert!(

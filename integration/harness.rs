@@ -937,4 +937,26 @@ impl Agent {
     pub fn pid(&self) -> u32 {
         self.proc.child.id()
     }
+
+    /// (open file descriptors, threads, RSS in KiB) of the agent's process.
+    pub fn figures(&self) -> (usize, usize, u64) {
+        proc_figures(self.pid())
+    }
+}
+
+/// (open file descriptors, threads, RSS in KiB) of process `pid`; 0 for what cannot be read.
+pub fn proc_figures(pid: u32) -> (usize, usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |k: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (fds, field("Threads:") as usize, field("VmRSS:"))
 }

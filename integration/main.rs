@@ -11,12 +11,15 @@ mod harness;
 mod k8s_checks;
 mod kubernetes;
 mod otlp;
+mod otlp_receiver;
+mod outage;
 mod packetloss;
 mod privilege;
 mod probes;
 mod prometheus;
 mod sockets;
 mod surfaces;
+mod traces;
 mod web;
 
 use harness::*;

@@ -1,184 +1,37 @@
-//! OTLP push against receivers built on the official protobuf definitions: a tonic gRPC
-//! `MetricsService` and an HTTP/protobuf `POST /v1/metrics` endpoint, each collecting what the
-//! agent sends; plus a dead endpoint, which the agent must count and survive.
+//! OTLP metrics push against receivers built on the official protobuf definitions (gRPC and
+//! HTTP/protobuf, `otlp_receiver.rs`); plus a dead endpoint, which the agent must count and
+//! survive. Longer outages and a black hole are in `outage.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Metric, NumberDataPoint, metric, number_data_point,
 };
-use prost::Message;
 
 use crate::harness::*;
+use crate::otlp_receiver::{OtlpReceiver, Protocol};
 
-/// What a receiver got: decoded requests, and a description of every request it refused.
-#[derive(Default)]
-struct Inbox {
-    requests: Mutex<Vec<ExportMetricsServiceRequest>>,
-    refused: Mutex<Vec<String>>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Protocol {
-    Grpc,
-    HttpProtobuf,
-}
-
-impl Protocol {
-    fn flag(self) -> &'static str {
-        match self {
-            Protocol::Grpc => "grpc",
-            Protocol::HttpProtobuf => "http/protobuf",
-        }
-    }
-}
-
-/// An OTLP metrics receiver on a free loopback port, served by its own tokio runtime; dropping
-/// it drops the runtime, which stops the server and closes the port.
-struct Receiver {
-    port: u16,
-    inbox: Arc<Inbox>,
-    _rt: tokio::runtime::Runtime,
-}
-
-struct GrpcSink(Arc<Inbox>);
-
-#[tonic::async_trait]
-impl MetricsService for GrpcSink {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        self.0.requests.lock().unwrap().push(request.into_inner());
-        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
-    }
-}
-
-/// The HTTP/protobuf endpoint: `POST /v1/metrics`, `Content-Type: application/x-protobuf`,
-/// uncompressed. Anything else is recorded and refused.
-async fn http_sink(
-    axum::extract::State(inbox): axum::extract::State<Arc<Inbox>>,
-    method: axum::http::Method,
-    uri: axum::http::Uri,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
-) -> axum::response::Response {
-    use axum::http::{StatusCode, header};
-    use axum::response::IntoResponse;
-    let header_of = |h: header::HeaderName| {
-        headers
-            .get(h)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-    };
-    let content_type = header_of(header::CONTENT_TYPE);
-    let encoding = header_of(header::CONTENT_ENCODING);
-    let refuse = |status: StatusCode, why: String| {
-        inbox
-            .refused
-            .lock()
-            .unwrap()
-            .push(format!("{method} {uri}: {why}"));
-        (status, why).into_response()
-    };
-    if method != axum::http::Method::POST || uri.path() != "/v1/metrics" {
-        return refuse(StatusCode::NOT_FOUND, "not POST /v1/metrics".into());
-    }
-    if content_type.as_deref() != Some("application/x-protobuf") {
-        return refuse(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("Content-Type {content_type:?}"),
-        );
-    }
-    if let Some(e) = encoding {
-        return refuse(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("Content-Encoding {e:?} (the agent compresses nothing by default)"),
-        );
-    }
-    match ExportMetricsServiceRequest::decode(body) {
-        Ok(req) => {
-            inbox.requests.lock().unwrap().push(req);
-            (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/x-protobuf")],
-                ExportMetricsServiceResponse::default().encode_to_vec(),
-            )
-                .into_response()
-        }
-        Err(e) => refuse(StatusCode::BAD_REQUEST, format!("not a request: {e}")),
-    }
-}
-
-impl Receiver {
-    fn start(protocol: Protocol) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let inbox = Arc::new(Inbox::default());
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind receiver");
-        let port = listener.local_addr().expect("receiver address").port();
-        match protocol {
-            Protocol::Grpc => {
-                let service = MetricsServiceServer::new(GrpcSink(Arc::clone(&inbox)));
-                let incoming = tonic::transport::server::TcpIncoming::from(listener);
-                rt.spawn(
-                    tonic::transport::Server::builder()
-                        .add_service(service)
-                        .serve_with_incoming(incoming),
-                );
-            }
-            Protocol::HttpProtobuf => {
-                let app = axum::Router::new()
-                    .fallback(http_sink)
-                    .with_state(Arc::clone(&inbox));
-                rt.spawn(async move { axum::serve(listener, app).await });
-            }
-        }
-        Self {
-            port,
-            inbox,
-            _rt: rt,
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Waits (at most 30 s) until `n` requests have arrived and returns them.
-    fn wait_requests(&self, n: usize, agent: &Agent) -> Vec<ExportMetricsServiceRequest> {
-        poll(Duration::from_secs(30), || {
-            let got = self.inbox.requests.lock().unwrap();
-            (got.len() >= n).then(|| got.clone())
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "fewer than {n} OTLP requests after 30s ({} received); first refused: {:?}\nagent log:\n{}",
-                self.inbox.requests.lock().unwrap().len(),
-                self.inbox
-                    .refused
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .take(3)
-                    .collect::<Vec<_>>(),
-                agent.log_text()
-            )
-        })
-    }
+/// Waits (at most 30 s) until `receiver` has `n` metrics requests and returns them.
+fn wait_requests(
+    receiver: &OtlpReceiver,
+    n: usize,
+    agent: &Agent,
+) -> Vec<ExportMetricsServiceRequest> {
+    poll(Duration::from_secs(30), || {
+        let got = receiver.metrics();
+        (got.len() >= n).then_some(got)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "fewer than {n} OTLP requests after 30s ({} received); first refused: {:?}\nagent log:\n{}",
+            receiver.metrics_count(),
+            receiver.refused().iter().take(3).collect::<Vec<_>>(),
+            agent.log_text()
+        )
+    })
 }
 
 fn attrs(kvs: &[KeyValue]) -> BTreeMap<String, String> {
@@ -231,7 +84,7 @@ fn value(p: &NumberDataPoint) -> f64 {
 fn check_push(protocol: Protocol, via_env: bool) {
     require_root();
     let ns = Netns::new("nxo");
-    let receiver = Receiver::start(protocol);
+    let receiver = OtlpReceiver::start(protocol);
     let endpoint = receiver.endpoint();
     let agent = if via_env {
         Agent::start_with_env(
@@ -251,14 +104,10 @@ fn check_push(protocol: Protocol, via_env: bool) {
     };
 
     // Two pushes: the interval works, and the second shows how cumulative sums continue.
-    let requests = receiver.wait_requests(2, &agent);
+    let requests = wait_requests(&receiver, 2, &agent);
     let scrape = agent.scrape();
     let (first, last) = (&requests[0], &requests[requests.len() - 1]);
-    assert_eq!(
-        *receiver.inbox.refused.lock().unwrap(),
-        Vec::<String>::new(),
-        "refused requests"
-    );
+    assert_eq!(receiver.refused(), Vec::<String>::new(), "refused requests");
 
     for req in [first, last] {
         assert_eq!(req.resource_metrics.len(), 1, "one resource per request");

@@ -46,7 +46,7 @@ hz=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$agent/stat"; }
 rss() { awk '/VmRSS/ {print $2}' "/proc/$agent/status"; }
 printf '%8s %10s %14s %8s\n' elapsed_s rss_kib cpu_ms/scrape series
-last_cpu=$(cpu); scrapes=0; start=$(date +%s)
+last_cpu=$(cpu); scrapes=0; start=$(date +%s); rows=()
 while :; do
   now=$(date +%s); elapsed=$((now - start))
   [ "$elapsed" -ge "$SECS" ] && break
@@ -54,8 +54,20 @@ while :; do
   scrapes=$((scrapes + 1))
   if [ $((scrapes % 30)) -eq 0 ]; then
     c=$(cpu)
-    printf '%8d %10d %14.2f %8d\n' "$elapsed" "$(rss)" "$(echo "($c - $last_cpu) * 1000 / $hz / 30" | bc -l)" "$series"
+    row=$(printf '%8d %10d %14.2f %8d' "$elapsed" "$(rss)" "$(echo "($c - $last_cpu) * 1000 / $hz / 30" | bc -l)" "$series")
+    echo "$row"; rows+=("$row")
     last_cpu=$c
   fi
   sleep 1
 done
+# Flat within noise: the last third against the first third (after the first minute).
+printf '%s\n' "${rows[@]}" | awk '
+  { t[NR] = $1; r[NR] = $2; c[NR] = $3 }
+  END {
+    n = 0; for (i = 1; i <= NR; i++) if (t[i] >= 60) { n++; R[n] = r[i]; C[n] = c[i] }
+    if (n < 3) { print "too short for a trend"; exit }
+    k = int(n / 3); fr = fc = lr = lc = 0
+    for (i = 1; i <= k; i++) { fr += R[i]; fc += C[i]; lr += R[n - k + i]; lc += C[n - k + i] }
+    printf "first third: RSS %.0f KiB, %.2f ms CPU/scrape; last third: RSS %.0f KiB (%.3fx), %.2f ms CPU/scrape (%.3fx)\n",
+      fr / k, fc / k, lr / k, lr / fr, lc / k, (fc > 0 ? lc / fc : 0)
+  }'

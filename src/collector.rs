@@ -3,6 +3,11 @@
 //!
 //! Concurrent requests (scrapes, the OTLP push) coalesce: a request that arrives while a
 //! collection runs waits for that one instead of starting another.
+//!
+//! Each collection is also a tree of `tracing` spans under [`TRACE`] (`collection` >
+//! `discover`, `netns` > `probe`, `assemble`), exported when trace export is on
+//! (`docs/tracing.md`); off, they are disabled callsites. They are parented explicitly: the
+//! collection runs on a blocking thread and scoped workers, and no span is ever entered.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -13,12 +18,15 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use opentelemetry::{KeyValue, StringValue, Value};
+use tracing::Level;
+use tracing::field::Empty;
 
 use crate::config::{Config, ProbeOptions};
 use crate::inventory::{Inventory, Target};
 use crate::probes::{self, Probe, Scope};
 use crate::sources::TargetSources;
 use crate::sources::netns::NetnsSession;
+use crate::telemetry::traces::TARGET as TRACE;
 
 /// Name under which namespace discovery and entering report, beside the probes.
 pub const NETNS_COLLECTOR: &str = "netns";
@@ -165,6 +173,24 @@ impl Collector {
     /// Runs one collection on the calling thread (and `workers` scoped threads).
     pub fn collect_blocking(&self) -> Snapshot {
         let started = Instant::now();
+        let collection = self.collections.load(Ordering::Relaxed) + 1;
+        let span = tracing::span!(
+            target: TRACE,
+            parent: None,
+            Level::TRACE,
+            "collection",
+            collection = collection as i64,
+            targets = Empty,
+            series = Empty,
+            "collectors.failed" = Empty,
+        );
+        let discover_span = tracing::span!(
+            target: TRACE,
+            parent: &span,
+            Level::TRACE,
+            "discover",
+            targets = Empty
+        );
         let discover_start = Instant::now();
         let (targets, discovery_error) = match self.inventory.discover() {
             Ok(t) => (t, None),
@@ -180,6 +206,11 @@ impl Collector {
             ),
         };
         let discover_time = discover_start.elapsed();
+        if let Some(e) = &discovery_error {
+            tracing::event!(target: TRACE, parent: &discover_span, Level::TRACE, error = %e);
+        }
+        discover_span.record("targets", targets.len() as i64);
+        drop(discover_span);
 
         // Sessions of namespaces that are gone are closed now, which also releases the
         // namespace itself (an open session pins it).
@@ -188,7 +219,6 @@ impl Collector {
         let live: HashSet<u64> = targets.iter().map(|t| t.inode).collect();
         sessions.retain(|ino, _| live.contains(ino));
 
-        let collection = self.collections.load(Ordering::Relaxed) + 1;
         let cluster = self.inventory.cluster();
         let work: Vec<WorkItem> = targets
             .into_iter()
@@ -209,7 +239,7 @@ impl Collector {
             && let Some(slot) = work.first()
             && let Some((target, session)) = slot.lock().unwrap_or_else(|e| e.into_inner()).take()
         {
-            let r = self.read_target(target, session, collection, cluster.as_ref());
+            let r = self.read_target(target, session, collection, cluster.as_ref(), &span);
             results
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -229,7 +259,8 @@ impl Collector {
                         else {
                             continue;
                         };
-                        let r = self.read_target(target, session, collection, cluster.as_ref());
+                        let r =
+                            self.read_target(target, session, collection, cluster.as_ref(), &span);
                         results
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -247,12 +278,20 @@ impl Collector {
             }
         }
 
+        let assemble_span = tracing::span!(target: TRACE, parent: &span, Level::TRACE, "assemble");
         let snapshot = self.assemble(
             results.into_iter().map(|(_, r)| r),
             discovery_error,
             discover_time,
         );
+        drop(assemble_span);
         release_freed_memory();
+        if !span.is_disabled() {
+            span.record("targets", snapshot.targets as i64);
+            span.record("series", snapshot.series_count as i64);
+            let failed = snapshot.collectors.iter().filter(|c| !c.success).count();
+            span.record("collectors.failed", failed as i64);
+        }
         Snapshot {
             started: Some(started),
             cluster,
@@ -261,13 +300,40 @@ impl Collector {
         }
     }
 
+    /// Reads every applicable probe in one target; `parent`: the collection's span.
     fn read_target(
         &self,
         target: Target,
         session: Option<NetnsSession>,
         collection: u64,
         cluster: Option<&Arc<crate::inventory::ClusterView>>,
+        parent: &tracing::Span,
     ) -> TargetResult {
+        let span = tracing::span!(
+            target: TRACE,
+            parent: parent,
+            Level::TRACE,
+            "netns",
+            netns = Empty,
+            "netns.inode" = target.inode as i64,
+            "netns.node" = target.is_node(),
+            "netns.session_opened" = session.is_none(),
+            "netns.vanished" = Empty,
+            "k8s.namespace.name" = Empty,
+            "k8s.pod.name" = Empty,
+            series = Empty,
+        );
+        if !span.is_disabled() {
+            for (k, v) in &target.labels {
+                let field = match *k {
+                    "netns" => "netns",
+                    "k8s_namespace" => "k8s.namespace.name",
+                    "k8s_pod" => "k8s.pod.name",
+                    _ => continue,
+                };
+                span.record(field, v.as_str());
+            }
+        }
         let mut result = TargetResult {
             results: Vec::with_capacity(self.probes.len()),
             session: None,
@@ -292,12 +358,16 @@ impl Collector {
                     // It went away between discovery and now: not a failure, and it has no
                     // series in this collection.
                     tracing::debug!(target_labels = ?result.target.labels, "namespace vanished");
+                    span.record("netns.vanished", true);
                 } else {
-                    result.session_error = Some(format!("{e:#}"));
+                    let e = format!("{e:#}");
+                    tracing::event!(target: TRACE, parent: &span, Level::TRACE, error = %e);
+                    result.session_error = Some(e);
                 }
                 return result;
             }
         };
+        let mut series = 0usize;
         {
             let is_node = result.target.is_node();
             let mut src = TargetSources::new(&mut session, &self.procfs, is_node);
@@ -311,11 +381,35 @@ impl Collector {
                     result.results.push(None);
                     continue;
                 }
+                let probe_span = tracing::span!(
+                    target: TRACE,
+                    parent: &span,
+                    Level::TRACE,
+                    "probe",
+                    probe = probe.name(),
+                    series = Empty,
+                );
                 let t = Instant::now();
                 let r = probe.collect(&mut src, &self.options);
-                result.results.push(Some((r, t.elapsed())));
+                let took = t.elapsed();
+                if !probe_span.is_disabled() {
+                    match &r {
+                        Ok(list) => {
+                            let n = count_values(list);
+                            series += n;
+                            probe_span.record("series", n as i64);
+                        }
+                        Err(e) => {
+                            let e = format!("{e:#}");
+                            tracing::event!(target: TRACE, parent: &probe_span, Level::TRACE, error = %e);
+                        }
+                    }
+                }
+                drop(probe_span);
+                result.results.push(Some((r, took)));
             }
         }
+        span.record("series", series as i64);
         result.session = Some(session);
         result
     }
@@ -497,6 +591,12 @@ impl State {
             errors_total,
         }
     }
+}
+
+/// Data points (values present) of a probe's series, as `netexporter_series` counts them
+/// (for the spans).
+fn count_values(list: &[probes::Series]) -> usize {
+    list.iter().map(|s| s.values.iter().flatten().count()).sum()
 }
 
 /// Returns the heap memory a collection freed to the kernel. Without it, glibc keeps it:

@@ -121,6 +121,27 @@ pub struct EventsFile {
     pub otlp_protocol: Option<String>,
     /// Grafana Loki's base URL (`http://loki:3100`); `/otlp/v1/logs` is appended.
     pub loki_endpoint: Option<String>,
+    /// Records an OTLP/Loki sink holds while its endpoint is slow or down [default: 2048];
+    /// past it new records are dropped and counted.
+    pub queue_size: Option<usize>,
+    /// How long one export may take before it counts as failed [default: 10s].
+    pub export_timeout: Option<String>,
+}
+
+/// How the OTLP and Loki event sinks buffer and give up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventExport {
+    pub queue_size: usize,
+    pub timeout: Duration,
+}
+
+impl Default for EventExport {
+    fn default() -> Self {
+        Self {
+            queue_size: 2048,
+            timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -288,6 +309,7 @@ pub struct Config {
     pub mode: Mode,
     pub checks: crate::checks::CheckOptions,
     pub event_sinks: Vec<EventSink>,
+    pub event_export: EventExport,
     pub listen_address: String,
     pub telemetry_path: String,
     /// Timeouts, TLS and basic auth of the HTTP endpoint.
@@ -524,11 +546,13 @@ impl Config {
 
         file.checks.validate().map_err(|p| err("checks", p))?;
         let event_sinks = resolve_sinks(&file.events, otlp.as_ref())?;
+        let event_export = resolve_event_export(&file.events)?;
 
         Ok(Self {
             mode,
             checks: file.checks,
             event_sinks,
+            event_export,
             listen_address,
             telemetry_path,
             web,
@@ -903,6 +927,29 @@ fn resolve_otlp(
     }))
 }
 
+fn resolve_event_export(file: &EventsFile) -> Result<EventExport, ConfigError> {
+    let default = EventExport::default();
+    let queue_size = match file.queue_size {
+        None => default.queue_size,
+        Some(0) => return Err(err("events.queue_size", "must be greater than zero")),
+        Some(n) if n > 1 << 20 => {
+            return Err(err(
+                "events.queue_size",
+                format!("{n} records is more than the 1048576 allowed"),
+            ));
+        }
+        Some(n) => n,
+    };
+    let timeout = match &file.export_timeout {
+        None => default.timeout,
+        Some(t) => parse_duration("events.export_timeout", t)?,
+    };
+    Ok(EventExport {
+        queue_size,
+        timeout,
+    })
+}
+
 fn resolve_sinks(
     file: &EventsFile,
     metrics_otlp: Option<&OtlpConfig>,
@@ -1209,6 +1256,40 @@ mod tests {
         assert_eq!(c.probes.len(), probes::PROBES.len());
         assert!(c.otlp.is_none());
         assert_eq!(c.service_name, "net-exporter");
+        assert_eq!(
+            c.event_export,
+            EventExport {
+                queue_size: 2048,
+                timeout: Duration::from_secs(10)
+            }
+        );
+    }
+
+    #[test]
+    fn event_export_settings() {
+        let c = resolve(
+            &Flags::default(),
+            &[],
+            "events:\n  queue_size: 16\n  export_timeout: 2s\n",
+        )
+        .unwrap();
+        assert_eq!(c.event_export.queue_size, 16);
+        assert_eq!(c.event_export.timeout, Duration::from_secs(2));
+        for (yaml, want) in [
+            ("events:\n  queue_size: 0\n", "events.queue_size"),
+            ("events:\n  queue_size: 2000000\n", "events.queue_size"),
+            ("events:\n  queue_size: -1\n", "queue_size"),
+            ("events:\n  export_timeout: 0s\n", "events.export_timeout"),
+            (
+                "events:\n  export_timeout: never\n",
+                "events.export_timeout",
+            ),
+        ] {
+            let e = resolve(&Flags::default(), &[], yaml)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{yaml:?}: {e:?} should mention {want:?}");
+        }
     }
 
     #[test]

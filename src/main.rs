@@ -12,6 +12,7 @@ use net_exporter::http::{self, App};
 use net_exporter::inventory::Inventory;
 use net_exporter::inventory::kubernetes;
 use net_exporter::inventory::standalone::Standalone;
+use net_exporter::telemetry::traces::{TraceConfig, Traces};
 use net_exporter::telemetry::{self, ExportStats, Telemetry, otlp};
 
 fn main() -> ExitCode {
@@ -24,7 +25,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&cfg.log_level);
+    let trace_cfg = match TraceConfig::from_env(&|k| std::env::var(k).ok()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("net-exporter: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let diagnose = match &flags.command {
         Some(Command::Diagnose { output }) => match output.as_str() {
             "table" | "json" => Some(output.clone()),
@@ -49,6 +56,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The agent's collections are traced (not diagnose's); the exporter needs the runtime.
+    let trace_cfg = trace_cfg.filter(|_| diagnose.is_none());
+    let traces = match &trace_cfg {
+        None => None,
+        Some(t) => match Traces::start(t, telemetry::resource(&cfg), runtime.handle()) {
+            Ok(traces) => Some(traces),
+            Err(e) => {
+                eprintln!("net-exporter: configuration error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    init_logging(&cfg.log_level, traces.as_ref());
+    if let Some(t) = &trace_cfg {
+        tracing::info!(endpoint = %t.endpoint, protocol = ?t.protocol, "trace export on");
+    }
     if let Some(output) = diagnose {
         return match runtime.block_on(run_diagnose(cfg, &output)) {
             Ok(true) => ExitCode::from(1),
@@ -67,7 +90,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(cfg, server)) {
+    match runtime.block_on(run(cfg, server, traces)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "net-exporter stopped");
@@ -88,7 +111,13 @@ fn limit_malloc_arenas() {
     }
 }
 
-fn init_logging(level: &str) {
+/// Logs to stderr, filtered by `--log.level` or `NET_EXPORTER_LOG`; with `traces`, the
+/// collection's spans also go to the trace pipeline, through a filter of their own.
+fn init_logging(level: &str, traces: Option<&Traces>) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     // The exporters' own transports stay quiet below warn, so the agent does not log about
     // its own pipeline at every push.
     let filter = tracing_subscriber::EnvFilter::try_from_env("NET_EXPORTER_LOG").unwrap_or_else(|_| {
@@ -98,10 +127,13 @@ fn init_logging(level: &str) {
     });
     // Colors only on a terminal: container logs and files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
-        .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_filter(filter);
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(traces.map(Traces::layer))
         .init();
 }
 
@@ -146,6 +178,7 @@ fn event_sinks(cfg: &Config, stats: &ExportStats) -> anyhow::Result<Vec<Box<dyn 
                 *protocol,
                 resource.clone(),
                 &cfg.node_name,
+                cfg.event_export,
                 Arc::clone(&stats.otlp_logs_failures),
             )?),
             EventSink::Loki { endpoint } => Box::new(OtlpLogs::new(
@@ -154,6 +187,7 @@ fn event_sinks(cfg: &Config, stats: &ExportStats) -> anyhow::Result<Vec<Box<dyn 
                 OtlpProtocol::HttpProtobuf,
                 resource.clone(),
                 &cfg.node_name,
+                cfg.event_export,
                 Arc::clone(&stats.loki_logs_failures),
             )?),
         });
@@ -215,13 +249,16 @@ async fn run_diagnose(cfg: Config, output: &str) -> anyhow::Result<bool> {
     Ok(found)
 }
 
-async fn run(cfg: Config, server: http::Server) -> anyhow::Result<()> {
+async fn run(cfg: Config, server: http::Server, traces: Option<Traces>) -> anyhow::Result<()> {
     use anyhow::Context;
 
     let (inventory, kube) = inventory(&cfg).await?;
     let collector = Arc::new(Collector::new(&cfg, inventory));
     let enabled: Vec<usize> = collector.probes().iter().map(|(i, _)| *i).collect();
-    let export_stats = Arc::new(ExportStats::default());
+    let export_stats = Arc::new(ExportStats {
+        otlp_traces_failures: traces.as_ref().map(Traces::failures),
+        ..ExportStats::default()
+    });
     let events = Arc::new(Events::new(
         event_sinks(&cfg, &export_stats)?,
         cfg.checks.repeat_interval,
@@ -296,6 +333,9 @@ async fn run(cfg: Config, server: http::Server) -> anyhow::Result<()> {
     checks.abort();
     // The OTLP log sinks export from a thread of their own: flushing blocks.
     let _ = tokio::task::spawn_blocking(move || events.shutdown()).await;
+    if let Some(t) = traces {
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+    }
     telemetry.shutdown();
     tracing::info!("net-exporter stopped");
     Ok(())

@@ -1,16 +1,17 @@
 //! Events as OpenTelemetry log records over OTLP (gRPC or HTTP/protobuf) to a collector, or
 //! over OTLP/HTTP to Grafana Loki's native endpoint (`<loki>/otlp/v1/logs`).
 //!
-//! The SDK's batch processor gives a bounded queue (records beyond it are dropped, never
-//! buffered without end) and exports off the checks' path; a failed export counts its records
-//! in `netexporter_export_failures_total{exporter,signal="logs"}` and is logged once per outage.
+//! The SDK's batch processor exports off the checks' path, from a thread of its own. What a
+//! sink holds is bounded: at most `events.queue_size` records wait or are being sent; past
+//! that a new record is dropped at once. Every record that does not arrive (dropped, or in a
+//! failed or timed-out export) is counted in
+//! `netexporter_export_failures_total{exporter,signal="logs"}`; an outage is logged when it
+//! starts and when it ends, once each. A hung endpoint holds the processor for at most
+//! `events.export_timeout` per batch.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -23,63 +24,54 @@ use opentelemetry_sdk::logs::{
 };
 
 use super::{Event, Sink};
-use crate::config::OtlpProtocol;
+use crate::config::{EventExport, OtlpProtocol};
+use crate::telemetry::export::{self, Admission};
 
-/// Records waiting for export at most; past it new ones are dropped.
-const QUEUE: usize = 2048;
+/// What the sink and its exporter share: the records in the sink's hands and the outage state.
+#[derive(Debug)]
+struct Accounting {
+    name: &'static str,
+    endpoint: String,
+    /// Records handed to the batch processor and not yet exported or failed.
+    admission: Admission,
+    failures: Arc<AtomicU64>,
+    failing: AtomicBool,
+}
 
-/// Counts failed exports, and logs the start and end of an outage once each.
+impl Accounting {
+    /// `n` records did not arrive: count them, and log the first loss of an outage.
+    fn lost(&self, n: u64, why: &dyn fmt::Display) {
+        self.failures.fetch_add(n, Ordering::Relaxed);
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(exporter = self.name, endpoint = %self.endpoint, error = %why, "event export failing; counting lost records in netexporter_export_failures_total");
+        }
+    }
+
+    fn delivered(&self) {
+        if self.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!(exporter = self.name, endpoint = %self.endpoint, "event export recovered");
+        }
+    }
+}
+
+/// Bounds each export in time and accounts for its records.
 #[derive(Debug)]
 struct Counting {
     inner: OtlpExporter,
-    name: &'static str,
-    endpoint: String,
-    failures: Arc<AtomicU64>,
-    failing: AtomicBool,
-    /// The agent's runtime. The batch processor exports from a thread of its own, outside any
-    /// tokio runtime; the HTTP client (async reqwest, hyper) needs one for its I/O and timers
-    /// and panics without it, which kills the processor's thread: every record after it would
-    /// be lost, uncounted.
-    runtime: Option<tokio::runtime::Handle>,
-}
-
-/// Polls `inner` with `handle`'s runtime entered, so that it may register I/O and timers
-/// with it while an executor of another thread drives it.
-struct InRuntime<F> {
-    handle: Option<tokio::runtime::Handle>,
-    inner: Pin<Box<F>>,
-}
-
-impl<F: Future> Future for InRuntime<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
-        let this = self.get_mut();
-        let _entered = this.handle.as_ref().map(tokio::runtime::Handle::enter);
-        this.inner.as_mut().poll(cx)
-    }
+    accounting: Arc<Accounting>,
+    timeout: Duration,
+    /// The agent's runtime, which the export runs in (see `telemetry::export`).
+    runtime: tokio::runtime::Handle,
 }
 
 impl LogExporter for Counting {
     async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
-        let n = batch.iter().count() as u64;
-        let r = InRuntime {
-            handle: self.runtime.clone(),
-            inner: Box::pin(self.inner.export(batch)),
-        }
-        .await;
+        let n = batch.iter().count();
+        let r = export::bounded(&self.runtime, self.timeout, self.inner.export(batch)).await;
+        self.accounting.admission.release(n);
         match &r {
-            Err(e) => {
-                self.failures.fetch_add(n, Ordering::Relaxed);
-                if !self.failing.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(exporter = self.name, endpoint = %self.endpoint, error = %e, "event export failing; counting lost records in netexporter_export_failures_total");
-                }
-            }
-            Ok(()) => {
-                if self.failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!(exporter = self.name, endpoint = %self.endpoint, "event export recovered");
-                }
-            }
+            Err(e) => self.accounting.lost(n as u64, e),
+            Ok(()) => self.accounting.delivered(),
         }
         r
     }
@@ -96,6 +88,7 @@ impl LogExporter for Counting {
 pub struct OtlpLogs {
     provider: SdkLoggerProvider,
     logger: SdkLogger,
+    accounting: Arc<Accounting>,
     node: String,
 }
 
@@ -114,12 +107,16 @@ impl OtlpLogs {
         protocol: OtlpProtocol,
         resource: Resource,
         node: &str,
+        limits: EventExport,
         failures: Arc<AtomicU64>,
     ) -> Result<Self> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .with_context(|| format!("{name} log exporter needs the agent's async runtime"))?;
         let inner = match protocol {
             OtlpProtocol::Grpc => OtlpExporter::builder()
                 .with_tonic()
                 .with_endpoint(endpoint.to_string())
+                .with_timeout(limits.timeout)
                 .build(),
             OtlpProtocol::HttpProtobuf => {
                 let path = if name == "loki" {
@@ -135,22 +132,30 @@ impl OtlpLogs {
                 OtlpExporter::builder()
                     .with_http()
                     .with_endpoint(url)
+                    .with_timeout(limits.timeout)
                     .build()
             }
         }
         .with_context(|| format!("{name} log exporter for {endpoint}"))?;
-        let exporter = Counting {
-            inner,
+        let accounting = Arc::new(Accounting {
             name,
             endpoint: endpoint.to_string(),
+            admission: Admission::new(limits.queue_size),
             failures,
             failing: AtomicBool::new(false),
-            runtime: tokio::runtime::Handle::try_current().ok(),
+        });
+        let exporter = Counting {
+            inner,
+            accounting: Arc::clone(&accounting),
+            timeout: limits.timeout,
+            runtime,
         };
+        // The processor's queue is as large as the admission limit, so it never drops a
+        // record itself (its drops would go uncounted).
         let processor = BatchLogProcessor::builder(exporter)
             .with_batch_config(
                 BatchConfigBuilder::default()
-                    .with_max_queue_size(QUEUE)
+                    .with_max_queue_size(limits.queue_size)
                     .with_scheduled_delay(Duration::from_secs(1))
                     .build(),
             )
@@ -163,6 +168,7 @@ impl OtlpLogs {
         Ok(Self {
             provider,
             logger,
+            accounting,
             node: node.to_string(),
         })
     }
@@ -175,6 +181,16 @@ impl Sink for OtlpLogs {
     }
 
     fn send(&self, e: &Event) {
+        if !self.accounting.admission.admit() {
+            self.accounting.lost(
+                1,
+                &format_args!(
+                    "{} records waiting for the endpoint; dropping new ones",
+                    self.accounting.admission.capacity
+                ),
+            );
+            return;
+        }
         let mut r = self.logger.create_log_record();
         let ts = std::time::UNIX_EPOCH
             + Duration::from_nanos(u64::try_from(e.timestamp).unwrap_or(u64::MAX));
@@ -192,5 +208,34 @@ impl Sink for OtlpLogs {
             r.add_attribute(*k, v.clone());
         }
         self.logger.emit(r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accounting(capacity: usize) -> Accounting {
+        Accounting {
+            name: "otlp",
+            endpoint: "http://127.0.0.1:1".into(),
+            admission: Admission::new(capacity),
+            failures: Arc::default(),
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    #[test]
+    fn losses_are_counted_and_the_outage_flag_follows_exports() {
+        let a = accounting(1);
+        a.lost(5, &"down");
+        a.lost(1, &"full");
+        assert_eq!(a.failures.load(Ordering::Relaxed), 6);
+        assert!(a.failing.load(Ordering::Relaxed));
+        a.delivered();
+        assert!(!a.failing.load(Ordering::Relaxed));
+        a.lost(2, &"down again");
+        assert_eq!(a.failures.load(Ordering::Relaxed), 8);
+        assert!(a.failing.load(Ordering::Relaxed), "a new outage");
     }
 }

@@ -3,8 +3,10 @@
 //! pull, OTLP push). Each export sets the snapshot, collects its reader and encodes the result;
 //! the kernel is never read from a callback.
 
+pub(crate) mod export;
 pub mod otlp;
 pub mod prometheus;
+pub mod traces;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -38,6 +40,9 @@ pub struct ExportStats {
     /// Event records that could not be exported (shared with the log sinks).
     pub otlp_logs_failures: Arc<AtomicU64>,
     pub loki_logs_failures: Arc<AtomicU64>,
+    /// Spans that could not be exported (shared with the trace pipeline); `None`, and no
+    /// series, while trace export is off.
+    pub otlp_traces_failures: Option<Arc<AtomicU64>>,
 }
 
 /// A `ManualReader` shared between the MeterProvider and the exporter that collects it.
@@ -390,6 +395,12 @@ fn register_self_instruments(
                 let mut a = snap.node_attrs.clone();
                 a.push(KeyValue::new("exporter", exporter));
                 a.push(KeyValue::new("signal", "logs"));
+                obs.observe(n.load(Ordering::Relaxed), &a);
+            }
+            if let Some(n) = &stats.otlp_traces_failures {
+                let mut a = snap.node_attrs.clone();
+                a.push(KeyValue::new("exporter", "otlp"));
+                a.push(KeyValue::new("signal", "traces"));
                 obs.observe(n.load(Ordering::Relaxed), &a);
             }
         }),

@@ -1,0 +1,122 @@
+//! What the SDK's batch pipelines (event log records, trace spans) share: a bound on what they
+//! hold, and exports polled in the agent's runtime and bounded in time.
+//!
+//! The SDK's batch processors export from a thread of their own, outside any tokio runtime;
+//! the exporters' clients (reqwest and hyper for HTTP, tonic for gRPC) need one for their I/O
+//! and timers and panic without it, which kills the processor's thread: every record after it
+//! would be lost, uncounted. So does `tokio::time::timeout`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+
+/// Polls `inner` with `handle`'s runtime entered, so that it may register I/O and timers
+/// with it while an executor of another thread drives it.
+struct InRuntime<F> {
+    handle: tokio::runtime::Handle,
+    inner: Pin<Box<F>>,
+}
+
+impl<F: Future> Future for InRuntime<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let _entered = this.handle.enter();
+        this.inner.as_mut().poll(cx)
+    }
+}
+
+/// Runs `export` in `runtime` from any thread; an export that takes longer than `timeout`
+/// (a collector that accepts and never answers) is abandoned as failed.
+pub(crate) async fn bounded<F>(
+    runtime: &tokio::runtime::Handle,
+    timeout: Duration,
+    export: F,
+) -> OTelSdkResult
+where
+    F: Future<Output = OTelSdkResult>,
+{
+    InRuntime {
+        handle: runtime.clone(),
+        inner: Box::pin(async move {
+            tokio::time::timeout(timeout, export)
+                .await
+                .unwrap_or(Err(OTelSdkError::Timeout(timeout)))
+        }),
+    }
+    .await
+}
+
+/// Places for at most `capacity` items in a pipeline. Sized like the SDK processor's own
+/// queue, it turns items away before the processor would drop them itself, uncounted.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    held: AtomicUsize,
+    pub(crate) capacity: usize,
+}
+
+impl Admission {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            held: AtomicUsize::new(0),
+            capacity,
+        }
+    }
+
+    /// Takes a place for one item; `false` when all are taken.
+    pub(crate) fn admit(&self) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                (p < self.capacity).then_some(p + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `n` places (never below zero).
+    pub(crate) fn release(&self, n: usize) {
+        let _ = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                Some(p.saturating_sub(n))
+            });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_is_bounded_and_released() {
+        let a = Admission::new(3);
+        assert!((0..3).all(|_| a.admit()));
+        assert!(!a.admit(), "a fourth item is over the capacity");
+        a.release(2);
+        assert!(a.admit() && a.admit());
+        assert!(!a.admit());
+        // More released than held (cannot happen, but must not wrap).
+        a.release(10);
+        assert_eq!(a.held.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_hung_export_times_out_in_the_runtime_from_another_thread() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        // A plain thread polls the export, like the SDK's batch thread.
+        let r = futures::executor::block_on(bounded(
+            rt.handle(),
+            Duration::from_millis(50),
+            std::future::pending(),
+        ));
+        assert!(matches!(r, Err(OTelSdkError::Timeout(_))), "{r:?}");
+    }
+}
