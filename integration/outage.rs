@@ -128,10 +128,11 @@ impl Subject {
         };
         let otlp = Endpoint::up(protocol, logs_path);
         let loki = Endpoint::up(Protocol::HttpProtobuf, "/otlp/v1/logs");
+        // The node's namespace only: its RSS must not follow other tests' namespaces.
         let config = ConfigFile::disagreeing(
             "  repeat_interval: 1s\n",
             &format!(
-                "otlp:\n  timeout: {EXPORT_TIMEOUT_SECS}s\n{}  queue_size: {QUEUE}\n  export_timeout: {EXPORT_TIMEOUT_SECS}s\n",
+                "collection:\n  include_netns: [no-such-namespace]\notlp:\n  timeout: {EXPORT_TIMEOUT_SECS}s\n{}  queue_size: {QUEUE}\n  export_timeout: {EXPORT_TIMEOUT_SECS}s\n",
                 events_yaml(
                     "stdout, otlp, loki",
                     Some((&otlp.url(), protocol.flag())),

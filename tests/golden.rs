@@ -300,6 +300,36 @@ fn ss_sums(file: &str, skip: usize) -> (u64, u64, u64) {
     out
 }
 
+/// A `TCPDIAG_GETSOCK` dump (one walk of the TCP hash for both families) answers with the
+/// same `inet_diag_msg` bodies under its own message type: the captured per-family replies,
+/// retyped, must sum to the same values.
+#[test]
+fn tcpsummary_from_one_tcpdiag_dump_equals_per_family_dumps() {
+    let mut both = fixture("tcpsummary", "inet.bin");
+    both.extend(fixture("tcpsummary", "inet6.bin"));
+    let mut retyped = both.clone();
+    let mut at = 0;
+    while at + 16 <= retyped.len() {
+        let len = u32::from_ne_bytes(retyped[at..at + 4].try_into().unwrap()) as usize;
+        retyped[at + 4..at + 6]
+            .copy_from_slice(&net_exporter::sources::netlink::TCPDIAG_GETSOCK.to_ne_bytes());
+        at += (len + 3) & !3;
+    }
+    assert_ne!(retyped, both);
+    let (mut per_family, mut one) = (
+        tcpsummary::Summary::default(),
+        tcpsummary::Summary::default(),
+    );
+    per_family.add(&both).unwrap();
+    one.add(&retyped).unwrap();
+    assert_eq!(one, per_family);
+    assert!(one.established > 0 && one.time_wait > 0);
+    assert_eq!(
+        sockbacklog::accept_queue(&retyped).unwrap(),
+        sockbacklog::accept_queue(&both).unwrap()
+    );
+}
+
 #[test]
 fn tcpsummary_and_sockbacklog_equal_ss() {
     let s = parse("tcpsummary").expect("tcpsummary");

@@ -45,15 +45,9 @@ impl Probe for SockBacklog {
         if let Some(bpf) = socket_storage::summary(src, opts) {
             return Ok(vec![Series::new(vec![Some(bpf?.accept_queue)])]);
         }
-        let mut total = 0;
-        let mut families = vec![libc::AF_INET as u8];
-        if src.has_ipv6() {
-            families.push(libc::AF_INET6 as u8);
-        }
-        for family in families {
-            total += accept_queue(&src.tcp_sockets(family, StateFlags::LISTEN)?)
-                .context("sock_diag reply")?;
-        }
+        let ipv6 = src.has_ipv6();
+        let total = accept_queue(&src.tcp_sockets_any_family(StateFlags::LISTEN, ipv6)?)
+            .context("sock_diag reply")?;
         Ok(vec![Series::new(vec![Some(total)])])
     }
 }

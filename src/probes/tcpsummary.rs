@@ -119,16 +119,11 @@ impl Probe for TcpSummary {
                     .unwrap_or(0);
                 let mut tw = 0;
                 if tw_or_orphans > 0 {
-                    let mut families = vec![libc::AF_INET as u8];
-                    if src.has_ipv6() {
-                        families.push(libc::AF_INET6 as u8);
-                    }
+                    let ipv6 = src.has_ipv6();
                     let mut only_tw = Summary::default();
-                    for family in families {
-                        only_tw
-                            .add(&src.tcp_sockets(family, StateFlags::TIME_WAIT)?)
-                            .context("sock_diag reply")?;
-                    }
+                    only_tw
+                        .add(&src.tcp_sockets_any_family(StateFlags::TIME_WAIT, ipv6)?)
+                        .context("sock_diag reply")?;
                     tw = only_tw.time_wait;
                 }
                 Summary {
@@ -140,10 +135,16 @@ impl Probe for TcpSummary {
             }
             None => {
                 let mut sum = Summary::default();
-                for family in families_to_dump(src) {
-                    let reply =
-                        src.tcp_sockets(family, StateFlags::ESTABLISHED | StateFlags::TIME_WAIT)?;
-                    sum.add(&reply).context("sock_diag reply")?;
+                let states = StateFlags::ESTABLISHED | StateFlags::TIME_WAIT;
+                match families_to_dump(src).as_slice() {
+                    [] => {}
+                    [family] => sum
+                        .add(&src.tcp_sockets(*family, states)?)
+                        .context("sock_diag reply")?,
+                    // Both: one walk of the TCP hash instead of two.
+                    _ => sum
+                        .add(&src.tcp_sockets_any_family(states, true)?)
+                        .context("sock_diag reply")?,
                 }
                 sum
             }

@@ -122,6 +122,25 @@ impl<'a> TargetSources<'a> {
         sock.dump(req).context("sock_diag dump")
     }
 
+    /// Every TCP socket of the namespace in `states`, IPv4 and IPv6, from one walk of the TCP
+    /// hash (`TCPDIAG_GETSOCK`); where the kernel refuses that request, one sock_diag dump per
+    /// family (`ipv6`: whether to dump IPv6 too).
+    pub fn tcp_sockets_any_family(&mut self, states: StateFlags, ipv6: bool) -> Result<Vec<u8>> {
+        let sock = self.session.diag.as_mut().map_err(|e| anyhow!("{e}"))?;
+        let request = netlink::tcpdiag_request(states.bits());
+        match sock.dump_raw(netlink::TCPDIAG_GETSOCK, &request) {
+            Ok(reply) => Ok(reply),
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "TCPDIAG_GETSOCK refused; one dump per family");
+                let mut reply = self.tcp_sockets(libc::AF_INET as u8, states.clone())?;
+                if ipv6 {
+                    reply.extend(self.tcp_sockets(libc::AF_INET6 as u8, states)?);
+                }
+                Ok(reply)
+            }
+        }
+    }
+
     /// The id this namespace gives the namespace of `ns` (an open nsfs file), if it gave one
     /// (RTM_GETNSID). Device peers in other namespaces are named by such ids.
     pub fn nsid_of(&mut self, ns: &std::fs::File) -> Result<Option<i32>> {

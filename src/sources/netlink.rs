@@ -89,8 +89,25 @@ impl NlSocket {
         msg.finalize();
         let mut req = vec![0u8; msg.buffer_len()];
         msg.serialize(&mut req);
-        self.socket.send(&req, 0).context("netlink send")?;
+        self.send_dump(&req)
+    }
 
+    /// [`NlSocket::dump`] of a message no crate builds: type `kind`, body `payload`.
+    pub fn dump_raw(&mut self, kind: u16, payload: &[u8]) -> Result<Vec<u8>> {
+        self.seq = self.seq.wrapping_add(1);
+        let len = u32::try_from(NETLINK_HEADER_LEN + payload.len()).context("request size")?;
+        let mut req = Vec::with_capacity(NETLINK_HEADER_LEN + payload.len());
+        req.extend_from_slice(&len.to_ne_bytes());
+        req.extend_from_slice(&kind.to_ne_bytes());
+        req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        req.extend_from_slice(&self.seq.to_ne_bytes());
+        req.extend_from_slice(&0u32.to_ne_bytes());
+        req.extend_from_slice(payload);
+        self.send_dump(&req)
+    }
+
+    fn send_dump(&mut self, req: &[u8]) -> Result<Vec<u8>> {
+        self.socket.send(req, 0).context("netlink send")?;
         RECV.with_borrow_mut(|buf| {
             let mut out = Vec::new();
             for _ in 0..MAX_DATAGRAMS {
@@ -220,8 +237,22 @@ where
 
 /// `SOCK_DIAG_BY_FAMILY`, the message type of sock_diag replies.
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// `TCPDIAG_GETSOCK`: the original inet_diag request, still served by the kernel. Unlike
+/// `SOCK_DIAG_BY_FAMILY`, which needs one request (and one walk of the node's whole TCP hash)
+/// per address family, it dumps IPv4 and IPv6 sockets in one walk. Its replies have its type
+/// and the same `inet_diag_msg` body.
+pub const TCPDIAG_GETSOCK: u16 = 18;
 
-/// The socket headers of a sock_diag reply (state, queues, ...). Attributes are not decoded:
+/// The body of a `TCPDIAG_GETSOCK` dump of every TCP socket in `states` (a bit per TCP
+/// state): `struct inet_diag_req`, all zero but the states. No crate builds it.
+pub fn tcpdiag_request(states: u32) -> [u8; 60] {
+    // idiag_family, idiag_src_len, idiag_dst_len, idiag_ext (4), id (48), states, dbs.
+    let mut req = [0u8; 60];
+    req[52..56].copy_from_slice(&states.to_ne_bytes());
+    req
+}
+
+/// The socket headers of a sock_diag or `TCPDIAG_GETSOCK` reply (state, queues, ...). Attributes are not decoded:
 /// the probes need none, and a dump can hold one message per socket of the namespace.
 pub fn inet_sockets(
     reply: &[u8],
@@ -229,7 +260,7 @@ pub fn inet_sockets(
     use netlink_packet_core::Parseable;
     raw_messages(reply).filter_map(|m| match m {
         Err(e) => Some(Err(e)),
-        Ok((SOCK_DIAG_BY_FAMILY, payload)) => Some(
+        Ok((SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK, payload)) => Some(
             netlink_packet_sock_diag::inet::InetResponseHeader::parse(payload)
                 .map_err(|e| anyhow::anyhow!("inet_diag_msg: {e}")),
         ),
