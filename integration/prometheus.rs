@@ -5,115 +5,32 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::harness::*;
 
 const JOB: &str = "net-exporter-itest";
 
-/// A Prometheus server on a free loopback port with its config and TSDB in a temp dir. Drop
-/// kills it (process group) and then removes the dir.
-struct Prometheus {
-    port: u16,
-    // Field order is drop order: the process goes before its directory.
-    _proc: Proc,
-    dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    /// Starts Prometheus scraping `127.0.0.1:target_port` every second as job [`JOB`] and waits
-    /// until it is ready.
-    fn start(target_port: u16) -> Self {
-        use std::os::unix::process::CommandExt;
-        let dir = tempfile::Builder::new()
-            .prefix("net-exporter-prom")
-            .tempdir()
-            .expect("temp dir");
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      \
-                 - targets: ['127.0.0.1:{target_port}']\n"
-            ),
-        )
-        .expect("write prometheus.yml");
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
-        let port = free_port();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("start prometheus (scripts/install-deps.sh installs it)");
-        let prom = Self {
-            port,
-            _proc: Proc { child },
-            dir,
-        };
-        let ready = poll(Duration::from_secs(30), || {
-            matches!(http_get(prom.port, "/-/ready"), Ok((200, _))).then_some(())
-        });
-        assert!(
-            ready.is_some(),
-            "prometheus not ready after 30s; log:\n{}",
-            prom.log()
-        );
-        prom
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
-    }
-
-    /// An instant PromQL query through the HTTP API: `(labels, value)` per series.
-    fn query(&self, promql: &str) -> Vec<(BTreeMap<String, String>, f64)> {
-        let path = format!("/api/v1/query?query={}", url_encode(promql));
-        let (status, body) = http_get(self.port, &path).expect("prometheus API");
-        assert_eq!(status, 200, "query {promql:?}: {body}");
-        let v: Value = serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("query {promql:?}: bad JSON ({e}): {body}"));
-        assert_eq!(v["status"], "success", "query {promql:?}: {body}");
-        assert_eq!(
-            v["data"]["resultType"], "vector",
-            "query {promql:?}: {body}"
-        );
-        v["data"]["result"]
-            .as_array()
-            .expect("result array")
-            .iter()
-            .map(|r| {
-                let labels = r["metric"]
-                    .as_object()
-                    .expect("metric object")
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().expect("label value").to_string()))
-                    .collect();
-                let value = r["value"][1]
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or_else(|| panic!("query {promql:?}: bad value in {r}"));
-                (labels, value)
-            })
-            .collect()
-    }
-}
-
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
+/// An instant PromQL query through the HTTP API: `(labels, value)` per series.
+fn query(prom: &PromServer, promql: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    let data = prom
+        .query_at(promql, unix_now())
+        .unwrap_or_else(|e| panic!("query {promql:?}: {e}"));
+    assert_eq!(data["resultType"], "vector", "query {promql:?}: {data}");
+    data["result"]
+        .as_array()
+        .expect("result array")
+        .iter()
+        .map(|r| {
+            let labels = r["metric"]
+                .as_object()
+                .expect("metric object")
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().expect("label value").to_string()))
+                .collect();
+            let value = r["value"][1]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("query {promql:?}: bad value in {r}"));
+            (labels, value)
         })
         .collect()
 }
@@ -137,13 +54,13 @@ fn prometheus_scrapes_pod_series_of_each_namespace() {
     let _listen_a = a.tcp_listeners(1);
     let _listen_b = b.tcp_listeners(2);
     let agent = Agent::start(&[]);
-    let prom = Prometheus::start(agent.port);
+    let prom = PromServer::start(JOB, agent.port, &[]);
     let instance = format!("127.0.0.1:{}", agent.port);
 
     let scraped = poll(Duration::from_secs(30), || {
-        let up = prom.query(&format!("up{{job=\"{JOB}\"}}"));
+        let up = query(&prom, &format!("up{{job=\"{JOB}\"}}"));
         let seen = [&a, &b].iter().all(|ns| {
-            prom.query(&format!("netexporter_sock_inuse{{netns=\"{}\"}}", ns.name))
+            query(&prom, &format!("netexporter_sock_inuse{{netns=\"{}\"}}", ns.name))
                 .len()
                 == 1
         });
@@ -173,7 +90,10 @@ fn prometheus_scrapes_pod_series_of_each_namespace() {
             "sockstat of {} should count the test's listeners",
             ns.name
         );
-        let got = prom.query(&format!("netexporter_sock_inuse{{netns=\"{}\"}}", ns.name));
+        let got = query(
+            &prom,
+            &format!("netexporter_sock_inuse{{netns=\"{}\"}}", ns.name),
+        );
         let want_labels = labels(&[
             ("__name__", "netexporter_sock_inuse"),
             ("instance", &instance),
@@ -191,7 +111,7 @@ fn prometheus_scrapes_pod_series_of_each_namespace() {
 
     // A counter, unfiltered: one series per namespace of the test, each with exactly the
     // agent's labels plus the target's, and one for the host's own namespace.
-    let insegs = prom.query(&format!("netexporter_tcp_insegs{{job=\"{JOB}\"}}"));
+    let insegs = query(&prom, &format!("netexporter_tcp_insegs{{job=\"{JOB}\"}}"));
     for ns in [&a, &b] {
         let mine: Vec<_> = insegs
             .iter()
