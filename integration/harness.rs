@@ -196,6 +196,15 @@ impl Agent {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_custom(args, env, |_| {})
+    }
+
+    /// [`Agent::start_with_env`], with `customize` applied to the command before it spawns.
+    pub fn start_custom(
+        args: &[&str],
+        env: &[(&str, &str)],
+        customize: impl FnOnce(&mut Command),
+    ) -> Self {
         use std::os::unix::process::CommandExt;
         let port = free_port();
         let log = std::env::temp_dir().join(format!("net-exporter-{}.log", unique("agent")));
@@ -212,6 +221,7 @@ impl Agent {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        customize(&mut cmd);
         let child = cmd.spawn().expect("start net-exporter");
         let agent = Self {
             port,

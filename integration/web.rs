@@ -507,6 +507,76 @@ fn header_read_timeout_cuts_off_slow_clients() {
     assert!(collections_total(port) >= 1.0);
 }
 
+/// At `web.max_connections` (3 here) idle clients, a scrape waits in the backlog instead of
+/// being refused, and is served once the header timeout (2 s) has closed an idle connection;
+/// the limit is logged once. The agent also raised its soft open-files limit to the hard one
+/// (started here with a soft limit of 1024).
+#[test]
+fn connection_limit_makes_new_clients_wait_not_fail() {
+    require_root();
+    let dir = temp_dir("net-exporter-web");
+    let config = write(
+        dir.path(),
+        "config.yaml",
+        "web:\n  read_header_timeout: 2s\n  max_connections: 3\n",
+    );
+    let hard = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(4).map(str::to_string))
+        })
+        .expect("hard open files limit of the test");
+    let agent = Agent::start_custom(
+        &[&format!("--config.file={}", config.display())],
+        &[],
+        |cmd| {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    let mut lim = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    lim.rlim_cur = lim.rlim_cur.min(1024);
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        },
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", agent.pid())).expect("limits");
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .expect("soft open files limit of the agent");
+    assert_eq!(soft, hard, "soft open-files limit not raised:\n{limits}");
+
+    let port = agent.port;
+    let idle: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    let (status, body) = http_get(port, "/metrics").expect("scrape behind the limit");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("netexporter_collections_total"));
+    let log = agent.log_text();
+    assert_eq!(
+        log.matches("connection limit reached").count(),
+        1,
+        "the limit is logged once:\n{log}"
+    );
+    drop(idle);
+    assert_eq!(http_get(port, "/healthz").expect("healthz").0, 200);
+}
+
 /// A request that takes longer than `web.request_timeout` gets a 503 (here: 1 ms, shorter
 /// than any collection of 30 namespaces); the agent serves on.
 #[test]

@@ -168,6 +168,9 @@ pub struct WebFile {
     pub read_header_timeout: Option<String>,
     /// Time a request may take from its headers to its response, e.g. `30s` [default: 30s].
     pub request_timeout: Option<String>,
+    /// Connections served at once [default: 256]; more wait in the listen backlog until one
+    /// closes, so that a flood of idle clients cannot take the descriptors the namespaces need.
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -406,6 +409,17 @@ impl Config {
                 Some(t) => parse_duration("web.request_timeout", t)?,
                 None => Duration::from_secs(30),
             },
+            max_connections: match file.web.max_connections {
+                None => 256,
+                Some(0) => return Err(err("web.max_connections", "must be greater than zero")),
+                Some(n) if n > 65_536 => {
+                    return Err(err(
+                        "web.max_connections",
+                        format!("{n} is more than the 65536 allowed"),
+                    ));
+                }
+                Some(n) => n,
+            },
             config_file: flags
                 .web_config_file
                 .clone()
@@ -608,6 +622,7 @@ impl Config {
 pub struct WebConfig {
     pub read_header_timeout: Duration,
     pub request_timeout: Duration,
+    pub max_connections: usize,
     /// `--web.config.file` (or `web.config_file`); [`Config::load`] reads it into `tls` and
     /// `basic_auth_users`.
     pub config_file: Option<PathBuf>,
@@ -1116,11 +1131,12 @@ mod tests {
         let c = resolve(&Flags::default(), &[], "").unwrap();
         assert_eq!(c.web.read_header_timeout, Duration::from_secs(10));
         assert_eq!(c.web.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.web.max_connections, 256);
         assert_eq!(c.web.config_file, None);
         assert!(c.web.tls.is_none() && c.web.basic_auth_users.is_empty());
-        let yaml =
-            "web:\n  read_header_timeout: 2s\n  request_timeout: 1m\n  config_file: /etc/web.yml\n";
+        let yaml = "web:\n  read_header_timeout: 2s\n  request_timeout: 1m\n  max_connections: 8\n  config_file: /etc/web.yml\n";
         let c = resolve(&Flags::default(), &[], yaml).unwrap();
+        assert_eq!(c.web.max_connections, 8);
         assert_eq!(c.web.read_header_timeout, Duration::from_secs(2));
         assert_eq!(c.web.request_timeout, Duration::from_secs(60));
         assert_eq!(c.web.config_file, Some(PathBuf::from("/etc/web.yml")));
@@ -1136,6 +1152,8 @@ mod tests {
                 "web.read_header_timeout",
             ),
             ("web:\n  request_timeout: 0s\n", "web.request_timeout"),
+            ("web:\n  max_connections: 0\n", "web.max_connections"),
+            ("web:\n  max_connections: 100000\n", "web.max_connections"),
             (
                 "web:\n  request_timeot: 1s\n",
                 "unknown field `request_timeot`",

@@ -347,6 +347,7 @@ fn tls_acceptor(web: &WebConfig, tls: &TlsSettings) -> Result<TlsAcceptor, Confi
 pub struct Server {
     read_header_timeout: Duration,
     request_timeout: Duration,
+    max_connections: usize,
     tls: Option<TlsAcceptor>,
     auth: Option<Arc<BasicAuth>>,
 }
@@ -360,6 +361,7 @@ impl Server {
         Ok(Self {
             read_header_timeout: web.read_header_timeout,
             request_timeout: web.request_timeout,
+            max_connections: web.max_connections,
             tls,
             auth,
         })
@@ -388,7 +390,33 @@ impl Server {
             .header_read_timeout(self.read_header_timeout);
         let graceful = GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
+        // A place per connection: at the cap, the loop stops accepting and new clients wait in
+        // the kernel's backlog until a connection closes (the header timeout closes idle ones).
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.max_connections));
+        let mut at_cap_logged = false;
         loop {
+            let slot = match Arc::clone(&slots).try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    if !at_cap_logged {
+                        tracing::warn!(
+                            max_connections = self.max_connections,
+                            "connection limit reached: new connections wait until one closes (web.max_connections)"
+                        );
+                        at_cap_logged = true;
+                    }
+                    tokio::select! {
+                        slot = Arc::clone(&slots).acquire_owned() => match slot {
+                            Ok(slot) => slot,
+                            Err(_) => break, // never closed
+                        },
+                        () = &mut shutdown => break,
+                    }
+                }
+            };
+            if slots.available_permits() > self.max_connections / 2 {
+                at_cap_logged = false;
+            }
             let stream = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
@@ -406,6 +434,7 @@ impl Server {
             let tls = self.tls.clone();
             let handshake_timeout = self.read_header_timeout;
             tokio::spawn(async move {
+                let _slot = slot;
                 let result = match tls {
                     None => {
                         watcher

@@ -69,6 +69,7 @@ fn main() -> ExitCode {
         },
     };
     init_logging(&cfg.log_level, traces.as_ref());
+    raise_open_files_limit();
     if let Some(t) = &trace_cfg {
         tracing::info!(endpoint = %t.endpoint, protocol = ?t.protocol, "trace export on");
     }
@@ -108,6 +109,24 @@ fn limit_malloc_arenas() {
     // SAFETY: mallopt only changes allocator tuning; called before other threads exist.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Raises the soft limit of open files to the hard one, as Go's runtime does for its programs.
+/// Each namespace's session holds a few descriptors (its /proc files, two netlink sockets), so
+/// a node with hundreds of Pods needs more than the usual soft limit of 1024; the hard limit is
+/// what the operator allows.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "open files limit raised"),
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit")
+            }
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
     }
 }
 
