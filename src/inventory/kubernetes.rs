@@ -271,10 +271,20 @@ fn is_gone(e: &watcher::Error) -> bool {
     matches!(e, watcher::Error::WatchError(s) if s.code == 410)
 }
 
-async fn watch_pods(client: Client, node: String, shared: Arc<Mutex<Shared>>) {
-    let api: Api<Pod> = Api::all(client);
-    let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-    let mut listing: BTreeMap<String, PodInfo> = BTreeMap::new();
+/// Watches `api` for ever, a fresh watcher after each error (see [`rewatch_delay`]): reports
+/// the API reachable (`what`, `set_ok`) at each event that shows it, and unreachable at an error
+/// other than 410 Gone, and hands every event to `apply`, with the shared state locked.
+async fn rewatch<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    what: &'static str,
+    shared: Arc<Mutex<Shared>>,
+    set_ok: fn(&mut Shared, bool),
+    mut apply: impl FnMut(&mut Shared, Event<K>),
+) where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
     // `true` at start so that a first failure is reported.
     let mut ok = true;
     let mut backoff = watcher::DefaultBackoff::default();
@@ -283,39 +293,21 @@ async fn watch_pods(client: Client, node: String, shared: Arc<Mutex<Shared>>) {
         while let Some(event) = stream.next().await {
             let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
             match event {
-                // Sent before the list request: says nothing about the API.
-                Ok(Event::Init) => listing.clear(),
                 Ok(ev) => {
-                    report("pods", &mut ok, true, None);
-                    s.pods_ok = true;
-                    match ev {
-                        Event::Init => {}
-                        Event::InitApply(p) => {
-                            if let Some(info) = pod_info(&p) {
-                                listing.insert(info.uid.clone(), info);
-                            }
-                        }
-                        Event::InitDone => {
-                            s.pods = std::mem::take(&mut listing);
-                            s.pods_synced = true;
-                            backoff.reset();
-                        }
-                        Event::Apply(p) => {
-                            if let Some(info) = pod_info(&p) {
-                                s.pods.insert(info.uid.clone(), info);
-                            }
-                        }
-                        Event::Delete(p) => {
-                            if let Some(uid) = &p.metadata.uid {
-                                s.pods.remove(uid);
-                            }
-                        }
+                    // `Init` is sent before the list request: it says nothing about the API.
+                    if !matches!(ev, Event::Init) {
+                        report(what, &mut ok, true, None);
+                        set_ok(&mut s, true);
                     }
+                    if matches!(ev, Event::InitDone) {
+                        backoff.reset();
+                    }
+                    apply(&mut s, ev);
                 }
                 Err(e) => {
                     if !is_gone(&e) {
-                        report("pods", &mut ok, false, Some(&e));
-                        s.pods_ok = false;
+                        report(what, &mut ok, false, Some(&e));
+                        set_ok(&mut s, false);
                     }
                     break;
                 }
@@ -325,41 +317,59 @@ async fn watch_pods(client: Client, node: String, shared: Arc<Mutex<Shared>>) {
     }
 }
 
-async fn watch_node(client: Client, node: String, shared: Arc<Mutex<Shared>>) {
-    let api: Api<Node> = Api::all(client);
-    let cfg = watcher::Config::default().fields(&format!("metadata.name={node}"));
-    let mut ok = true;
-    let mut backoff = watcher::DefaultBackoff::default();
-    loop {
-        let mut stream = watcher::watcher(api.clone(), cfg.clone()).boxed();
-        while let Some(event) = stream.next().await {
-            let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
-            match event {
-                // Sent before the list request: says nothing about the API.
-                Ok(Event::Init) => {}
-                Ok(ev) => {
-                    report("node", &mut ok, true, None);
-                    s.node_ok = true;
-                    match ev {
-                        Event::InitApply(n) | Event::Apply(n) => s.node_cidrs = node_cidrs(&n),
-                        Event::InitDone => {
-                            s.node_synced = true;
-                            backoff.reset();
-                        }
-                        Event::Init | Event::Delete(_) => {}
-                    }
-                }
-                Err(e) => {
-                    if !is_gone(&e) {
-                        report("node", &mut ok, false, Some(&e));
-                        s.node_ok = false;
-                    }
-                    break;
+async fn watch_pods(client: Client, node: String, shared: Arc<Mutex<Shared>>) {
+    let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    // A relist builds up here; the view it replaces stays in use until its `InitDone`.
+    let mut listing: BTreeMap<String, PodInfo> = BTreeMap::new();
+    let set_ok = |s: &mut Shared, ok| s.pods_ok = ok;
+    rewatch(
+        Api::<Pod>::all(client),
+        cfg,
+        "pods",
+        shared,
+        set_ok,
+        |s, ev| match ev {
+            Event::Init => listing.clear(),
+            Event::InitApply(p) => {
+                if let Some(info) = pod_info(&p) {
+                    listing.insert(info.uid.clone(), info);
                 }
             }
-        }
-        tokio::time::sleep(rewatch_delay(&mut backoff)).await;
-    }
+            Event::InitDone => {
+                s.pods = std::mem::take(&mut listing);
+                s.pods_synced = true;
+            }
+            Event::Apply(p) => {
+                if let Some(info) = pod_info(&p) {
+                    s.pods.insert(info.uid.clone(), info);
+                }
+            }
+            Event::Delete(p) => {
+                if let Some(uid) = &p.metadata.uid {
+                    s.pods.remove(uid);
+                }
+            }
+        },
+    )
+    .await;
+}
+
+async fn watch_node(client: Client, node: String, shared: Arc<Mutex<Shared>>) {
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={node}"));
+    let set_ok = |s: &mut Shared, ok| s.node_ok = ok;
+    rewatch(
+        Api::<Node>::all(client),
+        cfg,
+        "node",
+        shared,
+        set_ok,
+        |s, ev| match ev {
+            Event::InitApply(n) | Event::Apply(n) => s.node_cidrs = node_cidrs(&n),
+            Event::InitDone => s.node_synced = true,
+            Event::Init | Event::Delete(_) => {}
+        },
+    )
+    .await;
 }
 
 /// A client from an explicit kubeconfig file, else the standard inference (`KUBECONFIG`,
