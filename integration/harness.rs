@@ -970,3 +970,22 @@ pub fn proc_figures(pid: u32) -> (usize, usize, u64) {
     };
     (fds, field("Threads:") as usize, field("VmRSS:"))
 }
+
+/// (lines, sum of Recv-Q, sum of Send-Q) of `ss -H` output whose queue columns start after
+/// `skip` columns.
+pub fn ss_sums(text: &str, skip: usize) -> (u64, u64, u64) {
+    let mut out = (0, 0, 0);
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let cols: Vec<u64> = line
+            .split_whitespace()
+            .skip(skip)
+            .take(2)
+            .map(|c| c.parse().unwrap_or_else(|_| panic!("ss line {line:?}")))
+            .collect();
+        assert_eq!(cols.len(), 2, "ss line {line:?}");
+        out.0 += 1;
+        out.1 += cols[0];
+        out.2 += cols[1];
+    }
+    out
+}

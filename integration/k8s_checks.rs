@@ -16,25 +16,21 @@
 //!
 //! Every namespace, veth, bridge, process, cgroup, file and server is removed by a guard.
 
-use std::collections::BTreeSet;
-use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::fake_apiserver::{self, FakeApiServer, Kind};
 use crate::harness::*;
+use crate::pods::{Driver, PodCgroup, new_uid};
 
 const NODE: &str = "itest-node";
 const POD_CIDR: &str = "10.211.1.0/24";
 /// The node's address on its uplink.
 const NODE_IP: &str = "10.211.255.2";
 const GATEWAY: &str = "10.211.255.1";
-const CGROUP2: &str = "/sys/fs/cgroup/unified";
 
 /// The checks of this file, by configuration name.
 const K8S_CHECKS: &[&str] = &[
@@ -52,113 +48,6 @@ const MASQ_MSG: &str =
 
 // ---- Pods: namespaces, veths, processes in kubelet cgroups ----
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn new_uid() -> String {
-    let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-        std::process::id(),
-        n & 0xffff,
-        nanos & 0xfff,
-        (nanos >> 12) & 0xfff,
-        u64::from(n)
-    )
-}
-
-/// Shared kubelet cgroups (`kubepods.slice`, `kubepods-besteffort.slice`) this process made;
-/// removed, once empty, by whichever Pod's guard goes last. Also the lock around making and
-/// removing cgroups here.
-static SHARED_CGROUPS: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
-
-/// A BestEffort Pod's cgroup and its container's as the kubelet's systemd driver makes them on
-/// cgroup v2, with one process moved in. On drop the process goes back to the root, the two
-/// cgroups are removed, and the shared parents this process made once they are empty.
-struct KubeletCgroup {
-    /// The Pod's cgroup and its container's, outermost first.
-    own: Vec<PathBuf>,
-}
-
-impl KubeletCgroup {
-    fn enter(uid: &str, pid: u32) -> Self {
-        let mount = Path::new(CGROUP2);
-        assert!(
-            mount.join("cgroup.procs").exists(),
-            "no cgroup v2 hierarchy at {CGROUP2}"
-        );
-        let underscored = uid.replace('-', "_");
-        let container = uid.replace('-', "").repeat(2);
-        let rel = format!(
-            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{underscored}.slice/cri-containerd-{container}.scope"
-        );
-        let parts: Vec<&str> = rel.split('/').collect();
-        let mut cg = Self { own: Vec::new() };
-        {
-            let mut shared = SHARED_CGROUPS.lock().unwrap_or_else(|e| e.into_inner());
-            let mut dir = mount.to_path_buf();
-            for (i, part) in parts.iter().enumerate() {
-                dir.push(part);
-                let own = i + 2 >= parts.len();
-                match std::fs::create_dir(&dir) {
-                    Ok(()) if own => cg.own.push(dir.clone()),
-                    Ok(()) => {
-                        shared.insert(dir.clone());
-                    }
-                    Err(e) if e.kind() == ErrorKind::AlreadyExists && !own => {}
-                    Err(e) => panic!("mkdir {}: {e}", dir.display()),
-                }
-            }
-        }
-        let leaf = mount.join(&rel);
-        std::fs::write(leaf.join("cgroup.procs"), pid.to_string())
-            .unwrap_or_else(|e| panic!("move {pid} into {}: {e}", leaf.display()));
-        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup file");
-        assert!(
-            text.lines().any(|l| l == format!("0::/{rel}")),
-            "/proc/{pid}/cgroup does not show {rel}:\n{text}"
-        );
-        cg
-    }
-}
-
-impl Drop for KubeletCgroup {
-    fn drop(&mut self) {
-        let mut shared = SHARED_CGROUPS.lock().unwrap_or_else(|e| e.into_inner());
-        let root_procs = Path::new(CGROUP2).join("cgroup.procs");
-        for dir in self.own.iter().rev() {
-            // The killed process may take a moment to leave.
-            for _ in 0..40 {
-                if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-                    for pid in procs.lines() {
-                        let _ = std::fs::write(&root_procs, pid);
-                    }
-                }
-                match std::fs::remove_dir(dir) {
-                    Err(e) if e.kind() != ErrorKind::NotFound => {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    _ => break,
-                }
-            }
-            if dir.exists() {
-                eprintln!("cannot remove cgroup {}", dir.display());
-            }
-        }
-        // Shared parents, deepest first; those still holding another Pod stay.
-        let mut mine: Vec<PathBuf> = shared.iter().cloned().collect();
-        mine.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-        for d in mine {
-            if std::fs::remove_dir(&d).is_ok() || !d.exists() {
-                shared.remove(&d);
-            }
-        }
-    }
-}
-
 /// A Pod of the node. Fields drop in order: the process, its cgroup, the veth, the namespace.
 struct Pod {
     namespace: String,
@@ -170,7 +59,7 @@ struct Pod {
     node_if: String,
     subnet: String,
     proc: Proc,
-    _cgroup: KubeletCgroup,
+    _cgroup: PodCgroup,
     _veth: NsVeth,
     _ns: Netns,
 }
@@ -317,7 +206,8 @@ impl K8sNode {
         });
         assert!(entered.is_some(), "process {pid} never entered {}", ns.name);
         let uid = new_uid();
-        let cgroup = KubeletCgroup::enter(&uid, pid);
+        let (mount, rel) = Driver::SystemdV2.cgroup(&uid);
+        let cgroup = PodCgroup::enter(mount, &rel, pid);
         let pod = Pod {
             namespace: namespace.into(),
             name: name.into(),

@@ -14,6 +14,7 @@ mod otlp;
 mod otlp_receiver;
 mod outage;
 mod packetloss;
+mod pods;
 mod privilege;
 mod probes;
 mod prometheus;

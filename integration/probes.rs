@@ -299,24 +299,6 @@ fn sockstat_field(text: &str, line: &str, field: &str) -> Option<u64> {
         .and_then(|kv| kv.get(1)?.parse().ok())
 }
 
-/// (sockets, sum of Recv-Q, sum of Send-Q) of `ss -H` output whose queue columns start after
-/// `skip` columns.
-fn ss_sums(text: &str, skip: usize) -> (u64, u64, u64) {
-    let mut out = (0, 0, 0);
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let cols: Vec<u64> = line
-            .split_whitespace()
-            .skip(skip)
-            .take(2)
-            .map(|c| c.parse().unwrap_or_else(|_| panic!("ss line {line:?}")))
-            .collect();
-        out.0 += 1;
-        out.1 += cols[0];
-        out.2 += cols[1];
-    }
-    out
-}
-
 /// Column sums of a per-CPU table of hexadecimal values under /proc/net/stat/ (a header line
 /// of names, then one row per CPU).
 fn percpu_hex_sums(text: &str) -> BTreeMap<String, u64> {
