@@ -87,12 +87,12 @@ fn main() {
     for n in SIZES {
         world.grow_to(n);
         let floor = floor(&world);
-        for path in ["bpf", "sock_diag"] {
+        for path in ["auto", "sock_diag"] {
             let m = measure(path);
             println!(
                 "{:>5} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>9} {:>8.2} {:>8.2} {:>8.1}",
                 n,
-                path,
+                m.path,
                 ms(m.scrape),
                 ms(m.cpu),
                 ms(floor),
@@ -190,7 +190,7 @@ fn tracing_cost(world: &World) -> Vec<String> {
     for _ in 0..TRACING_ROUNDS {
         for (i, (_, env)) in modes.iter().enumerate() {
             let before = receiver.spans.load(Ordering::Relaxed);
-            let m = measure_with("bpf", env, Some(&receiver.spans));
+            let m = measure_with("auto", env, Some(&receiver.spans));
             let run = &mut runs[i];
             run.0.extend(m.latencies);
             run.1 += m.cpu * SCRAPES as u32;
@@ -326,6 +326,9 @@ struct Measured {
     rss_kib: u64,
     /// `netexporter_collections_total` at the last scrape.
     collections: u64,
+    /// The socket path the agent reported (`netexporter_tcpsummary_info{path}`): `auto` is
+    /// `sock_diag` on kernels that refuse the BPF programs (`docs/notes/ebpf.md`).
+    path: String,
 }
 
 /// The agent with the given socket summary path: median scrape, CPU per scrape, RSS.
@@ -354,6 +357,7 @@ fn measure_with(path: &str, env: &[(&str, &str)], spans: Option<&AtomicU64>) -> 
     let mut latencies = Vec::with_capacity(SCRAPES);
     let mut series = 0;
     let mut collections = 0;
+    let mut reported_path = String::new();
     for _ in 0..SCRAPES {
         let t = Instant::now();
         let body = agent.scrape();
@@ -364,6 +368,12 @@ fn measure_with(path: &str, env: &[(&str, &str)], spans: Option<&AtomicU64>) -> 
             .find(|l| l.starts_with("netexporter_collections_total"))
             .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
             .unwrap_or(0);
+        reported_path = body
+            .lines()
+            .find(|l| l.starts_with("netexporter_tcpsummary_info{"))
+            .and_then(|l| l.split("path=\"").nth(1)?.split('"').next())
+            .unwrap_or("none")
+            .to_string();
     }
     let rss_kib = agent.rss_kib();
     if let Some(spans) = spans.filter(|_| !env.is_empty()) {
@@ -390,6 +400,7 @@ fn measure_with(path: &str, env: &[(&str, &str)], spans: Option<&AtomicU64>) -> 
         series,
         rss_kib,
         collections,
+        path: reported_path,
     }
 }
 

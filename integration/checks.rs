@@ -228,9 +228,8 @@ impl Node {
             netns_dir: tempfile::tempdir().expect("netns dir"),
             work: tempfile::tempdir().expect("work dir"),
         };
-        // nf_conntrack_tcp_be_liberal exists once conntrack is loaded (built in on some
-        // kernels, where modprobe fails and the sysctl is there anyway).
-        let _ = output(&["modprobe", "nf_conntrack"]);
+        // nf_conntrack_tcp_be_liberal exists once conntrack is there.
+        require_conntrack();
         assert!(
             node.ns
                 .sh("test -e /proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal && echo yes")

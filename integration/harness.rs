@@ -467,7 +467,7 @@ pub fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
-/// One row of the product spec's metric table (`shared/spec/metrics.tsv`).
+/// One row of the product spec's metric table (`docs/spec/metrics.tsv`).
 #[derive(Debug, Clone)]
 pub struct SpecMetric {
     pub probe: String,
@@ -496,10 +496,9 @@ pub const SPEC_PENDING_PROBES: &[&str] = &["podip"];
 /// Counters beyond the spec whose names an issue fixed without `_total` (like the spec's own).
 pub const ISSUE_NAMED_COUNTERS: &[&str] = &["netexporter_packetloss_reason", "netexporter_events"];
 
-/// Every metric of the spec, read at test time from `../shared/spec/metrics.tsv` beside the
-/// repository root.
+/// Every metric of the spec, read at test time from the repository's copy, `docs/spec/metrics.tsv`.
 pub fn spec_metrics() -> Vec<SpecMetric> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/spec/metrics.tsv");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/spec/metrics.tsv");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read the spec {}: {e}", path.display()));
     let mut lines = text.lines();
@@ -988,4 +987,88 @@ pub fn ss_sums(text: &str, skip: usize) -> (u64, u64, u64) {
         out.2 += cols[1];
     }
     out
+}
+
+/// What the running kernel does with the socket-summary object's programs, found independently
+/// of the agent: `bpftool` (from Debian, installed by `make deps`) loads every program of the
+/// committed object. Machines of this kind differ: some refuse every map iterator
+/// (`iter/bpf_sk_storage_map`) with EPERM from the verifier, even as root, while `tp_btf` and
+/// `iter/tcp` load. Tests of the socket-summary path assert the BPF path where the kernel loads
+/// it and the sock_diag fallback where it refuses, and say which one they exercised.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SocketStorageSupport {
+    Loads,
+    /// The kernel refused a program of the object; bpftool's account of it.
+    Refused(String),
+}
+
+impl SocketStorageSupport {
+    /// The `path` label an agent with `socket_path: auto` reports on this kernel.
+    pub fn auto_path(&self) -> &'static str {
+        match self {
+            Self::Loads => "bpf",
+            Self::Refused(_) => "sock_diag",
+        }
+    }
+
+    /// One line in the test run's output: which path the test exercised, and why. Written to
+    /// the process's stderr directly, past the test harness's capture, so that CI's log shows
+    /// it for passing tests too.
+    pub fn say(&self, test: &str) {
+        let line = match self {
+            Self::Loads => format!("{test}: socket summaries exercised on the BPF path\n"),
+            Self::Refused(why) => format!(
+                "{test}: this kernel refuses the BPF socket-summary programs ({why}); \
+                 the sock_diag fallback was exercised instead\n"
+            ),
+        };
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }
+}
+
+/// [`SocketStorageSupport`] of this kernel, found once per test run.
+pub fn socket_storage_support() -> SocketStorageSupport {
+    static SUPPORT: std::sync::OnceLock<SocketStorageSupport> = std::sync::OnceLock::new();
+    SUPPORT
+        .get_or_init(|| {
+            let object = concat!(env!("CARGO_MANIFEST_DIR"), "/bpf/socksummary.bpf.o");
+            // bpftool pins what it loaded; a directory of our own on bpffs, removed after.
+            let pins = format!("/sys/fs/bpf/{}", unique("nxprobe"));
+            let out = output(&["bpftool", "prog", "loadall", object, &pins]);
+            let _ = std::fs::remove_dir_all(&pins);
+            if out.status.success() {
+                return SocketStorageSupport::Loads;
+            }
+            let log = String::from_utf8_lossy(&out.stderr);
+            // libbpf names the program it failed on: "prog 'NAME': BPF program load failed: ERR".
+            let refused = log
+                .lines()
+                .find(|l| l.contains("BPF program load failed"))
+                .map(|l| l.trim_start_matches("libbpf: ").trim().to_string());
+            match refused {
+                Some(line) if line.contains("Operation not permitted") => {
+                    SocketStorageSupport::Refused(line)
+                }
+                _ => panic!(
+                    "bpftool could not load {object} for a reason other than the kernel's refusal; \
+                     the test cannot tell which socket path to expect:\n{log}"
+                ),
+            }
+        })
+        .clone()
+}
+
+/// Connection tracking is there (`/proc/net/stat/nf_conntrack`): built in, already loaded, or
+/// loaded now with `modprobe` where the kernel has modules (a kernel with it built in has no
+/// modules directory at all, and a fresh machine may have no `modprobe`).
+pub fn require_conntrack() {
+    let stat = std::path::Path::new("/proc/net/stat/nf_conntrack");
+    if !stat.exists() {
+        let tried = Command::new("modprobe").arg("nf_conntrack").output();
+        assert!(
+            stat.exists(),
+            "connection tracking is not available: no /proc/net/stat/nf_conntrack, and \
+             `modprobe nf_conntrack` gave {tried:?}"
+        );
+    }
 }

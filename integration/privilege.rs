@@ -142,9 +142,16 @@ fn least_privilege_capability_set() {
         s.value("netexporter_packetloss_info", &[("attach", "tp_btf")]),
         Some(1.0)
     );
+    let support = socket_storage_support();
+    support.say("least_privilege_capability_set");
     assert_eq!(
-        s.value("netexporter_tcpsummary_info", &[("path", "bpf")]),
-        Some(1.0)
+        s.value(
+            "netexporter_tcpsummary_info",
+            &[("path", support.auto_path())]
+        ),
+        Some(1.0),
+        "{}",
+        agent.log_text()
     );
 }
 
@@ -203,9 +210,11 @@ fn each_capability_removed_degrades_only_its_part() {
                     s.value("netexporter_packetloss_info", &[("attach", "tp_btf")]),
                     Some(1.0)
                 );
+                let path = socket_storage_support().auto_path();
                 assert_eq!(
-                    s.value("netexporter_tcpsummary_info", &[("path", "bpf")]),
-                    Some(1.0)
+                    s.value("netexporter_tcpsummary_info", &[("path", path)]),
+                    Some(1.0),
+                    "without {removed}: socket summaries should take the {path} path\n{log}"
                 );
             }
             _ => assert!(read_ns),
@@ -219,5 +228,6 @@ fn each_capability_removed_degrades_only_its_part() {
             );
         }
     }
+    socket_storage_support().say("each_capability_removed_degrades_only_its_part");
     eprintln!("least privilege:\n{}", table.join("\n"));
 }

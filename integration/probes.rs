@@ -1217,9 +1217,7 @@ fn node_metrics_match_conntrack_tc_ip_and_proc() {
     require_root();
     let spec = Spec::load();
     let scripts = Scripts::new();
-    if !Path::new("/proc/net/stat/nf_conntrack").exists() {
-        run(&["modprobe", "nf_conntrack"]);
-    }
+    require_conntrack();
     let prefix = format!("nxhq{}x", std::process::id() % 10000);
     let config = scripts.dir.path().join("agent.yaml");
     std::fs::write(

@@ -102,6 +102,34 @@ fn agent(files: &Files, yaml: &str) -> Agent {
     Agent::start(&[&format!("--config.file={}", config.display())])
 }
 
+/// The agent whose socket summaries should come from BPF socket storage, and the path it must
+/// report: forced to `bpf` where the kernel loads the programs (`socket_storage_support`); where
+/// the kernel refuses them, an `auto` agent, which must fall back to sock_diag and log why.
+fn bpf_agent(files: &Files, test: &str) -> (Agent, &'static str) {
+    let support = socket_storage_support();
+    support.say(test);
+    match support {
+        SocketStorageSupport::Loads => (
+            agent(files, "probes:\n  tcpsummary:\n    socket_path: bpf\n"),
+            "bpf",
+        ),
+        SocketStorageSupport::Refused(_) => {
+            let a = agent(files, "probes:\n  tcpsummary:\n    socket_path: auto\n");
+            let said = poll(Duration::from_secs(10), || {
+                let log = a.log_text();
+                log.contains("BPF socket storage unavailable").then_some(())
+            });
+            assert!(
+                said.is_some(),
+                "the auto agent on a kernel that refuses the programs does not say why it \
+                 takes sock_diag; agent log:\n{}",
+                a.log_text()
+            );
+            (a, "sock_diag")
+        }
+    }
+}
+
 /// The value of `netexporter_scrape_collector_success` for `collector`.
 fn collector_success(s: &Scrape, collector: &str) -> Option<f64> {
     s.value(
@@ -382,14 +410,17 @@ fn bpf_path_equals_ss_and_sock_diag_in_every_namespace() {
     let veth_gone = Veth::new(&ns_gone, "10.209.3.1/30", "10.209.3.2/30");
     let scene_gone = Scene::start(&files, &ns_gone, 7100, Some("10.209.3.2"));
 
-    let bpf = agent(&files, "probes:\n  tcpsummary:\n    socket_path: bpf\n");
+    let (bpf, bpf_path) = bpf_agent(
+        &files,
+        "bpf_path_equals_ss_and_sock_diag_in_every_namespace",
+    );
     let diag = agent(
         &files,
         "probes:\n  tcpsummary:\n    socket_path: sock_diag\n",
     );
     let agents = [
         Running {
-            path: "bpf",
+            path: bpf_path,
             agent: &bpf,
         },
         Running {
@@ -592,14 +623,14 @@ fn orphaned_fin_wait2_is_not_time_wait() {
         "60",
         "tcp_fin_timeout of a new namespace"
     );
-    let bpf = agent(&files, "probes:\n  tcpsummary:\n    socket_path: bpf\n");
+    let (bpf, bpf_path) = bpf_agent(&files, "orphaned_fin_wait2_is_not_time_wait");
     let diag = agent(
         &files,
         "probes:\n  tcpsummary:\n    socket_path: sock_diag\n",
     );
     let agents = [
         Running {
-            path: "bpf",
+            path: bpf_path,
             agent: &bpf,
         },
         Running {

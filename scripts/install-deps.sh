@@ -18,6 +18,9 @@ have openssl    || need+=(openssl)
 have bc         || need+=(bc)
 have python3    || need+=(python3)
 have setpriv    || need+=(util-linux)
+# integration/harness.rs asks bpftool whether this kernel loads the socket-summary programs
+# (some machines of this kind refuse map iterators), independently of the agent.
+have bpftool    || need+=(bpftool)
 have clang      || need+=(clang)
 have llvm-strip || need+=(llvm)
 [ -e /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
@@ -39,7 +42,8 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-# The conntrack statistics exist once the module is loaded.
+# The conntrack statistics exist once the module is loaded (or when it is built in, as on
+# kernels without a modules directory, where there is nothing to load and maybe no modprobe).
 if [ ! -e /proc/net/stat/nf_conntrack ] && have modprobe; then
   modprobe nf_conntrack 2>/dev/null || true
 fi

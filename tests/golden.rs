@@ -507,7 +507,7 @@ fn spec_and_code_list_the_same_metrics() {
         "netexporter_packetloss_uncounted_total",
         "netexporter_tcpsummary_info",
     ];
-    let spec_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/spec/metrics.tsv");
+    let spec_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/spec/metrics.tsv");
     let spec = std::fs::read_to_string(&spec_path)
         .unwrap_or_else(|e| panic!("{}: {e}", spec_path.display()));
     let mut from_spec: Vec<(String, String, String)> = spec
