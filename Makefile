@@ -63,17 +63,19 @@ clean:
 	$(CARGO) clean
 
 # The BPF objects are committed (see build.rs); these rebuild and verify them with Debian's clang.
-BPF_SOURCES = bpf/packetloss.bpf.c bpf/packetloss_nobtf.bpf.c bpf/packetloss.h bpf/vmlinux.h \
-	bpf/socksummary.bpf.c bpf/socksummary.h
-BPF_OBJECTS = packetloss packetloss_nobtf socksummary
+# Each program's C sits beside the Rust that loads it (src/**/NAME.bpf.c); bpf/ holds vmlinux.h
+# and the objects. The hash covers every *.bpf.c and *.h, in the order build.rs reads them.
+BPF_PROGRAMS = $(shell find src -name '*.bpf.c' | LC_ALL=C sort)
+BPF_SOURCES = $(shell find bpf src -name '*.bpf.c' -o -name '*.h' | LC_ALL=C sort)
 # The prefix map keeps the checkout path out of the object, so any clone builds the same bytes.
-BPF_CFLAGS = -O2 -g -target bpf -D__TARGET_ARCH_x86 -I/usr/include/$(shell uname -m)-linux-gnu -fdebug-prefix-map=$(CURDIR)=.
+BPF_CFLAGS = -O2 -g -target bpf -D__TARGET_ARCH_x86 -Ibpf -I/usr/include/$(shell uname -m)-linux-gnu -fdebug-prefix-map=$(CURDIR)=.
 BPF_OUT ?= bpf
 
 ## Rebuild bpf/*.bpf.o and bpf/sources.sha256 from the sources.
 bpf: deps
-	@for o in $(BPF_OBJECTS); do \
-	  clang $(BPF_CFLAGS) -c bpf/$$o.bpf.c -o $(BPF_OUT)/$$o.bpf.o && llvm-strip -g $(BPF_OUT)/$$o.bpf.o || exit 1; \
+	@for c in $(BPF_PROGRAMS); do \
+	  o=$(BPF_OUT)/$$(basename $$c .c).o; \
+	  clang $(BPF_CFLAGS) -c $$c -o $$o && llvm-strip -g $$o || exit 1; \
 	done
 	@cat $(BPF_SOURCES) | sha256sum | cut -d' ' -f1 > $(BPF_OUT)/sources.sha256
 	@echo "bpf objects written to $(BPF_OUT)/"
@@ -82,9 +84,11 @@ bpf: deps
 bpf-check: deps
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
 	$(MAKE) --no-print-directory bpf BPF_OUT=$$tmp >/dev/null && \
-	for f in $(addsuffix .bpf.o,$(BPF_OBJECTS)) sources.sha256; do \
-	  cmp -s $$tmp/$$f bpf/$$f || { echo "bpf/$$f is not what bpf/ sources compile to: run make bpf"; exit 1; }; \
-	done && echo "bpf objects match their sources"
+	for c in $(BPF_PROGRAMS); do \
+	  f=$$(basename $$c .c).o; \
+	  cmp -s $$tmp/$$f bpf/$$f || { echo "bpf/$$f is not what $$c compiles to: run make bpf"; exit 1; }; \
+	done && cmp -s $$tmp/sources.sha256 bpf/sources.sha256 || { echo "bpf/sources.sha256 is stale: run make bpf"; exit 1; }; \
+	echo "bpf objects match their sources"
 
 ## deploy/ renders with kubectl kustomize and passes schema, policy and flag checks (offline).
 manifests: deps

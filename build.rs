@@ -1,32 +1,30 @@
-//! Puts the BPF objects into the build. The objects are committed under `bpf/` together with
-//! the SHA-256 of the sources they were built from (`bpf/sources.sha256`), so that
-//! `cargo build` needs no clang. When the sources no longer match the recorded hash, the
-//! objects are rebuilt here with clang if it is installed, and the build fails with what to
-//! do if it is not. `make bpf` refreshes the committed objects; `make bpf-check` (part of
-//! `make test`) proves they are what the sources compile to.
+//! Puts the BPF objects into the build. Each program's C sits beside the Rust that loads it
+//! (`src/**/NAME.bpf.c`, with its headers); `bpf/` holds what they share (`vmlinux.h`) and the
+//! compiled objects, committed together with the SHA-256 of the sources they were built from
+//! (`bpf/sources.sha256`), so that `cargo build` needs no clang. When the sources no longer
+//! match the recorded hash, the objects are rebuilt here with clang if it is installed, and
+//! the build fails with what to do if it is not. `make bpf` refreshes the committed objects;
+//! `make bpf-check` (part of `make test`) proves they are what the sources compile to.
+//!
+//! The list of programs is the list of `*.bpf.c` files: adding a program is adding its file.
+//! The hash covers every `*.bpf.c` and `*.h` under `src/` and `bpf/`, in byte order of their
+//! paths (as `LC_ALL=C sort` orders them in the Makefile).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-const OBJECTS: [&str; 3] = ["packetloss", "packetloss_nobtf", "socksummary"];
-/// In the order `make bpf` hashes them.
-const SOURCES: [&str; 6] = [
-    "bpf/packetloss.bpf.c",
-    "bpf/packetloss_nobtf.bpf.c",
-    "bpf/packetloss.h",
-    "bpf/vmlinux.h",
-    "bpf/socksummary.bpf.c",
-    "bpf/socksummary.h",
-];
-
 fn main() {
     println!("cargo:rerun-if-changed=bpf");
+    let sources = bpf_sources();
+    for s in &sources {
+        println!("cargo:rerun-if-changed={}", s.display());
+    }
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     let mut hasher = Sha256::new();
-    for s in SOURCES {
-        hasher.update(std::fs::read(s).unwrap_or_else(|e| panic!("{s}: {e}")));
+    for s in &sources {
+        hasher.update(std::fs::read(s).unwrap_or_else(|e| panic!("{}: {e}", s.display())));
     }
     let hash: String = hasher
         .finalize()
@@ -34,18 +32,22 @@ fn main() {
         .map(|b| format!("{b:02x}"))
         .collect();
     let recorded = std::fs::read_to_string("bpf/sources.sha256").unwrap_or_default();
+    let programs: Vec<&PathBuf> = sources
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with(".bpf.c"))
+        .collect();
 
     if recorded.trim() == hash {
-        for o in OBJECTS {
-            let from = format!("bpf/{o}.bpf.o");
-            std::fs::copy(&from, out.join(format!("{o}.bpf.o")))
-                .unwrap_or_else(|e| panic!("{from}: {e}"));
+        for p in programs {
+            let name = object_name(p);
+            let from = format!("bpf/{name}");
+            std::fs::copy(&from, out.join(&name)).unwrap_or_else(|e| panic!("{from}: {e}"));
         }
         return;
     }
     if Command::new("clang").arg("--version").output().is_err() {
         panic!(
-            "bpf/ sources changed since the committed objects were built (bpf/sources.sha256), \
+            "BPF sources changed since the committed objects were built (bpf/sources.sha256), \
              and clang is not installed to rebuild them: install clang, llvm and libbpf-dev \
              and run `make bpf`"
         );
@@ -53,12 +55,42 @@ fn main() {
     println!(
         "cargo:warning=bpf/ objects are stale; built from sources here. Run `make bpf` to commit fresh ones."
     );
-    for o in OBJECTS {
-        compile(
-            Path::new(&format!("bpf/{o}.bpf.c")),
-            &out.join(format!("{o}.bpf.o")),
-        );
+    for p in programs {
+        compile(p, &out.join(object_name(p)));
     }
+}
+
+/// `src/probes/packetloss/packetloss.bpf.c` -> `packetloss.bpf.o`.
+fn object_name(program: &Path) -> String {
+    let file = program
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{}.o", file.trim_end_matches(".c"))
+}
+
+/// Every `*.bpf.c` and `*.h` under `src/` and `bpf/`, sorted by path bytes.
+fn bpf_sources() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![PathBuf::from("bpf"), PathBuf::from("src")];
+    while let Some(dir) = dirs.pop() {
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for e in entries.flatten() {
+            let path = e.path();
+            let name = path.to_string_lossy().into_owned();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if name.ends_with(".bpf.c") || name.ends_with(".h") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort_by(|a, b| {
+        a.as_os_str()
+            .as_encoded_bytes()
+            .cmp(b.as_os_str().as_encoded_bytes())
+    });
+    out
 }
 
 fn compile(src: &Path, obj: &Path) {
@@ -73,6 +105,7 @@ fn compile(src: &Path, obj: &Path) {
             "-target",
             "bpf",
             "-D__TARGET_ARCH_x86",
+            "-Ibpf",
             &arch_include,
             &prefix_map,
             "-c",

@@ -24,9 +24,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use net_exporter::probes::tcpsummary;
-use net_exporter::sources::TargetSources;
+use net_exporter::sources::collection::NodeSocket;
 use net_exporter::sources::netns::{NetFile, NetnsSession};
-use net_exporter::sources::socket_storage::SocketStorage;
+use net_exporter::sources::socket_storage::{SocketPath, SocketSummaries};
+use net_exporter::sources::{Collection, TargetSources};
 use netlink_packet_route::AddressFamily;
 use netlink_packet_sock_diag::inet::StateFlags;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
@@ -343,11 +344,7 @@ fn measure_with(path: &str, env: &[(&str, &str)], spans: Option<&AtomicU64>) -> 
         "net-exporter-bench-{}-{path}.yaml",
         std::process::id()
     ));
-    std::fs::write(
-        &config,
-        format!("probes:\n  tcpsummary:\n    socket_path: {path}\n"),
-    )
-    .expect("write config");
+    std::fs::write(&config, format!("sources:\n  socket_path: {path}\n")).expect("write config");
     let agent = Agent::start(&config, env);
     // Warm-up: the first collection opens every namespace's session (and sweeps them).
     for _ in 0..3 {
@@ -428,23 +425,27 @@ fn socket_part(world: &World) -> (Duration, Option<Duration>) {
         }
         diag.push(t.elapsed());
     }
-    let bpf = SocketStorage::load(Path::new("/sys/kernel/btf/vmlinux"))
-        .ok()
-        .map(|mut storage| {
-            // Sweep every namespace once (collection 1), then time passes.
-            for (i, (session, is_node)) in sessions.iter_mut().enumerate() {
-                let mut src = TargetSources::new(session, procfs, *is_node);
-                src.inode = i as u64 + 1;
-                let _ = storage.summary(src.inode, src.ns_file(), 1);
-            }
-            let mut runs = Vec::new();
-            for c in 0..FLOOR_RUNS as u64 {
-                let t = Instant::now();
-                let _ = storage.summary(1, None, c + 2);
-                runs.push(t.elapsed());
-            }
-            median(&mut runs)
-        });
+    let summaries = SocketSummaries::new(SocketPath::Bpf, "/sys/kernel/btf/vmlinux".into());
+    let bpf = summaries.start().ok().map(|()| {
+        use std::os::unix::fs::MetadataExt;
+        let inode = |p: &str| std::fs::metadata(p).map(|m| m.ino()).unwrap_or(0);
+        let mut namespaces = vec![(inode("/proc/self/ns/net"), None)];
+        for i in 0..world.count {
+            let path = format!("/run/netns/{}", world.name(i));
+            namespaces.push((inode(&path), Some(std::path::PathBuf::from(path))));
+        }
+        let socket = NodeSocket::default();
+        let collection = |id| Collection::new(id, namespaces.clone(), true, socket.clone());
+        // Sweep every namespace once (collection 1), then time the passes.
+        summaries.prepare(&collection(1));
+        let mut runs = Vec::new();
+        for c in 0..FLOOR_RUNS as u64 {
+            let t = Instant::now();
+            summaries.prepare(&collection(c + 2));
+            runs.push(t.elapsed());
+        }
+        median(&mut runs)
+    });
     (median(&mut diag), bpf)
 }
 
@@ -467,7 +468,9 @@ fn connection_setup() {
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for _ in 0..7 {
         off.push(run());
-        let storage = SocketStorage::load(Path::new("/sys/kernel/btf/vmlinux"));
+        let storage = net_exporter::sources::socket_storage::SocketStorage::load(Path::new(
+            "/sys/kernel/btf/vmlinux",
+        ));
         if storage.is_err() {
             println!("connection setup: BPF socket storage unavailable");
             return;

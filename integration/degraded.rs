@@ -1,7 +1,11 @@
-//! Degraded kernels: a probe whose kernel source is missing reports
+//! Degraded kernels. A probe whose kernel source is missing or broken reports
 //! `netexporter_scrape_collector_success 0`, says why once in the log, and every other probe
-//! goes on. The conditions are made with a copy of the fixture /proc tree with parts removed or
-//! unreadable, and by pointing the BPF probes at a missing BTF.
+//! goes on. A probe whose prerequisites this node lacks altogether (no connection tracking; no
+//! BTF and no tracefs for the drop counter) is *unavailable*: no failure, said once, shown as
+//! `netexporter_probe_available{reason} 0`, and available again as soon as the node has what it
+//! needs. The conditions are made with a copy of the fixture /proc tree with parts removed or
+//! unreadable, by pointing the BPF probes at a missing BTF, and by unmounting tracefs in a
+//! mount namespace of the agent's own.
 
 use std::path::Path;
 
@@ -46,37 +50,129 @@ fn success(s: &Scrape, collector: &str) -> f64 {
     .unwrap_or_else(|| panic!("no success series for {collector}"))
 }
 
+/// `netexporter_probe_available` of `probe`: (value, reason label).
+fn available(s: &Scrape, probe: &str) -> (f64, Option<String>) {
+    let found = s.find("netexporter_probe_available", &[("probe", probe)]);
+    assert_eq!(
+        found.len(),
+        1,
+        "one availability series for {probe}: {found:?}"
+    );
+    (found[0].value, found[0].labels.get("reason").cloned())
+}
+
 #[test]
-fn without_conntrack_only_conntrack_fails() {
+fn without_conntrack_the_probe_is_unavailable_until_it_appears() {
     require_root();
     let proc = fixture_proc();
-    std::fs::remove_file(proc.path().join("net/stat/nf_conntrack")).expect("rm");
-    std::fs::remove_dir_all(proc.path().join("sys/net/netfilter")).expect("rm");
+    let stat = proc.path().join("net/stat/nf_conntrack");
+    let saved = std::fs::read(&stat).expect("fixture stat");
+    std::fs::remove_file(&stat).expect("rm");
     let (agent, _cfg) = start(proc.path(), "");
     let s = agent.scrape();
-    assert_eq!(success(&s, "conntrack"), 0.0);
+    let (value, reason) = available(&s, "conntrack");
+    assert_eq!(value, 0.0);
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("nf_conntrack")),
+        "the reason names what is missing: {reason:?}"
+    );
+    assert!(
+        s.value(
+            "netexporter_scrape_collector_success",
+            &[("collector", "conntrack")]
+        )
+        .is_none(),
+        "an unavailable probe is no failing collector"
+    );
     assert!(s.find("netexporter_conntrack_found", &[]).is_empty());
     for ok in ["tcp", "tcpext", "sock", "softnet", "arp", "netdev"] {
         assert_eq!(success(&s, ok), 1.0, "{ok} should work without conntrack");
+        assert_eq!(available(&s, ok), (1.0, None));
     }
     assert!(s.value("netexporter_tcp_insegs", &[]).is_some());
-    // Said once, with the cause, however many collections fail.
+    // Said once, with the cause, however many collections ask again.
     for _ in 0..3 {
         agent.scrape();
     }
     let log = agent.log_text();
-    let lines = log
-        .lines()
-        .filter(|l| l.contains("collector failed") && l.contains("conntrack"))
-        .count();
-    assert_eq!(
-        lines, 1,
-        "conntrack's failure should be logged once:\n{log}"
-    );
+    let said = |what: &str| {
+        log.lines()
+            .filter(|l| l.contains(what) && l.contains("conntrack"))
+            .count()
+    };
+    assert_eq!(said("probe unavailable"), 1, "said once:\n{log}");
+    assert_eq!(said("collector failed"), 0, "no failure:\n{log}");
+
+    // The module is loaded (here: the file comes back): the next collection reads it.
+    std::fs::write(&stat, saved).expect("restore");
+    let s = agent.scrape();
+    assert_eq!(available(&s, "conntrack"), (1.0, None));
+    assert_eq!(success(&s, "conntrack"), 1.0);
+    assert!(s.value("netexporter_conntrack_found", &[]).is_some());
     assert!(
-        log.contains("nf_conntrack"),
-        "the log names the missing file:\n{log}"
+        agent.log_text().contains("probe available now"),
+        "the change is logged:\n{}",
+        agent.log_text()
     );
+}
+
+/// A node with neither BTF nor tracefs cannot attach the drop counter at all: `auto` makes it
+/// unavailable there (nothing anyone can fix on that node), not a collector that fails at
+/// every scrape and pages someone; naming an attach point makes the same node a failure.
+#[test]
+fn without_btf_and_tracefs_the_drop_counter_is_unavailable() {
+    require_root();
+    let ns = Netns::new("nxdg");
+    // Its own mount namespace (see `isolated_agent_command`): tracefs goes away for it only.
+    let prelude = "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug 2>/dev/null; \
+                   ! test -e /sys/kernel/tracing/events/skb || exit 3";
+    for (attach, want_available) in [("auto", false), ("tp_btf", true)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("config.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "sources:\n  btf_path: /nonexistent\nprobes:\n  packetloss:\n    attach: {attach}\nchecks:\n  enabled: false\n"
+            ),
+        )
+        .expect("write config");
+        let agent = NsAgent::start(
+            &ns,
+            prelude,
+            &[
+                "--mode=standalone".into(),
+                format!("--config.file={}", cfg.display()),
+            ],
+        );
+        let s = agent.scrape(&ns);
+        let (value, reason) = available(&s, "packetloss");
+        let success = s.value(
+            "netexporter_scrape_collector_success",
+            &[("collector", "packetloss")],
+        );
+        if want_available {
+            assert_eq!((value, reason), (1.0, None), "attach: {attach}");
+            assert_eq!(success, Some(0.0), "attach: {attach} fails, saying why");
+        } else {
+            assert_eq!(value, 0.0, "attach: {attach}\n{}", agent.log_text());
+            assert!(
+                reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("BTF") && r.contains("tracefs")),
+                "{reason:?}"
+            );
+            assert_eq!(success, None, "attach: {attach}: no failing collector");
+        }
+        assert_eq!(
+            s.value(
+                "netexporter_scrape_collector_success",
+                &[("collector", "tcp")]
+            ),
+            Some(1.0)
+        );
+    }
 }
 
 #[test]
@@ -135,7 +231,7 @@ fn without_btf_the_bpf_probes_degrade_and_the_rest_serves() {
     let cfg = dir.path().join("config.yaml");
     std::fs::write(
         &cfg,
-        "probes:\n  packetloss:\n    attach: tp_btf\n    btf_path: /nonexistent\n  tcpsummary:\n    socket_path: auto\n",
+        "probes:\n  packetloss:\n    attach: tp_btf\nsources:\n  btf_path: /nonexistent\n  socket_path: auto\n",
     )
     .expect("write config");
     let agent = Agent::start(&[&format!("--config.file={}", cfg.display())]);

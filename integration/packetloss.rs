@@ -146,7 +146,7 @@ struct ConfiguredAgent {
 fn agent_with(attach: &str, btf_path: Option<&str>) -> ConfiguredAgent {
     let mut yaml = format!("probes:\n  packetloss:\n    attach: {attach}\n");
     if let Some(p) = btf_path {
-        yaml.push_str(&format!("    btf_path: {p}\n"));
+        yaml.push_str(&format!("sources:\n  btf_path: {p}\n"));
     }
     let config = TempFile::new(&yaml);
     let flag = format!("--config.file={}", config.0.display());

@@ -109,12 +109,9 @@ fn bpf_agent(files: &Files, test: &str) -> (Agent, &'static str) {
     let support = socket_storage_support();
     support.say(test);
     match support {
-        SocketStorageSupport::Loads => (
-            agent(files, "probes:\n  tcpsummary:\n    socket_path: bpf\n"),
-            "bpf",
-        ),
+        SocketStorageSupport::Loads => (agent(files, "sources:\n  socket_path: bpf\n"), "bpf"),
         SocketStorageSupport::Refused(_) => {
-            let a = agent(files, "probes:\n  tcpsummary:\n    socket_path: auto\n");
+            let a = agent(files, "sources:\n  socket_path: auto\n");
             let said = poll(Duration::from_secs(10), || {
                 let log = a.log_text();
                 log.contains("BPF socket storage unavailable").then_some(())
@@ -414,10 +411,7 @@ fn bpf_path_equals_ss_and_sock_diag_in_every_namespace() {
         &files,
         "bpf_path_equals_ss_and_sock_diag_in_every_namespace",
     );
-    let diag = agent(
-        &files,
-        "probes:\n  tcpsummary:\n    socket_path: sock_diag\n",
-    );
+    let diag = agent(&files, "sources:\n  socket_path: sock_diag\n");
     let agents = [
         Running {
             path: bpf_path,
@@ -528,12 +522,8 @@ fn sock_diag_when_configured_or_when_bpf_cannot_load() {
     let _veth = Veth::new(&ns, "10.209.5.1/30", "10.209.5.2/30");
     let scene = Scene::start(&files, &ns, 7100, Some("10.209.5.2"));
 
-    let configured = agent(
-        &files,
-        "probes:\n  tcpsummary:\n    socket_path: sock_diag\n",
-    );
-    let no_btf =
-        "probes:\n  packetloss:\n    btf_path: /nonexistent\n  tcpsummary:\n    socket_path:";
+    let configured = agent(&files, "sources:\n  socket_path: sock_diag\n");
+    let no_btf = "sources:\n  btf_path: /nonexistent\n  socket_path:";
     let auto = agent(&files, &format!("{no_btf} auto\n"));
     let forced = agent(&files, &format!("{no_btf} bpf\n"));
     let agents = [
@@ -624,10 +614,7 @@ fn orphaned_fin_wait2_is_not_time_wait() {
         "tcp_fin_timeout of a new namespace"
     );
     let (bpf, bpf_path) = bpf_agent(&files, "orphaned_fin_wait2_is_not_time_wait");
-    let diag = agent(
-        &files,
-        "probes:\n  tcpsummary:\n    socket_path: sock_diag\n",
-    );
+    let diag = agent(&files, "sources:\n  socket_path: sock_diag\n");
     let agents = [
         Running {
             path: bpf_path,

@@ -184,7 +184,7 @@ fn traces_arrive_with_their_structure(protocol: Protocol) {
     );
     let pod_scope: BTreeSet<String> = enabled
         .iter()
-        .filter(|p| probes::by_name(p).is_some_and(|p| p.scope() == Scope::Pod))
+        .filter(|p| probes::by_name(p).is_some_and(|p| p.scope == Scope::Pod))
         .cloned()
         .collect();
 

@@ -9,7 +9,7 @@
 //! (`docs/tracing.md`); off, they are disabled callsites. They are parented explicitly: the
 //! collection runs on a blocking thread and scoped workers, and no span is ever entered.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,12 +21,14 @@ use opentelemetry::{KeyValue, StringValue, Value};
 use tracing::Level;
 use tracing::field::Empty;
 
-use crate::config::{Config, ProbeOptions};
-use crate::inventory::{Inventory, Target};
-use crate::probes::{self, Probe, Scope};
-use crate::sources::TargetSources;
+use crate::inventory::{ClusterView, Inventory, Target};
+use crate::probes::{self, Probe, Registration, Scope};
+use crate::sources::collection::NodeSocket;
 use crate::sources::netns::NetnsSession;
-use crate::telemetry::traces::TARGET as TRACE;
+use crate::sources::{Collection, Node, TargetSources};
+
+/// The `tracing` target of a collection's spans (`docs/tracing.md`).
+pub const TRACE: &str = "net_exporter::trace";
 
 /// Name under which namespace discovery and entering report, beside the probes.
 pub const NETNS_COLLECTOR: &str = "netns";
@@ -54,7 +56,10 @@ pub struct CollectorStatus {
 pub struct Snapshot {
     /// Series by probe, indexed like [`probes::PROBES`]; disabled probes have none.
     pub series: Vec<Vec<ObservedSeries>>,
+    /// How each collector did; unavailable probes are not collectors and are not listed.
     pub collectors: Vec<CollectorStatus>,
+    /// Every enabled probe, and why it is unavailable on this node (`None`: available).
+    pub availability: Vec<(&'static str, Option<String>)>,
     /// Attributes every node-level self-metric carries (`k8s_node`).
     pub node_attrs: Vec<KeyValue>,
     pub targets: u64,
@@ -74,7 +79,8 @@ struct TargetResult {
     target: Target,
     session: Option<NetnsSession>,
     session_error: Option<String>,
-    /// Per enabled probe (same order as `Collector::probes`): `None` when not applicable.
+    /// Per enabled probe (same order as `Collector::probes`): `None` when not applicable
+    /// (unavailable, or node-scope in a Pod's namespace).
     results: Vec<Option<(anyhow::Result<Vec<probes::Series>>, Duration)>>,
 }
 
@@ -84,17 +90,155 @@ type WorkItem = Mutex<Option<(Target, Option<NetnsSession>)>>;
 
 pub struct Collector {
     inventory: Box<dyn Inventory>,
-    /// Enabled probes with their index in `PROBES`.
-    probes: Vec<(usize, &'static dyn Probe)>,
-    options: ProbeOptions,
+    node: Node,
+    /// The enabled probes. Locked for a whole collection: collections never overlap.
+    probes: Mutex<Vec<Slot>>,
+    /// Indices in `PROBES` of the enabled probes, in order.
+    enabled: Vec<usize>,
     procfs: PathBuf,
     node_name: String,
     workers: usize,
     max_series: usize,
     sessions: Mutex<HashMap<u64, NetnsSession>>,
+    node_socket: NodeSocket,
     collections: std::sync::atomic::AtomicU64,
     state: Mutex<State>,
     inflight: Mutex<Option<SharedCollection>>,
+}
+
+/// `collection:` in the configuration file: how a collection runs and which namespaces it
+/// reads.
+#[derive(
+    serde::Deserialize, serde::Serialize, schemars::JsonSchema, Debug, Clone, PartialEq, Eq,
+)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectionOptions {
+    /// Threads that read namespaces in parallel [default: the number of CPUs, at most 4].
+    pub workers: Option<usize>,
+    /// Ceiling on the series of one collection, enough for 250 Pods with their interfaces
+    /// several times over; namespaces past it are left out whole, counted and logged once.
+    pub max_series: usize,
+    /// Standalone: only namespaces whose name matches one of these shell-style patterns
+    /// (`*`, `?`, `[abc]`) [default: all].
+    pub include_netns: Vec<String>,
+    /// Standalone: namespaces whose name matches one of these are left out.
+    pub exclude_netns: Vec<String>,
+    /// Kubernetes: only Pods matching this label selector (`app=web,tier!=db`) [default:
+    /// all]. A Pod annotated `net-exporter.io/exclude: "true"` is left out either way.
+    pub pod_label_selector: Option<String>,
+}
+
+impl Default for CollectionOptions {
+    fn default() -> Self {
+        Self {
+            workers: None,
+            max_series: 60_000,
+            include_netns: Vec::new(),
+            exclude_netns: Vec::new(),
+            pod_label_selector: None,
+        }
+    }
+}
+
+impl CollectionOptions {
+    /// Threads, series ceiling and target filter, checked.
+    pub fn resolve(
+        &self,
+    ) -> Result<(usize, usize, crate::inventory::TargetFilter), crate::component::SectionError>
+    {
+        use crate::component::SectionError;
+        let workers = match self.workers {
+            Some(0) => {
+                return Err(SectionError::new(
+                    "collection.workers",
+                    "must be at least 1",
+                ));
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
+        };
+        if self.max_series == 0 {
+            return Err(SectionError::new(
+                "collection.max_series",
+                "must be at least 1",
+            ));
+        }
+        let filter = crate::inventory::TargetFilter::new(
+            &self.include_netns,
+            &self.exclude_netns,
+            self.pod_label_selector.as_deref(),
+        )
+        .map_err(|(field, problem)| SectionError::new(field, problem))?;
+        Ok((workers, self.max_series, filter))
+    }
+}
+
+/// What the collector needs besides the inventory.
+pub struct Settings {
+    pub node: Node,
+    /// The enabled probes, built from their options, in registry order.
+    pub probes: Vec<(&'static Registration, Box<dyn Probe>)>,
+    pub node_name: String,
+    pub workers: usize,
+    pub max_series: usize,
+}
+
+/// An enabled probe and where it stands on this node.
+struct Slot {
+    /// Its index in `PROBES`.
+    index: usize,
+    registration: &'static Registration,
+    probe: Box<dyn Probe>,
+    status: Status,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Status {
+    /// Its prerequisites were not asked yet.
+    New,
+    /// This node lacks what it needs; asked again at each collection.
+    Unavailable(String),
+    Started,
+    /// Its setup failed: it fails at every collection with this error.
+    Failed(String),
+}
+
+impl Slot {
+    /// Asks the prerequisites of a probe not yet started, and starts it when they hold. Says
+    /// so in the log when where it stands changes.
+    fn settle(&mut self, node: &Node) {
+        if !matches!(self.status, Status::New | Status::Unavailable(_)) {
+            return;
+        }
+        let name = self.registration.name;
+        match self.probe.prerequisites(node) {
+            Err(why) => {
+                if self.status != Status::Unavailable(why.clone()) {
+                    tracing::info!(probe = name, reason = %why, "probe unavailable on this node");
+                    self.status = Status::Unavailable(why);
+                }
+            }
+            Ok(()) => {
+                if matches!(self.status, Status::Unavailable(_)) {
+                    tracing::info!(probe = name, "probe available now");
+                }
+                self.status = match self.probe.start(node) {
+                    Ok(()) => Status::Started,
+                    Err(e) => {
+                        // Verifier logs span many lines; one line keeps the log greppable.
+                        let e = format!("{e:#}").replace('\n', " | ");
+                        tracing::warn!(probe = name, error = %e, "probe could not start; it fails at every collection");
+                        Status::Failed(e)
+                    }
+                };
+            }
+        }
+    }
+
+    /// Whether the probe has a say in this collection (it is available).
+    fn available(&self) -> bool {
+        matches!(self.status, Status::Started | Status::Failed(_))
+    }
 }
 
 #[derive(Default)]
@@ -107,25 +251,31 @@ struct State {
 }
 
 impl Collector {
-    pub fn new(cfg: &Config, inventory: Box<dyn Inventory>) -> Self {
-        // Probes that read the Kubernetes view do not exist outside a cluster.
-        let in_cluster = inventory.cluster().is_some();
-        let probes = probes::PROBES
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| cfg.probes.contains(&p.name()))
-            .filter(|(_, p)| in_cluster || !p.needs_cluster())
-            .map(|(i, p)| (i, *p))
+    pub fn new(settings: Settings, inventory: Box<dyn Inventory>) -> Self {
+        let slots: Vec<Slot> = settings
+            .probes
+            .into_iter()
+            .map(|(registration, probe)| Slot {
+                index: probes::PROBES
+                    .iter()
+                    .position(|p| std::ptr::eq(p, registration))
+                    .unwrap_or(0),
+                registration,
+                probe,
+                status: Status::New,
+            })
             .collect();
         Self {
             inventory,
-            probes,
-            options: cfg.probe_options.clone(),
-            procfs: cfg.procfs.clone(),
-            node_name: cfg.node_name.clone(),
-            workers: cfg.workers,
-            max_series: cfg.collection.max_series,
+            procfs: settings.node.procfs.clone(),
+            node: settings.node,
+            enabled: slots.iter().map(|s| s.index).collect(),
+            probes: Mutex::new(slots),
+            node_name: settings.node_name,
+            workers: settings.workers,
+            max_series: settings.max_series,
             sessions: Mutex::new(HashMap::new()),
+            node_socket: NodeSocket::default(),
             collections: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new(State::default()),
             inflight: Mutex::new(None),
@@ -137,9 +287,9 @@ impl Collector {
         self.inventory.as_ref()
     }
 
-    /// The enabled probes, with their index in [`probes::PROBES`].
-    pub fn probes(&self) -> &[(usize, &'static dyn Probe)] {
-        &self.probes
+    /// The enabled probes, as indices in [`probes::PROBES`].
+    pub fn enabled(&self) -> &[usize] {
+        &self.enabled
     }
 
     /// A fresh snapshot: joins the collection in flight, or starts one.
@@ -212,12 +362,30 @@ impl Collector {
         discover_span.record("targets", targets.len() as i64);
         drop(discover_span);
 
+        // Collections never overlap (concurrent requests share one): the probes are this
+        // collection's until it ends.
+        let mut slots = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        for slot in slots.iter_mut() {
+            slot.settle(&self.node);
+        }
+        let shared = Collection::new(
+            collection,
+            targets
+                .iter()
+                .map(|t| (t.inode, t.ns_path.clone()))
+                .collect(),
+            discovery_error.is_none(),
+            Arc::clone(&self.node_socket),
+        );
+        for slot in slots.iter().filter(|s| s.status == Status::Started) {
+            slot.probe.prepare(&shared);
+        }
+
         // Sessions of namespaces that are gone are closed now, which also releases the
         // namespace itself (an open session pins it).
         let mut sessions =
             std::mem::take(&mut *self.sessions.lock().unwrap_or_else(|e| e.into_inner()));
-        let live: HashSet<u64> = targets.iter().map(|t| t.inode).collect();
-        sessions.retain(|ino, _| live.contains(ino));
+        sessions.retain(|ino, _| shared.is_live(*ino));
 
         let cluster = self.inventory.cluster();
         let work: Vec<WorkItem> = targets
@@ -228,29 +396,21 @@ impl Collector {
             })
             .collect();
         let results: Mutex<Vec<(usize, TargetResult)>> = Mutex::new(Vec::with_capacity(work.len()));
-        // The node's namespace first, alone: probes with node-wide state (which devices are
-        // veths to which Pod) set it there before any Pod is read.
-        let mut first = 0;
-        let node_first = work.first().is_some_and(|slot| {
-            let item = slot.lock().unwrap_or_else(|e| e.into_inner());
-            item.as_ref().is_some_and(|(t, _)| t.is_node())
-        });
-        if node_first
-            && let Some(slot) = work.first()
-            && let Some((target, session)) = slot.lock().unwrap_or_else(|e| e.into_inner()).take()
-        {
-            let r = self.read_target(target, session, collection, cluster.as_ref(), &span);
-            results
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((0, r));
-            first = 1;
-        }
-        let next = AtomicUsize::new(first);
+        let next = AtomicUsize::new(0);
         let workers = self.workers.clamp(1, work.len().max(1));
+        let reading = Reading {
+            slots: &slots,
+            collection: &shared,
+            cluster: cluster.as_ref(),
+            parent: &span,
+        };
+        // The workers report their spans where the calling thread does (the global subscriber
+        // in the agent, a scoped one in tests).
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
         std::thread::scope(|s| {
             for _ in 0..workers {
                 s.spawn(|| {
+                    let _dispatch = tracing::dispatcher::set_default(&dispatch);
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(slot) = work.get(i) else { break };
@@ -259,8 +419,7 @@ impl Collector {
                         else {
                             continue;
                         };
-                        let r =
-                            self.read_target(target, session, collection, cluster.as_ref(), &span);
+                        let r = self.read_target(target, session, &reading);
                         results
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -271,19 +430,15 @@ impl Collector {
         });
         let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
         results.sort_by_key(|(i, _)| *i);
-        // Without a full discovery the live set is unknown: keep every probe's state.
-        if discovery_error.is_none() {
-            for (_, probe) in &self.probes {
-                probe.after_collection(&live);
-            }
-        }
 
         let assemble_span = tracing::span!(target: TRACE, parent: &span, Level::TRACE, "assemble");
         let snapshot = self.assemble(
+            &slots,
             results.into_iter().map(|(_, r)| r),
             discovery_error,
             discover_time,
         );
+        drop(slots);
         drop(assemble_span);
         release_freed_memory();
         if !span.is_disabled() {
@@ -300,18 +455,16 @@ impl Collector {
         }
     }
 
-    /// Reads every applicable probe in one target; `parent`: the collection's span.
+    /// Reads every applicable probe in one target.
     fn read_target(
         &self,
         target: Target,
         session: Option<NetnsSession>,
-        collection: u64,
-        cluster: Option<&Arc<crate::inventory::ClusterView>>,
-        parent: &tracing::Span,
+        reading: &Reading,
     ) -> TargetResult {
         let span = tracing::span!(
             target: TRACE,
-            parent: parent,
+            parent: reading.parent,
             Level::TRACE,
             "netns",
             netns = Empty,
@@ -335,7 +488,7 @@ impl Collector {
             }
         }
         let mut result = TargetResult {
-            results: Vec::with_capacity(self.probes.len()),
+            results: Vec::with_capacity(reading.slots.len()),
             session: None,
             session_error: None,
             target,
@@ -370,14 +523,12 @@ impl Collector {
         let mut series = 0usize;
         {
             let is_node = result.target.is_node();
-            let mut src = TargetSources::new(&mut session, &self.procfs, is_node);
-            src.inode = result.target.inode;
-            src.collection = collection;
-            src.cluster = cluster.cloned();
-            for (_, probe) in &self.probes {
-                if (probe.scope() == Scope::Node && !is_node)
-                    || (probe.needs_cluster() && cluster.is_none())
-                {
+            let mut src = TargetSources::new(&mut session, &self.procfs, is_node)
+                .with_inode(result.target.inode)
+                .in_collection(reading.collection)
+                .with_cluster(reading.cluster.cloned());
+            for slot in reading.slots {
+                if !slot.available() || (slot.registration.scope == Scope::Node && !is_node) {
                     result.results.push(None);
                     continue;
                 }
@@ -386,11 +537,14 @@ impl Collector {
                     parent: &span,
                     Level::TRACE,
                     "probe",
-                    probe = probe.name(),
+                    probe = slot.registration.name,
                     series = Empty,
                 );
                 let t = Instant::now();
-                let r = probe.collect(&mut src, &self.options);
+                let r = match &slot.status {
+                    Status::Failed(e) => Err(anyhow::anyhow!("{e}")),
+                    _ => slot.probe.collect(&mut src),
+                };
                 let took = t.elapsed();
                 if !probe_span.is_disabled() {
                     match &r {
@@ -416,13 +570,14 @@ impl Collector {
 
     fn assemble(
         &self,
+        slots: &[Slot],
         results: impl Iterator<Item = TargetResult>,
         discovery_error: Option<String>,
         discover_time: Duration,
     ) -> Snapshot {
         let mut series: Vec<Vec<ObservedSeries>> = vec![Vec::new(); probes::PROBES.len()];
-        let mut durations = vec![Duration::ZERO; self.probes.len()];
-        let mut failures: Vec<Vec<String>> = vec![Vec::new(); self.probes.len()];
+        let mut durations = vec![Duration::ZERO; slots.len()];
+        let mut failures: Vec<Vec<String>> = vec![Vec::new(); slots.len()];
         let mut netns_failures: Vec<String> = discovery_error.into_iter().collect();
         let mut sessions = HashMap::new();
         let mut targets = 0;
@@ -474,15 +629,15 @@ impl Collector {
             for (j, res) in r.results.into_iter().enumerate() {
                 let Some((res, took)) = res else { continue };
                 durations[j] += took;
-                let (global, probe) = self.probes[j];
+                let slot = &slots[j];
                 match res {
                     Ok(list) => {
-                        let attrs_base = if probe.scope() == Scope::Node {
+                        let attrs_base = if slot.registration.scope == Scope::Node {
                             &node_attrs
                         } else {
                             &base
                         };
-                        series[global].extend(list.into_iter().map(|s| {
+                        series[slot.index].extend(list.into_iter().map(|s| {
                             let mut attrs = attrs_base.clone();
                             if let Some((k, v)) = s.label {
                                 attrs.push(KeyValue::new(k, v));
@@ -515,14 +670,17 @@ impl Collector {
             _ => {}
         }
         state.over_ceiling = dropped_targets > 0;
-        let mut collectors = Vec::with_capacity(self.probes.len() + 1);
+        let mut collectors = Vec::with_capacity(slots.len() + 1);
         collectors.push(state.record(NETNS_COLLECTOR, discover_time, &netns_failures));
-        for (j, (_, probe)) in self.probes.iter().enumerate() {
-            collectors.push(state.record(probe.name(), durations[j], &failures[j]));
+        for (j, slot) in slots.iter().enumerate() {
+            if slot.available() {
+                collectors.push(state.record(slot.registration.name, durations[j], &failures[j]));
+            }
         }
         Snapshot {
             series,
             collectors,
+            availability: availability(slots),
             node_attrs,
             targets,
             series_count: series_total as u64,
@@ -534,15 +692,17 @@ impl Collector {
     }
 
     fn failed_snapshot(&self) -> Snapshot {
+        let slots = self.probes.lock().unwrap_or_else(|e| e.into_inner());
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let failed = ["collection panicked".to_string()];
         let mut collectors = vec![state.record(NETNS_COLLECTOR, Duration::ZERO, &failed)];
-        for (_, p) in &self.probes {
-            collectors.push(state.record(p.name(), Duration::ZERO, &failed));
+        for slot in slots.iter().filter(|s| s.available()) {
+            collectors.push(state.record(slot.registration.name, Duration::ZERO, &failed));
         }
         Snapshot {
             series: vec![Vec::new(); probes::PROBES.len()],
             collectors,
+            availability: availability(&slots),
             node_attrs: vec![KeyValue::new("k8s_node", self.node_name.clone())],
             targets: 0,
             series_count: 0,
@@ -552,6 +712,30 @@ impl Collector {
             started: None,
         }
     }
+}
+
+/// What every target of one collection reads with.
+struct Reading<'a> {
+    slots: &'a [Slot],
+    collection: &'a Collection,
+    cluster: Option<&'a Arc<ClusterView>>,
+    /// The collection's span.
+    parent: &'a tracing::Span,
+}
+
+/// Each enabled probe, and why it is unavailable (`None`: available).
+fn availability(slots: &[Slot]) -> Vec<(&'static str, Option<String>)> {
+    slots
+        .iter()
+        .map(|s| {
+            let why = match &s.status {
+                Status::Unavailable(why) => Some(why.clone()),
+                Status::New => Some("not checked yet".into()),
+                Status::Started | Status::Failed(_) => None,
+            };
+            (s.registration.name, why)
+        })
+        .collect()
 }
 
 impl State {

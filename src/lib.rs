@@ -9,6 +9,7 @@
 
 pub mod checks;
 pub mod collector;
+pub mod component;
 pub mod config;
 pub mod events;
 pub mod http;

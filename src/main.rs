@@ -4,14 +4,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
 use net_exporter::collector::Collector;
-use net_exporter::config::{Command, Config, EventSink, Flags, Mode, OtlpProtocol};
+use net_exporter::config::{Command, Config, Flags, Mode};
 use net_exporter::events::otlp::OtlpLogs;
 use net_exporter::events::runner::Runner;
-use net_exporter::events::{Event, Events, Sink, Stdout};
+use net_exporter::events::{Event, EventSink, Events, Sink, Stdout};
 use net_exporter::http::{self, App};
 use net_exporter::inventory::Inventory;
 use net_exporter::inventory::kubernetes;
 use net_exporter::inventory::standalone::Standalone;
+use net_exporter::telemetry::export::OtlpProtocol;
 use net_exporter::telemetry::traces::{TraceConfig, Traces};
 use net_exporter::telemetry::{self, ExportStats, Telemetry, otlp};
 
@@ -68,7 +69,7 @@ fn main() -> ExitCode {
             }
         },
     };
-    init_logging(&cfg.log_level, traces.as_ref());
+    init_logging(cfg.log_level.as_str(), traces.as_ref());
     raise_open_files_limit();
     if let Some(t) = &trace_cfg {
         tracing::info!(endpoint = %t.endpoint, protocol = ?t.protocol, "trace export on");
@@ -160,11 +161,11 @@ fn init_logging(level: &str, traces: Option<&Traces>) {
 async fn inventory(cfg: &Config) -> anyhow::Result<(Box<dyn Inventory>, Option<kube::Client>)> {
     Ok(match &cfg.mode {
         Mode::Standalone => (
-            Box::new(Standalone::with_filter(
+            Box::new(Standalone::new(
                 &cfg.procfs,
                 &cfg.netns_dir,
                 &cfg.node_name,
-                cfg.collection.clone(),
+                cfg.targets.clone(),
             )),
             None,
         ),
@@ -172,9 +173,9 @@ async fn inventory(cfg: &Config) -> anyhow::Result<(Box<dyn Inventory>, Option<k
             let client = kubernetes::client(kubeconfig.as_deref()).await?;
             tracing::info!(node = %cfg.node_name, "Kubernetes mode: watching this node's Pods");
             (
-                Box::new(kubernetes::Kubernetes::start_selected(
+                Box::new(kubernetes::Kubernetes::start(
                     client.clone(),
-                    cfg.collection.pod_label_selector.as_deref(),
+                    cfg.targets.pod_selector.clone(),
                     &cfg.node_name,
                     &cfg.procfs,
                 )),
@@ -226,7 +227,7 @@ async fn run_diagnose(cfg: Config, output: &str) -> anyhow::Result<bool> {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
-    let collector = Arc::new(Collector::new(&cfg, inventory));
+    let collector = Arc::new(Collector::new(cfg.collector_settings(), inventory));
     let runner = Runner {
         collector,
         kube,
@@ -272,8 +273,8 @@ async fn run(cfg: Config, server: http::Server, traces: Option<Traces>) -> anyho
     use anyhow::Context;
 
     let (inventory, kube) = inventory(&cfg).await?;
-    let collector = Arc::new(Collector::new(&cfg, inventory));
-    let enabled: Vec<usize> = collector.probes().iter().map(|(i, _)| *i).collect();
+    let collector = Arc::new(Collector::new(cfg.collector_settings(), inventory));
+    let enabled: Vec<usize> = collector.enabled().to_vec();
     let export_stats = Arc::new(ExportStats {
         otlp_traces_failures: traces.as_ref().map(Traces::failures),
         ..ExportStats::default()
@@ -285,7 +286,7 @@ async fn run(cfg: Config, server: http::Server, traces: Option<Traces>) -> anyho
     let telemetry = Arc::new(Telemetry::new(
         &cfg,
         &enabled,
-        Some(Arc::clone(&events)),
+        Some(Arc::clone(&events) as Arc<dyn telemetry::EventStats>),
         export_stats,
     ));
     let runner = Arc::new(Runner {
@@ -297,23 +298,24 @@ async fn run(cfg: Config, server: http::Server, traces: Option<Traces>) -> anyho
         events: Arc::clone(&events),
     });
     let checks = tokio::spawn(runner.run());
+    let probes: Vec<&str> = cfg.probes.iter().map(|p| p.registration.name).collect();
     tracing::info!(
         node = %cfg.node_name,
-        probes = ?cfg.probes,
-        listen = %cfg.listen_address,
+        probes = ?probes,
+        listen = %cfg.web.listen_address,
         "net-exporter starting"
     );
 
-    let addrs = cfg.listen_addrs().map_err(|e| anyhow::anyhow!(e))?;
+    let addrs = cfg.web.listen_addrs().map_err(|e| anyhow::anyhow!(e))?;
     let listener = bind(&addrs)
         .await
-        .with_context(|| format!("listen on {}", cfg.listen_address))?;
+        .with_context(|| format!("listen on {}", cfg.web.listen_address))?;
 
     let app = Arc::new(App {
         collector: Arc::clone(&collector),
         telemetry: Arc::clone(&telemetry),
         ready: AtomicBool::new(false),
-        telemetry_path: cfg.telemetry_path.clone(),
+        telemetry_path: cfg.web.telemetry_path.clone(),
     });
     {
         // The first collection opens every namespace's session; readiness waits for it.
@@ -337,7 +339,7 @@ async fn run(cfg: Config, server: http::Server, traces: Option<Traces>) -> anyho
     }
     tracing::info!(
         address = %listener.local_addr()?,
-        path = %cfg.telemetry_path,
+        path = %cfg.web.telemetry_path,
         tls = server.is_tls(),
         basic_auth = server.has_auth(),
         "serving"

@@ -37,7 +37,7 @@ use net_exporter::probes::{
     arp, conntrack, format, netdev, podip, qdisc, sock, sockbacklog, softnet, tcp, tcpext,
     tcpsummary,
 };
-use net_exporter::sources::netlink;
+use net_exporter::sources::{links, netlink};
 use netlink_packet_core::{DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage, Stats64};
@@ -359,7 +359,7 @@ static NETLINK_SEEDS: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
 
 /// Interface names of the links fixture, for the qdisc parser.
 static LINK_NAMES: LazyLock<HashMap<u32, String>> =
-    LazyLock::new(|| netdev::names(&fixture("netdev/links.bin")).expect("links fixture"));
+    LazyLock::new(|| links::names(&fixture("netdev/links.bin")).expect("links fixture"));
 
 /// Sequence numbers the fixtures' messages carry (for `append_messages`).
 static FIXTURE_SEQS: LazyLock<Vec<u32>> = LazyLock::new(|| {
@@ -1129,8 +1129,8 @@ fn all_netlink_parsers(input: &[u8]) {
             );
         });
     }
-    guarded("netdev::links", input, || drop(netdev::links(input)));
-    guarded("netdev::names", input, || drop(netdev::names(input)));
+    guarded("links::links", input, || drop(links::links(input)));
+    guarded("links::names", input, || drop(links::names(input)));
     guarded("netdev::parse", input, || drop(netdev::parse(input)));
     let all = vec![String::new()];
     guarded("qdisc::parse", input, || {
@@ -1651,13 +1651,18 @@ fn config_file(wild: bool) -> BoxedStrategy<J> {
     let otlp = object(vec![
         ("endpoint", f(jstr(url()).boxed())),
         ("protocol", enum_or(vec!["grpc", "http/protobuf"])),
-        ("interval", f(jstr(duration_text()).boxed())),
-        ("timeout", f(jstr(duration_text()).boxed())),
+        ("interval", good_duration()),
+        ("timeout", good_duration()),
     ]);
     let collection = object(vec![("workers", f((0u64..64).prop_map(J::from).boxed()))]);
-    let probe = object(vec![
-        ("enabled", f(any::<bool>().prop_map(J::Bool).boxed())),
-        ("device_prefixes", f(string_list("[a-z]{0,5}"))),
+    let sources = object(vec![
+        ("btf_path", f(path())),
+        ("socket_path", enum_or(vec!["auto", "bpf", "sock_diag"])),
+    ]);
+    // Each probe's section: `enabled` and its own options (in wild files, any probe's).
+    let enabled = || ("enabled", f(any::<bool>().prop_map(J::Bool).boxed()));
+    let device_prefixes = || ("device_prefixes", f(string_list("[a-z]{0,5}")));
+    let attach = || {
         (
             "attach",
             enum_or(vec![
@@ -1667,20 +1672,23 @@ fn config_file(wild: bool) -> BoxedStrategy<J> {
                 "tracepoint",
                 "tracepoint_nobtf",
             ]),
-        ),
-        ("btf_path", f(path())),
-        ("ipam_dir", f(path())),
-        ("socket_path", enum_or(vec!["auto", "bpf", "sock_diag"])),
-    ]);
-    let probe_name = if wild {
-        prop_oneof![3 => select(PROBE_NAMES.to_vec()).prop_map(String::from), 1 => "[a-z]{1,8}"]
+        )
+    };
+    let ipam_dir = || ("ipam_dir", f(path()));
+    let probes = if wild {
+        let probe = object(vec![enabled(), device_prefixes(), attach(), ipam_dir()]);
+        let name = prop_oneof![3 => select(PROBE_NAMES.to_vec()).prop_map(String::from), 1 => "[a-z]{1,8}"];
+        prop::collection::btree_map(name, probe, 0..4)
+            .prop_map(|m| J::Object(m.into_iter().collect()))
             .boxed()
     } else {
-        select(PROBE_NAMES.to_vec()).prop_map(String::from).boxed()
+        object(vec![
+            ("qdisc", object(vec![enabled(), device_prefixes()])),
+            ("packetloss", object(vec![enabled(), attach()])),
+            ("podip", object(vec![enabled(), ipam_dir()])),
+            ("tcp", object(vec![enabled()])),
+        ])
     };
-    let probes = prop::collection::btree_map(probe_name, probe, 0..4)
-        .prop_map(|m| J::Object(m.into_iter().collect()))
-        .boxed();
     let cni = object(vec![
         ("name", jstr("[a-z-]{1,8}").boxed()),
         ("interface_prefixes", string_list("[a-z]{1,4}")),
@@ -1749,10 +1757,14 @@ fn config_file(wild: bool) -> BoxedStrategy<J> {
     let events = object(vec![
         (
             "sinks",
-            f(string_list(prop_oneof![
-                3 => select(vec!["stdout", "otlp", "loki"]).prop_map(String::from),
-                1 => "[a-z]{0,5}",
-            ])),
+            if wild {
+                string_list(prop_oneof![
+                    3 => select(vec!["stdout", "otlp", "loki"]).prop_map(String::from),
+                    1 => "[a-z]{0,5}",
+                ])
+            } else {
+                string_list(select(vec!["stdout", "otlp", "loki"]).prop_map(String::from))
+            },
         ),
         ("otlp_endpoint", f(jstr(url()).boxed())),
         ("otlp_protocol", enum_or(vec!["grpc", "http/protobuf"])),
@@ -1773,6 +1785,7 @@ fn config_file(wild: bool) -> BoxedStrategy<J> {
         ("kubeconfig", f(path())),
         ("otlp", f(otlp)),
         ("collection", f(collection)),
+        ("sources", f(sources)),
         ("resource_attributes", f(resource_attributes)),
         ("probes", f(probes)),
         ("checks", f(checks)),
@@ -1870,6 +1883,7 @@ const STRICT_PLACES: &[&[&str]] = &[
     &["paths"],
     &["otlp"],
     &["collection"],
+    &["sources"],
     &["checks"],
     &["events"],
     &["probes", "qdisc"],
@@ -2028,8 +2042,14 @@ impl FlagsEnv {
             otlp_endpoint: self.otlp_endpoint.clone(),
             otlp_protocol: self.otlp_protocol.clone(),
             otlp_interval: self.otlp_interval.clone(),
-            log_level: self.log_level.clone(),
-            mode: self.mode.clone(),
+            log_level: self
+                .log_level
+                .as_deref()
+                .and_then(|l| clap::ValueEnum::from_str(l, false).ok()),
+            mode: self
+                .mode
+                .as_deref()
+                .and_then(|m| clap::ValueEnum::from_str(m, false).ok()),
             ..Flags::default()
         }
     }
@@ -2099,7 +2119,7 @@ proptest! {
         prop_assume!(claimed as usize > input.len() - at);
         all_netlink_parsers(&input);
         // Every parser reaches the bad message (none stops early on these seeds) and fails.
-        prop_assert!(netdev::links(&input).is_err());
+        prop_assert!(links::links(&input).is_err());
         prop_assert!(arp::count_entries(&input).is_err());
         prop_assert!(qdisc::parse(&input, &LINK_NAMES, &[]).is_err());
         prop_assert!(tcpsummary::Summary::default().add(&input).is_err());
@@ -2592,7 +2612,7 @@ proptest! {
     #[test]
     fn netdev_round_trip(links in prop::collection::vec(gen_link(), 0..12)) {
         let reply: Vec<u8> = links.iter().flat_map(link_message).collect();
-        let got = guarded("netdev::links", &reply, || netdev::links(&reply)).unwrap();
+        let got = guarded("links::links", &reply, || links::links(&reply)).unwrap();
         let want: Vec<&GenLink> = links.iter().filter(|l| l.new).collect();
         prop_assert_eq!(got.len(), want.len());
         for (g, w) in got.iter().zip(want) {
@@ -2607,7 +2627,7 @@ proptest! {
         }
         let series = netdev::parse(&reply).unwrap();
         prop_assert_eq!(series.len(), want_with_stats(&links));
-        let names = netdev::names(&reply).unwrap();
+        let names = links::names(&reply).unwrap();
         for w in links.iter().filter(|l| l.new) {
             prop_assert!(names.contains_key(&w.index));
         }
@@ -3570,15 +3590,28 @@ proptest! {
             }
             if let Some(p) = doc.pointer("/probes/qdisc/device_prefixes").and_then(J::as_array) {
                 let p: Vec<&str> = p.iter().filter_map(J::as_str).collect();
-                prop_assert_eq!(&c.probe_options.device_prefixes, &p);
+                // The qdisc probe's section as the resolved configuration hands it over.
+                if let Some(qdisc) = c.probes.iter().find(|e| e.registration.name == "qdisc") {
+                    let got: Vec<&str> = qdisc
+                        .section
+                        .as_ref()
+                        .and_then(|s| s.get("device_prefixes"))
+                        .and_then(|v| v.as_sequence())
+                        .map(|seq| seq.iter().filter_map(|x| x.as_str()).collect())
+                        .unwrap_or_default();
+                    prop_assert_eq!(&got, &p);
+                }
             }
-            if let Some(n) = doc.pointer("/node_name").and_then(J::as_str) {
+            // An empty name is no name: the hostname stands in.
+            if let Some(n) = doc.pointer("/node_name").and_then(J::as_str).filter(|n| !n.trim().is_empty()) {
                 prop_assert_eq!(c.node_name.as_str(), n);
             }
         }
     }
 
-    /// The parser never accepts an unknown field, at any level where one would be a typo.
+    /// The configuration never accepts an unknown field, at any level where one would be a
+    /// typo: the parser refuses it, or (in a probe's section, which its probe reads) the
+    /// resolution does, naming it.
     #[test]
     fn config_rejects_unknown_fields(
         doc in config_file(false),
@@ -3591,7 +3624,10 @@ proptest! {
         let text = to_yaml(&doc, block);
         let got = guarded("FileConfig::parse", text.as_bytes(), || FileConfig::parse(&text));
         let err = match got {
-            Ok(_) => return Err(TestCaseError::fail(format!("accepted {key:?} in:\n{text}"))),
+            Ok(file) => match Config::resolve(&offline_flags(), &|_| None, file) {
+                Ok(_) => return Err(TestCaseError::fail(format!("accepted {key:?} in:\n{text}"))),
+                Err(e) => e.to_string(),
+            },
             Err(e) => e.to_string(),
         };
         prop_assert!(err.contains("unknown field"), "{}\n{}", err, text);

@@ -10,11 +10,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use net_exporter::config::ProbeOptions;
+use net_exporter::probes::qdisc::QdiscOptions;
 use net_exporter::probes::{
-    self, Series, arp, conntrack, netdev, qdisc, sock, sockbacklog, softnet, tcp, tcpext,
-    tcpsummary,
+    self, Registration, Scope, Series, sockbacklog, tcp, tcpext, tcpsummary,
 };
+use net_exporter::sources::TargetSources;
 use serde_json::Value;
 
 fn dir(probe: &str) -> PathBuf {
@@ -36,63 +36,31 @@ fn json(file: &str) -> Value {
     serde_json::from_str(&tool(file)).expect("tool JSON")
 }
 
-fn options() -> ProbeOptions {
-    ProbeOptions::default()
+/// The probe, built with its default options, collecting from the captured kernel data in
+/// `data` (`TargetSources::captured`): the node's target for a node-scope probe, a Pod's
+/// otherwise.
+fn collect_from(p: &Registration, data: &Path) -> anyhow::Result<Vec<Series>> {
+    let (_, probe) = p.build(None)?;
+    let mut src = TargetSources::captured(data, p.scope == Scope::Node);
+    probe.collect(&mut src)
 }
 
-/// Runs the probe's parser on its fixture folder.
+/// Runs the probe on its fixture folder.
 fn parse(probe: &str) -> anyhow::Result<Vec<Series>> {
-    parse_with(probe, &|file| fixture(probe, file))
+    collect_from(probes::by_name(probe).expect("probe"), &dir(probe))
 }
 
-fn parse_with(probe: &str, read: &dyn Fn(&str) -> Vec<u8>) -> anyhow::Result<Vec<Series>> {
-    match probe {
-        "tcp" => tcp::parse(&read("snmp")),
-        "tcpext" => tcpext::parse(&read("netstat")),
-        "sock" => sock::parse(&read("sockstat")),
-        "softnet" => softnet::parse(&read("softnet_stat")),
-        "conntrack" => conntrack::parse(
-            &read("nf_conntrack"),
-            &read("nf_conntrack_count"),
-            &read("nf_conntrack_max"),
-        ),
-        "arp" => arp::parse(&read("gc_thresh3"), &read("neigh.bin"), &read("arp_cache")),
-        "netdev" => netdev::parse(&read("links.bin")),
-        "qdisc" => qdisc::parse(
-            &read("qdisc.bin"),
-            &netdev::names(&read("links.bin"))?,
-            &options().device_prefixes,
-        ),
-        "tcpsummary" => {
-            let mut s = tcpsummary::Summary::default();
-            s.add(&read("inet.bin"))?;
-            s.add(&read("inet6.bin"))?;
-            Ok(s.series())
-        }
-        "sockbacklog" => Ok(vec![Series::new(vec![Some(
-            sockbacklog::accept_queue(&read("inet.bin"))?
-                + sockbacklog::accept_queue(&read("inet6.bin"))?,
-        )])]),
-        other => panic!("no fixture parser for probe {other}"),
-    }
-}
-
-/// Probes whose data cannot be captured into a file: `packetloss` counts in the kernel (its
-/// BTF reader has unit tests on built blobs and the running kernel; integration tests count
-/// real drops); `podip` reads the Kubernetes API (unit tests on constructed views and IPAM
-/// folders; integration tests against a fake API server).
-const LIVE_ONLY: &[&str] = &["packetloss", "podip"];
-
-fn fixture_probes() -> impl Iterator<Item = &'static dyn probes::Probe> {
-    probes::PROBES
-        .iter()
-        .copied()
-        .filter(|p| !LIVE_ONLY.contains(&p.name()))
+/// Every registered probe with a fixture folder. Those without one are live only:
+/// `packetloss` counts in the kernel (its BTF reader has unit tests on built blobs and the
+/// running kernel; integration tests count real drops); `podip` reads the Kubernetes API (unit
+/// tests on constructed views and IPAM folders; integration tests against a fake API server).
+fn fixture_probes() -> impl Iterator<Item = &'static Registration> {
+    probes::PROBES.iter().filter(|p| dir(p.name).is_dir())
 }
 
 /// `name{label} value` lines, in metric order.
 fn render(probe: &str, series: &[Series]) -> String {
-    let defs = probes::by_name(probe).expect("probe").metrics();
+    let defs = probes::by_name(probe).expect("probe").metrics;
     let mut out = String::new();
     for s in series {
         assert_eq!(
@@ -115,7 +83,7 @@ fn render(probe: &str, series: &[Series]) -> String {
 
 /// The value of `metric` (with `if_name` when given) in a probe's parse.
 fn value(probe: &str, series: &[Series], metric: &str, if_name: Option<&str>) -> u64 {
-    let defs = probes::by_name(probe).expect("probe").metrics();
+    let defs = probes::by_name(probe).expect("probe").metrics;
     let i = defs
         .iter()
         .position(|d| d.name == metric)
@@ -127,12 +95,17 @@ fn value(probe: &str, series: &[Series], metric: &str, if_name: Option<&str>) ->
     s.values[i].unwrap_or_else(|| panic!("{metric} absent"))
 }
 
+/// Every probe with a fixture folder (`tests/fixtures/<probe>/`, raw kernel data named as
+/// `TargetSources::captured` reads it) against its golden file `expected.txt`. A new probe
+/// needs no line here: its folder is enough.
 #[test]
 fn every_probe_matches_its_golden_file() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let mut failures = Vec::new();
+    let mut seen = 0;
     for probe in fixture_probes() {
-        let name = probe.name();
+        seen += 1;
+        let name = probe.name;
         let got = render(
             name,
             &parse(name).unwrap_or_else(|e| panic!("{name}: {e:#}")),
@@ -147,6 +120,7 @@ fn every_probe_matches_its_golden_file() {
             failures.push(format!("--- {name}: got\n{got}--- want\n{want}"));
         }
     }
+    assert!(seen >= 10, "only {seen} probes have fixture folders");
     assert!(
         failures.is_empty(),
         "golden mismatch (UPDATE_GOLDEN=1 to accept):\n{}",
@@ -163,7 +137,7 @@ fn tcp_and_tcpext_equal_nstat() {
         ("tcpext", "TcpExt", tcpext::FIELDS),
     ] {
         let series = parse(probe).expect(probe);
-        let defs = probes::by_name(probe).expect("probe").metrics();
+        let defs = probes::by_name(probe).expect("probe").metrics;
         for (def, field) in defs.iter().zip(fields) {
             if *field == "CurrEstab" {
                 // nstat leaves gauges out. CurrEstab counts ESTABLISHED and CLOSE_WAIT sockets;
@@ -235,7 +209,7 @@ fn qdisc_equals_tc() {
     for q in qdiscs.as_array().expect("array") {
         let dev = q["dev"].as_str().expect("dev");
         if q["root"].as_bool() != Some(true)
-            || !options()
+            || !QdiscOptions::default()
                 .device_prefixes
                 .iter()
                 .any(|p| dev.starts_with(p.as_str()))
@@ -441,12 +415,12 @@ fn conntrack_counters_are_at_most_the_later_conntrack_s() {
     }
 }
 
-/// Every parser on truncated, emptied and corrupted copies of its fixtures: errors are fine,
-/// panics are not.
+/// Every probe on truncated, emptied and corrupted copies of each file of its fixture folder
+/// (the others intact): errors are fine, panics are not.
 #[test]
-fn parsers_survive_damaged_input() {
+fn probes_survive_damaged_input() {
     for probe in fixture_probes() {
-        let name = probe.name();
+        let name = probe.name;
         let files: Vec<String> = std::fs::read_dir(dir(name))
             .expect("fixture dir")
             .flatten()
@@ -454,6 +428,10 @@ fn parsers_survive_damaged_input() {
             .filter(|f| f != "expected.txt")
             .collect();
         for damaged in &files {
+            let work = tempfile::tempdir().expect("tempdir");
+            for f in &files {
+                std::fs::write(work.path().join(f), fixture(name, f)).expect("copy fixture");
+            }
             let original = fixture(name, damaged);
             let mut variants: Vec<Vec<u8>> = vec![Vec::new(), b"garbage\n\xff\x00".to_vec()];
             let step = (original.len() / 64).max(1);
@@ -481,14 +459,8 @@ fn parsers_survive_damaged_input() {
                 variants.push(v);
             }
             for v in variants {
-                let read = |f: &str| {
-                    if f == damaged {
-                        v.clone()
-                    } else {
-                        fixture(name, f)
-                    }
-                };
-                let _ = parse_with(name, &read);
+                std::fs::write(work.path().join(damaged), &v).expect("write variant");
+                let _ = collect_from(probe, work.path());
             }
         }
     }
@@ -527,12 +499,12 @@ fn spec_and_code_list_the_same_metrics() {
     let mut from_code: Vec<(String, String, String)> = probes::PROBES
         .iter()
         .flat_map(|p| {
-            p.metrics().iter().map(move |m| {
+            p.metrics.iter().map(move |m| {
                 let kind = match m.kind {
                     probes::Kind::Counter => "counter",
                     probes::Kind::Gauge => "gauge",
                 };
-                (p.name().to_string(), m.name.to_string(), kind.to_string())
+                (p.name.to_string(), m.name.to_string(), kind.to_string())
             })
         })
         .filter(|(_, name, _)| !BEYOND_SPEC.contains(&name.as_str()))

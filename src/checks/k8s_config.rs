@@ -276,7 +276,7 @@ fn docker0(ctx: &CheckContext) -> Result<Option<IpNet>> {
         .iter()
         .find(|t| t.is_node())
         .context("no node namespace among the targets")?;
-    let reply = crate::sources::with_target(&ctx.procfs, node, |src| {
+    let reply = crate::sources::with_namespace(&ctx.procfs, node.ns_path.as_deref(), |src| {
         src.addresses(netlink_packet_route::AddressFamily::Inet)
     })
     .context("addresses of the node")?;

@@ -13,14 +13,14 @@ use anyhow::{Context, Result, anyhow};
 
 use super::route::{target_attributes, target_name};
 use super::{Check, CheckContext, Problem, default_route_interface};
-use crate::probes::netdev::{self, Link};
-use crate::sources::with_target;
+use crate::sources::links::{self, Link};
+use crate::sources::with_namespace;
 
 pub struct MtuAbnormal;
 
 fn links_of(ctx: &CheckContext, t: &crate::inventory::Target) -> Result<Vec<Link>> {
-    with_target(&ctx.procfs, t, |src| {
-        netdev::links(&src.links()?).context("RTM_GETLINK")
+    with_namespace(&ctx.procfs, t.ns_path.as_deref(), |src| {
+        links::links(&src.links()?).context("RTM_GETLINK")
     })
 }
 

@@ -31,7 +31,7 @@ use serde::Deserialize;
 use super::{Check, CheckContext, Problem};
 use crate::inventory::Target;
 use crate::sources::netlink::messages;
-use crate::sources::{TargetSources, with_target};
+use crate::sources::{TargetSources, with_namespace};
 
 /// How many names a message lists before `...`.
 pub const LIST_CAP: usize = 3;
@@ -295,7 +295,7 @@ impl Check for DefaultRoute {
         let mut pods = Vec::new();
         let uplink = ctx.options.uplink.as_deref();
         for t in &ctx.targets {
-            let found = with_target(&ctx.procfs, t, |src| {
+            let found = with_namespace(&ctx.procfs, t.ns_path.as_deref(), |src| {
                 if has_default_route(src)? {
                     return Ok(None);
                 }
@@ -437,16 +437,16 @@ impl Check for PolicyRoute {
             .iter()
             .find(|t| t.is_node())
             .ok_or_else(|| anyhow!("no node namespace among the targets"))?;
-        let (routes, links, rules) = with_target(&ctx.procfs, node, |src| {
+        let (routes, links, rules) = with_namespace(&ctx.procfs, node.ns_path.as_deref(), |src| {
             let routes = parse_routes(&src.routes(AddressFamily::Inet)?)?;
-            let links = crate::probes::netdev::names(&src.links()?).context("RTM_GETLINK")?;
+            let links = crate::sources::links::names(&src.links()?).context("RTM_GETLINK")?;
             let rules = parse_rules(&src.rules(AddressFamily::Inet)?)?;
             Ok((routes, links, rules))
         })
         .context("routes and rules of the node")?;
         let mut pods = Vec::new();
         for t in ctx.targets.iter().filter(|t| !t.is_node()) {
-            match with_target(&ctx.procfs, t, global_v4) {
+            match with_namespace(&ctx.procfs, t.ns_path.as_deref(), global_v4) {
                 Ok(addrs) => pods.push(PodAddrs {
                     name: target_name(t),
                     attributes: target_attributes(t),
@@ -534,7 +534,7 @@ impl Check for PodRoute {
             .find(|t| t.is_node())
             .ok_or_else(|| anyhow!("no node namespace among the targets"))?;
         let v6 = pods.iter().any(|p| p.ips.iter().any(IpAddr::is_ipv6));
-        let routes = with_target(&ctx.procfs, node, |src| {
+        let routes = with_namespace(&ctx.procfs, node.ns_path.as_deref(), |src| {
             let mut routes = parse_routes(&src.routes(AddressFamily::Inet)?)?;
             if v6 {
                 routes.extend(parse_routes(&src.routes(AddressFamily::Inet6)?)?);

@@ -10,7 +10,156 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
 use crate::checks::Problem;
+use crate::component::SectionError;
+use crate::telemetry::export::{OtlpProtocol, check_endpoint};
+use crate::telemetry::otlp::{OtlpConfig, positive};
+
+/// `events:` in the configuration file: where events go.
+#[derive(Deserialize, Serialize, JsonSchema, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsOptions {
+    /// Any of `stdout` (one JSON object per line), `otlp` (OpenTelemetry log records),
+    /// `loki` (Grafana Loki's OTLP endpoint).
+    pub sinks: Vec<SinkName>,
+    /// The OTLP logs endpoint [default: the metrics' OTLP endpoint].
+    pub otlp_endpoint: Option<String>,
+    /// Its protocol [default: the metrics' OTLP protocol].
+    pub otlp_protocol: Option<OtlpProtocol>,
+    /// Grafana Loki's base URL (`http://loki:3100`); `/otlp/v1/logs` is appended.
+    pub loki_endpoint: Option<String>,
+    /// Records an OTLP or Loki sink holds while its endpoint is slow or down; past it new
+    /// records are dropped and counted.
+    pub queue_size: usize,
+    /// How long one export may take before it counts as failed.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub export_timeout: Duration,
+}
+
+impl Default for EventsOptions {
+    fn default() -> Self {
+        let export = EventExport::default();
+        Self {
+            sinks: vec![SinkName::Stdout],
+            otlp_endpoint: None,
+            otlp_protocol: None,
+            loki_endpoint: None,
+            queue_size: export.queue_size,
+            export_timeout: export.timeout,
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkName {
+    Stdout,
+    Otlp,
+    Loki,
+}
+
+/// How the OTLP and Loki event sinks buffer and give up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventExport {
+    pub queue_size: usize,
+    pub timeout: Duration,
+}
+
+impl Default for EventExport {
+    fn default() -> Self {
+        Self {
+            queue_size: 2048,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A sink, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventSink {
+    Stdout,
+    Otlp {
+        endpoint: String,
+        protocol: OtlpProtocol,
+    },
+    Loki {
+        endpoint: String,
+    },
+}
+
+impl EventsOptions {
+    /// The sinks and their limits; the `otlp` sink defaults to the metrics' endpoint.
+    pub fn resolve(
+        &self,
+        metrics_otlp: Option<&OtlpConfig>,
+    ) -> Result<(Vec<EventSink>, EventExport), SectionError> {
+        for (field, url) in [
+            ("events.otlp_endpoint", &self.otlp_endpoint),
+            ("events.loki_endpoint", &self.loki_endpoint),
+        ] {
+            if let Some(u) = url {
+                check_endpoint(field, u)?;
+            }
+        }
+        let mut sinks = Vec::new();
+        for name in &self.sinks {
+            sinks.push(match name {
+                SinkName::Stdout => EventSink::Stdout,
+                SinkName::Otlp => EventSink::Otlp {
+                    endpoint: self
+                        .otlp_endpoint
+                        .clone()
+                        .or_else(|| metrics_otlp.map(|o| o.endpoint.clone()))
+                        .ok_or_else(|| {
+                            SectionError::new(
+                                "events.otlp_endpoint",
+                                "the otlp sink needs an endpoint (or an OTLP endpoint for metrics)",
+                            )
+                        })?,
+                    protocol: self.otlp_protocol.unwrap_or_else(|| {
+                        metrics_otlp.map_or(OtlpProtocol::HttpProtobuf, |o| o.protocol)
+                    }),
+                },
+                SinkName::Loki => EventSink::Loki {
+                    endpoint: self.loki_endpoint.clone().ok_or_else(|| {
+                        SectionError::new(
+                            "events.loki_endpoint",
+                            "the loki sink needs loki_endpoint",
+                        )
+                    })?,
+                },
+            });
+        }
+        let queue_size = match self.queue_size {
+            0 => {
+                return Err(SectionError::new(
+                    "events.queue_size",
+                    "must be greater than zero",
+                ));
+            }
+            n if n > 1 << 20 => {
+                return Err(SectionError::new(
+                    "events.queue_size",
+                    format!("{n} records is more than the 1048576 allowed"),
+                ));
+            }
+            n => n,
+        };
+        let timeout = positive("events.export_timeout", Some(self.export_timeout))?
+            .unwrap_or(self.export_timeout);
+        Ok((
+            sinks,
+            EventExport {
+                queue_size,
+                timeout,
+            },
+        ))
+    }
+}
 
 /// One event as it leaves the agent.
 #[derive(Clone, Debug)]
@@ -130,6 +279,18 @@ pub struct Events {
     pub counts: Mutex<BTreeMap<&'static str, u64>>,
     /// Last run of each check: (succeeded, problems found), for `netexporter_check_*`.
     pub checks: Mutex<BTreeMap<&'static str, (bool, u64)>>,
+}
+
+impl crate::telemetry::EventStats for Events {
+    fn emitted(&self) -> Vec<(&'static str, u64)> {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.iter().map(|(k, n)| (*k, *n)).collect()
+    }
+
+    fn checks(&self) -> Vec<(&'static str, bool, u64)> {
+        let checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        checks.iter().map(|(c, (ok, n))| (*c, *ok, *n)).collect()
+    }
 }
 
 impl Events {

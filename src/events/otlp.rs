@@ -23,9 +23,8 @@ use opentelemetry_sdk::logs::{
     BatchConfigBuilder, BatchLogProcessor, LogBatch, LogExporter, SdkLogger, SdkLoggerProvider,
 };
 
-use super::{Event, Sink};
-use crate::config::{EventExport, OtlpProtocol};
-use crate::telemetry::export::{self, Admission};
+use super::{Event, EventExport, Sink};
+use crate::telemetry::export::{self, Admission, OtlpProtocol, signal_url};
 
 /// What the sink and its exporter share: the records in the sink's hands and the outage state.
 #[derive(Debug)]
@@ -124,14 +123,9 @@ impl OtlpLogs {
                 } else {
                     "/v1/logs"
                 };
-                let url = if endpoint.ends_with(path) {
-                    endpoint.to_string()
-                } else {
-                    format!("{}{path}", endpoint.trim_end_matches('/'))
-                };
                 OtlpExporter::builder()
                     .with_http()
-                    .with_endpoint(url)
+                    .with_endpoint(signal_url(endpoint, path))
                     .with_timeout(limits.timeout)
                     .build()
             }

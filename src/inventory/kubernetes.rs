@@ -48,31 +48,14 @@ pub struct Kubernetes {
 }
 
 impl Kubernetes {
-    /// Starts the watches on the current tokio runtime.
-    pub fn start(client: Client, node_name: &str, procfs: &Path) -> Self {
-        Self::start_selected(client, None, node_name, procfs)
-    }
-
-    /// As `start`, reading only the Pods that match `selector` (all Pods still count for
-    /// podip). A selector that does not parse selects nothing and is logged.
-    pub fn start_selected(
+    /// Starts the watches on the current tokio runtime; only the Pods that match `selector`
+    /// are read (all Pods still count for podip).
+    pub fn start(
         client: Client,
-        selector: Option<&str>,
+        selector: Option<super::LabelSelector>,
         node_name: &str,
         procfs: &Path,
     ) -> Self {
-        let selector = selector.map(|s| {
-            super::LabelSelector::parse(s).unwrap_or_else(|e| {
-                tracing::error!(selector = s, error = %e, "bad Pod label selector; reading no Pod");
-                super::LabelSelector::parse("!__never__,__never__").unwrap_or_default()
-            })
-        });
-        let mut me = Self::start_inner(client, node_name, procfs);
-        me.selector = selector;
-        me
-    }
-
-    fn start_inner(client: Client, node_name: &str, procfs: &Path) -> Self {
         let shared = Arc::new(Mutex::new(Shared::default()));
         tokio::spawn(watch_pods(
             client.clone(),
@@ -89,7 +72,7 @@ impl Kubernetes {
             node_name: node_name.to_string(),
             shared,
             pids: Mutex::new(HashMap::new()),
-            selector: None,
+            selector,
         }
     }
 

@@ -37,6 +37,51 @@ pub trait Inventory: Send + Sync {
     }
 }
 
+/// Which namespaces (standalone) or Pods (Kubernetes) a collection reads.
+#[derive(Clone, Debug, Default)]
+pub struct TargetFilter {
+    /// Standalone: only namespaces whose name matches (none: all).
+    include: Option<globset::GlobSet>,
+    exclude: Option<globset::GlobSet>,
+    /// Kubernetes: only Pods whose labels match.
+    pub pod_selector: Option<LabelSelector>,
+}
+
+impl TargetFilter {
+    /// From shell-style patterns (`*`, `?`, `[abc]`) of namespace names and a label selector;
+    /// errors name the bad one.
+    pub fn new(
+        include: &[String],
+        exclude: &[String],
+        pod_selector: Option<&str>,
+    ) -> Result<Self, (&'static str, String)> {
+        let set = |field: &'static str, patterns: &[String]| {
+            if patterns.is_empty() {
+                return Ok(None);
+            }
+            let mut b = globset::GlobSetBuilder::new();
+            for p in patterns {
+                b.add(globset::Glob::new(p).map_err(|e| (field, format!("{p:?}: {e}")))?);
+            }
+            b.build().map(Some).map_err(|e| (field, e.to_string()))
+        };
+        Ok(Self {
+            include: set("collection.include_netns", include)?,
+            exclude: set("collection.exclude_netns", exclude)?,
+            pod_selector: pod_selector
+                .map(LabelSelector::parse)
+                .transpose()
+                .map_err(|e| ("collection.pod_label_selector", e))?,
+        })
+    }
+
+    /// Whether a standalone namespace called `name` is read.
+    pub fn wants_netns(&self, name: &str) -> bool {
+        self.include.as_ref().is_none_or(|s| s.is_match(name))
+            && !self.exclude.as_ref().is_some_and(|s| s.is_match(name))
+    }
+}
+
 /// A Pod of this node as the API server describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodInfo {
@@ -106,6 +151,20 @@ impl LabelSelector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespace_patterns() {
+        let f = TargetFilter::new(&["app-*".into()], &["app-skip*".into()], None).unwrap();
+        assert!(f.wants_netns("app-1") && !f.wants_netns("app-skip-2") && !f.wants_netns("other"));
+        assert!(TargetFilter::default().wants_netns("x"));
+        let f = TargetFilter::new(&["a*b*c".into(), "exact".into()], &[], None).unwrap();
+        assert!(f.wants_netns("axxbyyc") && !f.wants_netns("axxcyyb"));
+        assert!(f.wants_netns("exact") && !f.wants_netns("exactly"));
+        let e = TargetFilter::new(&["[".into()], &[], None).unwrap_err();
+        assert_eq!(e.0, "collection.include_netns");
+        let e = TargetFilter::new(&[], &[], Some("a b=c")).unwrap_err();
+        assert_eq!(e.0, "collection.pod_label_selector");
+    }
 
     #[test]
     fn selectors() {

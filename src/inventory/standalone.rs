@@ -15,27 +15,18 @@ pub struct Standalone {
     procfs: PathBuf,
     netns_dir: PathBuf,
     node_name: String,
-    filter: crate::config::CollectionConfig,
+    filter: super::TargetFilter,
     /// Whether processes whose namespace we may not see were reported (once).
     denied_reported: std::sync::atomic::AtomicBool,
 }
 
 impl Standalone {
-    pub fn new(procfs: &Path, netns_dir: &Path, node_name: &str) -> Self {
-        Self::with_filter(
-            procfs,
-            netns_dir,
-            node_name,
-            crate::config::CollectionConfig::default(),
-        )
-    }
-
     /// Only namespaces `filter` wants (by their `netns` label).
-    pub fn with_filter(
+    pub fn new(
         procfs: &Path,
         netns_dir: &Path,
         node_name: &str,
-        filter: crate::config::CollectionConfig,
+        filter: super::TargetFilter,
     ) -> Self {
         Self {
             procfs: procfs.to_path_buf(),

@@ -8,8 +8,8 @@ use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::neighbour::NeighbourState;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use super::{MetricDef, Probe, Scope, Series, format};
-use crate::config::ProbeOptions;
+use super::{Build, MetricDef, Probe, Scope, Series, format};
+use crate::component::NoOptions;
 use crate::metrics;
 use crate::sources::TargetSources;
 use crate::sources::netlink::messages;
@@ -49,17 +49,19 @@ pub fn parse(gc_thresh3: &[u8], neigh_reply: &[u8], arp_cache: &[u8]) -> Result<
     Ok(vec![Series::new(vec![Some(max), Some(entries), discards])])
 }
 
+impl Build for Arp {
+    const NAME: &'static str = "arp";
+    const SCOPE: Scope = Scope::Node;
+    const METRICS: &'static [MetricDef] = METRICS;
+    type Options = NoOptions;
+
+    fn new(_: NoOptions) -> Result<Self> {
+        Ok(Self)
+    }
+}
+
 impl Probe for Arp {
-    fn name(&self) -> &'static str {
-        "arp"
-    }
-    fn scope(&self) -> Scope {
-        Scope::Node
-    }
-    fn metrics(&self) -> &'static [MetricDef] {
-        METRICS
-    }
-    fn collect(&self, src: &mut TargetSources, _: &ProbeOptions) -> Result<Vec<Series>> {
+    fn collect(&self, src: &mut TargetSources) -> Result<Vec<Series>> {
         parse(
             &src.node_file("sys/net/ipv4/neigh/default/gc_thresh3")?,
             &src.neighbours(AddressFamily::Inet)?,

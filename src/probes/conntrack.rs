@@ -3,10 +3,10 @@
 
 use anyhow::{Context, Result};
 
-use super::{MetricDef, Probe, Scope, Series, format};
-use crate::config::ProbeOptions;
+use super::{Build, MetricDef, Probe, Scope, Series, format};
+use crate::component::NoOptions;
 use crate::metrics;
-use crate::sources::TargetSources;
+use crate::sources::{Node, TargetSources};
 
 pub struct Conntrack;
 
@@ -48,17 +48,31 @@ pub fn parse(stat: &[u8], count: &[u8], max: &[u8]) -> Result<Vec<Series>> {
     Ok(vec![Series::new(values)])
 }
 
+impl Build for Conntrack {
+    const NAME: &'static str = "conntrack";
+    const SCOPE: Scope = Scope::Node;
+    const METRICS: &'static [MetricDef] = METRICS;
+    type Options = NoOptions;
+
+    fn new(_: NoOptions) -> Result<Self> {
+        Ok(Self)
+    }
+}
+
 impl Probe for Conntrack {
-    fn name(&self) -> &'static str {
-        "conntrack"
+    fn prerequisites(&self, node: &Node) -> Result<(), String> {
+        let stat = node.procfs.join("net/stat/nf_conntrack");
+        if stat.exists() {
+            Ok(())
+        } else {
+            Err(format!(
+                "no connection tracking on this node: {} is missing (nf_conntrack not loaded)",
+                stat.display()
+            ))
+        }
     }
-    fn scope(&self) -> Scope {
-        Scope::Node
-    }
-    fn metrics(&self) -> &'static [MetricDef] {
-        METRICS
-    }
-    fn collect(&self, src: &mut TargetSources, _: &ProbeOptions) -> Result<Vec<Series>> {
+
+    fn collect(&self, src: &mut TargetSources) -> Result<Vec<Series>> {
         parse(
             &src.node_file("net/stat/nf_conntrack")?,
             &src.node_file("sys/net/netfilter/nf_conntrack_count")?,

@@ -1,6 +1,13 @@
 //! Probes: each one reads one part of the kernel's network state for one target and turns it
-//! into series. A probe is one file and one line in [`PROBES`]; its metrics are declared next to
-//! the code that produces them, in the order of the values it returns.
+//! into series. A probe is one file (or a folder, when it has BPF C beside its Rust) and one
+//! line in [`PROBES`]; its metrics, its options section and its state are its own.
+//!
+//! The life of a probe: [`Build::new`] from its options section when the configuration is
+//! read (an error there is a configuration error); [`Probe::prerequisites`] asks the node
+//! whether it has what the probe needs (a probe without them is *unavailable*: said once,
+//! shown in `netexporter_probe_available`, never counted as a failure, and asked again at each
+//! collection); [`Probe::start`] sets it up once they hold; then, at every collection,
+//! [`Probe::prepare`] once and [`Probe::collect`] for every target.
 
 pub mod arp;
 pub mod conntrack;
@@ -16,28 +23,128 @@ pub mod tcp;
 pub mod tcpext;
 pub mod tcpsummary;
 
-use crate::config::ProbeOptions;
-use crate::sources::TargetSources;
+use anyhow::Result;
+use schemars::Schema;
+
+use crate::component::{self, Keys, Options, SectionError};
+use crate::sources::{Collection, Node, TargetSources};
 
 /// Every probe, in the order their metrics are listed. One line per probe.
-pub static PROBES: &[&dyn Probe] = &[
-    &conntrack::Conntrack,
-    &qdisc::Qdisc,
-    &netdev::Netdev,
-    &tcp::Tcp,
-    &tcpext::TcpExt,
-    &sock::Sock,
-    &softnet::Softnet,
-    &tcpsummary::TcpSummary,
-    &arp::Arp,
-    &sockbacklog::SockBacklog,
-    &packetloss::PacketLoss,
-    &podip::PodIp,
+pub static PROBES: &[Registration] = &[
+    Registration::of::<conntrack::Conntrack>(),
+    Registration::of::<qdisc::Qdisc>(),
+    Registration::of::<netdev::Netdev>(),
+    Registration::of::<tcp::Tcp>(),
+    Registration::of::<tcpext::TcpExt>(),
+    Registration::of::<sock::Sock>(),
+    Registration::of::<softnet::Softnet>(),
+    Registration::of::<tcpsummary::TcpSummary>(),
+    Registration::of::<arp::Arp>(),
+    Registration::of::<sockbacklog::SockBacklog>(),
+    Registration::of::<packetloss::PacketLoss>(),
+    Registration::of::<podip::PodIp>(),
 ];
 
 /// Looks a probe up by its name.
-pub fn by_name(name: &str) -> Option<&'static dyn Probe> {
-    PROBES.iter().copied().find(|p| p.name() == name)
+pub fn by_name(name: &str) -> Option<&'static Registration> {
+    PROBES.iter().find(|p| p.name == name)
+}
+
+/// A built probe, as the collector drives it.
+pub trait Probe: Send + Sync {
+    /// What this node must have for the probe to run (`Err`: why it is unavailable here).
+    /// Cheap: it is asked again at every collection until it holds.
+    fn prerequisites(&self, _node: &Node) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Setup, once the prerequisites hold (loading a BPF program, opening what it keeps). An
+    /// error fails the probe at every collection from then on, with this error.
+    fn start(&mut self, _node: &Node) -> Result<()> {
+        Ok(())
+    }
+
+    /// Once per collection, before any target is read: state that every target's
+    /// [`Probe::collect`] reads (a BPF map read once, not once per namespace).
+    fn prepare(&self, _collection: &Collection) {}
+
+    /// Reads this probe's sources for one target. Errors carry the source that failed.
+    fn collect(&self, src: &mut TargetSources) -> Result<Vec<Series>>;
+}
+
+/// How a probe is made: its name, scope and metrics, its options, its constructor.
+pub trait Build: Probe + Sized + 'static {
+    const NAME: &'static str;
+    const SCOPE: Scope;
+    /// Its metrics, in the order of the values of its [`Series`].
+    const METRICS: &'static [MetricDef];
+    /// Its section of the configuration file (`probes.NAME`), beside `enabled`.
+    type Options: Options;
+
+    /// Builds the probe from its options; an error is a configuration error. Nothing here
+    /// reads the kernel: that is for [`Probe::prerequisites`] and [`Probe::start`].
+    fn new(options: Self::Options) -> Result<Self>;
+}
+
+/// A probe in the registry: what is known of it without building it.
+pub struct Registration {
+    pub name: &'static str,
+    pub scope: Scope,
+    pub metrics: &'static [MetricDef],
+    build: Builder,
+    schema: fn() -> Schema,
+}
+
+/// Builds a probe from its section: whether the section enables it, and the probe.
+type Builder = fn(Option<&serde_yaml::Value>) -> Result<(bool, Box<dyn Probe>), SectionError>;
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl Registration {
+    pub const fn of<P: Build>() -> Self {
+        Self {
+            name: P::NAME,
+            scope: P::SCOPE,
+            metrics: P::METRICS,
+            build: build::<P>,
+            schema: schema::<P>,
+        }
+    }
+
+    /// Builds the probe from its section (`probes.NAME` of the file, `None` if absent):
+    /// whether the section enables it, and the probe.
+    pub fn build(
+        &self,
+        section: Option<&serde_yaml::Value>,
+    ) -> Result<(bool, Box<dyn Probe>), SectionError> {
+        (self.build)(section)
+    }
+
+    /// Its options, as `docs/configuration.md` lists them.
+    pub fn reference(&self) -> String {
+        component::reference(
+            &format!("probes.{}", self.name),
+            &(self.schema)(),
+            Some(Keys::Probe),
+        )
+    }
+}
+
+fn schema<P: Build>() -> Schema {
+    schemars::schema_for!(P::Options)
+}
+
+fn build<P: Build>(
+    section: Option<&serde_yaml::Value>,
+) -> Result<(bool, Box<dyn Probe>), SectionError> {
+    let path = format!("probes.{}", P::NAME);
+    let (common, options) = component::parse::<P::Options>(&path, section, Keys::Probe)?;
+    let probe = P::new(options).map_err(|e| SectionError::new(&path, format!("{e:#}")))?;
+    Ok((common.enabled.unwrap_or(true), Box::new(probe)))
 }
 
 /// docs/metrics.md, generated from the code's own lists (a test keeps the file current).
@@ -53,15 +160,15 @@ pub fn reference_markdown(self_metrics: &[MetricDef]) -> String {
          Names are exactly as scraped: no `_total` or unit suffix is added to the spec's names.\n",
     );
     for p in PROBES {
-        let scope = match p.scope() {
+        let scope = match p.scope {
             Scope::Node => "node",
             Scope::Pod => "pod",
         };
         out.push_str(&format!(
             "\n## {} ({scope} scope)\n\n| metric | kind | meaning |\n|---|---|---|\n",
-            p.name()
+            p.name
         ));
-        for m in p.metrics() {
+        for m in p.metrics {
             out.push_str(&format!(
                 "| `{}` | {} | {} |\n",
                 m.name,
@@ -117,7 +224,7 @@ macro_rules! metrics {
     (@kind gauge) => { $crate::probes::Kind::Gauge };
 }
 
-/// One set of values from a probe for one target: `values[i]` belongs to `metrics()[i]`.
+/// One set of values from a probe for one target: `values[i]` belongs to `METRICS[i]`.
 /// `None` means the running kernel does not have that counter (the series is left out, never
 /// reported as a made-up zero). `label` is the extra label of multi-series probes (`if_name`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,23 +240,19 @@ impl Series {
             values,
         }
     }
-}
 
-pub trait Probe: Sync + Send {
-    fn name(&self) -> &'static str;
-    fn scope(&self) -> Scope;
-    fn metrics(&self) -> &'static [MetricDef];
-    /// Reads this probe's sources for one target. Errors carry the source that failed.
-    fn collect(&self, src: &mut TargetSources, opts: &ProbeOptions) -> anyhow::Result<Vec<Series>>;
-
-    /// Whether the probe reads the Kubernetes view (it is skipped without one).
-    fn needs_cluster(&self) -> bool {
-        false
+    /// A series with only the value of metric `index` of `len` set (info metrics, one
+    /// series per label value).
+    pub fn one(len: usize, index: usize, value: u64, label: (&'static str, String)) -> Self {
+        let mut values = vec![None; len];
+        if let Some(v) = values.get_mut(index) {
+            *v = Some(value);
+        }
+        Self {
+            label: Some(label),
+            values,
+        }
     }
-
-    /// Called once all targets of a collection were read, with the inodes of the namespaces
-    /// that exist: node-wide state of namespaces that are gone can be dropped.
-    fn after_collection(&self, _live: &std::collections::HashSet<u64>) {}
 }
 
 #[cfg(test)]
@@ -160,11 +263,15 @@ mod tests {
     fn names_are_unique() {
         let mut names: Vec<&str> = PROBES
             .iter()
-            .flat_map(|p| p.metrics().iter().map(|m| m.name))
+            .flat_map(|p| p.metrics.iter().map(|m| m.name))
             .collect();
         let n = names.len();
         names.sort_unstable();
         names.dedup();
         assert_eq!(n, names.len());
+        let mut probes: Vec<&str> = PROBES.iter().map(|p| p.name).collect();
+        probes.sort_unstable();
+        probes.dedup();
+        assert_eq!(probes.len(), PROBES.len());
     }
 }

@@ -8,18 +8,38 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow};
 use ipnet::IpNet;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
-use super::{MetricDef, Probe, Scope, Series};
-use crate::config::ProbeOptions;
+use super::{Build, MetricDef, Probe, Scope, Series};
 use crate::inventory::ClusterView;
 use crate::metrics;
-use crate::sources::TargetSources;
+use crate::sources::{Node, TargetSources};
 
-pub struct PodIp;
+pub struct PodIp {
+    options: PodIpOptions,
+}
+
+/// `probes.podip`.
+#[derive(Deserialize, Serialize, JsonSchema, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PodIpOptions {
+    /// host-local IPAM's directory: one folder per network, one file per allocated address.
+    /// Addresses held there by no Pod of the node are leaked (`netexporter_podip_redisuals`).
+    pub ipam_dir: PathBuf,
+}
+
+impl Default for PodIpOptions {
+    fn default() -> Self {
+        Self {
+            ipam_dir: "/var/lib/cni/networks".into(),
+        }
+    }
+}
 
 const METRICS: &[MetricDef] = metrics![
     gauge "netexporter_podip_maxentries" "Pod IPs this node can hand out: the size of its pod CIDR(s) (Node.spec.podCIDRs).",
@@ -93,30 +113,37 @@ pub fn parse(view: &ClusterView, held: &HashSet<IpAddr>) -> Vec<Series> {
     ])]
 }
 
+impl Build for PodIp {
+    const NAME: &'static str = "podip";
+    const SCOPE: Scope = Scope::Node;
+    const METRICS: &'static [MetricDef] = METRICS;
+    type Options = PodIpOptions;
+
+    fn new(options: PodIpOptions) -> Result<Self> {
+        Ok(Self { options })
+    }
+}
+
 impl Probe for PodIp {
-    fn name(&self) -> &'static str {
-        "podip"
+    fn prerequisites(&self, node: &Node) -> Result<(), String> {
+        if node.kubernetes {
+            Ok(())
+        } else {
+            Err("standalone: Pod IPs and pod CIDRs come from the Kubernetes API".into())
+        }
     }
-    fn scope(&self) -> Scope {
-        Scope::Node
-    }
-    fn metrics(&self) -> &'static [MetricDef] {
-        METRICS
-    }
-    fn needs_cluster(&self) -> bool {
-        true
-    }
-    fn collect(&self, src: &mut TargetSources, opts: &ProbeOptions) -> Result<Vec<Series>> {
+
+    fn collect(&self, src: &mut TargetSources) -> Result<Vec<Series>> {
         let view = src
-            .cluster
-            .clone()
+            .cluster()
+            .cloned()
             .ok_or_else(|| anyhow!("not in Kubernetes mode"))?;
         if !view.synced {
             return Err(anyhow!(
                 "the Pods and the Node have not been listed from the API server yet"
             ));
         }
-        Ok(parse(&view, &ipam_addresses(&opts.ipam_dir)?))
+        Ok(parse(&view, &ipam_addresses(&self.options.ipam_dir)?))
     }
 }
 

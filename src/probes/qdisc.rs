@@ -4,18 +4,39 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use netlink_packet_core::{NetlinkPayload, Nla};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::tc::{TcAttribute, TcHandle, TcStats2};
 
-use super::{MetricDef, Probe, Scope, Series, netdev};
-use crate::config::ProbeOptions;
-use crate::metrics;
-use crate::sources::TargetSources;
-use crate::sources::netlink::messages;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
-pub struct Qdisc;
+use super::{Build, MetricDef, Probe, Scope, Series};
+use crate::metrics;
+use crate::sources::netlink::messages;
+use crate::sources::{TargetSources, links};
+
+pub struct Qdisc {
+    options: QdiscOptions,
+}
+
+/// `probes.qdisc`.
+#[derive(Deserialize, Serialize, JsonSchema, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QdiscOptions {
+    /// Device name prefixes whose root qdiscs are summed: the node's Pod-facing and uplink
+    /// devices (Calico's `cali*`, the uplink `eth*`).
+    pub device_prefixes: Vec<String>,
+}
+
+impl Default for QdiscOptions {
+    fn default() -> Self {
+        Self {
+            device_prefixes: vec!["cali".into(), "eth".into()],
+        }
+    }
+}
 
 /// `TCA_STATS_PKT64`: the 64-bit packet count the kernel adds when it overflows the 32-bit
 /// field of `TCA_STATS_BASIC` (not decoded by netlink-packet-route).
@@ -111,18 +132,23 @@ fn qdisc_stats(attrs: &[TcAttribute]) -> [u64; 6] {
     out
 }
 
+impl Build for Qdisc {
+    const NAME: &'static str = "qdisc";
+    const SCOPE: Scope = Scope::Node;
+    const METRICS: &'static [MetricDef] = METRICS;
+    type Options = QdiscOptions;
+
+    fn new(options: QdiscOptions) -> Result<Self> {
+        if options.device_prefixes.iter().any(|p| p.is_empty()) {
+            bail!("device_prefixes: an empty prefix would select every device");
+        }
+        Ok(Self { options })
+    }
+}
+
 impl Probe for Qdisc {
-    fn name(&self) -> &'static str {
-        "qdisc"
-    }
-    fn scope(&self) -> Scope {
-        Scope::Node
-    }
-    fn metrics(&self) -> &'static [MetricDef] {
-        METRICS
-    }
-    fn collect(&self, src: &mut TargetSources, opts: &ProbeOptions) -> Result<Vec<Series>> {
-        let names = netdev::names(&src.links()?).context("RTM_GETLINK")?;
-        parse(&src.qdiscs()?, &names, &opts.device_prefixes).context("RTM_GETQDISC")
+    fn collect(&self, src: &mut TargetSources) -> Result<Vec<Series>> {
+        let names = links::names(&src.links()?).context("RTM_GETLINK")?;
+        parse(&src.qdiscs()?, &names, &self.options.device_prefixes).context("RTM_GETQDISC")
     }
 }

@@ -2,18 +2,25 @@
 //! (sum of `ss` Recv-Q over LISTEN sockets). A LISTEN-only sock_diag dump walks only the
 //! listening hash, so it stays cheap however many connections the node has.
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
 use netlink_packet_sock_diag::constants::TCP_LISTEN;
 use netlink_packet_sock_diag::inet::StateFlags;
 
-use super::{MetricDef, Probe, Scope, Series};
-use crate::config::ProbeOptions;
+use super::{Build, MetricDef, Probe, Scope, Series};
+use crate::component::NoOptions;
 use crate::metrics;
 use crate::sources::TargetSources;
 use crate::sources::netlink::inet_sockets;
-use crate::sources::socket_storage;
+use crate::sources::socket_storage::SocketSummaries;
+use crate::sources::{Collection, Node};
 
-pub struct SockBacklog;
+#[derive(Default)]
+pub struct SockBacklog {
+    /// The summaries of every namespace, shared with `tcpsummary` (set up at start).
+    summaries: Option<Arc<SocketSummaries>>,
+}
 
 const METRICS: &[MetricDef] = metrics![
     gauge "netexporter_sockbacklog_recvq" "Connections that completed the handshake and wait for accept(), summed over the TCP listeners; persistently non-zero means an accept queue is full.",
@@ -31,18 +38,33 @@ pub fn accept_queue(reply: &[u8]) -> Result<u64> {
     Ok(n)
 }
 
+impl Build for SockBacklog {
+    const NAME: &'static str = "sockbacklog";
+    const SCOPE: Scope = Scope::Pod;
+    const METRICS: &'static [MetricDef] = METRICS;
+    type Options = NoOptions;
+
+    fn new(_: NoOptions) -> Result<Self> {
+        Ok(Self::default())
+    }
+}
+
 impl Probe for SockBacklog {
-    fn name(&self) -> &'static str {
-        "sockbacklog"
+    fn start(&mut self, node: &Node) -> Result<()> {
+        let summaries = node.socket_summaries();
+        summaries.start()?;
+        self.summaries = Some(summaries);
+        Ok(())
     }
-    fn scope(&self) -> Scope {
-        Scope::Pod
+
+    fn prepare(&self, collection: &Collection) {
+        if let Some(s) = &self.summaries {
+            s.prepare(collection);
+        }
     }
-    fn metrics(&self) -> &'static [MetricDef] {
-        METRICS
-    }
-    fn collect(&self, src: &mut TargetSources, opts: &ProbeOptions) -> Result<Vec<Series>> {
-        if let Some(bpf) = socket_storage::summary(src, opts) {
+
+    fn collect(&self, src: &mut TargetSources) -> Result<Vec<Series>> {
+        if let Some(bpf) = self.summaries.as_ref().and_then(|s| s.summary(src.inode())) {
             return Ok(vec![Series::new(vec![Some(bpf?.accept_queue)])]);
         }
         let ipv6 = src.has_ipv6();

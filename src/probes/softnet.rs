@@ -3,8 +3,8 @@
 
 use anyhow::{Context, Result};
 
-use super::{MetricDef, Probe, Scope, Series, format};
-use crate::config::ProbeOptions;
+use super::{Build, MetricDef, Probe, Scope, Series, format};
+use crate::component::NoOptions;
 use crate::metrics;
 use crate::sources::TargetSources;
 
@@ -20,17 +20,19 @@ pub fn parse(softnet_stat: &[u8]) -> Result<Vec<Series>> {
     Ok(vec![Series::new(sums.into_iter().map(Some).collect())])
 }
 
+impl Build for Softnet {
+    const NAME: &'static str = "softnet";
+    const SCOPE: Scope = Scope::Node;
+    const METRICS: &'static [MetricDef] = METRICS;
+    type Options = NoOptions;
+
+    fn new(_: NoOptions) -> Result<Self> {
+        Ok(Self)
+    }
+}
+
 impl Probe for Softnet {
-    fn name(&self) -> &'static str {
-        "softnet"
-    }
-    fn scope(&self) -> Scope {
-        Scope::Node
-    }
-    fn metrics(&self) -> &'static [MetricDef] {
-        METRICS
-    }
-    fn collect(&self, src: &mut TargetSources, _: &ProbeOptions) -> Result<Vec<Series>> {
+    fn collect(&self, src: &mut TargetSources) -> Result<Vec<Series>> {
         parse(&src.node_file("net/softnet_stat")?).context("net/softnet_stat")
     }
 }

@@ -2,8 +2,8 @@
 
 use anyhow::{Context, Result};
 
-use super::{MetricDef, Probe, Scope, Series, format};
-use crate::config::ProbeOptions;
+use super::{Build, MetricDef, Probe, Scope, Series, format};
+use crate::component::NoOptions;
 use crate::metrics;
 use crate::sources::TargetSources;
 use crate::sources::netns::NetFile;
@@ -43,17 +43,19 @@ pub fn parse(snmp: &[u8]) -> Result<Vec<Series>> {
     )?)])
 }
 
+impl Build for Tcp {
+    const NAME: &'static str = "tcp";
+    const SCOPE: Scope = Scope::Pod;
+    const METRICS: &'static [MetricDef] = METRICS;
+    type Options = NoOptions;
+
+    fn new(_: NoOptions) -> Result<Self> {
+        Ok(Self)
+    }
+}
+
 impl Probe for Tcp {
-    fn name(&self) -> &'static str {
-        "tcp"
-    }
-    fn scope(&self) -> Scope {
-        Scope::Pod
-    }
-    fn metrics(&self) -> &'static [MetricDef] {
-        METRICS
-    }
-    fn collect(&self, src: &mut TargetSources, _: &ProbeOptions) -> Result<Vec<Series>> {
+    fn collect(&self, src: &mut TargetSources) -> Result<Vec<Series>> {
         parse(&src.net_file(NetFile::Snmp)?).context("/proc/net/snmp")
     }
 }

@@ -4,19 +4,26 @@
 //! A dump walks the node's whole established hash whatever the namespace, so a family whose
 //! sockstat line says it has no sockets (and no TIME-WAIT ones) is not dumped at all.
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
 use netlink_packet_sock_diag::constants::{TCP_ESTABLISHED, TCP_TIME_WAIT};
 use netlink_packet_sock_diag::inet::StateFlags;
 
-use super::{MetricDef, Probe, Scope, Series, format};
-use crate::config::ProbeOptions;
+use super::{Build, MetricDef, Probe, Scope, Series, format};
+use crate::component::NoOptions;
 use crate::metrics;
 use crate::sources::TargetSources;
 use crate::sources::netlink::inet_sockets;
 use crate::sources::netns::NetFile;
-use crate::sources::socket_storage;
+use crate::sources::socket_storage::SocketSummaries;
+use crate::sources::{Collection, Node};
 
-pub struct TcpSummary;
+#[derive(Default)]
+pub struct TcpSummary {
+    /// The summaries of every namespace, shared with `sockbacklog` (set up at start).
+    summaries: Option<Arc<SocketSummaries>>,
+}
 
 const METRICS: &[MetricDef] = metrics![
     gauge "netexporter_tcpsummary_tcpestablishedconn" "TCP sockets in ESTABLISHED now.",
@@ -94,18 +101,33 @@ pub fn families_to_dump(src: &mut TargetSources) -> Vec<u8> {
     out
 }
 
+impl Build for TcpSummary {
+    const NAME: &'static str = "tcpsummary";
+    const SCOPE: Scope = Scope::Pod;
+    const METRICS: &'static [MetricDef] = METRICS;
+    type Options = NoOptions;
+
+    fn new(_: NoOptions) -> Result<Self> {
+        Ok(Self::default())
+    }
+}
+
 impl Probe for TcpSummary {
-    fn name(&self) -> &'static str {
-        "tcpsummary"
+    fn start(&mut self, node: &Node) -> Result<()> {
+        let summaries = node.socket_summaries();
+        summaries.start()?;
+        self.summaries = Some(summaries);
+        Ok(())
     }
-    fn scope(&self) -> Scope {
-        Scope::Pod
+
+    fn prepare(&self, collection: &Collection) {
+        if let Some(s) = &self.summaries {
+            s.prepare(collection);
+        }
     }
-    fn metrics(&self) -> &'static [MetricDef] {
-        METRICS
-    }
-    fn collect(&self, src: &mut TargetSources, opts: &ProbeOptions) -> Result<Vec<Series>> {
-        let sum = match socket_storage::summary(src, opts) {
+
+    fn collect(&self, src: &mut TargetSources) -> Result<Vec<Series>> {
+        let sum = match self.summaries.as_ref().and_then(|s| s.summary(src.inode())) {
             Some(bpf) => {
                 let b = bpf?;
                 // TIME-WAIT sockets carry no socket storage. sockstat's `tw` counts them, but
@@ -151,17 +173,14 @@ impl Probe for TcpSummary {
         };
         let mut out = sum.series();
         if src.is_node() {
-            let mut info = vec![None; METRICS.len()];
-            info[METRICS.len() - 1] = Some(1);
-            out.push(Series {
-                label: Some(("path", socket_storage::path(opts).0.to_string())),
-                values: info,
-            });
+            let path = self.summaries.as_ref().map_or("sock_diag", |s| s.path());
+            out.push(Series::one(
+                METRICS.len(),
+                METRICS.len() - 1,
+                1,
+                ("path", path.to_string()),
+            ));
         }
         Ok(out)
-    }
-
-    fn after_collection(&self, live: &std::collections::HashSet<u64>) {
-        socket_storage::retain(live);
     }
 }

@@ -1,12 +1,26 @@
-//! What probes read: the kernel sources of one target, each read at most once per collection
-//! however many probes use it.
+//! What probes and checks read: the kernel, through readers shared by every component.
+//!
+//! - [`TargetSources`]: the sources of one target (a network namespace), each read at most
+//!   once per collection however many probes use it. It reads a live namespace through its
+//!   [`netns::NetnsSession`], or captured kernel data from a folder (the golden tests).
+//! - [`Node`]: what the node offers at start: its /proc and /sys, the Kubernetes mode, and the
+//!   readers several probes share ([`socket_storage`]).
+//! - [`Collection`]: one collection's shared view: which namespaces exist, and the node's
+//!   devices, read once for every probe that needs them.
+//! - Parsers of kernel replies that more than one component needs: [`links`] (devices),
+//!   [`routes`] (routes, addresses, rules), [`ipvs`], [`sysctl`].
 
+pub mod collection;
+
+pub mod links;
 pub mod netlink;
 pub mod netns;
+pub mod node;
+
 pub mod socket_storage;
 
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
 use netlink_packet_route::AddressFamily;
@@ -17,60 +31,125 @@ use netlink_packet_route::tc::TcMessage;
 use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
 
+pub use collection::Collection;
 use netns::{NetFile, NetnsSession};
+pub use node::{Node, SourcesOptions};
 
-/// The sources of one target during one collection.
+use crate::inventory::ClusterView;
+
+/// The sources of one target.
 pub struct TargetSources<'a> {
-    session: &'a mut NetnsSession,
-    procfs: &'a Path,
+    kernel: Kernel<'a>,
     is_node: bool,
-    /// The target's namespace inode.
-    pub inode: u64,
-    /// Which collection this is (probes with node-wide state read it once per collection).
-    pub collection: u64,
-    /// The Kubernetes view of the node, in Kubernetes mode.
-    pub cluster: Option<std::sync::Arc<crate::inventory::ClusterView>>,
-    files: [Option<Rc<Vec<u8>>>; 4],
-    links: Option<Rc<Vec<u8>>>,
+    inode: u64,
+    collection: Option<&'a Collection>,
+    cluster: Option<Arc<ClusterView>>,
+    files: [Option<Arc<Vec<u8>>>; NetFile::ALL.len()],
+    links: Option<Arc<Vec<u8>>>,
+}
+
+/// Where a target's data comes from.
+enum Kernel<'a> {
+    /// A namespace, through its session; node-wide files under `procfs`.
+    Live {
+        session: &'a mut NetnsSession,
+        procfs: &'a Path,
+    },
+    /// Kernel data captured into a folder, one file per source (see
+    /// [`TargetSources::captured`]).
+    Captured(&'a Path),
 }
 
 impl<'a> TargetSources<'a> {
+    /// A live namespace's sources; node-wide files (read by the node's target only) come from
+    /// `procfs`.
     pub fn new(session: &'a mut NetnsSession, procfs: &'a Path, is_node: bool) -> Self {
+        Self::with_kernel(Kernel::Live { session, procfs }, is_node)
+    }
+
+    /// Captured kernel data in `dir`, one file per source: the /proc/net files by name
+    /// (`snmp`, `netstat`, `sockstat`, `sockstat6`), node-wide files by their last path
+    /// component (`nf_conntrack`, `gc_thresh3`, ...), netlink replies as received
+    /// (`links.bin`, `qdisc.bin`, `neigh.bin`, `inet.bin`, `inet6.bin`, `inet_any.bin`,
+    /// `routes.bin`, `addrs.bin`, `rules.bin`; the IPv6 ones with a `6`). A source without
+    /// its file fails as a missing file would.
+    pub fn captured(dir: &'a Path, is_node: bool) -> Self {
+        Self::with_kernel(Kernel::Captured(dir), is_node)
+    }
+
+    fn with_kernel(kernel: Kernel<'a>, is_node: bool) -> Self {
         Self {
-            session,
-            procfs,
+            kernel,
             is_node,
             inode: 0,
-            collection: 0,
+            collection: None,
             cluster: None,
             files: Default::default(),
             links: None,
         }
     }
 
-    /// A /proc/net file of the target's namespace.
-    pub fn net_file(&mut self, f: NetFile) -> Result<Rc<Vec<u8>>> {
-        let idx = NetFile::ALL.iter().position(|x| *x == f).unwrap_or(0);
-        if let Some(v) = &self.files[idx] {
-            return Ok(v.clone());
-        }
-        let v = Rc::new(self.session.read(f)?);
-        self.files[idx] = Some(v.clone());
-        Ok(v)
+    /// The target's namespace inode (its identity across collections).
+    pub fn with_inode(mut self, inode: u64) -> Self {
+        self.inode = inode;
+        self
+    }
+
+    /// Read as part of `collection` (the node's devices come from its shared dump).
+    pub fn in_collection(mut self, collection: &'a Collection) -> Self {
+        self.collection = Some(collection);
+        self
+    }
+
+    /// The Kubernetes view of the node (Kubernetes mode).
+    pub fn with_cluster(mut self, cluster: Option<Arc<ClusterView>>) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
+    pub fn inode(&self) -> u64 {
+        self.inode
     }
 
     pub fn is_node(&self) -> bool {
         self.is_node
     }
 
-    /// The namespace, to enter it (`None` for the node's: the agent's own).
+    pub fn cluster(&self) -> Option<&Arc<ClusterView>> {
+        self.cluster.as_ref()
+    }
+
+    /// The namespace, to enter it or name it to the kernel (`None` for the node's, the
+    /// agent's own, and for captured data).
     pub fn ns_file(&self) -> Option<&std::fs::File> {
-        self.session.ns.as_ref()
+        match &self.kernel {
+            Kernel::Live { session, .. } => session.ns.as_ref(),
+            Kernel::Captured(_) => None,
+        }
+    }
+
+    /// A /proc/net file of the target's namespace.
+    pub fn net_file(&mut self, f: NetFile) -> Result<Arc<Vec<u8>>> {
+        let idx = f.index();
+        if let Some(v) = &self.files[idx] {
+            return Ok(v.clone());
+        }
+        let v = Arc::new(match &self.kernel {
+            Kernel::Live { session, .. } => session.read(f)?,
+            Kernel::Captured(dir) => captured(dir, f.file_name())?,
+        });
+        self.files[idx] = Some(v.clone());
+        Ok(v)
     }
 
     /// Whether the namespace has IPv6 (its sockstat6 could be opened).
     pub fn has_ipv6(&self) -> bool {
-        self.session.has(NetFile::Sockstat6)
+        match &self.kernel {
+            Kernel::Live { session, .. } => session.has(NetFile::Sockstat6),
+            Kernel::Captured(dir) => {
+                dir.join("sockstat6").exists() || dir.join("inet6.bin").exists()
+            }
+        }
     }
 
     /// A node-wide file, `<procfs>/<rel>` (only the node's own target reads these).
@@ -78,16 +157,30 @@ impl<'a> TargetSources<'a> {
         if !self.is_node {
             return Err(anyhow!("{rel} is read in the node's namespace only"));
         }
-        let path: PathBuf = self.procfs.join(rel);
-        std::fs::read(&path).with_context(|| format!("read {}", path.display()))
+        match &self.kernel {
+            Kernel::Live { procfs, .. } => {
+                let path: PathBuf = procfs.join(rel);
+                std::fs::read(&path).with_context(|| format!("read {}", path.display()))
+            }
+            Kernel::Captured(dir) => {
+                captured(dir, rel.rsplit('/').next().unwrap_or(rel)).context(rel.to_string())
+            }
+        }
     }
 
-    /// RTM_GETLINK dump (every interface with its IFLA_STATS64).
-    pub fn links(&mut self) -> Result<Rc<Vec<u8>>> {
+    /// RTM_GETLINK dump (every interface with its IFLA_STATS64). The node's comes from the
+    /// collection's one dump of it, shared with the probes that map Pods' devices to it.
+    pub fn links(&mut self) -> Result<Arc<Vec<u8>>> {
         if let Some(v) = &self.links {
             return Ok(v.clone());
         }
-        let v = Rc::new(self.route_dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?);
+        let v = match (&self.kernel, self.collection) {
+            (Kernel::Captured(dir), _) => Arc::new(captured(dir, "links.bin")?),
+            (Kernel::Live { .. }, Some(c)) if self.is_node => c.node_links()?,
+            (Kernel::Live { .. }, _) => {
+                Arc::new(self.route_dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?)
+            }
+        };
         self.links = Some(v.clone());
         Ok(v)
     }
@@ -106,6 +199,13 @@ impl<'a> TargetSources<'a> {
 
     /// sock_diag dump of the TCP sockets of one family (`AF_INET`/`AF_INET6`) in `states`.
     pub fn tcp_sockets(&mut self, family: u8, states: StateFlags) -> Result<Vec<u8>> {
+        let session = match &mut self.kernel {
+            Kernel::Captured(dir) => {
+                let v6 = family == libc::AF_INET6 as u8;
+                return captured(dir, if v6 { "inet6.bin" } else { "inet.bin" });
+            }
+            Kernel::Live { session, .. } => session,
+        };
         let socket_id = if family == libc::AF_INET6 as u8 {
             SocketId::new_v6()
         } else {
@@ -118,7 +218,7 @@ impl<'a> TargetSources<'a> {
             states,
             socket_id,
         });
-        let sock = self.session.diag.as_mut().map_err(|e| anyhow!("{e}"))?;
+        let sock = session.diag.as_mut().map_err(|e| anyhow!("{e}"))?;
         sock.dump(req).context("sock_diag dump")
     }
 
@@ -126,9 +226,15 @@ impl<'a> TargetSources<'a> {
     /// hash (`TCPDIAG_GETSOCK`); where the kernel refuses that request, one sock_diag dump per
     /// family (`ipv6`: whether to dump IPv6 too).
     pub fn tcp_sockets_any_family(&mut self, states: StateFlags, ipv6: bool) -> Result<Vec<u8>> {
-        let sock = self.session.diag.as_mut().map_err(|e| anyhow!("{e}"))?;
-        let request = netlink::tcpdiag_request(states.bits());
-        match sock.dump_raw(netlink::TCPDIAG_GETSOCK, &request) {
+        let one_walk = match &mut self.kernel {
+            Kernel::Captured(dir) => captured(dir, "inet_any.bin"),
+            Kernel::Live { session, .. } => {
+                let sock = session.diag.as_mut().map_err(|e| anyhow!("{e}"))?;
+                let request = netlink::tcpdiag_request(states.bits());
+                sock.dump_raw(netlink::TCPDIAG_GETSOCK, &request)
+            }
+        };
+        match one_walk {
             Ok(reply) => Ok(reply),
             Err(e) => {
                 tracing::debug!(error = %format!("{e:#}"), "TCPDIAG_GETSOCK refused; one dump per family");
@@ -147,10 +253,14 @@ impl<'a> TargetSources<'a> {
         use netlink_packet_core::NetlinkPayload;
         use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
         use std::os::fd::AsRawFd;
+        let session = match &mut self.kernel {
+            Kernel::Captured(_) => return Ok(None),
+            Kernel::Live { session, .. } => session,
+        };
         let mut msg = NsidMessage::default();
         msg.attributes
             .push(NsidAttribute::Fd(ns.as_raw_fd() as u32));
-        let sock = self.session.route.as_mut().map_err(|e| anyhow!("{e}"))?;
+        let sock = session.route.as_mut().map_err(|e| anyhow!("{e}"))?;
         let reply = sock
             .request(RouteNetlinkMessage::GetNsId(msg))
             .context("RTM_GETNSID")?;
@@ -190,25 +300,52 @@ impl<'a> TargetSources<'a> {
     }
 
     fn route_dump(&mut self, msg: RouteNetlinkMessage) -> Result<Vec<u8>> {
-        let sock = self.session.route.as_mut().map_err(|e| anyhow!("{e}"))?;
-        sock.dump(msg).context("rtnetlink dump")
+        match &mut self.kernel {
+            Kernel::Captured(dir) => captured(dir, captured_name(&msg)),
+            Kernel::Live { session, .. } => {
+                let sock = session.route.as_mut().map_err(|e| anyhow!("{e}"))?;
+                sock.dump(msg).context("rtnetlink dump")
+            }
+        }
     }
 }
 
-/// Runs `f` on the sources of `target` from a session opened for this call only, for the
-/// checks: they run about once a minute and need a dump or two, so they do not share the
-/// collector's long-lived sessions. The session (and the pin on the namespace) is closed
-/// when `f` returns.
-pub fn with_target<T>(
+/// The captured file of an rtnetlink dump (see [`TargetSources::captured`]).
+fn captured_name(msg: &RouteNetlinkMessage) -> &'static str {
+    let v6 = |f: AddressFamily| f == AddressFamily::Inet6;
+    match msg {
+        RouteNetlinkMessage::GetLink(_) => "links.bin",
+        RouteNetlinkMessage::GetQueueDiscipline(_) => "qdisc.bin",
+        RouteNetlinkMessage::GetNeighbour(m) if v6(m.header.family) => "neigh6.bin",
+        RouteNetlinkMessage::GetNeighbour(_) => "neigh.bin",
+        RouteNetlinkMessage::GetRoute(m) if v6(m.header.address_family) => "routes6.bin",
+        RouteNetlinkMessage::GetRoute(_) => "routes.bin",
+        RouteNetlinkMessage::GetAddress(m) if v6(m.header.family) => "addrs6.bin",
+        RouteNetlinkMessage::GetAddress(_) => "addrs.bin",
+        RouteNetlinkMessage::GetRule(m) if v6(m.header.family) => "rules6.bin",
+        RouteNetlinkMessage::GetRule(_) => "rules.bin",
+        _ => "unknown.bin",
+    }
+}
+
+fn captured(dir: &Path, name: &str) -> Result<Vec<u8>> {
+    let path = dir.join(name);
+    std::fs::read(&path).with_context(|| format!("read {}", path.display()))
+}
+
+/// Runs `f` on the sources of the namespace at `ns_path` (`None`: the node's, the agent's
+/// own) from a session opened for this call only, for the checks: they run about once a
+/// minute and need a dump or two, so they do not share the collector's long-lived sessions.
+/// The session (and the pin on the namespace) is closed when `f` returns.
+pub fn with_namespace<T>(
     procfs: &Path,
-    target: &crate::inventory::Target,
+    ns_path: Option<&Path>,
     f: impl FnOnce(&mut TargetSources<'_>) -> Result<T>,
 ) -> Result<T> {
-    let mut session = match &target.ns_path {
+    let mut session = match ns_path {
         None => NetnsSession::open_own(procfs),
         Some(path) => NetnsSession::open_in(path, procfs)?,
     };
-    let mut src = TargetSources::new(&mut session, procfs, target.is_node());
-    src.inode = target.inode;
+    let mut src = TargetSources::new(&mut session, procfs, ns_path.is_none());
     f(&mut src)
 }

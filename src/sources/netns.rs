@@ -27,6 +27,16 @@ pub enum NetFile {
 impl NetFile {
     pub const ALL: [NetFile; 4] = [Self::Snmp, Self::Netstat, Self::Sockstat, Self::Sockstat6];
 
+    /// Its position in [`NetFile::ALL`].
+    pub const fn index(self) -> usize {
+        match self {
+            Self::Snmp => 0,
+            Self::Netstat => 1,
+            Self::Sockstat => 2,
+            Self::Sockstat6 => 3,
+        }
+    }
+
     pub fn file_name(self) -> &'static str {
         match self {
             Self::Snmp => "snmp",
@@ -44,7 +54,7 @@ type Opened<T> = std::result::Result<T, String>;
 pub struct NetnsSession {
     /// The namespace itself (`None`: the agent's own), for what must run inside it later.
     pub(crate) ns: Option<File>,
-    files: [Opened<File>; 4],
+    files: [Opened<File>; NetFile::ALL.len()],
     pub(crate) route: Opened<NlSocket>,
     pub(crate) diag: Opened<NlSocket>,
 }
@@ -88,18 +98,12 @@ impl NetnsSession {
     }
 
     pub fn has(&self, f: NetFile) -> bool {
-        self.files[Self::index(f)].is_ok()
-    }
-
-    fn index(f: NetFile) -> usize {
-        NetFile::ALL.iter().position(|x| *x == f).unwrap_or(0)
+        self.files[f.index()].is_ok()
     }
 
     /// The current content of a /proc/net file of this namespace.
     pub fn read(&self, f: NetFile) -> Result<Vec<u8>> {
-        let file = self.files[Self::index(f)]
-            .as_ref()
-            .map_err(|e| anyhow!("{e}"))?;
+        let file = self.files[f.index()].as_ref().map_err(|e| anyhow!("{e}"))?;
         read_from_start(file).with_context(|| format!("read {}", f.file_name()))
     }
 }

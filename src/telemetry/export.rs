@@ -1,5 +1,6 @@
-//! What the SDK's batch pipelines (event log records, trace spans) share: a bound on what they
-//! hold, and exports polled in the agent's runtime and bounded in time.
+//! What every OTLP exporter shares (metrics, event log records, trace spans): the protocol,
+//! the URL of each signal, and, for the SDK's batch pipelines, a bound on what they hold and
+//! exports polled in the agent's runtime and bounded in time.
 //!
 //! The SDK's batch processors export from a thread of their own, outside any tokio runtime;
 //! the exporters' clients (reqwest and hyper for HTTP, tonic for gRPC) need one for their I/O
@@ -13,6 +14,58 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::component::SectionError;
+
+/// How OTLP is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum OtlpProtocol {
+    /// gRPC (port 4317 by convention).
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// Protobuf over HTTP (port 4318 by convention).
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    /// Parses the value of `field` (a flag, variable or file key, named in the error).
+    pub fn parse(field: &str, value: &str) -> Result<Self, SectionError> {
+        match value.trim() {
+            "grpc" => Ok(Self::Grpc),
+            "http/protobuf" => Ok(Self::HttpProtobuf),
+            other => Err(SectionError::new(
+                field,
+                format!("{other:?} is not supported; use grpc or http/protobuf"),
+            )),
+        }
+    }
+}
+
+/// An endpoint must be an http(s) URL.
+pub fn check_endpoint(field: &str, url: &str) -> Result<(), SectionError> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(SectionError::new(
+            field,
+            format!("{url:?} must start with http:// or https://"),
+        ))
+    }
+}
+
+/// The URL of one signal over OTLP/HTTP: `path` (`/v1/metrics`, `/v1/logs`, Loki's
+/// `/otlp/v1/logs`) appended to a base endpoint unless it is there already, as the OTel
+/// specification says of `OTEL_EXPORTER_OTLP_ENDPOINT`.
+pub fn signal_url(endpoint: &str, path: &str) -> String {
+    if endpoint.ends_with(path) {
+        endpoint.to_string()
+    } else {
+        format!("{}{path}", endpoint.trim_end_matches('/'))
+    }
+}
 
 /// Polls `inner` with `handle`'s runtime entered, so that it may register I/O and timers
 /// with it while an executor of another thread drives it.
@@ -33,7 +86,7 @@ impl<F: Future> Future for InRuntime<F> {
 
 /// Runs `export` in `runtime` from any thread; an export that takes longer than `timeout`
 /// (a collector that accepts and never answers) is abandoned as failed.
-pub(crate) async fn bounded<F>(
+pub async fn bounded<F>(
     runtime: &tokio::runtime::Handle,
     timeout: Duration,
     export: F,
@@ -55,7 +108,7 @@ where
 /// Places for at most `capacity` items in a pipeline. Sized like the SDK processor's own
 /// queue, it turns items away before the processor would drop them itself, uncounted.
 #[derive(Debug)]
-pub(crate) struct Admission {
+pub struct Admission {
     held: AtomicUsize,
     pub(crate) capacity: usize,
 }

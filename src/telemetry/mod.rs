@@ -3,7 +3,7 @@
 //! pull, OTLP push). Each export sets the snapshot, collects its reader and encodes the result;
 //! the kernel is never read from a callback.
 
-pub(crate) mod export;
+pub mod export;
 pub mod otlp;
 pub mod prometheus;
 pub mod traces;
@@ -45,6 +45,15 @@ pub struct ExportStats {
     pub otlp_traces_failures: Option<Arc<AtomicU64>>,
 }
 
+/// What the events pipeline tells the metrics (`events::Events` implements it): telemetry
+/// sits below events, which export through its OTLP plumbing.
+pub trait EventStats: Send + Sync {
+    /// Events emitted since start, by type.
+    fn emitted(&self) -> Vec<(&'static str, u64)>;
+    /// Each check that ran: whether it could run at its last run, and the problems it found.
+    fn checks(&self) -> Vec<(&'static str, bool, u64)>;
+}
+
 /// A `ManualReader` shared between the MeterProvider and the exporter that collects it.
 #[derive(Debug, Clone)]
 pub struct SharedReader(Arc<ManualReader>);
@@ -83,7 +92,7 @@ impl Telemetry {
     pub fn new(
         cfg: &Config,
         enabled: &[usize],
-        events: Option<Arc<crate::events::Events>>,
+        events: Option<Arc<dyn EventStats>>,
         export_stats: Arc<ExportStats>,
     ) -> Self {
         let prometheus = SharedReader(Arc::new(ManualReader::builder().build()));
@@ -179,8 +188,8 @@ fn register_probe_instruments(
     enabled: &[usize],
 ) {
     for &p in enabled {
-        let probe = probes::PROBES[p];
-        for (m, def) in probe.metrics().iter().enumerate() {
+        let probe = &probes::PROBES[p];
+        for (m, def) in probe.metrics.iter().enumerate() {
             let current = Arc::clone(current);
             let observe = move |obs: &dyn AsyncInstrument<u64>| {
                 let snap = read(&current);
@@ -216,6 +225,7 @@ pub const SELF_METRICS: &[MetricDef] = crate::metrics![
     gauge "netexporter_scrape_collector_duration_seconds" "Time a collector spent in the last collection, summed over network namespaces. Labels: collector.",
     gauge "netexporter_scrape_collector_success" "1 if a collector succeeded in every network namespace in the last collection, else 0. Labels: collector.",
     counter "netexporter_scrape_collector_errors_total" "Failures of a collector, one per network namespace where it failed. Labels: collector.",
+    gauge "netexporter_probe_available" "1 if an enabled probe can run on this node, 0 if the node lacks what it needs (label reason says what; asked again at each collection). Labels: probe, reason.",
     gauge "netexporter_targets" "Network namespaces read in the last collection, the node's own included.",
     counter "netexporter_collections_total" "Collections run; concurrent scrapes and pushes share one, so this can grow slower than the scrapes.",
     gauge "netexporter_build_info" "Always 1; the labels tell the version of the agent. Labels: version.",
@@ -232,7 +242,7 @@ pub const SELF_METRICS: &[MetricDef] = crate::metrics![
 fn register_event_instruments(
     meter: &Meter,
     current: &Arc<RwLock<Arc<Snapshot>>>,
-    events: Arc<crate::events::Events>,
+    events: Arc<dyn EventStats>,
 ) {
     let c = Arc::clone(current);
     let e = Arc::clone(&events);
@@ -242,11 +252,10 @@ fn register_event_instruments(
         .with_description(def.help)
         .with_callback(move |obs| {
             let snap = read(&c);
-            let counts = e.counts.lock().unwrap_or_else(|p| p.into_inner());
-            for (kind, n) in counts.iter() {
+            for (kind, n) in e.emitted() {
                 let mut a = snap.node_attrs.clone();
-                a.push(KeyValue::new("type", *kind));
-                obs.observe(*n, &a);
+                a.push(KeyValue::new("type", kind));
+                obs.observe(n, &a);
             }
         })
         .build();
@@ -262,11 +271,10 @@ fn register_event_instruments(
             .with_description(def.help)
             .with_callback(move |obs| {
                 let snap = read(&c);
-                let checks = e.checks.lock().unwrap_or_else(|p| p.into_inner());
-                for (check, (ok, problems)) in checks.iter() {
+                for (check, ok, problems) in e.checks() {
                     let mut a = snap.node_attrs.clone();
-                    a.push(KeyValue::new("check", *check));
-                    obs.observe(if pick == 0 { u64::from(*ok) } else { *problems }, &a);
+                    a.push(KeyValue::new("check", check));
+                    obs.observe(if pick == 0 { u64::from(ok) } else { problems }, &a);
                 }
             })
             .build();
@@ -329,6 +337,22 @@ fn register_self_instruments(
         Box::new(move |snap, obs| {
             for st in &snap.collectors {
                 obs.observe(u64::from(st.success), &collector_attrs(snap, st.name));
+            }
+        }),
+    );
+    gauge(
+        "netexporter_probe_available",
+        Box::new(|snap, obs| {
+            for (probe, why) in &snap.availability {
+                let mut a = snap.node_attrs.clone();
+                a.push(KeyValue::new("probe", *probe));
+                match why {
+                    None => obs.observe(1, &a),
+                    Some(why) => {
+                        a.push(KeyValue::new("reason", why.clone()));
+                        obs.observe(0, &a);
+                    }
+                }
             }
         }),
     );

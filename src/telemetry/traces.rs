@@ -31,8 +31,9 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::registry::LookupSpan;
 
+use super::export::OtlpProtocol;
 use super::export::{self, Admission};
-use crate::config::{ConfigError, OtlpProtocol};
+use crate::component::SectionError as ConfigError;
 
 /// The `tracing` target of every span and span event meant for trace export.
 pub const TARGET: &str = "net_exporter::trace";
@@ -79,7 +80,7 @@ impl TraceConfig {
             Some(v) if v.eq_ignore_ascii_case("none") => return Ok(None),
             Some(v) if v.eq_ignore_ascii_case("otlp") => {}
             Some(other) => {
-                return Err(err(
+                return Err(ConfigError::new(
                     TRACES_EXPORTER,
                     format!("{other:?} is not supported; use otlp or none"),
                 ));
@@ -91,7 +92,7 @@ impl TraceConfig {
             Some((_, p)) if p == "http/protobuf" => OtlpProtocol::HttpProtobuf,
             Some((_, p)) if p == "grpc" => OtlpProtocol::Grpc,
             Some((field, other)) => {
-                return Err(err(
+                return Err(ConfigError::new(
                     field,
                     format!("{other:?} is not supported; use grpc or http/protobuf"),
                 ));
@@ -111,7 +112,7 @@ impl TraceConfig {
             ),
         };
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-            return Err(err(
+            return Err(ConfigError::new(
                 endpoint_from,
                 format!("{endpoint:?} must start with http:// or https://"),
             ));
@@ -127,10 +128,10 @@ impl TraceConfig {
         let timeout = match first([TRACES_TIMEOUT, TIMEOUT]) {
             None => DEFAULT_TIMEOUT,
             Some((field, ms)) => match ms.parse::<u64>() {
-                Ok(0) => return Err(err(field, "must be greater than zero")),
+                Ok(0) => return Err(ConfigError::new(field, "must be greater than zero")),
                 Ok(ms) => Duration::from_millis(ms),
                 Err(_) => {
-                    return Err(err(
+                    return Err(ConfigError::new(
                         field,
                         format!("{ms:?} is not a number of milliseconds"),
                     ));
@@ -141,7 +142,12 @@ impl TraceConfig {
             None => DEFAULT_QUEUE,
             Some(n) => match n.parse::<usize>() {
                 Ok(n) if n > 0 => n,
-                _ => return Err(err(QUEUE, format!("{n:?} is not a positive number"))),
+                _ => {
+                    return Err(ConfigError::new(
+                        QUEUE,
+                        format!("{n:?} is not a positive number"),
+                    ));
+                }
             },
         };
         Ok(Some(Self {
@@ -151,13 +157,6 @@ impl TraceConfig {
             timeout,
             queue,
         }))
-    }
-}
-
-fn err(field: &str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        field: field.to_string(),
-        problem: problem.into(),
     }
 }
 
@@ -195,7 +194,7 @@ impl Traces {
                 .with_timeout(cfg.timeout)
                 .build(),
         }
-        .map_err(|e| err(cfg.endpoint_from, format!("{:?}: {e}", cfg.endpoint)))?;
+        .map_err(|e| ConfigError::new(cfg.endpoint_from, format!("{:?}: {e}", cfg.endpoint)))?;
         let failures = Arc::new(AtomicU64::new(0));
         let accounting = Arc::new(Accounting::new(
             &cfg.endpoint,
@@ -602,15 +601,25 @@ mod tests {
         use tracing_subscriber::layer::SubscriberExt;
 
         let procfs = tempfile::tempdir().unwrap();
-        let mut cfg = crate::config::Config::resolve(
-            &crate::config::Flags::default(),
-            &|_| None,
-            crate::config::FileConfig::default(),
-        )
-        .unwrap();
-        cfg.procfs = procfs.path().to_path_buf();
-        cfg.probes = vec!["netdev", "tcp", "sock"];
-        let collector = crate::collector::Collector::new(&cfg, Box::new(NodeOnly));
+        let probes = ["netdev", "tcp", "sock"]
+            .map(|n| {
+                let r = crate::probes::by_name(n).unwrap();
+                (r, r.build(None).unwrap().1)
+            })
+            .into();
+        let settings = crate::collector::Settings {
+            node: crate::sources::Node::new(
+                procfs.path().to_path_buf(),
+                "/sys".into(),
+                Default::default(),
+                false,
+            ),
+            probes,
+            node_name: "itest".into(),
+            workers: 1,
+            max_series: 1000,
+        };
+        let collector = crate::collector::Collector::new(settings, Box::new(NodeOnly));
 
         let keep = Keep::default();
         let provider = SdkTracerProvider::builder()

@@ -1,4 +1,4 @@
-//! Loading the drop counter (`bpf/packetloss.bpf.c`) with its fallback chain, and reading and
+//! Loading the drop counter (`packetloss.bpf.c`) with its fallback chain, and reading and
 //! pruning its map.
 
 use std::collections::HashMap;
@@ -14,7 +14,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pa
 static OBJECT_NOBTF: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/packetloss_nobtf.bpf.o"));
 
-/// Mirrors `struct drop_key` of `bpf/packetloss.h` (a test checks both declare the same
+/// Mirrors `struct drop_key` of `packetloss.h` (a test checks both declare the same
 /// fields in the same order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -29,15 +29,29 @@ pub struct DropKey {
 unsafe impl aya::Pod for DropKey {}
 
 /// Where the program is attached, in the order tried.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AttachMode {
     /// Try each of the others in order.
+    #[default]
     Auto,
+    /// A BTF-typed tracepoint: typed arguments, the cheapest.
     TpBtf,
+    /// A raw tracepoint, with CO-RE reads.
     RawTracepoint,
+    /// The classic tracepoint (needs tracefs).
     Tracepoint,
-    /// No kernel struct read: reason only, every drop counted under the node.
+    /// No kernel struct read (no BTF needed): reason only, every drop counted under the node.
     TracepointNobtf,
 }
 
@@ -67,7 +81,7 @@ pub struct DropCounter {
 }
 
 /// Tracefs mount points, in the order tried.
-const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+pub const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
 impl DropCounter {
     /// Tries `wanted` (or the whole chain for `Auto`); every failure is returned with its cause
@@ -209,12 +223,12 @@ mod tests {
 
     #[test]
     fn key_layout_matches_the_c_header() {
-        let header = include_str!("../../../bpf/packetloss.h");
+        let header = include_str!("packetloss.h");
         let body = header
             .split("struct drop_key {")
             .nth(1)
             .and_then(|b| b.split("};").next())
-            .expect("struct drop_key in bpf/packetloss.h");
+            .expect("struct drop_key in packetloss.h");
         let fields: Vec<&str> = body
             .lines()
             .filter_map(|l| l.trim().strip_prefix("__u32 "))

@@ -1,31 +1,48 @@
 //! `packetloss`: every dropped packet, counted in the kernel by an eBPF program on
-//! `skb:kfree_skb` (`bpf/packetloss.bpf.c`) by network namespace, drop reason and device.
+//! `skb:kfree_skb` (`packetloss.bpf.c`, beside this file) by network namespace, drop reason and
+//! device.
 //!
 //! Per target: `netexporter_packetloss_reason{reason}` for each reason seen in that namespace,
 //! with the kernel's own reason names read from its BTF. Drops on the host side of a Pod's veth
 //! are given to that Pod. On the node: the spec's seven legacy counters, derived from the same
 //! counts over every namespace, the attach point in use and the drops lost to a full map.
 //!
-//! The program is loaded at the first collection. Without permission, BTF or kernel support the
-//! probe fails with the reason (logged once by the collector, `success 0`) and the agent runs
-//! on without it.
+//! The program is loaded at start. A node with neither BTF nor tracefs cannot attach it: the
+//! probe is unavailable there (said once). Where it can but the kernel refuses (no permission),
+//! the probe fails with the reason and the agent runs on without it.
 
 pub mod bpf;
 pub mod btf;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
-use super::{MetricDef, Probe, Scope, Series, netdev};
-use crate::config::ProbeOptions;
+use super::{Build, MetricDef, Probe, Scope, Series};
 use crate::metrics;
-use crate::sources::TargetSources;
+use crate::sources::links::links;
+use crate::sources::{Collection, Node, TargetSources};
 pub use bpf::AttachMode;
-use bpf::{DropCounter, DropKey};
+use bpf::{DropCounter, DropKey, TRACEFS};
 
-pub struct PacketLoss;
+#[derive(Default)]
+pub struct PacketLoss {
+    options: PacketLossOptions,
+    loaded: Option<Loaded>,
+}
+
+/// `probes.packetloss`.
+#[derive(Deserialize, Serialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PacketLossOptions {
+    /// Where the drop counter attaches. `auto` tries each in turn; naming one makes the
+    /// probe fail, saying why, where that one cannot attach.
+    pub attach: AttachMode,
+}
 
 /// The legacy metrics and the reason each counts; `total` counts every reason.
 const LEGACY: [&str; 6] = [
@@ -54,71 +71,92 @@ const METRICS: &[MetricDef] = metrics![
     counter "netexporter_packetloss_uncounted_total" "Drops that could not be counted because the in-kernel map was full.",
 ];
 
-struct State {
-    counter: Result<DropCounter, String>,
+/// The attached program and what it has counted.
+struct Loaded {
+    counter: Mutex<DropCounter>,
     reasons: BTreeMap<u32, String>,
-    /// The collection `counts` was read for.
-    read_for: u64,
-    counts: HashMap<DropKey, u64>,
-    lost: u64,
-    /// Node devices whose peer lives in another namespace: ifindex -> the peer's ifindex.
-    /// Recorded by the node's target; Pods use the latest record (at most one collection old).
-    node_veths: HashMap<u32, u32>,
-    node_inode: u64,
-    /// The node's namespace, to ask each Pod's namespace what id it gives it.
+    /// The node's namespace (the agent's own), to ask each Pod's namespace what id it gives it.
     node_ns: Option<std::fs::File>,
+    counts: Mutex<Counts>,
+}
+
+/// The drop counts as of the last collection, and what they are attributed with.
+#[derive(Default)]
+struct Counts {
+    /// Why this collection's counts could not be read, if they could not.
+    error: Option<String>,
+    by_key: HashMap<DropKey, u64>,
+    lost: u64,
+    node_inode: u64,
+    /// Node devices whose peer lives in another namespace: ifindex -> the peer's ifindex.
+    node_veths: HashMap<u32, u32>,
     /// Drops of namespaces that are gone, by reason: the node's counters keep them, so they
     /// never go backwards when a Pod is deleted.
     retired: HashMap<u32, u64>,
 }
 
-static STATE: Mutex<Option<State>> = Mutex::new(None);
-
-impl State {
-    fn load(opts: &ProbeOptions) -> Self {
-        let counter = DropCounter::load(opts.attach, &opts.btf_path).map_err(|e| format!("{e:#}"));
-        if let Ok(c) = &counter {
-            tracing::info!(
-                probe = "packetloss",
-                attach = c.mode.name(),
-                "drop counter attached"
-            );
-        }
-        Self {
-            counter,
-            reasons: reason_names(opts),
-            read_for: 0,
-            counts: HashMap::new(),
-            lost: 0,
-            node_veths: HashMap::new(),
-            node_inode: 0,
-            node_ns: std::fs::File::open(opts_procfs_self_ns()).ok(),
-            retired: HashMap::new(),
-        }
-    }
-
+impl Loaded {
     fn name(&self, reason: u32) -> String {
         self.reasons
             .get(&reason)
             .cloned()
             .unwrap_or_else(|| format!("REASON_{reason}"))
     }
+
+    /// This collection's counts: the map read once, entries of namespaces that are gone
+    /// retired into the node's totals, and the node's veths from the collection's dump.
+    fn read(&self, collection: &Collection, counts: &mut Counts) -> Result<()> {
+        let (by_key, lost) = self
+            .counter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .read()?;
+        counts.by_key = by_key;
+        counts.lost = lost;
+        let gone: Vec<DropKey> = counts
+            .by_key
+            .keys()
+            .filter(|k| k.netns != 0 && collection.is_gone(u64::from(k.netns)))
+            .copied()
+            .collect();
+        if !gone.is_empty() {
+            self.counter
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&gone);
+            for k in &gone {
+                if let Some(v) = counts.by_key.remove(k)
+                    && btf::is_drop(&self.name(k.reason))
+                {
+                    *counts.retired.entry(k.reason).or_default() += v;
+                }
+            }
+        }
+        if let Some((inode, _)) = collection.namespaces.iter().find(|(_, p)| p.is_none()) {
+            counts.node_inode = *inode;
+        }
+        counts.node_veths = links(&collection.node_links()?)
+            .context("the node's devices")?
+            .iter()
+            .filter_map(|l| Some((l.index, l.peer?)))
+            .collect();
+        Ok(())
+    }
 }
 
-/// The agent's own network namespace: the node's (the agent runs on the host network).
-fn opts_procfs_self_ns() -> &'static str {
-    "/proc/self/ns/net"
-}
+/// The agent's own network namespace, the node's (the agent runs on the host network). It is
+/// the agent process itself, not node data: not under the configured procfs.
+const OWN_NAMESPACE: &str = "/proc/self/ns/net";
 
 /// Reason names from the kernel's BTF, else from the tracepoint format, else none (numbers).
-fn reason_names(opts: &ProbeOptions) -> BTreeMap<u32, String> {
-    let from_btf = std::fs::read(&opts.btf_path)
+fn reason_names(btf_path: &Path) -> BTreeMap<u32, String> {
+    let from_btf = std::fs::read(btf_path)
         .map_err(anyhow::Error::from)
         .and_then(|b| btf::drop_reasons(&b));
     match from_btf {
         Ok(r) => r,
         Err(e) => {
-            let from_format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+            let from_format = TRACEFS
                 .iter()
                 .find_map(|t| {
                     std::fs::read_to_string(format!("{t}/events/skb/kfree_skb/format")).ok()
@@ -133,7 +171,8 @@ fn reason_names(opts: &ProbeOptions) -> BTreeMap<u32, String> {
 
 /// Counts of one target by reason name.
 fn counts_for(
-    st: &State,
+    loaded: &Loaded,
+    st: &Counts,
     inode: u64,
     is_node: bool,
     own_veths: &HashMap<u32, u32>,
@@ -141,7 +180,7 @@ fn counts_for(
     let on_node_veth =
         |k: &DropKey| u64::from(k.netns) == st.node_inode && st.node_veths.contains_key(&k.ifindex);
     let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
-    for (k, v) in &st.counts {
+    for (k, v) in &st.by_key {
         let mine = if is_node {
             // The node's own drops, but not those on the node side of a veth whose peer is in
             // another namespace: that namespace claims them.
@@ -158,7 +197,7 @@ fn counts_for(
                         .is_some_and(|peer| own_veths.get(peer) == Some(&k.ifindex)))
         };
         if mine {
-            let name = st.name(k.reason);
+            let name = loaded.name(k.reason);
             if btf::is_drop(&name) {
                 *by_reason.entry(name).or_default() += v;
             }
@@ -167,66 +206,104 @@ fn counts_for(
     by_reason
 }
 
+impl Build for PacketLoss {
+    const NAME: &'static str = "packetloss";
+    const SCOPE: Scope = Scope::Pod;
+    const METRICS: &'static [MetricDef] = METRICS;
+    type Options = PacketLossOptions;
+
+    fn new(options: PacketLossOptions) -> Result<Self> {
+        Ok(Self {
+            options,
+            loaded: None,
+        })
+    }
+}
+
 impl Probe for PacketLoss {
-    fn name(&self) -> &'static str {
-        "packetloss"
-    }
-    fn scope(&self) -> Scope {
-        Scope::Pod
-    }
-    fn metrics(&self) -> &'static [MetricDef] {
-        METRICS
-    }
-
-    fn collect(&self, src: &mut TargetSources, opts: &ProbeOptions) -> Result<Vec<Series>> {
-        let mut guard = STATE.lock().unwrap_or_else(|e| e.into_inner());
-        let st = guard.get_or_insert_with(|| State::load(opts));
-        let counter = st.counter.as_ref().map_err(|e| anyhow!("{e}"))?;
-        if st.read_for != src.collection {
-            let (counts, lost) = counter.read()?;
-            st.counts = counts;
-            st.lost = lost;
-            st.read_for = src.collection;
+    fn prerequisites(&self, node: &Node) -> Result<(), String> {
+        // A named attach point is the operator's demand: if it cannot attach, that is a
+        // failure to show, not an absence.
+        if self.options.attach != AttachMode::Auto {
+            return Ok(());
         }
-        let mode = counter.mode;
+        let btf = &node.options.btf_path;
+        let tracepoint = TRACEFS
+            .iter()
+            .any(|t| Path::new(t).join("events/skb/kfree_skb/format").exists());
+        if btf.exists() || tracepoint {
+            Ok(())
+        } else {
+            Err(format!(
+                "no kernel BTF ({}) and no readable tracefs: the drop counter cannot attach",
+                btf.display()
+            ))
+        }
+    }
 
-        // This namespace's devices whose peer is in the node's namespace: ifindex -> the peer's
-        // ifindex there. (The node records its devices with a peer anywhere else.)
-        let links = netdev::links(&src.links()?)?;
-        let node_id = match (&st.node_ns, src.is_node()) {
-            (Some(ns), false) if links.iter().any(|l| l.peer.is_some()) => {
+    fn start(&mut self, node: &Node) -> Result<()> {
+        let btf_path: PathBuf = node.options.btf_path.clone();
+        let counter = DropCounter::load(self.options.attach, &btf_path)?;
+        tracing::info!(
+            probe = "packetloss",
+            attach = counter.mode.name(),
+            "drop counter attached"
+        );
+        self.loaded = Some(Loaded {
+            counter: Mutex::new(counter),
+            reasons: reason_names(&btf_path),
+            node_ns: std::fs::File::open(OWN_NAMESPACE).ok(),
+            counts: Mutex::new(Counts::default()),
+        });
+        Ok(())
+    }
+
+    fn prepare(&self, collection: &Collection) {
+        let Some(loaded) = &self.loaded else { return };
+        let mut counts = loaded.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.error = loaded
+            .read(collection, &mut counts)
+            .err()
+            .map(|e| format!("{e:#}"));
+    }
+
+    fn collect(&self, src: &mut TargetSources) -> Result<Vec<Series>> {
+        let loaded = self
+            .loaded
+            .as_ref()
+            .ok_or_else(|| anyhow!("the drop counter is not attached"))?;
+        // This namespace's devices whose peer is in the node's namespace: ifindex -> the
+        // peer's ifindex there (the node records its devices with a peer anywhere else).
+        // Read before taking the counts: no netlink round trip holds them.
+        let own_links = links(&src.links()?)?;
+        let node_id = match (&loaded.node_ns, src.is_node()) {
+            (Some(ns), false) if own_links.iter().any(|l| l.peer.is_some()) => {
                 src.nsid_of(ns).ok().flatten()
             }
             _ => None,
         };
-        let own_veths: HashMap<u32, u32> = links
+        let own_veths: HashMap<u32, u32> = own_links
             .iter()
             .filter(|l| src.is_node() || (node_id.is_some() && l.peer_netnsid == node_id))
             .filter_map(|l| Some((l.index, l.peer?)))
             .collect();
-        if src.is_node() {
-            st.node_veths = own_veths.clone();
-            st.node_inode = src.inode;
-        }
 
+        let st = loaded.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = &st.error {
+            return Err(anyhow!("{e}"));
+        }
         let n = METRICS.len();
-        let mut out: Vec<Series> = counts_for(st, src.inode, src.is_node(), &own_veths)
+        let mut out: Vec<Series> = counts_for(loaded, &st, src.inode(), src.is_node(), &own_veths)
             .into_iter()
-            .map(|(reason, v)| {
-                let mut values = vec![None; n];
-                values[REASON] = Some(v);
-                Series {
-                    label: Some(("reason", reason)),
-                    values,
-                }
-            })
+            .map(|(reason, v)| Series::one(n, REASON, v, ("reason", reason)))
             .collect();
 
         if src.is_node() {
-            let mut legacy = vec![None; n];
             let mut sums = [0u64; LEGACY.len() + 1];
-            for (k, v) in &st.counts {
-                let name = st.name(k.reason);
+            let kept = st.by_key.iter().map(|(k, v)| (k.reason, *v));
+            let retired = st.retired.iter().map(|(r, v)| (*r, *v));
+            for (reason, v) in kept.chain(retired) {
+                let name = loaded.name(reason);
                 if !btf::is_drop(&name) {
                     continue;
                 }
@@ -235,49 +312,19 @@ impl Probe for PacketLoss {
                 }
                 sums[TOTAL] += v;
             }
-            for (reason, v) in &st.retired {
-                let name = st.name(*reason);
-                if let Some(i) = LEGACY.iter().position(|l| *l == name) {
-                    sums[i] += v;
-                }
-                sums[TOTAL] += v;
-            }
+            let mut legacy = vec![None; n];
             for (i, s) in sums.iter().enumerate() {
                 legacy[i] = Some(*s);
             }
             legacy[LOST] = Some(st.lost);
             out.push(Series::new(legacy));
-            let mut info = vec![None; n];
-            info[INFO] = Some(1);
-            out.push(Series {
-                label: Some(("attach", mode.name().to_string())),
-                values: info,
-            });
+            let mode = loaded
+                .counter
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .mode;
+            out.push(Series::one(n, INFO, 1, ("attach", mode.name().to_string())));
         }
         Ok(out)
-    }
-
-    fn after_collection(&self, live: &HashSet<u64>) {
-        let mut guard = STATE.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(st) = guard.as_mut() else { return };
-        let gone: Vec<DropKey> = st
-            .counts
-            .keys()
-            .filter(|k| k.netns != 0 && !live.contains(&u64::from(k.netns)))
-            .copied()
-            .collect();
-        if gone.is_empty() {
-            return;
-        }
-        if let Ok(c) = st.counter.as_mut() {
-            c.remove(&gone);
-        }
-        for k in &gone {
-            if let Some(v) = st.counts.remove(k)
-                && btf::is_drop(&st.name(k.reason))
-            {
-                *st.retired.entry(k.reason).or_default() += v;
-            }
-        }
     }
 }

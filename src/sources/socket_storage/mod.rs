@@ -1,4 +1,4 @@
-//! Socket summaries of every namespace in one pass (`bpf/socksummary.bpf.c`): what the
+//! Socket summaries of every namespace in one pass (`socksummary.bpf.c`, beside this file): what the
 //! `tcpsummary` and `sockbacklog` probes report, without a sock_diag dump per namespace.
 //!
 //! Loaded once; every TCP socket is tagged with its namespace by a tracepoint, sockets older
@@ -9,16 +9,19 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::{HashMap as BpfHashMap, Map};
 use aya::programs::{BtfTracePoint, Iter};
 use aya::{Btf, Ebpf, EbpfLoader, Endianness};
 
+use super::Collection;
+
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/socksummary.bpf.o"));
 
-/// Mirrors `struct ns_summary` of `bpf/socksummary.h`.
+/// Mirrors `struct ns_summary` of `socksummary.h`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NsSummary {
@@ -32,22 +35,25 @@ pub struct NsSummary {
 unsafe impl aya::Pod for NsSummary {}
 
 /// Which path socket summaries take.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SocketPath {
-    /// BPF socket storage when the kernel allows it, else sock_diag.
+    /// BPF socket storage when the kernel allows it, else sock_diag
     Auto,
+    /// BPF socket storage only: the probes fail, saying why, where it cannot load
     Bpf,
+    /// a sock_diag dump per namespace (each walks the node's whole TCP hash)
     SockDiag,
 }
 
+/// The loaded programs and what they have done so far.
 pub struct SocketStorage {
     ebpf: Ebpf,
     /// Namespaces whose older sockets were tagged.
     swept: HashSet<u64>,
-    /// The collection the last pass ran for, and whether a sweep since then needs another.
-    pass_for: u64,
-    dirty: bool,
+    /// The last pass's sums, by namespace inode.
     summaries: HashMap<u32, NsSummary>,
 }
 
@@ -68,42 +74,17 @@ impl SocketStorage {
         Ok(Self {
             ebpf,
             swept: HashSet::new(),
-            pass_for: 0,
-            dirty: true,
             summaries: HashMap::new(),
         })
     }
 
-    /// The summary of namespace `inode` as of `collection`: sweeps the namespace first if it
-    /// is new (`ns`: an open nsfs file to enter it, `None` for the agent's own), and runs the
-    /// pass once per collection (again after a sweep).
-    pub fn summary(&mut self, inode: u64, ns: Option<&File>, collection: u64) -> Result<NsSummary> {
-        if !self.swept.contains(&inode) {
-            self.sweep(ns)
-                .context("tagging the namespace's existing sockets")?;
-            self.swept.insert(inode);
-            self.dirty = true;
-        }
-        if self.dirty || self.pass_for != collection {
-            self.pass().context("socket storage pass")?;
-            self.pass_for = collection;
-            self.dirty = false;
-        }
-        Ok(u32::try_from(inode)
-            .ok()
-            .and_then(|i| self.summaries.get(&i))
-            .copied()
-            .unwrap_or_default())
-    }
-
-    /// Forgets namespaces that are gone (their sockets' storage went with them).
-    pub fn retain(&mut self, live: &HashSet<u64>) {
-        self.swept.retain(|i| live.contains(i));
-    }
-
     /// Runs the `iter/tcp` sweep from a thread inside the namespace: a tcp iterator walks the
     /// sockets of the namespace of the task that creates it.
-    fn sweep(&mut self, ns: Option<&File>) -> Result<()> {
+    fn sweep(&mut self, ns_path: Option<&Path>) -> Result<()> {
+        let ns = ns_path
+            .map(|p| File::open(p).with_context(|| format!("open {}", p.display())))
+            .transpose()?;
+        let ns = ns.as_ref();
         let prog: &mut Iter = program(&mut self.ebpf, "tag_existing")?.try_into()?;
         let id = prog.attach()?;
         let link = prog.take_link(id)?;
@@ -206,61 +187,136 @@ fn iter_create(link: &OwnedFd) -> std::io::Result<File> {
     bpf(BPF_ITER_CREATE, &mut attr).map(File::from)
 }
 
+/// The socket summaries of every namespace, shared by the probes that report them
+/// (`tcpsummary`, `sockbacklog`), owned by the [`super::Node`].
+pub struct SocketSummaries {
+    wanted: SocketPath,
+    btf_path: PathBuf,
+    engine: OnceLock<Engine>,
+    /// This collection's results; one pass serves every probe and every target.
+    state: Mutex<Prepared>,
+}
+
 enum Engine {
-    Bpf(SocketStorage),
+    Bpf(Mutex<SocketStorage>),
     /// sock_diag, and why.
     SockDiag(String),
 }
 
-static ENGINE: std::sync::Mutex<Option<Engine>> = std::sync::Mutex::new(None);
-
-/// The path in use (`bpf` or `sock_diag`) and, for sock_diag, why.
-pub fn path(opts: &crate::config::ProbeOptions) -> (&'static str, Option<String>) {
-    let mut g = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
-    match g.get_or_insert_with(|| Engine::load(opts)) {
-        Engine::Bpf(_) => ("bpf", None),
-        Engine::SockDiag(why) => ("sock_diag", Some(why.clone())),
-    }
+#[derive(Default)]
+struct Prepared {
+    collection: u64,
+    /// Namespaces whose sweep failed in this collection, with the error.
+    failed: HashMap<u64, String>,
+    /// Why the pass failed, if it did.
+    pass_failed: Option<String>,
 }
 
-/// The BPF summary of the target's namespace, or `None` when summaries take the sock_diag
-/// path. An error is a failure of the BPF path for this target (or a forced BPF path that
-/// could not load).
-pub fn summary(
-    src: &super::TargetSources,
-    opts: &crate::config::ProbeOptions,
-) -> Option<Result<NsSummary>> {
-    let mut g = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
-    match g.get_or_insert_with(|| Engine::load(opts)) {
-        Engine::Bpf(s) => Some(s.summary(src.inode, src.ns_file(), src.collection)),
-        Engine::SockDiag(why) if opts.socket_path == SocketPath::Bpf => Some(Err(anyhow!("{why}"))),
-        Engine::SockDiag(_) => None,
-    }
-}
-
-/// Forgets namespaces that are gone.
-pub fn retain(live: &HashSet<u64>) {
-    if let Some(Engine::Bpf(s)) = ENGINE.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-        s.retain(live);
-    }
-}
-
-impl Engine {
-    fn load(opts: &crate::config::ProbeOptions) -> Self {
-        if opts.socket_path == SocketPath::SockDiag {
-            tracing::info!("socket summaries: sock_diag (configured)");
-            return Self::SockDiag("configured".into());
+impl SocketSummaries {
+    pub fn new(wanted: SocketPath, btf_path: PathBuf) -> Self {
+        Self {
+            wanted,
+            btf_path,
+            engine: OnceLock::new(),
+            state: Mutex::new(Prepared::default()),
         }
-        match SocketStorage::load(&opts.btf_path) {
+    }
+
+    /// Loads the BPF path (once, whoever asks first). With `bpf` configured, an error says
+    /// why it cannot load; with `auto`, a failure to load is the sock_diag path, logged once.
+    pub fn start(&self) -> Result<()> {
+        match self.engine.get_or_init(|| self.load()) {
+            Engine::SockDiag(why) if self.wanted == SocketPath::Bpf => bail!("{why}"),
+            _ => Ok(()),
+        }
+    }
+
+    fn load(&self) -> Engine {
+        if self.wanted == SocketPath::SockDiag {
+            tracing::info!("socket summaries: sock_diag (configured)");
+            return Engine::SockDiag("configured".into());
+        }
+        match SocketStorage::load(&self.btf_path) {
             Ok(s) => {
                 tracing::info!("socket summaries: BPF socket storage");
-                Self::Bpf(s)
+                Engine::Bpf(Mutex::new(s))
             }
             Err(e) => {
                 let why = format!("BPF socket storage unavailable: {e:#}").replace('\n', " | ");
                 tracing::warn!(reason = %why, "socket summaries: sock_diag");
-                Self::SockDiag(why)
+                Engine::SockDiag(why)
             }
+        }
+    }
+
+    /// The path in use: `bpf` or `sock_diag`.
+    pub fn path(&self) -> &'static str {
+        match self.engine.get() {
+            Some(Engine::Bpf(_)) => "bpf",
+            _ => "sock_diag",
+        }
+    }
+
+    /// Once per collection: forgets namespaces that are gone, tags the sockets of namespaces
+    /// seen for the first time (a sweep from inside each), and runs the one pass that sums
+    /// every namespace. Later calls for the same collection do nothing.
+    pub fn prepare(&self, collection: &Collection) {
+        let Some(Engine::Bpf(storage)) = self.engine.get() else {
+            return;
+        };
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.collection == collection.id {
+            return;
+        }
+        *state = Prepared {
+            collection: collection.id,
+            ..Prepared::default()
+        };
+        let mut storage = storage.lock().unwrap_or_else(|e| e.into_inner());
+        if collection.complete {
+            storage.swept.retain(|i| collection.is_live(*i));
+        }
+        for (inode, ns_path) in &collection.namespaces {
+            if storage.swept.contains(inode) {
+                continue;
+            }
+            match storage.sweep(ns_path.as_deref()) {
+                Ok(()) => {
+                    storage.swept.insert(*inode);
+                }
+                Err(e) => {
+                    let e = format!("tagging the namespace's existing sockets: {e:#}");
+                    state.failed.insert(*inode, e);
+                }
+            }
+        }
+        if let Err(e) = storage.pass() {
+            state.pass_failed = Some(format!("socket storage pass: {e:#}"));
+        }
+    }
+
+    /// The BPF summary of namespace `inode` as of the last [`SocketSummaries::prepare`], or
+    /// `None` when summaries take the sock_diag path. An error is a failure of the BPF path
+    /// for this namespace (or a configured BPF path that could not load).
+    pub fn summary(&self, inode: u64) -> Option<Result<NsSummary>> {
+        match self.engine.get() {
+            Some(Engine::Bpf(storage)) => {
+                let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(e) = state.pass_failed.as_ref().or(state.failed.get(&inode)) {
+                    return Some(Err(anyhow!("{e}")));
+                }
+                drop(state);
+                let storage = storage.lock().unwrap_or_else(|e| e.into_inner());
+                Some(Ok(u32::try_from(inode)
+                    .ok()
+                    .and_then(|i| storage.summaries.get(&i))
+                    .copied()
+                    .unwrap_or_default()))
+            }
+            Some(Engine::SockDiag(why)) if self.wanted == SocketPath::Bpf => {
+                Some(Err(anyhow!("{why}")))
+            }
+            _ => None,
         }
     }
 }
@@ -271,12 +327,12 @@ mod tests {
 
     #[test]
     fn summary_layout_matches_the_c_header() {
-        let header = include_str!("../../bpf/socksummary.h");
+        let header = include_str!("socksummary.h");
         let body = header
             .split("struct ns_summary {")
             .nth(1)
             .and_then(|b| b.split("};").next())
-            .expect("struct ns_summary in bpf/socksummary.h");
+            .expect("struct ns_summary in socksummary.h");
         let fields: Vec<&str> = body
             .lines()
             .filter_map(|l| l.trim().strip_prefix("__u64 "))

@@ -32,8 +32,11 @@ use tower_http::compression::CompressionLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::collector::Collector;
-use crate::config::{ClientAuth, ConfigError, TlsSettings, TlsVersion, WebConfig};
+pub mod web_config;
+
+use crate::component::SectionError as ConfigError;
 use crate::telemetry::Telemetry;
+use web_config::{ClientAuth, TlsSettings, TlsVersion, WebConfig};
 
 pub struct App {
     pub collector: Arc<Collector>,

@@ -1,0 +1,81 @@
+//! One collection as the probes share it: its number, the namespaces it reads, and the
+//! node's devices, dumped once for every probe that needs them (the node's `netdev` and
+//! `qdisc`, and `packetloss`, which maps the node side of each Pod's veth to its Pod).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use anyhow::{Result, anyhow};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::link::LinkMessage;
+
+use super::netlink::NlSocket;
+
+/// A route netlink socket in the node's (the agent's own) namespace, kept across collections.
+pub type NodeSocket = Arc<Mutex<Option<NlSocket>>>;
+
+pub struct Collection {
+    /// Collections are numbered from 1.
+    pub id: u64,
+    /// Every namespace of this collection: its inode and how to enter it (`None`: the
+    /// node's).
+    pub namespaces: Vec<(u64, Option<PathBuf>)>,
+    /// Whether discovery was complete; when it was not, nothing may be forgotten on the
+    /// grounds that a namespace is missing from `namespaces`.
+    pub complete: bool,
+    live: HashSet<u64>,
+    node_socket: NodeSocket,
+    node_links: OnceLock<Result<Arc<Vec<u8>>, String>>,
+}
+
+impl Collection {
+    pub fn new(
+        id: u64,
+        namespaces: Vec<(u64, Option<PathBuf>)>,
+        complete: bool,
+        node_socket: NodeSocket,
+    ) -> Self {
+        Self {
+            id,
+            live: namespaces.iter().map(|(i, _)| *i).collect(),
+            namespaces,
+            complete,
+            node_socket,
+            node_links: OnceLock::new(),
+        }
+    }
+
+    /// Whether namespace `inode` is part of this collection.
+    pub fn is_live(&self, inode: u64) -> bool {
+        self.live.contains(&inode)
+    }
+
+    /// Whether state kept for namespace `inode` may be dropped: discovery was complete and
+    /// did not find it.
+    pub fn is_gone(&self, inode: u64) -> bool {
+        self.complete && !self.live.contains(&inode)
+    }
+
+    /// The node's RTM_GETLINK dump, read at the first request of this collection.
+    pub fn node_links(&self) -> Result<Arc<Vec<u8>>> {
+        self.node_links
+            .get_or_init(|| {
+                let mut socket = self.node_socket.lock().unwrap_or_else(|e| e.into_inner());
+                if socket.is_none() {
+                    *socket = Some(
+                        NlSocket::open(netlink_sys::protocols::NETLINK_ROUTE)
+                            .map_err(|e| format!("netlink route socket: {e}"))?,
+                    );
+                }
+                let Some(s) = socket.as_mut() else {
+                    return Err("netlink route socket: not open".into());
+                };
+                s.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
+                    .map(Arc::new)
+                    .map_err(|e| format!("rtnetlink dump of the node's devices: {e:#}"))
+            })
+            .clone()
+            .map_err(|e| anyhow!("{e}"))
+    }
+}

@@ -1,0 +1,64 @@
+//! What a probe may ask of the node at start: where its /proc and /sys are, whether the agent
+//! runs in Kubernetes mode, and the readers that several probes share (built once, at the
+//! first probe that asks, and kept by the node, never in a process-wide static).
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::socket_storage::{SocketPath, SocketSummaries};
+
+/// Options of the kernel readers that probes share (`sources:` in the configuration file).
+#[derive(Deserialize, Serialize, JsonSchema, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourcesOptions {
+    /// The kernel's BTF: every BPF program is relocated against it, and the drop counter
+    /// names drop reasons from it.
+    pub btf_path: PathBuf,
+    /// Where `tcpsummary` and `sockbacklog` read socket summaries from.
+    pub socket_path: SocketPath,
+}
+
+impl Default for SourcesOptions {
+    fn default() -> Self {
+        Self {
+            btf_path: "/sys/kernel/btf/vmlinux".into(),
+            socket_path: SocketPath::Auto,
+        }
+    }
+}
+
+/// The node, as probes see it at start.
+pub struct Node {
+    pub procfs: PathBuf,
+    pub sysfs: PathBuf,
+    pub options: SourcesOptions,
+    /// Kubernetes mode: the node's Pods and CIDRs come from the API server.
+    pub kubernetes: bool,
+    socket_summaries: OnceLock<Arc<SocketSummaries>>,
+}
+
+impl Node {
+    pub fn new(procfs: PathBuf, sysfs: PathBuf, options: SourcesOptions, kubernetes: bool) -> Self {
+        Self {
+            procfs,
+            sysfs,
+            options,
+            kubernetes,
+            socket_summaries: OnceLock::new(),
+        }
+    }
+
+    /// The socket summaries of every namespace (`socket_storage`), shared by the probes that
+    /// report them; set up by the first one that starts.
+    pub fn socket_summaries(&self) -> Arc<SocketSummaries> {
+        Arc::clone(self.socket_summaries.get_or_init(|| {
+            Arc::new(SocketSummaries::new(
+                self.options.socket_path,
+                self.options.btf_path.clone(),
+            ))
+        }))
+    }
+}
