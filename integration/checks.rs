@@ -96,7 +96,8 @@ fn log_events(log: &str) -> Vec<Ev> {
         .collect()
 }
 
-/// The `checks:` section of a config file.
+/// The `checks:` section of a config file, by dotted key: `interval` (of every check),
+/// `node.uplink`, `MTUAbnormal.floor` (a check's own section).
 #[derive(Clone)]
 struct Opts(Vec<(String, String)>);
 
@@ -104,9 +105,9 @@ impl Opts {
     /// The Pod veths are `nxc<i>`; the kernel log is matched against a pattern nothing writes.
     fn new() -> Self {
         Self(vec![
-            ("pod_interface_prefixes".into(), "[nxc]".into()),
+            ("node.pod_interface_prefixes".into(), "[nxc]".into()),
             (
-                "kernel_log_patterns".into(),
+                "KernelLog.patterns".into(),
                 format!("[\"{} never written\"]", tag()),
             ),
         ])
@@ -125,18 +126,29 @@ impl Opts {
 
     /// Leaves only `keep` of the checks on.
     fn only(self, keep: &[&str]) -> Self {
-        let off: Vec<&str> = ALL_CHECKS
+        ALL_CHECKS
             .iter()
-            .copied()
             .filter(|c| !keep.contains(c))
-            .collect();
-        self.set("disabled", format!("[{}]", off.join(", ")))
+            .fold(self, |o, c| o.set(&format!("{c}.enabled"), "false"))
     }
 
     fn yaml(&self) -> String {
+        let mut sections: Vec<(&str, Vec<(&str, &str)>)> = Vec::new();
         let mut s = String::from("checks:\n");
         for (k, v) in &self.0 {
-            s.push_str(&format!("  {k}: {v}\n"));
+            match k.split_once('.') {
+                None => s.push_str(&format!("  {k}: {v}\n")),
+                Some((section, key)) => match sections.iter_mut().find(|(n, _)| *n == section) {
+                    Some((_, keys)) => keys.push((key, v)),
+                    None => sections.push((section, vec![(key, v)])),
+                },
+            }
+        }
+        for (section, keys) in sections {
+            s.push_str(&format!("  {section}:\n"));
+            for (k, v) in keys {
+                s.push_str(&format!("    {k}: {v}\n"));
+            }
         }
         s
     }
@@ -516,7 +528,7 @@ fn kernel_log_matching_line_is_reported_by_diagnose() {
     kmsg(&line);
     // The default patterns: the log may hold older matching lines, so only this one is looked
     // for; every event is a KernelLog one (the node is otherwise healthy).
-    let d = node.diagnose(&Opts::new().unset("kernel_log_patterns"));
+    let d = node.diagnose(&Opts::new().unset("KernelLog.patterns"));
     assert!(d.has("KernelLog", &format!("['{line}']")), "{d:#?}");
     assert!(d.events.iter().all(|e| e.kind == "KernelLog"), "{d:#?}");
     assert_eq!(d.code, Some(1));
@@ -529,7 +541,7 @@ fn kernel_log_without_matching_line_is_not_reported() {
     let t = tag();
     // A pattern only this test writes, so that older lines cannot match.
     let opts = Opts::new().set(
-        "kernel_log_patterns",
+        "KernelLog.patterns",
         format!("[\"neighbor table overflow! {t}\"]"),
     );
     kmsg(&format!("neighbour: arp_cache: neighbor table fine {t}"));
@@ -546,7 +558,7 @@ fn kernel_log_is_followed_by_the_running_agent_with_noise_control() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("checks.yaml");
     let opts = Opts::new()
-        .unset("kernel_log_patterns")
+        .unset("KernelLog.patterns")
         .only(&["KernelLog"])
         .set("repeat_interval", "1h");
     std::fs::write(&cfg, opts.yaml()).expect("write config");
@@ -685,7 +697,7 @@ fn mtu_below_floor_on_node_is_reported() {
     node.diagnose(&Opts::new())
         .assert_exactly(&[("MTUAbnormal", &mtu_msg("nxc1", 1000))]);
     // The floor is configurable.
-    node.diagnose(&Opts::new().set("mtu_floor", "900"))
+    node.diagnose(&Opts::new().set("MTUAbnormal.floor", "900"))
         .assert_clean();
 }
 
@@ -711,16 +723,16 @@ fn pod_mtu_above_the_uplinks_is_reported() {
     let both: Vec<(&str, &str)> = both.iter().map(|(k, m)| (*k, m.as_str())).collect();
     // The uplink found by the default route, then named.
     node.diagnose(&Opts::new()).assert_exactly(&both);
-    node.diagnose(&Opts::new().set("uplink", "eth0"))
+    node.diagnose(&Opts::new().set("node.uplink", "eth0"))
         .assert_exactly(&both);
     // Another uplink, as big as the Pods' MTU: fine.
-    node.diagnose(&Opts::new().set("uplink", "nxc1"))
+    node.diagnose(&Opts::new().set("node.uplink", "nxc1"))
         .assert_clean();
     // A floor above the uplink's MTU: the uplink too.
     let uplink_low = mtu_msg("eth0", 1450);
     let mut three = both.clone();
     three.push(("MTUAbnormal", &uplink_low));
-    node.diagnose(&Opts::new().set("mtu_floor", "1460"))
+    node.diagnose(&Opts::new().set("MTUAbnormal.floor", "1460"))
         .assert_exactly(&three);
 }
 
@@ -791,7 +803,7 @@ fn iptables_forward_accept_is_not_reported() {
 fn iptables_missing_is_a_check_error_not_a_problem() {
     let node = Node::new(0);
     let _p = ForwardPolicy::set(&node.ns, "DROP");
-    let d = node.diagnose(&Opts::new().set("iptables_command", "/nonexistent/iptables"));
+    let d = node.diagnose(&Opts::new().set("IPtablesAbnormal.command", "/nonexistent/iptables"));
     assert!(d.events.is_empty(), "{d:#?}");
     assert_eq!(d.code, Some(0), "{d:#?}");
     assert!(
@@ -866,7 +878,7 @@ impl Drop for HealthServer {
 #[test]
 fn kube_proxy_not_running_is_reported() {
     let node = Node::new(0);
-    let opts = Opts::new().set("kube_proxy", "true");
+    let opts = Opts::new().set("KubeProxyAbnormal.standalone", "true");
     node.diagnose(&opts)
         .assert_exactly(&[("KubeProxy", KUBE_PROXY_MSG)]);
     // Running, but its health endpoint (the default one) is not there.
@@ -880,8 +892,11 @@ fn kube_proxy_unhealthy_is_reported() {
     let node = Node::new(0);
     let server = HealthServer::start(&node.ns, 10256, "503 Service Unavailable");
     let prelude = node.fake_process_prelude("kube-proxy", false);
-    node.diagnose_with(&Opts::new().set("kube_proxy", "true"), &prelude)
-        .assert_exactly(&[("KubeProxy", KUBE_PROXY_MSG)]);
+    node.diagnose_with(
+        &Opts::new().set("KubeProxyAbnormal.standalone", "true"),
+        &prelude,
+    )
+    .assert_exactly(&[("KubeProxy", KUBE_PROXY_MSG)]);
     assert!(server.served.load(Ordering::Relaxed) >= 1);
 }
 
@@ -890,8 +905,8 @@ fn kube_proxy_running_and_healthy_is_not_reported() {
     let node = Node::new(0);
     let port = 10299;
     let server = HealthServer::start(&node.ns, port, "200 OK");
-    let opts = Opts::new().set("kube_proxy", "true").set(
-        "kube_proxy_healthz",
+    let opts = Opts::new().set("KubeProxyAbnormal.standalone", "true").set(
+        "KubeProxyAbnormal.healthz",
         format!("http://127.0.0.1:{port}/healthz"),
     );
     let prelude = node.fake_process_prelude("kube-proxy", false);
@@ -912,7 +927,7 @@ fn running_agent_repeats_persisting_problems_and_reports_changes_at_once() {
     let opts = Opts::new()
         .only(&["KernelParam", "IPtablesAbnormal"])
         // A check that cannot run: its success metric is 0.
-        .set("iptables_command", "/nonexistent/iptables")
+        .set("IPtablesAbnormal.command", "/nonexistent/iptables")
         .set("interval", "1s")
         .set("repeat_interval", "3s");
     let agent = NsAgent::start(&node.ns, "", &node.agent_args(&opts));

@@ -27,13 +27,8 @@ fn fixture_proc() -> tempfile::TempDir {
 fn start(procfs: &Path, extra_config: &str) -> (Agent, tempfile::TempDir) {
     let cfg_dir = tempfile::tempdir().expect("tempdir");
     let cfg = cfg_dir.path().join("config.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "checks:\n  disabled: [KernelParam, IRQBalance, KernelLog, DefaultRoute, MTUAbnormal, IPtablesAbnormal]\n{extra_config}"
-        ),
-    )
-    .expect("write config");
+    std::fs::write(&cfg, format!("checks:\n  enabled: false\n{extra_config}"))
+        .expect("write config");
     let agent = Agent::start(&[
         &format!("--path.procfs={}", procfs.display()),
         "--path.netns=/nonexistent",

@@ -57,17 +57,6 @@ fn recent(ts: u128) -> bool {
     now_ns().abs_diff(ts) < Duration::from_secs(60).as_nanos()
 }
 
-/// The `checks.disabled` list that leaves only `KernelParam` on (the kernel log included).
-fn all_checks_but_kernel_param() -> Vec<String> {
-    let mut out: Vec<String> = net_exporter::checks::CHECKS
-        .iter()
-        .map(|c| c.name().to_string())
-        .filter(|n| n != "KernelParam")
-        .collect();
-    out.push(net_exporter::checks::KERNEL_LOG.to_string());
-    out
-}
-
 /// A config file in a temporary directory, removed on drop.
 pub(crate) struct ConfigFile {
     _dir: tempfile::TempDir,
@@ -85,13 +74,14 @@ impl ConfigFile {
         }
     }
 
-    /// Checks every second, the TCP SACK expectation against the machine, and `extra_checks`
-    /// (indented lines under `checks:`) and `rest` (top-level sections) appended.
+    /// Only KernelParam, every second, its TCP SACK expectation against the machine, and
+    /// `extra_checks` (indented lines under `checks:`) and `rest` (top-level sections)
+    /// appended.
     pub(crate) fn disagreeing(extra_checks: &str, rest: &str) -> Self {
         let (_, expect) = sack();
-        let disabled = all_checks_but_kernel_param().join(", ");
+        let off = checks_off_but(&["KernelParam"]);
         Self::new(&format!(
-            "checks:\n  interval: 1s\n  expect_tcp_sack: {expect}\n  disabled: [{disabled}]\n{extra_checks}{rest}"
+            "checks:\n  interval: 1s\n  KernelParam:\n    expect_tcp_sack: {expect}\n{off}{extra_checks}{rest}"
         ))
     }
 }
@@ -576,14 +566,14 @@ fn events_diagnose_exit_codes_and_output() {
     // proxy ARP at lo; the conntrack parameter is skipped when its module is not loaded.
     let get = |rel: &str| read_sysctl(rel).unwrap_or_else(|| panic!("read /proc/sys/{rel}"));
     let mut agreeing = format!(
-        "checks:\n  disabled: [{}]\n  pod_interface_prefixes: [nonexistentprefix]\n  uplink: lo\n  expect_proxy_arp: {}\n  expect_tcp_sack: {}\n  expect_tcp_syncookies: {}\n",
-        all_checks_but_kernel_param().join(", "),
+        "checks:\n{}  node:\n    pod_interface_prefixes: [nonexistentprefix]\n    uplink: lo\n  KernelParam:\n    expect_proxy_arp: {}\n    expect_tcp_sack: {}\n    expect_tcp_syncookies: {}\n",
+        checks_off_but(&["KernelParam"]),
         get("net/ipv4/conf/lo/proxy_arp"),
         get("net/ipv4/tcp_sack"),
         get("net/ipv4/tcp_syncookies"),
     );
     if let Some(v) = read_sysctl("net/netfilter/nf_conntrack_tcp_be_liberal") {
-        agreeing += &format!("  expect_tcp_be_liberal: {v}\n");
+        agreeing += &format!("    expect_tcp_be_liberal: {v}\n");
     }
     let healthy = ConfigFile::new(&agreeing);
     let (code, stdout, stderr) = run_binary(&[

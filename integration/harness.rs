@@ -1072,3 +1072,12 @@ pub fn require_conntrack() {
         );
     }
 }
+
+/// Lines under `checks:` (indented) that turn every check off but those in `keep`.
+pub fn checks_off_but(keep: &[&str]) -> String {
+    net_exporter::checks::CHECKS
+        .iter()
+        .filter(|c| !keep.contains(&c.name))
+        .map(|c| format!("  {}:\n    enabled: false\n", c.name))
+        .collect()
+}

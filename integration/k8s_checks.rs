@@ -228,18 +228,9 @@ impl K8sNode {
     /// A config file with only `only` of the checks on, and `extra` (indented lines under
     /// `checks:`).
     fn config(&self, only: &[&str], extra: &str) -> PathBuf {
-        let disabled: Vec<&str> = net_exporter::checks::CHECKS
-            .iter()
-            .map(|c| c.name())
-            .chain([net_exporter::checks::KERNEL_LOG])
-            .filter(|n| !only.contains(n))
-            .collect();
         let path = self.work.path().join(format!("{}.yaml", unique("cfg")));
-        std::fs::write(
-            &path,
-            format!("checks:\n  disabled: [{}]\n{extra}", disabled.join(", ")),
-        )
-        .expect("write config");
+        std::fs::write(&path, format!("checks:\n{}{extra}", checks_off_but(only)))
+            .expect("write config");
         path
     }
 
@@ -497,7 +488,7 @@ fn masq(config: Option<&str>) -> Value {
 fn ip_masq_agent_without_the_vpc_cidr_is_reported() {
     let node = K8sNode::new();
     let only = ["IPMasqAgentConf"];
-    let vpc = format!("  vpc_cidr: {VPC}\n");
+    let vpc = format!("  node:\n    vpc_cidr: {VPC}\n");
     // The ip-masq-agent's YAML, as its ConfigMap holds it.
     node.server.apply(
         Kind::ConfigMap,
@@ -526,7 +517,7 @@ fn ip_masq_agent_without_the_vpc_cidr_is_reported() {
 fn ip_masq_agent_exempting_the_vpc_or_absent_is_not_reported() {
     let node = K8sNode::new();
     let only = ["IPMasqAgentConf"];
-    let vpc = format!("  vpc_cidr: {VPC}\n");
+    let vpc = format!("  node:\n    vpc_cidr: {VPC}\n");
     node.server.apply(
         Kind::ConfigMap,
         masq(Some("nonMasqueradeCIDRs:\n  - 10.211.0.0/24\n")),
@@ -582,7 +573,7 @@ fn ip_masq_agent_exempting_the_vpc_or_absent_is_not_reported() {
 
 /// VPC, Service and Pod CIDRs apart from each other.
 fn cidr_options() -> String {
-    format!("  vpc_cidr: {VPC}\n  service_cidr: 10.211.64.0/18\n")
+    format!("  node:\n    vpc_cidr: {VPC}\n    service_cidr: 10.211.64.0/18\n")
 }
 
 /// A `docker0` bridge in the node with an address; deleted on drop.
@@ -615,7 +606,7 @@ fn cidr_conflict_of_vpc_service_and_pod_cidrs_is_reported() {
     // The Pod CIDR inside the VPC.
     node.diagnose(
         &only,
-        "  vpc_cidr: 10.211.0.0/16\n  service_cidr: 10.211.64.0/18\n",
+        "  node:\n    vpc_cidr: 10.211.0.0/16\n    service_cidr: 10.211.64.0/18\n",
     )
     .assert_exactly(&[(
         "CIDRConflict",
@@ -846,16 +837,22 @@ fn ipvs_without_the_kernel_family_is_not_applicable() {
     node.ns
         .run(&["ip", "addr", "add", "10.211.64.10/32", "dev", "kube-ipvs0"]);
     let only = ["IPVSRulesAbnormal"];
-    node.diagnose(&only, "").assert_clean();
-    node.diagnose(&only, "  ipvs: auto\n").assert_clean();
-    node.diagnose(&only, "  ipvs: false\n").assert_clean();
+    // Not IPVS mode here: the check does not apply, and says why.
+    let d = node.diagnose(&only, "");
+    d.assert_clean();
+    assert!(
+        d.stderr.contains("IPVSRulesAbnormal does not apply here") && d.stderr.contains("IPVS"),
+        "{d:#?}"
+    );
+    node.diagnose(&only, "  IPVSRulesAbnormal:\n    enabled: false\n")
+        .assert_clean();
     assert!(
         node.requests("GET /api/v1/endpoints").is_empty(),
         "the API was asked although IPVS is absent: {:#?}",
         node.server.requests()
     );
-    // Forced on: the check cannot look, which is an error, not a problem.
-    let d = node.diagnose(&only, "  ipvs: true\n");
+    // Required: the check cannot look, which is an error, not a problem.
+    let d = node.diagnose(&only, "  IPVSRulesAbnormal:\n    require_ipvs: true\n");
     assert!(d.events.is_empty(), "{d:#?}");
     assert_eq!(d.code, Some(0), "{d:#?}");
     assert!(
@@ -867,8 +864,11 @@ fn ipvs_without_the_kernel_family_is_not_applicable() {
 
 // ---- Standalone and API failures ----
 
+/// Standalone, the Kubernetes checks do not apply: `diagnose` finds nothing and says why, and
+/// the running agent shows each as unavailable (with its reason), never runs it, never asks
+/// the API server.
 #[test]
-fn k8s_checks_find_nothing_in_standalone_mode() {
+fn k8s_checks_do_not_apply_in_standalone_mode() {
     let mut node = K8sNode::new();
     node.add_pod("shop", "web-a");
     // Conditions that Kubernetes mode reports: a route-less Pod, docker0 in the Service CIDR.
@@ -880,22 +880,39 @@ fn k8s_checks_find_nothing_in_standalone_mode() {
         Kind::NetworkPolicy,
         fake_apiserver::network_policy("shop", "p"),
     );
-    let extra = format!("{}  ipvs: true\n  interval: 1s\n", cidr_options());
-    node.diagnose(K8S_CHECKS, &format!("{}  ipvs: false\n", cidr_options()))
-        .assert_exactly(&[
-            ("NetworkPolicy", NETWORK_POLICY_MSG),
-            ("PodRoute", "lack routes of pods(web-a/shop)."),
-            (
-                "CIDRConflict",
-                "cidr conflicts:vpc cidr 10.211.240.0/20, svc cidr 10.211.64.0/18, pod cidr 10.211.1.0/24, docker cidr 10.211.66.0/24.",
-            ),
-        ]);
+    let extra = format!(
+        "{}  IPVSRulesAbnormal:\n    require_ipvs: true\n  interval: 1s\n",
+        cidr_options()
+    );
+    node.diagnose(
+        K8S_CHECKS,
+        &format!(
+            "{}  IPVSRulesAbnormal:\n    enabled: false\n",
+            cidr_options()
+        ),
+    )
+    .assert_exactly(&[
+        ("NetworkPolicy", NETWORK_POLICY_MSG),
+        ("PodRoute", "lack routes of pods(web-a/shop)."),
+        (
+            "CIDRConflict",
+            "cidr conflicts:vpc cidr 10.211.240.0/20, svc cidr 10.211.64.0/18, pod cidr 10.211.1.0/24, docker cidr 10.211.66.0/24.",
+        ),
+    ]);
 
-    // diagnose, standalone: nothing found, nothing failed.
+    // diagnose, standalone: nothing found, nothing failed, each says why it does not apply.
     let requests = node.server.requests().len();
-    node.diagnose_mode(false, K8S_CHECKS, &extra).assert_clean();
+    let d = node.diagnose_mode(false, K8S_CHECKS, &extra);
+    d.assert_clean();
+    for c in K8S_CHECKS {
+        assert!(
+            d.stderr
+                .contains(&format!("{c} does not apply here: standalone")),
+            "{c}: {d:#?}"
+        );
+    }
 
-    // The running agent, standalone: each check runs successfully and finds nothing.
+    // The running agent, standalone: each check unavailable with its reason, none run.
     let config = node.config(K8S_CHECKS, &extra);
     let args = vec![
         "--mode=standalone".to_string(),
@@ -908,25 +925,35 @@ fn k8s_checks_find_nothing_in_standalone_mode() {
         K8S_CHECKS
             .iter()
             .all(|c| {
-                !s.find("netexporter_check_success", &[("check", c)])
+                !s.find("netexporter_check_available", &[("check", c)])
                     .is_empty()
             })
             .then_some(s)
     })
     .unwrap_or_else(|| {
         panic!(
-            "no check_success for every check; log:\n{}",
+            "no check_available for every check; log:\n{}",
             agent.log_text()
         )
     });
     for c in K8S_CHECKS {
-        let one = |name: &str| {
-            let found = s.find(name, &[("check", c)]);
-            assert_eq!(found.len(), 1, "{name} {c}:\n{}", s.text);
-            found[0].value
-        };
-        assert_eq!(one("netexporter_check_success"), 1.0, "{c}:\n{}", s.text);
-        assert_eq!(one("netexporter_check_problems"), 0.0, "{c}:\n{}", s.text);
+        let found = s.find("netexporter_check_available", &[("check", c)]);
+        assert_eq!(found.len(), 1, "{c}:\n{}", s.text);
+        assert_eq!(found[0].value, 0.0, "{c}:\n{}", s.text);
+        assert!(
+            found[0]
+                .labels
+                .get("reason")
+                .is_some_and(|r| r.starts_with("standalone")),
+            "{c}: {:?}",
+            found[0].labels
+        );
+        assert!(
+            s.find("netexporter_check_success", &[("check", c)])
+                .is_empty(),
+            "{c} ran standalone:\n{}",
+            s.text
+        );
     }
     assert!(
         !agent.log_text().contains("{\"timestamp\""),
@@ -950,7 +977,7 @@ fn k8s_checks_report_api_failures_as_check_errors() {
     node.server.fail_with(Some(500));
     let d = node.diagnose(
         &["NetworkPolicy", "SVCTrafficPolicy", "IPMasqAgentConf"],
-        &format!("  vpc_cidr: {VPC}\n"),
+        &format!("  node:\n    vpc_cidr: {VPC}\n"),
     );
     assert!(d.events.is_empty(), "{d:#?}");
     assert_eq!(d.code, Some(0), "{d:#?}");

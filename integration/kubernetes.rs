@@ -888,7 +888,7 @@ fn standalone_stays_the_default() {
         );
         assert!(pods_in(&s).is_empty(), "{case}: Pod labels:\n{}", s.text);
         assert!(
-            !agent.log_text().contains("Kubernetes mode"),
+            !agent.log_text().contains("Kubernetes mode: watching"),
             "{case}:\n{}",
             agent.log_text()
         );

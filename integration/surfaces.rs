@@ -1540,7 +1540,7 @@ fn surfaces_every_panel_query_returns_data_from_a_live_agent() {
     let config_file = config.path().join("config.yaml");
     std::fs::write(
         &config_file,
-        format!("checks:\n  expect_tcp_sack: {expect}\n"),
+        format!("checks:\n  KernelParam:\n    expect_tcp_sack: {expect}\n"),
     )
     .expect("write config");
     let flag = format!("--config.file={}", config_file.display());

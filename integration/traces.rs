@@ -20,7 +20,7 @@ use crate::harness::*;
 use crate::otlp_receiver::{OtlpReceiver, Protocol};
 
 /// The checks read the real node: off, they would only add noise to the log.
-const CHECKS_OFF: &str = "checks:\n  disabled: [KernelParam, IRQBalance, KernelLog, DefaultRoute, MTUAbnormal, IPtablesAbnormal]\n";
+const CHECKS_OFF: &str = "checks:\n  enabled: false\n";
 
 /// A /proc for the agent: the fixture tree for the node's own files, `self` the agent's
 /// own (so discovery finds the node's namespace, and the named ones beside it), and for the

@@ -16,6 +16,20 @@ use serde_json::Value;
 pub trait Options: DeserializeOwned + Serialize + JsonSchema + Default {}
 impl<T: DeserializeOwned + Serialize + JsonSchema + Default> Options for T {}
 
+/// How a duration is written in the file (`30s`, `5m`, `1h`), for the generated reference;
+/// the fields themselves are `Duration`s read with `humantime-serde`.
+pub struct DurationText;
+
+impl JsonSchema for DurationText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> Schema {
+        schemars::json_schema!({ "type": "string", "format": "duration" })
+    }
+}
+
 /// The options of a component that has none of its own.
 #[derive(serde::Deserialize, Serialize, JsonSchema, Default, Debug, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -150,7 +164,12 @@ pub fn reference(path: &str, schema: &Schema, common: Option<Keys>) -> String {
         }
     }
     for (key, def) in nested {
-        out.push_str(&format!("\nEach entry of `{path}.{key}`:\n\n"));
+        let at = if path.is_empty() {
+            key
+        } else {
+            format!("{path}.{key}")
+        };
+        out.push_str(&format!("\nEach entry of `{at}`:\n\n"));
         let mut rows = Vec::new();
         table_rows(&def, &defs, "", &mut rows, &mut Vec::new());
         out.push_str("| key | type | default | meaning |\n|---|---|---|---|\n");
@@ -187,8 +206,11 @@ fn table_rows(
         let name = format!("{prefix}{key}");
         let (kind, object_def) = type_of(prop, defs);
         let default = match prop.get("default") {
+            // A section: its own table says what its keys default to.
+            _ if kind == "object" => "see its section".to_string(),
             None | Some(Value::Null) => "none".to_string(),
             Some(Value::Array(a)) if a.is_empty() => "none".to_string(),
+            Some(Value::Object(o)) if o.is_empty() => "none".to_string(),
             Some(v) => format!("`{}`", serde_json::to_string(v).unwrap_or_default()),
         };
         let mut meaning = prop
@@ -200,7 +222,8 @@ fn table_rows(
             meaning.push_str(&format!(" One of: {}.", variants.join("; ")));
         }
         rows.push(row(&name, &kind, &default, &meaning));
-        if let Some(def) = object_def {
+        // Lists of objects get a table of their entries' keys; a plain section has its own.
+        if let Some(def) = object_def.filter(|_| kind.starts_with("list of")) {
             nested.push((name, def));
         }
     }
@@ -240,6 +263,11 @@ fn type_of(prop: &Value, defs: &Value) -> (String, Option<Value>) {
             (format!("list of {item}"), def)
         }
         Some(Value::String(t)) if t == "object" => ("mapping".into(), None),
+        Some(Value::String(t))
+            if prop.get("format").and_then(Value::as_str) == Some("duration") =>
+        {
+            ("duration".into(), None)
+        }
         Some(Value::String(t)) => (t.clone(), None),
         Some(Value::Array(ts)) => {
             let t: Vec<&str> = ts

@@ -17,7 +17,7 @@ use clap::Parser;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::checks::CheckOptions;
+use crate::checks::ChecksOptions;
 use crate::collector::{CollectionOptions, Settings};
 pub use crate::component::SectionError as ConfigError;
 use crate::events::{EventExport, EventSink, EventsOptions};
@@ -179,9 +179,7 @@ pub struct FileConfig {
     #[schemars(with = "BTreeMap<String, serde_json::Value>")]
     pub probes: BTreeMap<String, serde_yaml::Value>,
     /// The configuration checks.
-    #[serde(skip_serializing)]
-    #[schemars(with = "serde_json::Value")]
-    pub checks: CheckOptions,
+    pub checks: ChecksOptions,
     /// Where events go.
     pub events: EventsOptions,
 }
@@ -236,7 +234,7 @@ pub struct EnabledProbe {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub mode: Mode,
-    pub checks: CheckOptions,
+    pub checks: ChecksOptions,
     pub event_sinks: Vec<EventSink>,
     pub event_export: EventExport,
     /// Address, path, timeouts, TLS and basic auth of the HTTP endpoint.
@@ -291,6 +289,10 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
 
+        // The components' sections first: a typo in one is named before any other problem.
+        let probes = enabled_probes(&flags.disable, &file.probes)?;
+        file.checks.build()?;
+
         let mut web = file.web;
         if let Some(a) = &flags.listen_address {
             web.listen_address = a.clone();
@@ -312,7 +314,6 @@ impl Config {
             .unwrap_or_else(|| "unknown".into());
 
         let (workers, max_series, targets) = file.collection.resolve()?;
-        let probes = enabled_probes(&flags.disable, &file.probes)?;
 
         let otlp_flags = OtlpFlags {
             endpoint: flags.otlp_endpoint.clone().filter(|e| !e.trim().is_empty()),
@@ -341,9 +342,6 @@ impl Config {
             }
         }
 
-        file.checks
-            .validate()
-            .map_err(|p| ConfigError::new("checks", p))?;
         let (event_sinks, event_export) = file.events.resolve(otlp.as_ref())?;
 
         Ok(Self {
@@ -366,6 +364,15 @@ impl Config {
             service_name,
             resource_attributes,
         })
+    }
+
+    /// The agent's OpenTelemetry resource.
+    pub fn resource(&self) -> opentelemetry_sdk::Resource {
+        crate::telemetry::resource(
+            &self.service_name,
+            &self.node_name,
+            &self.resource_attributes,
+        )
     }
 
     /// The node as probes see it.
@@ -480,6 +487,11 @@ pub fn reference_markdown() -> String {
         ("collection", schemars::schema_for!(CollectionOptions)),
         ("sources", schemars::schema_for!(SourcesOptions)),
         ("events", schemars::schema_for!(EventsOptions)),
+        ("checks", schemars::schema_for!(ChecksOptions)),
+        (
+            "checks.node",
+            schemars::schema_for!(crate::checks::NodeFacts),
+        ),
     ];
     for (name, schema) in &sections {
         out.push_str(&format!("\n## `{name}`\n\n"));
@@ -489,6 +501,11 @@ pub fn reference_markdown() -> String {
     for p in probes::PROBES {
         out.push_str(&format!("\n### `probes.{}`\n\n", p.name));
         out.push_str(&p.reference());
+    }
+    out.push_str("\n## Checks\n\nEach under `checks.NAME`.\n");
+    for c in crate::checks::CHECKS {
+        out.push_str(&format!("\n### `checks.{}`\n\n", c.name));
+        out.push_str(&c.reference());
     }
     out
 }

@@ -6,7 +6,7 @@ use clap::Parser;
 use net_exporter::collector::Collector;
 use net_exporter::config::{Command, Config, Flags, Mode};
 use net_exporter::events::otlp::OtlpLogs;
-use net_exporter::events::runner::Runner;
+use net_exporter::events::runner::{InventoryView, Runner, Slot};
 use net_exporter::events::{Event, EventSink, Events, Sink, Stdout};
 use net_exporter::http::{self, App};
 use net_exporter::inventory::Inventory;
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
     let trace_cfg = trace_cfg.filter(|_| diagnose.is_none());
     let traces = match &trace_cfg {
         None => None,
-        Some(t) => match Traces::start(t, telemetry::resource(&cfg), runtime.handle()) {
+        Some(t) => match Traces::start(t, cfg.resource(), runtime.handle()) {
             Ok(traces) => Some(traces),
             Err(e) => {
                 eprintln!("net-exporter: configuration error: {e}");
@@ -187,7 +187,7 @@ async fn inventory(cfg: &Config) -> anyhow::Result<(Box<dyn Inventory>, Option<k
 
 /// Event sinks as configured; the OTLP ones count their failures into `stats`.
 fn event_sinks(cfg: &Config, stats: &ExportStats) -> anyhow::Result<Vec<Box<dyn Sink>>> {
-    let resource = telemetry::resource(cfg);
+    let resource = cfg.resource();
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     for s in &cfg.event_sinks {
         sinks.push(match s {
@@ -215,6 +215,24 @@ fn event_sinks(cfg: &Config, stats: &ExportStats) -> anyhow::Result<Vec<Box<dyn 
     Ok(sinks)
 }
 
+/// The checks as configured, on the targets of `inventory`.
+fn runner(
+    cfg: &Config,
+    inventory: Arc<dyn InventoryView>,
+    kube: Option<kube::Client>,
+    events: impl Into<Arc<Events>>,
+) -> anyhow::Result<Runner> {
+    Ok(Runner {
+        inventory,
+        kube,
+        procfs: cfg.procfs.clone(),
+        sysfs: cfg.sysfs.clone(),
+        node: cfg.checks.node.clone(),
+        checks: cfg.checks.build()?.into_iter().map(Slot::new).collect(),
+        events: events.into(),
+    })
+}
+
 /// Runs every check once and prints the problems; `Ok(true)` when there are any.
 async fn run_diagnose(cfg: Config, output: &str) -> anyhow::Result<bool> {
     let (inventory, kube) = inventory(&cfg).await?;
@@ -228,15 +246,16 @@ async fn run_diagnose(cfg: Config, output: &str) -> anyhow::Result<bool> {
         }
     }
     let collector = Arc::new(Collector::new(cfg.collector_settings(), inventory));
-    let runner = Runner {
+    let runner = runner(
+        &cfg,
         collector,
         kube,
-        options: cfg.checks.clone(),
-        procfs: cfg.procfs.clone(),
-        sysfs: cfg.sysfs.clone(),
-        events: Arc::new(Events::new(Vec::new(), cfg.checks.repeat_interval)),
-    };
-    let results = tokio::task::spawn_blocking(move || runner.run_all()).await?;
+        Events::new(Vec::new(), cfg.checks.repeat_interval),
+    )?;
+    let (results, skipped) = tokio::task::spawn_blocking(move || runner.run_all()).await?;
+    for (check, why) in skipped {
+        eprintln!("{check} does not apply here: {why}");
+    }
     let mut found = false;
     let mut rows = Vec::new();
     for (check, probe, result) in results {
@@ -284,19 +303,18 @@ async fn run(cfg: Config, server: http::Server, traces: Option<Traces>) -> anyho
         cfg.checks.repeat_interval,
     ));
     let telemetry = Arc::new(Telemetry::new(
-        &cfg,
+        cfg.resource(),
+        cfg.otlp.is_some(),
         &enabled,
         Some(Arc::clone(&events) as Arc<dyn telemetry::EventStats>),
         export_stats,
     ));
-    let runner = Arc::new(Runner {
-        collector: Arc::clone(&collector),
+    let runner = Arc::new(runner(
+        &cfg,
+        Arc::clone(&collector) as Arc<dyn InventoryView>,
         kube,
-        options: cfg.checks.clone(),
-        procfs: cfg.procfs.clone(),
-        sysfs: cfg.sysfs.clone(),
-        events: Arc::clone(&events),
-    });
+        Arc::clone(&events),
+    )?);
     let checks = tokio::spawn(runner.run());
     let probes: Vec<&str> = cfg.probes.iter().map(|p| p.registration.name).collect();
     tracing::info!(

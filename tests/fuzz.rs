@@ -29,7 +29,7 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use net_exporter::checks::{k8s_config, kernel_log, route};
+use net_exporter::checks::{kernel_log, masquerade};
 use net_exporter::config::{Config, FileConfig, Flags};
 use net_exporter::inventory::{ClusterView, PodInfo, cgroup};
 use net_exporter::probes::packetloss::{bpf, btf};
@@ -37,6 +37,7 @@ use net_exporter::probes::{
     arp, conntrack, format, netdev, podip, qdisc, sock, sockbacklog, softnet, tcp, tcpext,
     tcpsummary,
 };
+use net_exporter::sources::routes as route;
 use net_exporter::sources::{links, netlink};
 use netlink_packet_core::{DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
@@ -1544,19 +1545,6 @@ const PROBE_NAMES: &[&str] = &[
     "podip",
 ];
 
-const CHECK_NAMES: &[&str] = &[
-    "KernelParam",
-    "IRQBalance",
-    "KernelLog",
-    "DefaultRoute",
-    "PolicyRoute",
-    "VpcRoute",
-    "MTUAbnormal",
-    "IPtablesAbnormal",
-    "KubeProxyAbnormal",
-    "NotAProbe",
-];
-
 type J = serde_json::Value;
 
 fn jstr(s: impl Strategy<Value = String>) -> impl Strategy<Value = J> {
@@ -1701,57 +1689,76 @@ fn config_file(wild: bool) -> BoxedStrategy<J> {
         c
     })
     .boxed();
+    let cidr_value = || -> BoxedStrategy<J> {
+        if wild {
+            jstr(cidr()).boxed()
+        } else {
+            ip_net().prop_map(|n| J::String(n.to_string())).boxed()
+        }
+    };
+    let check_enabled = || ("enabled", f(any::<bool>().prop_map(J::Bool).boxed()));
+    let node_facts = object(vec![
+        ("pod_interface_prefixes", f(string_list("[a-z]{0,5}"))),
+        ("uplink", f(text())),
+        ("vpc_cidr", cidr_value()),
+        ("service_cidr", cidr_value()),
+    ]);
     let checks = object(vec![
         ("interval", good_duration()),
-        (
-            "intervals",
-            f(prop::collection::btree_map(
-                select(CHECK_NAMES.to_vec()).prop_map(String::from),
-                jstr(duration_text()),
-                0..3,
-            )
-            .prop_map(|m| J::Object(m.into_iter().collect()))
-            .boxed()),
-        ),
         ("repeat_interval", good_duration()),
+        ("enabled", f(any::<bool>().prop_map(J::Bool).boxed())),
+        ("node", f(node_facts)),
         (
-            "disabled",
-            f(string_list(
-                select(CHECK_NAMES.to_vec()).prop_map(String::from),
-            )),
-        ),
-        ("pod_interface_prefixes", f(string_list("[a-z]{0,5}"))),
-        ("expect_rp_filter", f((0u64..3).prop_map(J::from).boxed())),
-        (
-            "expect_tcp_syncookies",
-            f(any::<u32>().prop_map(J::from).boxed()),
-        ),
-        ("uplink", f(text())),
-        ("kernel_log_path", f(path())),
-        ("kernel_log_patterns", f(string_list("\\PC{0,8}"))),
-        ("mtu_floor", f(any::<u32>().prop_map(J::from).boxed())),
-        (
-            "policy_route_cnis",
-            f(prop::collection::vec(cni, 0..3).prop_map(J::Array).boxed()),
-        ),
-        ("iptables_command", f(jstr("[a-z-]{0,10}").boxed())),
-        ("kube_proxy", f(any::<bool>().prop_map(J::Bool).boxed())),
-        ("kube_proxy_healthz", f(jstr(url()).boxed())),
-        (
-            "vpc_cidr",
-            if wild {
-                jstr(cidr()).boxed()
-            } else {
-                ip_net().prop_map(|n| J::String(n.to_string())).boxed()
-            },
+            "KernelParam",
+            f(object(vec![
+                check_enabled(),
+                ("interval", good_duration()),
+                ("expect_rp_filter", f((0u64..3).prop_map(J::from).boxed())),
+                (
+                    "expect_tcp_syncookies",
+                    f(any::<u32>().prop_map(J::from).boxed()),
+                ),
+            ])),
         ),
         (
-            "service_cidr",
-            if wild {
-                jstr(cidr()).boxed()
-            } else {
-                ip_net().prop_map(|n| J::String(n.to_string())).boxed()
-            },
+            "KernelLog",
+            f(object(vec![
+                check_enabled(),
+                ("path", f(path())),
+                ("patterns", f(string_list("\\PC{0,8}"))),
+            ])),
+        ),
+        (
+            "MTUAbnormal",
+            f(object(vec![(
+                "floor",
+                f(any::<u32>().prop_map(J::from).boxed()),
+            )])),
+        ),
+        (
+            "PolicyRoute",
+            f(object(vec![(
+                "cnis",
+                f(prop::collection::vec(cni, 0..3).prop_map(J::Array).boxed()),
+            )])),
+        ),
+        (
+            "IPtablesAbnormal",
+            f(object(vec![("command", f(jstr("[a-z-]{1,10}").boxed()))])),
+        ),
+        (
+            "KubeProxyAbnormal",
+            f(object(vec![
+                ("standalone", f(any::<bool>().prop_map(J::Bool).boxed())),
+                ("healthz", f(jstr(url()).boxed())),
+            ])),
+        ),
+        (
+            "IPVSRulesAbnormal",
+            f(object(vec![(
+                "require_ipvs",
+                f(any::<bool>().prop_map(J::Bool).boxed()),
+            )])),
         ),
     ]);
     let events = object(vec![
@@ -1888,7 +1895,10 @@ const STRICT_PLACES: &[&[&str]] = &[
     &["events"],
     &["probes", "qdisc"],
     &["probes", "packetloss"],
-    &["checks", "policy_route_cnis", "0"],
+    &["checks", "node"],
+    &["checks", "KernelParam"],
+    &["checks", "PolicyRoute"],
+    &["checks", "PolicyRoute", "cnis", "0"],
 ];
 
 fn insert_unknown(doc: &mut J, place: &[&str], key: &str) {
@@ -3431,8 +3441,8 @@ proptest! {
             }
             t
         };
-        let got = guarded("k8s_config::non_masquerade_cidrs", text.as_bytes(), || {
-            k8s_config::non_masquerade_cidrs(&text)
+        let got = guarded("masquerade::non_masquerade_cidrs", text.as_bytes(), || {
+            masquerade::non_masquerade_cidrs(&text)
         });
         prop_assert_eq!(got.unwrap(), nets, "{}", text);
     }
@@ -3450,12 +3460,12 @@ proptest! {
         let with_list = format!("nonMasqueradeCIDRs: {}\n", serde_json::to_string(&list).unwrap());
         let valid = list.iter().all(|c| c.parse::<IpNet>().is_ok());
         for t in [text, mutated, doc.to_string(), to_yaml(&doc, true)] {
-            guarded("k8s_config::non_masquerade_cidrs", t.as_bytes(), || {
-                drop(k8s_config::non_masquerade_cidrs(&t))
+            guarded("masquerade::non_masquerade_cidrs", t.as_bytes(), || {
+                drop(masquerade::non_masquerade_cidrs(&t))
             });
         }
-        let got = guarded("k8s_config::non_masquerade_cidrs", with_list.as_bytes(), || {
-            k8s_config::non_masquerade_cidrs(&with_list)
+        let got = guarded("masquerade::non_masquerade_cidrs", with_list.as_bytes(), || {
+            masquerade::non_masquerade_cidrs(&with_list)
         });
         prop_assert_eq!(got.is_ok(), valid);
     }
@@ -3624,13 +3634,32 @@ proptest! {
         let text = to_yaml(&doc, block);
         let got = guarded("FileConfig::parse", text.as_bytes(), || FileConfig::parse(&text));
         let err = match got {
-            Ok(file) => match Config::resolve(&offline_flags(), &|_| None, file) {
-                Ok(_) => return Err(TestCaseError::fail(format!("accepted {key:?} in:\n{text}"))),
-                Err(e) => e.to_string(),
-            },
+            // Each section is refused by its own reader, whatever else is wrong in the file.
+            Ok(file) => {
+                let mut errs: Vec<String> = Vec::new();
+                errs.extend(file.checks.build().err().map(|e| e.to_string()));
+                for p in net_exporter::probes::PROBES {
+                    errs.extend(p.build(file.probes.get(p.name)).err().map(|e| e.to_string()));
+                }
+                errs.extend(
+                    Config::resolve(&offline_flags(), &|_| None, file)
+                        .err()
+                        .map(|e| e.to_string()),
+                );
+                if errs.is_empty() {
+                    return Err(TestCaseError::fail(format!("accepted {key:?} in:\n{text}")));
+                }
+                errs.join("; ")
+            }
             Err(e) => e.to_string(),
         };
-        prop_assert!(err.contains("unknown field"), "{}\n{}", err, text);
+        // Under `checks:` an unknown key names a check that does not exist.
+        prop_assert!(
+            err.contains("unknown field") || err.contains("unknown check"),
+            "{}\n{}",
+            err,
+            text
+        );
     }
 }
 
@@ -3717,8 +3746,8 @@ fn config_yaml_bombs_fail_cleanly() {
         laughs_in_field.as_str(),
     ] {
         config_pipeline(text, &offline_flags(), &BTreeMap::new());
-        guarded("k8s_config::non_masquerade_cidrs", text.as_bytes(), || {
-            drop(k8s_config::non_masquerade_cidrs(text))
+        guarded("masquerade::non_masquerade_cidrs", text.as_bytes(), || {
+            drop(masquerade::non_masquerade_cidrs(text))
         });
     }
 }

@@ -572,3 +572,20 @@ fn docs_metrics_md_is_current() {
         "docs/metrics.md is stale: run UPDATE_GOLDEN=1 cargo test --test golden docs"
     );
 }
+
+/// docs/configuration.md is generated from the options structs (their doc comments), so it
+/// cannot drift from what the agent accepts.
+#[test]
+fn docs_configuration_md_is_current() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md");
+    let got = net_exporter::config::reference_markdown();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &got).expect("write docs/configuration.md");
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        got == want,
+        "docs/configuration.md is stale: run UPDATE_GOLDEN=1 cargo test --test golden docs"
+    );
+}

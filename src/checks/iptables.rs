@@ -11,9 +11,31 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::{Check, CheckContext, Problem};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
-pub struct IptablesAbnormal;
+use super::{Build, Check, CheckContext, Problem};
+
+pub struct IptablesAbnormal {
+    options: IptablesOptions,
+}
+
+/// `checks.IPtablesAbnormal`.
+#[derive(Deserialize, Serialize, JsonSchema, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IptablesOptions {
+    /// The iptables command to run (`iptables-legacy` where the node's rules are in the
+    /// legacy backend and the agent's `iptables` is the nft one).
+    pub command: String,
+}
+
+impl Default for IptablesOptions {
+    fn default() -> Self {
+        Self {
+            command: "iptables".into(),
+        }
+    }
+}
 
 /// How long the command may take (it waits up to 5 s for the xtables lock itself).
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,21 +103,23 @@ pub fn policy<'a>(rules: &'a str, chain: &str) -> Option<&'a str> {
     })
 }
 
+impl Build for IptablesAbnormal {
+    const NAME: &'static str = "IPtablesAbnormal";
+    const PROBE: &'static str = "nodeconfig";
+    const TYPES: &'static [&'static str] = &["IPtablesAbnormal"];
+    type Options = IptablesOptions;
+
+    fn new(options: IptablesOptions) -> Result<Self> {
+        if options.command.trim().is_empty() {
+            bail!("command: empty");
+        }
+        Ok(Self { options })
+    }
+}
+
 impl Check for IptablesAbnormal {
-    fn name(&self) -> &'static str {
-        "IPtablesAbnormal"
-    }
-
-    fn probe(&self) -> &'static str {
-        "nodeconfig"
-    }
-
-    fn kinds(&self) -> &'static [&'static str] {
-        &["IPtablesAbnormal"]
-    }
-
-    fn run(&self, ctx: &CheckContext) -> Result<Vec<Problem>> {
-        let cmd = &ctx.options.iptables_command;
+    fn run(&self, _ctx: &CheckContext) -> Result<Vec<Problem>> {
+        let cmd = &self.options.command;
         let rules = command_output(cmd, &["-w", "5", "-S", "FORWARD"], TIMEOUT)?;
         let policy = policy(&rules, "FORWARD")
             .ok_or_else(|| anyhow!("{cmd} -S FORWARD printed no policy line: {rules:?}"))?;

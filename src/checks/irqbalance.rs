@@ -3,38 +3,25 @@
 
 use anyhow::Result;
 
-use super::{Check, CheckContext, Problem};
+use super::{Build, Check, CheckContext, Problem, processes_named};
+use crate::component::NoOptions;
 
 pub struct IrqBalance;
 
-/// Pids of processes whose command name is `comm`.
-pub fn processes_named(ctx: &CheckContext, comm: &str) -> Result<Vec<u32>> {
-    let dir = std::fs::read_dir(&ctx.procfs)?;
-    Ok(dir
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(ctx.procfs.join(format!("{pid}/comm")))
-                .is_ok_and(|c| c.trim_end() == comm)
-        })
-        .collect())
+impl Build for IrqBalance {
+    const NAME: &'static str = "IRQBalance";
+    const PROBE: &'static str = "nodeconfig";
+    const TYPES: &'static [&'static str] = &["IRQBalance"];
+    type Options = NoOptions;
+
+    fn new(_: NoOptions) -> Result<Self> {
+        Ok(Self)
+    }
 }
 
 impl Check for IrqBalance {
-    fn name(&self) -> &'static str {
-        "IRQBalance"
-    }
-
-    fn probe(&self) -> &'static str {
-        "nodeconfig"
-    }
-
-    fn kinds(&self) -> &'static [&'static str] {
-        &["IRQBalance"]
-    }
-
     fn run(&self, ctx: &CheckContext) -> Result<Vec<Problem>> {
-        let pids = processes_named(ctx, "irqbalance")?;
+        let pids = processes_named(&ctx.procfs, "irqbalance")?;
         Ok(if pids.is_empty() {
             Vec::new()
         } else {

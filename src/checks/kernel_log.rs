@@ -8,9 +8,64 @@ use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use std::path::PathBuf;
 
-use super::Problem;
+use anyhow::{Context, Result};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Build, Check, CheckContext, Problem};
+
+/// `KernelLog`.
+pub struct KernelLog {
+    options: KernelLogOptions,
+}
+
+/// `checks.KernelLog`.
+#[derive(Deserialize, Serialize, JsonSchema, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelLogOptions {
+    /// The kernel log to follow.
+    pub path: PathBuf,
+    /// Lines that contain one of these (case-insensitive) are events.
+    pub patterns: Vec<String>,
+}
+
+impl Default for KernelLogOptions {
+    fn default() -> Self {
+        Self {
+            path: "/dev/kmsg".into(),
+            patterns: default_patterns(),
+        }
+    }
+}
+
+impl Build for KernelLog {
+    const NAME: &'static str = "KernelLog";
+    const PROBE: &'static str = "nodeconfig";
+    const TYPES: &'static [&'static str] = &["KernelLog"];
+    type Options = KernelLogOptions;
+
+    fn new(options: KernelLogOptions) -> Result<Self> {
+        Ok(Self { options })
+    }
+}
+
+impl Check for KernelLog {
+    /// What the log holds now (`diagnose`).
+    fn run(&self, _ctx: &CheckContext) -> Result<Vec<Problem>> {
+        scan(&self.options.path, &self.options.patterns)
+    }
+
+    fn follows(&self) -> bool {
+        true
+    }
+
+    /// The agent follows the log as it is written.
+    fn follow(&self, found: &dyn Fn(Problem)) -> Result<()> {
+        follow(&self.options.path, &self.options.patterns, found)
+    }
+}
 
 /// The message of a `/dev/kmsg` record: `prio,seq,usec,flags;message` (continuation lines,
 /// starting with a space, carry key=value metadata and are skipped).

@@ -1,13 +1,45 @@
 //! `KernelParam`: kernel parameters that break Pod networking when set the wrong way:
 //! strict reverse-path filtering on Pod-facing interfaces, SYN cookies off, conntrack strict
-//! about TCP windows, selective ACK off, proxy ARP on the uplink. Expected values are
-//! configurable (`checks.expect_*`).
+//! about TCP windows, selective ACK off, proxy ARP on the uplink. Expected values are options.
 
 use anyhow::Result;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
-use super::{Check, CheckContext, Problem, default_route_interface, node_interfaces};
+use super::{Build, Check, CheckContext, Problem, node_interfaces, uplink};
+use crate::sources::sysctl::dotted;
 
-pub struct KernelParam;
+pub struct KernelParam {
+    options: KernelParamOptions,
+}
+
+/// `checks.KernelParam`: the value each parameter should have.
+#[derive(Deserialize, Serialize, JsonSchema, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelParamOptions {
+    /// `net.ipv4.conf.<Pod-facing interface>.rp_filter`.
+    pub expect_rp_filter: u32,
+    /// `net.ipv4.tcp_syncookies`.
+    pub expect_tcp_syncookies: u32,
+    /// `net.netfilter.nf_conntrack_tcp_be_liberal` (when conntrack is loaded).
+    pub expect_tcp_be_liberal: u32,
+    /// `net.ipv4.tcp_sack`.
+    pub expect_tcp_sack: u32,
+    /// `net.ipv4.conf.<uplink>.proxy_arp`.
+    pub expect_proxy_arp: u32,
+}
+
+impl Default for KernelParamOptions {
+    fn default() -> Self {
+        Self {
+            expect_rp_filter: 0,
+            expect_tcp_syncookies: 1,
+            expect_tcp_be_liberal: 1,
+            expect_tcp_sack: 1,
+            expect_proxy_arp: 0,
+        }
+    }
+}
 
 fn problem(kind: &'static str, sysctl: &str, current: &str, expect: u32) -> Problem {
     Problem {
@@ -17,75 +49,92 @@ fn problem(kind: &'static str, sysctl: &str, current: &str, expect: u32) -> Prob
     }
 }
 
+impl Build for KernelParam {
+    const NAME: &'static str = "KernelParam";
+    const PROBE: &'static str = "KernelParam";
+    const TYPES: &'static [&'static str] = &[
+        "RPFilterKernelParam",
+        "TCPSyncookiesKernelParam",
+        "LiberalKernelParam",
+        "TCPSackKernelParam",
+        "ProxyARPKernelParam",
+    ];
+    type Options = KernelParamOptions;
+
+    fn new(options: KernelParamOptions) -> Result<Self> {
+        Ok(Self { options })
+    }
+}
+
 impl Check for KernelParam {
-    fn name(&self) -> &'static str {
-        "KernelParam"
-    }
-
-    fn kinds(&self) -> &'static [&'static str] {
-        &[
-            "RPFilterKernelParam",
-            "TCPSyncookiesKernelParam",
-            "LiberalKernelParam",
-            "TCPSackKernelParam",
-            "ProxyARPKernelParam",
-        ]
-    }
-
     fn run(&self, ctx: &CheckContext) -> Result<Vec<Problem>> {
-        let o = &ctx.options;
+        let o = &self.options;
         let mut out = Vec::new();
         for ifname in node_interfaces(ctx)? {
-            if !o
+            if !ctx
+                .node
                 .pod_interface_prefixes
                 .iter()
                 .any(|p| ifname.starts_with(p.as_str()))
             {
                 continue;
             }
-            let sysctl = format!("net.ipv4.conf.{ifname}.rp_filter");
+            let name = ["net", "ipv4", "conf", &ifname, "rp_filter"];
             // An interface that vanished since the listing is not a problem.
-            let Ok(v) = ctx.sysctl(&sysctl) else { continue };
+            let Ok(v) = ctx.sysctl(&name) else { continue };
             if v != o.expect_rp_filter.to_string() {
-                let mut p = problem("RPFilterKernelParam", &sysctl, &v, o.expect_rp_filter);
+                let mut p = problem(
+                    "RPFilterKernelParam",
+                    &dotted(&name),
+                    &v,
+                    o.expect_rp_filter,
+                );
                 p.object.push(("interface", ifname.clone()));
                 out.push(p);
             }
         }
-        for (kind, sysctl, expect, optional) in [
+        let node_wide: [(&'static str, &[&str], u32, bool); 3] = [
             (
                 "TCPSyncookiesKernelParam",
-                "net.ipv4.tcp_syncookies",
+                &["net", "ipv4", "tcp_syncookies"],
                 o.expect_tcp_syncookies,
                 false,
             ),
             // Exists only with the conntrack module loaded.
             (
                 "LiberalKernelParam",
-                "net.netfilter.nf_conntrack_tcp_be_liberal",
+                &["net", "netfilter", "nf_conntrack_tcp_be_liberal"],
                 o.expect_tcp_be_liberal,
                 true,
             ),
             (
                 "TCPSackKernelParam",
-                "net.ipv4.tcp_sack",
+                &["net", "ipv4", "tcp_sack"],
                 o.expect_tcp_sack,
                 false,
             ),
-        ] {
-            match ctx.sysctl(sysctl) {
-                Ok(v) if v != expect.to_string() => out.push(problem(kind, sysctl, &v, expect)),
+        ];
+        for (kind, name, expect, optional) in node_wide {
+            match ctx.sysctl(name) {
+                Ok(v) if v != expect.to_string() => {
+                    out.push(problem(kind, &dotted(name), &v, expect))
+                }
                 Ok(_) => {}
                 Err(_) if optional => {}
                 Err(e) => return Err(e),
             }
         }
-        if let Some(uplink) = o.uplink.clone().or_else(|| default_route_interface(ctx)) {
-            let sysctl = format!("net.ipv4.conf.{uplink}.proxy_arp");
-            if let Ok(v) = ctx.sysctl(&sysctl)
+        if let Some(uplink) = uplink(ctx) {
+            let name = ["net", "ipv4", "conf", &uplink, "proxy_arp"];
+            if let Ok(v) = ctx.sysctl(&name)
                 && v != o.expect_proxy_arp.to_string()
             {
-                let mut p = problem("ProxyARPKernelParam", &sysctl, &v, o.expect_proxy_arp);
+                let mut p = problem(
+                    "ProxyARPKernelParam",
+                    &dotted(&name),
+                    &v,
+                    o.expect_proxy_arp,
+                );
                 p.object.push(("interface", uplink));
                 out.push(p);
             }

@@ -1,147 +1,139 @@
 //! `KubeProxy` / KubeProxyAbnormal: kube-proxy not running on the node, or its health endpoint
-//! (`checks.kube_proxy_healthz`, default `http://127.0.0.1:10256/healthz`) not answering 200
+//! (`checks.KubeProxyAbnormal.healthz`, default `http://127.0.0.1:10256/healthz`) not answering 200
 //! within 2 s. Services stop working on a node whose kube-proxy is gone or stuck.
 //!
-//! Runs in Kubernetes mode, or always with `checks.kube_proxy: true`; `checks.kube_proxy:
-//! false` turns it off (clusters that replace kube-proxy). Elsewhere it finds nothing. The
-//! process is looked for in the agent's procfs, so the agent needs the host's PID namespace
-//! (`hostPID: true`) to see it.
+//! Runs in Kubernetes mode, or standalone with `standalone: true`; `enabled: false` turns it
+//! off (clusters that replace kube-proxy). The process is looked for in the agent's procfs, so
+//! the agent needs the host's PID namespace (`hostPID: true`) to see it.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
-use super::irqbalance::processes_named;
-use super::{Check, CheckContext, Problem};
+use super::{Build, Check, CheckContext, Environment, Problem, processes_named};
 
-pub struct KubeProxyAbnormal;
+pub struct KubeProxyAbnormal {
+    options: KubeProxyOptions,
+    healthz: hyper::Uri,
+}
+
+/// `checks.KubeProxyAbnormal`.
+#[derive(Deserialize, Serialize, JsonSchema, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubeProxyOptions {
+    /// kube-proxy's health endpoint, plain http, expected to answer 200 within 2 s.
+    pub healthz: String,
+    /// Look in standalone mode too (a node whose kube-proxy the agent should watch without
+    /// reading the Kubernetes API). Clusters without kube-proxy set `enabled: false`.
+    pub standalone: bool,
+}
+
+impl Default for KubeProxyOptions {
+    fn default() -> Self {
+        Self {
+            healthz: "http://127.0.0.1:10256/healthz".into(),
+            standalone: false,
+        }
+    }
+}
 
 /// How long the health endpoint has to answer.
 pub const HEALTHZ_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// `http://host[:port][/path]` → (host, port, path). Only plain http: the endpoint is
-/// kube-proxy's local health port.
-pub fn parse_http_url(url: &str) -> Result<(String, u16, String)> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow!("{url:?}: only http:// URLs are supported"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6
-            .split_once(']')
-            .ok_or_else(|| anyhow!("{url:?}: unclosed [ in the host"))?;
-        (host, after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() {
+/// A plain-http URL with a host (the endpoint is kube-proxy's local health port).
+pub fn parse_http_url(url: &str) -> Result<hyper::Uri> {
+    let uri: hyper::Uri = url.parse().with_context(|| format!("{url:?}"))?;
+    if uri.scheme_str() != Some("http") {
+        bail!("{url:?}: only http:// URLs are supported");
+    }
+    if uri.host().is_none_or(str::is_empty) {
         bail!("{url:?}: no host");
     }
-    let port = match port {
-        Some(p) => p
-            .parse()
-            .map_err(|_| anyhow!("{url:?}: {p:?} is not a port"))?,
-        None => 80,
-    };
-    Ok((host.to_string(), port, path.to_string()))
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let after_host = authority
+        .rsplit_once(']')
+        .map_or(authority, |(_, rest)| rest);
+    if after_host.contains(':') && uri.port_u16().is_none() {
+        bail!("{url:?}: the port is not a number");
+    }
+    Ok(uri)
 }
 
-/// The status code of `GET url` (HTTP/1.0), all within `timeout`.
-pub fn http_status(url: &str, timeout: Duration) -> Result<u16> {
-    let deadline = Instant::now() + timeout;
-    let left = || {
-        deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| anyhow!("GET {url}: no answer within {timeout:?}"))
+/// The status code of `GET uri`, all within `timeout`. Checks run on blocking threads: the
+/// request runs on the agent's runtime, or on one of its own where there is none (tests).
+pub fn http_status(uri: &hyper::Uri, timeout: Duration) -> Result<u16> {
+    let get = async {
+        tokio::time::timeout(timeout, get_status(uri))
+            .await
+            .map_err(|_| anyhow!("GET {uri}: no answer within {timeout:?}"))?
     };
-    let (host, port, path) = parse_http_url(url)?;
-    let addrs: Vec<_> = (host.as_str(), port)
-        .to_socket_addrs()
-        .with_context(|| format!("resolve {host}"))?
-        .collect();
-    let mut last = None;
-    let mut stream = None;
-    for a in addrs {
-        match TcpStream::connect_timeout(&a, left()?) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = Some(e),
-        }
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => handle.block_on(get),
+        Err(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("a runtime for the request")?
+            .block_on(get),
     }
-    let mut s = match (stream, last) {
-        (Some(s), _) => s,
-        (None, Some(e)) => return Err(e).with_context(|| format!("connect to {url}")),
-        (None, None) => bail!("{host}: no address"),
-    };
-    let host_header = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
-    s.set_write_timeout(Some(left()?))?;
-    // One write: a server that answers after the first segment must see the whole request.
-    let request = format!(
-        "GET {path} HTTP/1.0\r\nHost: {host_header}\r\nUser-Agent: net-exporter\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(request.as_bytes())
-        .with_context(|| format!("send GET {url}"))?;
-    // The status line is all that is needed.
-    let mut head = Vec::new();
-    let mut buf = [0u8; 512];
-    while !head.contains(&b'\n') && head.len() < 4096 {
-        s.set_read_timeout(Some(left()?))?;
-        let n = s
-            .read(&mut buf)
-            .with_context(|| format!("read the answer of {url}"))?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(&head);
-    let line = line.lines().next().unwrap_or_default();
-    let mut f = line.split_whitespace();
-    match (f.next(), f.next().and_then(|c| c.parse::<u16>().ok())) {
-        (Some(v), Some(code)) if v.starts_with("HTTP/") => Ok(code),
-        _ => bail!("GET {url}: not an HTTP answer: {line:?}"),
+}
+
+async fn get_status(uri: &hyper::Uri) -> Result<u16> {
+    let host = uri.host().unwrap_or_default();
+    let port = uri.port_u16().unwrap_or(80);
+    // An IPv6 literal keeps its brackets in the URI's host.
+    let addr = host.trim_start_matches('[').trim_end_matches(']');
+    let stream = tokio::net::TcpStream::connect((addr, port))
+        .await
+        .with_context(|| format!("connect to {uri}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .with_context(|| format!("HTTP handshake with {uri}"))?;
+    let conn = tokio::spawn(conn);
+    let authority = uri.authority().map_or(host, |a| a.as_str());
+    let request = hyper::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::USER_AGENT, "net-exporter")
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .context("build the request")?;
+    let response = sender
+        .send_request(request)
+        .await
+        .with_context(|| format!("GET {uri}"))?;
+    conn.abort();
+    Ok(response.status().as_u16())
+}
+
+impl Build for KubeProxyAbnormal {
+    const NAME: &'static str = "KubeProxyAbnormal";
+    const PROBE: &'static str = "KubeProxy";
+    const TYPES: &'static [&'static str] = &["KubeProxy"];
+    type Options = KubeProxyOptions;
+
+    fn new(options: KubeProxyOptions) -> Result<Self> {
+        let healthz = parse_http_url(&options.healthz).context("healthz")?;
+        Ok(Self { options, healthz })
     }
 }
 
 impl Check for KubeProxyAbnormal {
-    fn name(&self) -> &'static str {
-        "KubeProxyAbnormal"
-    }
-
-    fn probe(&self) -> &'static str {
-        "KubeProxy"
-    }
-
-    fn kinds(&self) -> &'static [&'static str] {
-        &["KubeProxy"]
+    fn prerequisites(&self, env: &Environment) -> Result<(), String> {
+        if env.kubernetes || self.options.standalone {
+            Ok(())
+        } else {
+            Err("standalone: kube-proxy is looked for in Kubernetes mode (or with `standalone: true`)".into())
+        }
     }
 
     fn run(&self, ctx: &CheckContext) -> Result<Vec<Problem>> {
-        let o = &ctx.options;
-        if !o.kube_proxy.unwrap_or(ctx.cluster.is_some()) {
-            return Ok(Vec::new());
-        }
-        let pids = processes_named(ctx, "kube-proxy")
+        let pids = processes_named(&ctx.procfs, "kube-proxy")
             .with_context(|| format!("list the processes of {}", ctx.procfs.display()))?;
         let failure = if pids.is_empty() {
             Some("no kube-proxy process".to_string())
         } else {
-            match http_status(&o.kube_proxy_healthz, HEALTHZ_TIMEOUT) {
+            match http_status(&self.healthz, HEALTHZ_TIMEOUT) {
                 Ok(200) => None,
                 Ok(code) => Some(format!("health endpoint answered {code}")),
                 Err(e) => Some(format!("{e:#}")),
@@ -172,22 +164,22 @@ impl Check for KubeProxyAbnormal {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+    use std::time::Instant;
+
     use super::*;
 
     #[test]
     fn parses_urls() {
+        let u = parse_http_url("http://127.0.0.1:10256/healthz").unwrap();
         assert_eq!(
-            parse_http_url("http://127.0.0.1:10256/healthz").unwrap(),
-            ("127.0.0.1".into(), 10256, "/healthz".into())
+            (u.host(), u.port_u16(), u.path()),
+            (Some("127.0.0.1"), Some(10256), "/healthz")
         );
-        assert_eq!(
-            parse_http_url("http://localhost").unwrap(),
-            ("localhost".into(), 80, "/".into())
-        );
-        assert_eq!(
-            parse_http_url("http://[::1]:10256/healthz").unwrap(),
-            ("::1".into(), 10256, "/healthz".into())
-        );
+        let u = parse_http_url("http://localhost").unwrap();
+        assert_eq!((u.host(), u.port_u16()), (Some("localhost"), None));
+        let u = parse_http_url("http://[::1]:10256/healthz").unwrap();
+        assert_eq!((u.host(), u.port_u16()), (Some("[::1]"), Some(10256)));
         assert!(parse_http_url("https://127.0.0.1/healthz").is_err());
         assert!(parse_http_url("http://:80/").is_err());
         assert!(parse_http_url("http://h:port/").is_err());
@@ -207,11 +199,11 @@ mod tests {
                     assert!(n > 0, "request cut short: {req:?}");
                     req.extend_from_slice(&buf[..n]);
                 }
-                assert!(req.starts_with(b"GET /healthz HTTP/1.0\r\n"), "{req:?}");
+                assert!(req.starts_with(b"GET /healthz HTTP/1.1\r\n"), "{req:?}");
                 write!(c, "HTTP/1.1 {code}\r\nContent-Length: 0\r\n\r\n").unwrap();
             }
         });
-        let url = format!("http://127.0.0.1:{port}/healthz");
+        let url = parse_http_url(&format!("http://127.0.0.1:{port}/healthz")).unwrap();
         assert_eq!(http_status(&url, HEALTHZ_TIMEOUT).unwrap(), 200);
         assert_eq!(http_status(&url, HEALTHZ_TIMEOUT).unwrap(), 503);
         server.join().unwrap();
@@ -222,7 +214,7 @@ mod tests {
     #[test]
     fn a_silent_server_times_out() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/healthz", l.local_addr().unwrap());
+        let url = parse_http_url(&format!("http://{}/healthz", l.local_addr().unwrap())).unwrap();
         let t = Instant::now();
         let e = http_status(&url, Duration::from_millis(300)).unwrap_err();
         assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());

@@ -1,22 +1,41 @@
 //! `mtu` / MTUAbnormal: interface MTUs that break traffic.
 //!
-//! - Any interface of the node or of a Pod (`lo` aside) with an MTU below `checks.mtu_floor`
-//!   (default 1280, the least IPv6 works with).
-//! - A Pod interface whose MTU is above the node uplink's (`checks.uplink`, else the interface
-//!   of the node's default route): the Pod sends packets the node cannot forward unfragmented.
+//! - Any interface of the node or of a Pod (`lo` aside) with an MTU below
+//!   `checks.MTUAbnormal.floor` (default 1280, the least IPv6 works with).
+//! - A Pod interface whose MTU is above the node uplink's (`checks.node.uplink`, else the
+//!   interface of the node's default route): the Pod sends packets the node cannot forward
+//!   unfragmented.
 //!
 //! MTUs are IFLA_MTU of an RTM_GETLINK dump inside each namespace. Interfaces that are down
 //! carry no traffic and are skipped: every namespace holds the fallback tunnel devices
 //! (`tunl0`, `sit0`, `ip6tnl0`...) down, with MTUs of their own.
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
-use super::route::{target_attributes, target_name};
-use super::{Check, CheckContext, Problem, default_route_interface};
+use super::{Build, Check, CheckContext, Problem, target_attributes, target_name, uplink};
 use crate::sources::links::{self, Link};
 use crate::sources::with_namespace;
 
-pub struct MtuAbnormal;
+pub struct MtuAbnormal {
+    options: MtuOptions,
+}
+
+/// `checks.MTUAbnormal`.
+#[derive(Deserialize, Serialize, JsonSchema, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MtuOptions {
+    /// An interface (the node's or a Pod's, `lo` aside) with an MTU below this is abnormal.
+    /// 1280 is the least IPv6 works with.
+    pub floor: u32,
+}
+
+impl Default for MtuOptions {
+    fn default() -> Self {
+        Self { floor: 1280 }
+    }
+}
 
 fn links_of(ctx: &CheckContext, t: &crate::inventory::Target) -> Result<Vec<Link>> {
     with_namespace(&ctx.procfs, t.ns_path.as_deref(), |src| {
@@ -41,33 +60,22 @@ fn problem(ifname: String, mtu: u32, mut object: Vec<(&'static str, String)>) ->
     }
 }
 
+impl Build for MtuAbnormal {
+    const NAME: &'static str = "MTUAbnormal";
+    const PROBE: &'static str = "mtu";
+    const TYPES: &'static [&'static str] = &["MTUAbnormal"];
+    type Options = MtuOptions;
+
+    fn new(options: MtuOptions) -> Result<Self> {
+        Ok(Self { options })
+    }
+}
+
 impl Check for MtuAbnormal {
-    fn name(&self) -> &'static str {
-        "MTUAbnormal"
-    }
-
-    fn probe(&self) -> &'static str {
-        "mtu"
-    }
-
-    fn kinds(&self) -> &'static [&'static str] {
-        &["MTUAbnormal"]
-    }
-
     fn run(&self, ctx: &CheckContext) -> Result<Vec<Problem>> {
-        let floor = ctx.options.mtu_floor;
-        let node = ctx
-            .targets
-            .iter()
-            .find(|t| t.is_node())
-            .ok_or_else(|| anyhow!("no node namespace among the targets"))?;
-        let node_links = links_of(ctx, node).context("interfaces of the node")?;
-        let uplink = ctx
-            .options
-            .uplink
-            .clone()
-            .or_else(|| default_route_interface(ctx));
-        let uplink_mtu = uplink
+        let floor = self.options.floor;
+        let node_links = links_of(ctx, ctx.node()?).context("interfaces of the node")?;
+        let uplink_mtu = uplink(ctx)
             .as_deref()
             .and_then(|u| node_links.iter().find(|l| l.name == u))
             .and_then(|l| l.mtu);
@@ -77,7 +85,7 @@ impl Check for MtuAbnormal {
                 out.push(problem(name, mtu, Vec::new()));
             }
         }
-        for t in ctx.targets.iter().filter(|t| !t.is_node()) {
+        for t in ctx.pods() {
             let links = match links_of(ctx, t) {
                 Ok(l) => l,
                 // A Pod's namespace that went away since discovery has no interfaces to check.

@@ -36,7 +36,7 @@ pub struct EventsOptions {
     pub queue_size: usize,
     /// How long one export may take before it counts as failed.
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(with = "crate::component::DurationText")]
     pub export_timeout: Duration,
 }
 
@@ -235,7 +235,29 @@ impl NoiseControl {
     /// One problem of a continuous source: emitted when new, changed or due again; nothing is
     /// forgotten (such a source never says a problem went away).
     pub fn filter_one(&mut self, check: &str, p: Problem, now: Instant) -> Option<Problem> {
-        let key = format!("{check}\u{1f}{}\u{1f}{:?}", p.kind, p.object);
+        self.admit(key(check, &p), p, now)
+    }
+
+    /// The problems of one run of `check` that are to be emitted now; the problems of this
+    /// check that are gone are forgotten.
+    pub fn filter(&mut self, check: &str, problems: Vec<Problem>, now: Instant) -> Vec<Problem> {
+        let mut current = std::collections::HashSet::new();
+        let out = problems
+            .into_iter()
+            .filter_map(|p| {
+                let k = key(check, &p);
+                current.insert(k.clone());
+                self.admit(k, p, now)
+            })
+            .collect();
+        let prefix = format!("{check}\u{1f}");
+        self.seen
+            .retain(|k, _| !k.starts_with(&prefix) || current.contains(k));
+        out
+    }
+
+    /// `p` if it is new, changed or due again under `key`.
+    fn admit(&mut self, key: String, p: Problem, now: Instant) -> Option<Problem> {
         let emit = match self.seen.get(&key) {
             Some((msg, at)) => *msg != p.msg || now.duration_since(*at) >= self.repeat,
             None => true,
@@ -246,29 +268,11 @@ impl NoiseControl {
         }
         None
     }
+}
 
-    /// The problems of one run of `check` that are to be emitted now.
-    pub fn filter(&mut self, check: &str, problems: Vec<Problem>, now: Instant) -> Vec<Problem> {
-        let prefix = format!("{check}\u{1f}");
-        let mut current = std::collections::HashSet::new();
-        let mut out = Vec::new();
-        for p in problems {
-            let key = format!("{prefix}{}\u{1f}{:?}", p.kind, p.object);
-            current.insert(key.clone());
-            let emit = match self.seen.get(&key) {
-                Some((msg, at)) => *msg != p.msg || now.duration_since(*at) >= self.repeat,
-                None => true,
-            };
-            if emit {
-                self.seen.insert(key, (p.msg.clone(), now));
-                out.push(p);
-            }
-        }
-        // Problems of this check that are gone are forgotten.
-        self.seen
-            .retain(|k, _| !k.starts_with(&prefix) || current.contains(k));
-        out
-    }
+/// What noise control tells problems apart by: check, type and object.
+fn key(check: &str, p: &Problem) -> String {
+    format!("{check}\u{1f}{}\u{1f}{:?}", p.kind, p.object)
 }
 
 /// The events side of the agent: noise control, counting, sinks.
@@ -279,6 +283,9 @@ pub struct Events {
     pub counts: Mutex<BTreeMap<&'static str, u64>>,
     /// Last run of each check: (succeeded, problems found), for `netexporter_check_*`.
     pub checks: Mutex<BTreeMap<&'static str, (bool, u64)>>,
+    /// Whether each check applies on this node, and why not, for
+    /// `netexporter_check_available`.
+    available: Mutex<BTreeMap<&'static str, Option<String>>>,
 }
 
 impl crate::telemetry::EventStats for Events {
@@ -291,6 +298,11 @@ impl crate::telemetry::EventStats for Events {
         let checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
         checks.iter().map(|(c, (ok, n))| (*c, *ok, *n)).collect()
     }
+
+    fn check_availability(&self) -> Vec<(&'static str, Option<String>)> {
+        let available = self.available.lock().unwrap_or_else(|p| p.into_inner());
+        available.iter().map(|(c, why)| (*c, why.clone())).collect()
+    }
 }
 
 impl Events {
@@ -300,7 +312,23 @@ impl Events {
             noise: Mutex::new(NoiseControl::new(repeat)),
             counts: Mutex::new(BTreeMap::new()),
             checks: Mutex::new(BTreeMap::new()),
+            available: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Records whether `check` applies on this node (`why` not, if it does not). A check that
+    /// stops applying has no `netexporter_check_*` results any more.
+    pub fn availability(&self, check: &'static str, why: Option<String>) {
+        if why.is_some() {
+            self.checks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(check);
+        }
+        self.available
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(check, why);
     }
 
     /// Records one run of a check and emits what noise control lets through.

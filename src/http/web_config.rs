@@ -28,11 +28,11 @@ pub struct WebOptions {
     /// Time a client has to send its request headers; also how long an idle keep-alive
     /// connection stays open.
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(with = "crate::component::DurationText")]
     pub read_header_timeout: Duration,
     /// Time a request may take from its headers to its response.
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(with = "crate::component::DurationText")]
     pub request_timeout: Duration,
     /// Connections served at once; more wait in the listen backlog until one closes, so that
     /// a flood of idle clients cannot take the descriptors the namespaces need.

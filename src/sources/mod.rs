@@ -17,7 +17,10 @@ pub mod netlink;
 pub mod netns;
 pub mod node;
 
+pub mod ipvs;
+pub mod routes;
 pub mod socket_storage;
+pub mod sysctl;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -23,7 +23,6 @@ use opentelemetry_sdk::metrics::{
 };
 
 use crate::collector::Snapshot;
-use crate::config::Config;
 use crate::probes::{self, Kind, MetricDef};
 
 /// Series ceilings per instrument (the SDK's default is 2000; past the ceiling it folds series
@@ -52,6 +51,8 @@ pub trait EventStats: Send + Sync {
     fn emitted(&self) -> Vec<(&'static str, u64)>;
     /// Each check that ran: whether it could run at its last run, and the problems it found.
     fn checks(&self) -> Vec<(&'static str, bool, u64)>;
+    /// Each enabled check, and why it does not apply on this node (`None`: it does).
+    fn check_availability(&self) -> Vec<(&'static str, Option<String>)>;
 }
 
 /// A `ManualReader` shared between the MeterProvider and the exporter that collects it.
@@ -88,20 +89,19 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// `enabled`: indices into [`probes::PROBES`] of the probes to register instruments for.
+    /// `enabled`: indices into [`probes::PROBES`] of the probes to register instruments for;
+    /// `otlp_push`: whether a second reader is wanted for the OTLP push.
     pub fn new(
-        cfg: &Config,
+        resource: Resource,
+        otlp_push: bool,
         enabled: &[usize],
         events: Option<Arc<dyn EventStats>>,
         export_stats: Arc<ExportStats>,
     ) -> Self {
         let prometheus = SharedReader(Arc::new(ManualReader::builder().build()));
-        let otlp = cfg
-            .otlp
-            .as_ref()
-            .map(|_| SharedReader(Arc::new(ManualReader::builder().build())));
+        let otlp = otlp_push.then(|| SharedReader(Arc::new(ManualReader::builder().build())));
         let mut builder = SdkMeterProvider::builder()
-            .with_resource(resource(cfg))
+            .with_resource(resource)
             .with_reader(prometheus.clone())
             .with_view(|i: &opentelemetry_sdk::metrics::Instrument| {
                 let limit = if i.name().starts_with("netexporter_netdev_") {
@@ -161,20 +161,26 @@ impl Telemetry {
     }
 }
 
-pub fn resource(cfg: &Config) -> Resource {
+/// The agent's OpenTelemetry resource: its service, version and node, and the configured
+/// attributes.
+pub fn resource(
+    service_name: &str,
+    node_name: &str,
+    attributes: &std::collections::BTreeMap<String, String>,
+) -> Resource {
     let mut attrs = vec![
         KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
-        KeyValue::new("k8s.node.name", cfg.node_name.clone()),
-        KeyValue::new("host.name", cfg.node_name.clone()),
+        KeyValue::new("k8s.node.name", node_name.to_string()),
+        KeyValue::new("host.name", node_name.to_string()),
     ];
     attrs.extend(
-        cfg.resource_attributes
+        attributes
             .iter()
             .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
     );
     Resource::builder_empty()
         .with_attributes(attrs)
-        .with_service_name(cfg.service_name.clone())
+        .with_service_name(service_name.to_string())
         .build()
 }
 
@@ -237,6 +243,7 @@ pub const SELF_METRICS: &[MetricDef] = crate::metrics![
     counter "netexporter_events" "Events emitted, by type (label type).",
     gauge "netexporter_check_success" "1 if a configuration check could run at its last run, else 0 (label check).",
     gauge "netexporter_check_problems" "Problems a configuration check found at its last run (label check).",
+    gauge "netexporter_check_available" "1 if an enabled configuration check applies on this node, 0 if not (label reason says why, e.g. a Kubernetes check standalone). Labels: check, reason.",
 ];
 
 fn register_event_instruments(
@@ -256,6 +263,27 @@ fn register_event_instruments(
                 let mut a = snap.node_attrs.clone();
                 a.push(KeyValue::new("type", kind));
                 obs.observe(n, &a);
+            }
+        })
+        .build();
+    let c = Arc::clone(current);
+    let e = Arc::clone(&events);
+    let def = self_metric("netexporter_check_available");
+    meter
+        .u64_observable_gauge(def.name)
+        .with_description(def.help)
+        .with_callback(move |obs| {
+            let snap = read(&c);
+            for (check, why) in e.check_availability() {
+                let mut a = snap.node_attrs.clone();
+                a.push(KeyValue::new("check", check));
+                match why {
+                    None => obs.observe(1, &a),
+                    Some(why) => {
+                        a.push(KeyValue::new("reason", why));
+                        obs.observe(0, &a);
+                    }
+                }
             }
         })
         .build();

@@ -30,11 +30,11 @@ pub struct OtlpOptions {
     pub protocol: Option<OtlpProtocol>,
     /// How often to push, e.g. `15s` [default: 60s].
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "Option<String>")]
+    #[schemars(with = "Option<crate::component::DurationText>")]
     pub interval: Option<Duration>,
     /// How long one push may take [default: 30s].
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "Option<String>")]
+    #[schemars(with = "Option<crate::component::DurationText>")]
     pub timeout: Option<Duration>,
 }
 
