@@ -11,12 +11,12 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use opentelemetry::logs::{AnyValue, LogRecord, Logger, LoggerProvider as _, Severity};
-use opentelemetry_otlp::{LogExporter as OtlpExporter, WithExportConfig};
+use opentelemetry_otlp::LogExporter as OtlpExporter;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::logs::{
@@ -24,40 +24,13 @@ use opentelemetry_sdk::logs::{
 };
 
 use super::{Event, EventExport, Sink};
-use crate::telemetry::export::{self, Admission, OtlpProtocol, signal_url};
-
-/// What the sink and its exporter share: the records in the sink's hands and the outage state.
-#[derive(Debug)]
-struct Accounting {
-    name: &'static str,
-    endpoint: String,
-    /// Records handed to the batch processor and not yet exported or failed.
-    admission: Admission,
-    failures: Arc<AtomicU64>,
-    failing: AtomicBool,
-}
-
-impl Accounting {
-    /// `n` records did not arrive: count them, and log the first loss of an outage.
-    fn lost(&self, n: u64, why: &dyn fmt::Display) {
-        self.failures.fetch_add(n, Ordering::Relaxed);
-        if !self.failing.swap(true, Ordering::Relaxed) {
-            tracing::warn!(exporter = self.name, endpoint = %self.endpoint, error = %why, "event export failing; counting lost records in netexporter_export_failures_total");
-        }
-    }
-
-    fn delivered(&self) {
-        if self.failing.swap(false, Ordering::Relaxed) {
-            tracing::info!(exporter = self.name, endpoint = %self.endpoint, "event export recovered");
-        }
-    }
-}
+use crate::telemetry::export::{self, Delivery, OtlpProtocol, otlp_exporter, signal_url};
 
 /// Bounds each export in time and accounts for its records.
 #[derive(Debug)]
 struct Counting {
     inner: OtlpExporter,
-    accounting: Arc<Accounting>,
+    accounting: Arc<Delivery>,
     timeout: Duration,
     /// The agent's runtime, which the export runs in (see `telemetry::export`).
     runtime: tokio::runtime::Handle,
@@ -68,10 +41,7 @@ impl LogExporter for Counting {
         let n = batch.iter().count();
         let r = export::bounded(&self.runtime, self.timeout, self.inner.export(batch)).await;
         self.accounting.admission.release(n);
-        match &r {
-            Err(e) => self.accounting.lost(n as u64, e),
-            Ok(()) => self.accounting.delivered(),
-        }
+        self.accounting.export_done(n, &r);
         r
     }
 
@@ -87,7 +57,7 @@ impl LogExporter for Counting {
 pub struct OtlpLogs {
     provider: SdkLoggerProvider,
     logger: SdkLogger,
-    accounting: Arc<Accounting>,
+    accounting: Arc<Delivery>,
     node: String,
 }
 
@@ -111,33 +81,27 @@ impl OtlpLogs {
     ) -> Result<Self> {
         let runtime = tokio::runtime::Handle::try_current()
             .with_context(|| format!("{name} log exporter needs the agent's async runtime"))?;
-        let inner = match protocol {
-            OtlpProtocol::Grpc => OtlpExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint.to_string())
-                .with_timeout(limits.timeout)
-                .build(),
-            OtlpProtocol::HttpProtobuf => {
-                let path = if name == "loki" {
-                    "/otlp/v1/logs"
-                } else {
-                    "/v1/logs"
-                };
-                OtlpExporter::builder()
-                    .with_http()
-                    .with_endpoint(signal_url(endpoint, path))
-                    .with_timeout(limits.timeout)
-                    .build()
-            }
-        }
+        // Loki takes OTLP/HTTP under its own path.
+        let path = if name == "loki" {
+            "/otlp/v1/logs"
+        } else {
+            "/v1/logs"
+        };
+        let inner = otlp_exporter!(
+            OtlpExporter::builder(),
+            protocol,
+            endpoint.to_string(),
+            signal_url(endpoint, path),
+            limits.timeout
+        )
         .with_context(|| format!("{name} log exporter for {endpoint}"))?;
-        let accounting = Arc::new(Accounting {
+        let accounting = Arc::new(Delivery::new(
+            "event",
             name,
-            endpoint: endpoint.to_string(),
-            admission: Admission::new(limits.queue_size),
+            endpoint,
             failures,
-            failing: AtomicBool::new(false),
-        });
+            limits.queue_size,
+        ));
         let exporter = Counting {
             inner,
             accounting: Arc::clone(&accounting),
@@ -209,14 +173,14 @@ impl Sink for OtlpLogs {
 mod tests {
     use super::*;
 
-    fn accounting(capacity: usize) -> Accounting {
-        Accounting {
-            name: "otlp",
-            endpoint: "http://127.0.0.1:1".into(),
-            admission: Admission::new(capacity),
-            failures: Arc::default(),
-            failing: AtomicBool::new(false),
-        }
+    fn accounting(capacity: usize) -> Delivery {
+        Delivery::new(
+            "event",
+            "otlp",
+            "http://127.0.0.1:1",
+            Arc::default(),
+            capacity,
+        )
     }
 
     #[test]
@@ -224,12 +188,12 @@ mod tests {
         let a = accounting(1);
         a.lost(5, &"down");
         a.lost(1, &"full");
-        assert_eq!(a.failures.load(Ordering::Relaxed), 6);
-        assert!(a.failing.load(Ordering::Relaxed));
+        assert_eq!(a.failures(), 6);
+        assert!(a.failing());
         a.delivered();
-        assert!(!a.failing.load(Ordering::Relaxed));
+        assert!(!a.failing());
         a.lost(2, &"down again");
-        assert_eq!(a.failures.load(Ordering::Relaxed), 8);
-        assert!(a.failing.load(Ordering::Relaxed), "a new outage");
+        assert_eq!(a.failures(), 8);
+        assert!(a.failing(), "a new outage");
     }
 }

@@ -9,7 +9,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -43,6 +44,29 @@ impl OtlpProtocol {
         }
     }
 }
+
+/// Builds the OTLP exporter of one signal: `$builder` (`MetricExporter::builder()`,
+/// `SpanExporter::builder()`, ...) to `$endpoint` over gRPC, or to `$http_url` (the signal's
+/// URL, see [`signal_url`]) over HTTP/protobuf, each export bounded by `$timeout`. A macro, not
+/// a function: each signal's builder is a type of its own, with no trait in common.
+macro_rules! otlp_exporter {
+    ($builder:expr, $protocol:expr, $endpoint:expr, $http_url:expr, $timeout:expr) => {{
+        use opentelemetry_otlp::WithExportConfig as _;
+        match $protocol {
+            $crate::telemetry::export::OtlpProtocol::Grpc => $builder
+                .with_tonic()
+                .with_endpoint($endpoint)
+                .with_timeout($timeout)
+                .build(),
+            $crate::telemetry::export::OtlpProtocol::HttpProtobuf => $builder
+                .with_http()
+                .with_endpoint($http_url)
+                .with_timeout($timeout)
+                .build(),
+        }
+    }};
+}
+pub(crate) use otlp_exporter;
 
 /// An endpoint must be an http(s) URL.
 pub fn check_endpoint(field: &str, url: &str) -> Result<(), SectionError> {
@@ -103,6 +127,90 @@ where
         }),
     }
     .await
+}
+
+/// What one OTLP pipeline (event records, trace spans) could not deliver: counted in
+/// `netexporter_export_failures_total`, and an outage said once when it starts and once when
+/// it ends.
+#[derive(Debug)]
+pub struct Delivery {
+    /// How the log names the pipeline: `event`, `trace`.
+    signal: &'static str,
+    /// `otlp`, `loki`.
+    exporter: &'static str,
+    endpoint: String,
+    failures: Arc<AtomicU64>,
+    failing: AtomicBool,
+    /// Items handed to the SDK's batch processor and not yet exported or failed.
+    pub admission: Admission,
+}
+
+impl Delivery {
+    pub fn new(
+        signal: &'static str,
+        exporter: &'static str,
+        endpoint: &str,
+        failures: Arc<AtomicU64>,
+        queue: usize,
+    ) -> Self {
+        Self {
+            signal,
+            exporter,
+            endpoint: endpoint.to_string(),
+            failures,
+            failing: AtomicBool::new(false),
+            admission: Admission::new(queue),
+        }
+    }
+
+    /// Counts `n` items that did not arrive, without a word about the endpoint.
+    pub fn count(&self, n: u64) {
+        self.failures.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `n` items did not arrive because of `why`: counted, and the first loss of an outage
+    /// logged.
+    pub fn lost(&self, n: u64, why: &dyn std::fmt::Display) {
+        self.count(n);
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                exporter = self.exporter,
+                endpoint = %self.endpoint,
+                error = %why,
+                "{} export failing; counting lost items in netexporter_export_failures_total",
+                self.signal
+            );
+        }
+    }
+
+    /// An export went through: the end of an outage is logged.
+    pub fn delivered(&self) {
+        if self.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!(
+                exporter = self.exporter,
+                endpoint = %self.endpoint,
+                "{} export recovered",
+                self.signal
+            );
+        }
+    }
+
+    /// The end of one export of `n` items.
+    pub fn export_done(&self, n: usize, result: &OTelSdkResult) {
+        match result {
+            Err(e) => self.lost(n as u64, e),
+            Ok(()) => self.delivered(),
+        }
+    }
+
+    /// Whether exports fail now.
+    pub fn failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
 }
 
 /// Places for at most `capacity` items in a pipeline. Sized like the SDK processor's own

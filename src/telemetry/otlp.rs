@@ -7,14 +7,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use opentelemetry_otlp::{MetricExporter, WithExportConfig};
+use opentelemetry_otlp::MetricExporter;
 use opentelemetry_sdk::metrics::Temporality;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::Telemetry;
-use super::export::{OtlpProtocol, check_endpoint, signal_url};
+use super::export::{OtlpProtocol, check_endpoint, otlp_exporter, signal_url};
 use crate::collector::Collector;
 use crate::component::SectionError;
 
@@ -126,21 +126,14 @@ pub fn millis(field: &str, s: &str) -> Result<Duration, SectionError> {
 /// Builds the exporter; the HTTP endpoint gets the `/v1/metrics` path as the OTel spec says
 /// for `OTEL_EXPORTER_OTLP_ENDPOINT`.
 pub fn exporter(cfg: &OtlpConfig) -> Result<MetricExporter> {
-    let built = match cfg.protocol {
-        OtlpProtocol::Grpc => MetricExporter::builder()
-            .with_tonic()
-            .with_endpoint(cfg.endpoint.clone())
-            .with_timeout(cfg.timeout)
-            .with_temporality(Temporality::Cumulative)
-            .build(),
-        OtlpProtocol::HttpProtobuf => MetricExporter::builder()
-            .with_http()
-            .with_endpoint(signal_url(&cfg.endpoint, "/v1/metrics"))
-            .with_timeout(cfg.timeout)
-            .with_temporality(Temporality::Cumulative)
-            .build(),
-    };
-    built.with_context(|| format!("OTLP exporter for {}", cfg.endpoint))
+    otlp_exporter!(
+        MetricExporter::builder().with_temporality(Temporality::Cumulative),
+        cfg.protocol,
+        cfg.endpoint.clone(),
+        signal_url(&cfg.endpoint, "/v1/metrics"),
+        cfg.timeout
+    )
+    .with_context(|| format!("OTLP exporter for {}", cfg.endpoint))
 }
 
 /// Runs until the task is dropped.

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use opentelemetry::trace::{SpanId, TracerProvider as _};
-use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
@@ -32,7 +31,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::registry::LookupSpan;
 
 use super::export::OtlpProtocol;
-use super::export::{self, Admission};
+use super::export::{self, Delivery, otlp_exporter, signal_url};
 use crate::component::SectionError as ConfigError;
 
 /// The `tracing` target of every span and span event meant for trace export.
@@ -120,9 +119,7 @@ impl TraceConfig {
         // A base URL gets the signal's path over HTTP; gRPC paths come from the service.
         let endpoint = match (protocol, endpoint_from) {
             (OtlpProtocol::HttpProtobuf, TRACES_ENDPOINT) | (OtlpProtocol::Grpc, _) => endpoint,
-            (OtlpProtocol::HttpProtobuf, _) => {
-                format!("{}/v1/traces", endpoint.trim_end_matches('/'))
-            }
+            (OtlpProtocol::HttpProtobuf, _) => signal_url(&endpoint, "/v1/traces"),
         };
 
         let timeout = match first([TRACES_TIMEOUT, TIMEOUT]) {
@@ -182,18 +179,14 @@ impl Traces {
         runtime: &tokio::runtime::Handle,
     ) -> Result<Self, ConfigError> {
         let _entered = runtime.enter();
-        let inner = match cfg.protocol {
-            OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(cfg.endpoint.clone())
-                .with_timeout(cfg.timeout)
-                .build(),
-            OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_endpoint(cfg.endpoint.clone())
-                .with_timeout(cfg.timeout)
-                .build(),
-        }
+        // The endpoint is the signal's URL already (see `TraceConfig::from_env`).
+        let inner = otlp_exporter!(
+            opentelemetry_otlp::SpanExporter::builder(),
+            cfg.protocol,
+            cfg.endpoint.clone(),
+            cfg.endpoint.clone(),
+            cfg.timeout
+        )
         .map_err(|e| ConfigError::new(cfg.endpoint_from, format!("{:?}: {e}", cfg.endpoint)))?;
         let failures = Arc::new(AtomicU64::new(0));
         let accounting = Arc::new(Accounting::new(
@@ -273,11 +266,7 @@ where
 /// outage states.
 #[derive(Debug)]
 struct Accounting {
-    endpoint: String,
-    failures: Arc<AtomicU64>,
-    /// Spans handed to the batch processor and not yet taken by an export.
-    admission: Admission,
-    failing: AtomicBool,
+    delivery: Delivery,
     dropping: AtomicBool,
     epoch: Instant,
     /// When the last span was dropped, in milliseconds since `epoch`.
@@ -291,10 +280,7 @@ const QUIET_MS: u64 = 60_000;
 impl Accounting {
     fn new(endpoint: &str, failures: Arc<AtomicU64>, queue: usize) -> Self {
         Self {
-            endpoint: endpoint.to_string(),
-            failures,
-            admission: Admission::new(queue),
-            failing: AtomicBool::new(false),
+            delivery: Delivery::new("trace", "otlp", endpoint, failures, queue),
             dropping: AtomicBool::new(false),
             epoch: Instant::now(),
             last_drop_ms: AtomicU64::new(0),
@@ -305,12 +291,14 @@ impl Accounting {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// A span turned away by the queue bound: counted, the overflow said once. It is no
+    /// export outage (that would be logged as one).
     fn dropped(&self, now_ms: u64) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.delivery.count(1);
         self.last_drop_ms.store(now_ms, Ordering::Relaxed);
         if !self.dropping.swap(true, Ordering::Relaxed) {
             tracing::warn!(
-                queue = self.admission.capacity,
+                queue = self.delivery.admission.capacity,
                 "trace queue full: spans are dropped and counted in netexporter_export_failures_total (OTEL_BSP_MAX_QUEUE_SIZE)"
             );
         }
@@ -322,26 +310,10 @@ impl Accounting {
     fn trace_ended(&self, now_ms: u64) {
         if self.dropping.load(Ordering::Relaxed)
             && now_ms.saturating_sub(self.last_drop_ms.load(Ordering::Relaxed)) >= QUIET_MS
-            && !self.failing.load(Ordering::Relaxed)
+            && !self.delivery.failing()
             && self.dropping.swap(false, Ordering::Relaxed)
         {
             tracing::info!("trace queue no longer full");
-        }
-    }
-
-    fn export_done(&self, n: usize, result: &OTelSdkResult) {
-        match result {
-            Err(e) => {
-                self.failures.fetch_add(n as u64, Ordering::Relaxed);
-                if !self.failing.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(endpoint = %self.endpoint, error = %e, "trace export failing; counting lost spans in netexporter_export_failures_total");
-                }
-            }
-            Ok(()) => {
-                if self.failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!(endpoint = %self.endpoint, "trace export recovered");
-                }
-            }
         }
     }
 }
@@ -361,7 +333,7 @@ impl SpanProcessor for Bounded {
     fn on_end(&self, span: SpanData) {
         // Children end before their parent: the root ends its trace.
         let root = span.parent_span_id == SpanId::INVALID;
-        if self.accounting.admission.admit() {
+        if self.accounting.delivery.admission.admit() {
             self.inner.on_end(span);
         } else {
             self.accounting.dropped(self.accounting.now_ms());
@@ -396,9 +368,9 @@ struct Exporter {
 impl SpanExporter for Exporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let n = batch.len();
-        self.accounting.admission.release(n);
+        self.accounting.delivery.admission.release(n);
         let r = export::bounded(&self.runtime, self.timeout, self.inner.export(batch)).await;
-        self.accounting.export_done(n, &r);
+        self.accounting.delivery.export_done(n, &r);
         r
     }
 
@@ -491,33 +463,33 @@ mod tests {
     fn the_queue_turns_away_and_counts_what_it_cannot_hold() {
         let a = Accounting::new("http://c", Arc::new(AtomicU64::new(0)), 2);
         let dropping = || a.dropping.load(Ordering::Relaxed);
-        let admit = || a.admission.admit();
+        let admit = || a.delivery.admission.admit();
         assert!(admit() && admit() && !admit());
         a.dropped(1_000);
         assert!(dropping());
         // Traces that fit soon after a drop do not end the overflow...
-        a.admission.release(2);
+        a.delivery.admission.release(2);
         assert!(admit());
         a.trace_ended(1_000 + QUIET_MS / 2);
         a.dropped(1_000 + QUIET_MS / 2);
         a.trace_ended(1_000 + QUIET_MS);
         assert!(dropping());
         // ...nor do they while exports fail...
-        a.export_done(
+        a.delivery.export_done(
             3,
             &Err(opentelemetry_sdk::error::OTelSdkError::Timeout(
                 Duration::from_secs(1),
             )),
         );
-        assert!(a.failing.load(Ordering::Relaxed));
+        assert!(a.delivery.failing());
         a.trace_ended(1_000 + 3 * QUIET_MS);
         assert!(dropping());
         // ...once they work again and nothing was dropped for a while, one does.
-        a.export_done(1, &Ok(()));
-        assert!(!a.failing.load(Ordering::Relaxed));
+        a.delivery.export_done(1, &Ok(()));
+        assert!(!a.delivery.failing());
         a.trace_ended(1_000 + 3 * QUIET_MS);
         assert!(!dropping());
-        assert_eq!(a.failures.load(Ordering::Relaxed), 5);
+        assert_eq!(a.delivery.failures(), 5);
     }
 
     #[test]
