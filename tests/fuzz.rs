@@ -1277,6 +1277,9 @@ fn text_parsers(input: &[u8], names: &[&str]) {
     guarded("format::percpu_table", input, || {
         drop(format::percpu_table(input, names))
     });
+    guarded("format::name_value_lines", input, || {
+        drop(format::name_value_lines(input, names))
+    });
     for columns in [0, 1, 3, 13, 40] {
         guarded("format::softnet_columns", input, || {
             drop(format::softnet_columns(input, columns))

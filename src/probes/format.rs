@@ -1,10 +1,32 @@
 //! Parsers for the text formats of /proc/net. They are hand-written because `procfs` covers
-//! only part of them: its `Snmp` needs every Ip/Icmp field of one kernel version to be present
-//! (and fails on kernels that add or drop one), and it has no parser for `netstat` (TcpExt),
-//! `sockstat`, `softnet_stat` or the per-CPU tables under `/proc/net/stat/`. All are pure
-//! functions from bytes, never panic, and report what is malformed.
+//! only part of them: its `Snmp` and `Snmp6` need every field of one kernel version to be
+//! present (and fail on kernels that add or drop one), and it has no parser for `netstat`
+//! (TcpExt), `sockstat`, `softnet_stat` or the per-CPU tables under `/proc/net/stat/`. All are
+//! pure functions from bytes, never panic, and report what is malformed.
 
 use anyhow::{Context, Result, bail};
+
+/// Values of `names` in a file of `Name value` lines (`/proc/net/snmp6`). A name the kernel
+/// does not have is `None`.
+pub fn name_value_lines(text: &[u8], names: &[&str]) -> Result<Vec<Option<u64>>> {
+    let text = std::str::from_utf8(text).context("not UTF-8")?;
+    let mut out = vec![None; names.len()];
+    for (n, line) in text.lines().enumerate() {
+        let mut words = line.split_whitespace();
+        let (Some(name), value) = (words.next(), words.next()) else {
+            continue;
+        };
+        if let Some(i) = names.iter().position(|w| *w == name) {
+            let value = value.with_context(|| format!("line {}: {name} without a value", n + 1))?;
+            out[i] = Some(
+                value
+                    .parse()
+                    .with_context(|| format!("line {}: {name} {value:?}", n + 1))?,
+            );
+        }
+    }
+    Ok(out)
+}
 
 /// Values of `names` in the `prefix` section of an snmp-style file (`/proc/net/snmp`,
 /// `/proc/net/netstat`): a header line `Prefix: Name1 Name2` followed by a value line
@@ -181,6 +203,20 @@ mod tests {
         );
         assert!(keyed_line(b"TCP: inuse", "TCP", &["inuse"]).is_err());
         assert!(keyed_line(b"TCP: inuse x", "TCP", &["inuse"]).is_err());
+    }
+
+    #[test]
+    fn name_value_lines_find_names_and_misses() {
+        let t = b"Ip6InReceives                   \t5\nUdp6InDatagrams \t7\nUdp6NoPorts 0\n";
+        assert_eq!(
+            name_value_lines(t, &["Udp6NoPorts", "Udp6InDatagrams", "Udp6Nope"]).unwrap(),
+            vec![Some(0), Some(7), None]
+        );
+        assert!(name_value_lines(b"Udp6NoPorts\n", &["Udp6NoPorts"]).is_err());
+        assert!(name_value_lines(b"Udp6NoPorts x\n", &["Udp6NoPorts"]).is_err());
+        assert!(name_value_lines(b"\xff", &["A"]).is_err());
+        // A name not asked for may be anything.
+        assert_eq!(name_value_lines(b"Other x\n", &["A"]).unwrap(), vec![None]);
     }
 
     #[test]

@@ -71,7 +71,7 @@ impl<'a> TargetSources<'a> {
     }
 
     /// Captured kernel data in `dir`, one file per source: the /proc/net files by name
-    /// (`snmp`, `netstat`, `sockstat`, `sockstat6`), node-wide files by their last path
+    /// (`snmp`, `netstat`, `sockstat`, `sockstat6`, `snmp6`), node-wide files by their last path
     /// component (`nf_conntrack`, `gc_thresh3`, ...), netlink replies as received
     /// (`links.bin`, `qdisc.bin`, `neigh.bin`, `inet.bin`, `inet6.bin`, `inet_any.bin`,
     /// `routes.bin`, `addrs.bin`, `rules.bin`; the IPv6 ones with a `6`). A source without
@@ -149,9 +149,9 @@ impl<'a> TargetSources<'a> {
     pub fn has_ipv6(&self) -> bool {
         match &self.kernel {
             Kernel::Live { session, .. } => session.has(NetFile::Sockstat6),
-            Kernel::Captured(dir) => {
-                dir.join("sockstat6").exists() || dir.join("inet6.bin").exists()
-            }
+            Kernel::Captured(dir) => ["sockstat6", "snmp6", "inet6.bin"]
+                .iter()
+                .any(|f| dir.join(f).exists()),
         }
     }
 

@@ -22,10 +22,18 @@ pub enum NetFile {
     Netstat,
     Sockstat,
     Sockstat6,
+    /// IPv6 counters, one `Name value` per line (absent without IPv6).
+    Snmp6,
 }
 
 impl NetFile {
-    pub const ALL: [NetFile; 4] = [Self::Snmp, Self::Netstat, Self::Sockstat, Self::Sockstat6];
+    pub const ALL: [NetFile; 5] = [
+        Self::Snmp,
+        Self::Netstat,
+        Self::Sockstat,
+        Self::Sockstat6,
+        Self::Snmp6,
+    ];
 
     /// Its position in [`NetFile::ALL`].
     pub const fn index(self) -> usize {
@@ -34,6 +42,7 @@ impl NetFile {
             Self::Netstat => 1,
             Self::Sockstat => 2,
             Self::Sockstat6 => 3,
+            Self::Snmp6 => 4,
         }
     }
 
@@ -43,6 +52,7 @@ impl NetFile {
             Self::Netstat => "netstat",
             Self::Sockstat => "sockstat",
             Self::Sockstat6 => "sockstat6",
+            Self::Snmp6 => "snmp6",
         }
     }
 }
