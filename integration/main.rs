@@ -21,6 +21,7 @@ mod prometheus;
 mod sockets;
 mod surfaces;
 mod traces;
+mod udp;
 mod web;
 
 use harness::*;

@@ -22,6 +22,7 @@ pub mod softnet;
 pub mod tcp;
 pub mod tcpext;
 pub mod tcpsummary;
+pub mod udp;
 
 use anyhow::Result;
 use schemars::Schema;
@@ -43,6 +44,7 @@ pub static PROBES: &[Registration] = &[
     Registration::of::<sockbacklog::SockBacklog>(),
     Registration::of::<packetloss::PacketLoss>(),
     Registration::of::<podip::PodIp>(),
+    Registration::of::<udp::Udp>(),
 ];
 
 /// Looks a probe up by its name.
