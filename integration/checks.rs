@@ -388,6 +388,32 @@ fn healthy_node_has_no_problem() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "no problem found\n");
 }
 
+/// A namespace that is no Pod and has no interface up but `lo` (a process run with `unshare
+/// -n`, as any systemd service with `PrivateNetwork=yes` runs) has no route to miss and no MTU
+/// to compare: diagnose stays clean. One with an interface up and no default route is
+/// reported, so the check still looks at namespaces found by their processes.
+#[test]
+fn loopback_only_namespace_held_by_a_process_is_no_problem() {
+    let node = Node::new(1);
+    // Inside the agent's PID namespace (the prelude runs there): a process in a namespace of
+    // its own, found through /proc/PID/ns/net; diagnose waits until /proc shows it.
+    let held = "unshare -n sleep 600 &\n\
+                for i in $(seq 200); do [ \"$(readlink /proc/$!/ns/net)\" != \"$(readlink /proc/self/ns/net)\" ] && break; sleep 0.05; done\n";
+    node.diagnose_with(&Opts::new(), held).assert_clean();
+    // The same process's namespace with an interface up and no route: reported.
+    let with_dummy_up = "unshare -n sh -c 'ip link add nxv0 type veth peer name nxv1; ip link set nxv0 up; sleep 600' &\n\
+                         for i in $(seq 200); do nsenter -t $! -n ip link show nxv0 >/dev/null 2>&1 && break; sleep 0.05; done\n";
+    let d = node.diagnose_with(&Opts::new().only(&["DefaultRoute"]), with_dummy_up);
+    assert_eq!(d.events.len(), 1, "{d:#?}");
+    assert_eq!(d.events[0].kind, "DefaultRoute", "{d:#?}");
+    assert!(
+        d.events[0]
+            .msg
+            .starts_with("default route of pod don't exist(pid-"),
+        "{d:#?}"
+    );
+}
+
 // ---- KernelParam: each of its five sysctls ----
 
 /// (sysctl under /proc/sys, bad value, good value, event type, message)

@@ -10,6 +10,7 @@ mod fake_apiserver;
 mod harness;
 mod k8s_checks;
 mod kubernetes;
+mod monotonic;
 mod otlp;
 mod otlp_receiver;
 mod outage;

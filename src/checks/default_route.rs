@@ -1,6 +1,11 @@
 //! `DefaultRoute`: the node, or a Pod's network namespace, without a default route. Routes
 //! are read with an RTM_GETROUTE dump inside each namespace (a session opened for the run).
 //!
+//! Which namespaces: the node's and every Pod's (Kubernetes mode), or every namespace found
+//! (standalone). Standalone, a namespace whose only interface up is `lo` (a process run with
+//! `unshare -n`, a systemd service with `PrivateNetwork=yes`) is left out: it has no route to
+//! miss. A Pod always has one, so in Kubernetes mode a Pod without one is reported.
+//!
 //! How a namespace is named in messages: see [`super::target_name`].
 
 use std::net::IpAddr;
@@ -8,8 +13,9 @@ use std::net::IpAddr;
 use anyhow::Result;
 use netlink_packet_route::AddressFamily;
 
-use super::{Build, Check, CheckContext, Problem, capped_list, node_name, target_name};
+use super::{Build, Check, CheckContext, Problem, capped_list, is_pod, node_name, target_name};
 use crate::component::NoOptions;
+use crate::sources::links::links;
 use crate::sources::routes::{Route, global_v4, parse_routes};
 use crate::sources::{TargetSources, with_namespace};
 
@@ -30,6 +36,11 @@ fn has_default_route(src: &mut TargetSources) -> Result<bool> {
         return Ok(false);
     }
     Ok(global_v4(src)?.is_empty())
+}
+
+/// Whether the namespace has no interface up but `lo`.
+fn loopback_only(src: &mut TargetSources) -> Result<bool> {
+    Ok(!links(&src.links()?)?.iter().any(|l| l.up && l.name != "lo"))
 }
 
 /// The node's address for messages: the first global IPv4 address of the configured uplink,
@@ -68,6 +79,9 @@ impl Check for DefaultRoute {
         let uplink = ctx.node.uplink.as_deref();
         for t in &ctx.targets {
             let found = with_namespace(&ctx.procfs, t.ns_path.as_deref(), |src| {
+                if !t.is_node() && !is_pod(t) && loopback_only(src)? {
+                    return Ok(None);
+                }
                 if has_default_route(src)? {
                     return Ok(None);
                 }

@@ -142,3 +142,57 @@ impl Check for KernelParam {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checks::NodeFacts;
+
+    /// A procfs tree of a node whose interfaces have dots in their names (a VLAN uplink
+    /// `eth0.100`, a Pod interface `cali1.5`): their sysctls are read from their own
+    /// directories, and the messages name them as `sysctl` does.
+    #[test]
+    fn interfaces_with_dots_in_their_names() {
+        let proc = tempfile::tempdir().unwrap();
+        let put = |rel: &str, v: &str| {
+            let p = proc.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, format!("{v}\n")).unwrap();
+        };
+        put(
+            "net/dev",
+            "Inter-|   Receive\n face |bytes\n    lo: 0 0\neth0.100: 0 0\ncali1.5: 0 0\n",
+        );
+        put("sys/net/ipv4/conf/eth0.100/proxy_arp", "1");
+        put("sys/net/ipv4/conf/cali1.5/rp_filter", "1");
+        put("sys/net/ipv4/tcp_syncookies", "1");
+        put("sys/net/ipv4/tcp_sack", "1");
+        let ctx = CheckContext {
+            procfs: proc.path().to_path_buf(),
+            sysfs: "/nonexistent".into(),
+            node: NodeFacts {
+                uplink: Some("eth0.100".into()),
+                pod_interface_prefixes: vec!["cali".into()],
+                ..NodeFacts::default()
+            },
+            targets: Vec::new(),
+            cluster: None,
+            kube: None,
+        };
+        let check = KernelParam::new(KernelParamOptions::default()).unwrap();
+        let mut msgs: Vec<String> = check
+            .run(&ctx)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.msg)
+            .collect();
+        msgs.sort();
+        assert_eq!(
+            msgs,
+            [
+                "net.ipv4.conf.cali1.5.rp_filter:current_value=1,expect_value=0",
+                "net.ipv4.conf.eth0.100.proxy_arp:current_value=1,expect_value=0",
+            ]
+        );
+    }
+}

@@ -412,6 +412,11 @@ pub fn target_name(t: &Target) -> String {
     }
 }
 
+/// Whether the target is a Pod (Kubernetes mode), not just a namespace found on the host.
+pub fn is_pod(t: &Target) -> bool {
+    label(t, "k8s_pod").is_some()
+}
+
 /// The node's name (`k8s_node` of its target).
 pub fn node_name(t: &Target) -> Option<&str> {
     label(t, "k8s_node")

@@ -1,8 +1,15 @@
 //! `qdisc`: the node's root qdiscs from an RTM_GETQDISC dump, summed over the devices whose
 //! name starts with one of the configured prefixes. Only root qdiscs are summed: a classful
 //! root (mq, htb) already reports the sum of its children, so adding those would count twice.
+//!
+//! The selected devices come and go with Pods (their host-side veths). A sum over the devices
+//! present would fall when one goes, and `rate()` reads a fall as a counter reset (a spike the
+//! size of the node's traffic). So the counters keep what gone devices counted: a device that
+//! disappears (or whose counters restart: its qdisc replaced) adds its last values to the
+//! totals for good. The gauges (backlog, queue length) are of the devices present.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use anyhow::{Context, Result, bail};
 use netlink_packet_core::{NetlinkPayload, Nla};
@@ -19,6 +26,59 @@ use crate::sources::{TargetSources, links};
 
 pub struct Qdisc {
     options: QdiscOptions,
+    totals: Mutex<Totals>,
+}
+
+/// The first `COUNTERS` values of a qdisc are counters; the rest gauges.
+const COUNTERS: usize = 4;
+
+/// A device by index and name (an index is reused only after the device is gone, and then
+/// mostly under another name).
+type DeviceKey = (u32, String);
+
+/// What the selected devices counted, so that the node's totals never go backwards.
+#[derive(Default)]
+struct Totals {
+    /// Each device's counters at the last collection.
+    last: HashMap<DeviceKey, [u64; COUNTERS]>,
+    /// What devices that are gone (or whose counters restarted) had counted.
+    retired: [u64; COUNTERS],
+}
+
+impl Totals {
+    /// The node's values now: counters with what gone devices counted, gauges of the present.
+    fn update(&mut self, now: Vec<(DeviceKey, [u64; 6])>) -> [u64; 6] {
+        let mut current: HashMap<DeviceKey, [u64; COUNTERS]> = HashMap::with_capacity(now.len());
+        let mut out = [0u64; 6];
+        for (key, v) in now {
+            let counters = [v[0], v[1], v[2], v[3]];
+            if let Some(prev) = self.last.get(&key)
+                && counters.iter().zip(prev).any(|(c, p)| c < p)
+            {
+                add(&mut self.retired, prev);
+            }
+            for (o, x) in out.iter_mut().zip(v) {
+                *o = o.wrapping_add(x);
+            }
+            current.insert(key, counters);
+        }
+        for (key, prev) in &self.last {
+            if !current.contains_key(key) {
+                add(&mut self.retired, prev);
+            }
+        }
+        self.last = current;
+        for (o, r) in out.iter_mut().zip(self.retired) {
+            *o = o.wrapping_add(r);
+        }
+        out
+    }
+}
+
+fn add(to: &mut [u64; COUNTERS], v: &[u64; COUNTERS]) {
+    for (t, x) in to.iter_mut().zip(v) {
+        *t = t.wrapping_add(*x);
+    }
 }
 
 /// `probes.qdisc`.
@@ -51,12 +111,14 @@ const METRICS: &[MetricDef] = metrics![
     gauge "netexporter_qdisc_qlen" "Packets queued now in the root qdiscs of the selected devices.",
 ];
 
-pub fn parse(
+/// The root qdisc of each selected device: (device, bytes, packets, drops, overlimits,
+/// backlog, qlen).
+pub fn root_qdiscs(
     reply: &[u8],
     names: &HashMap<u32, String>,
     prefixes: &[String],
-) -> Result<Vec<Series>> {
-    let mut sum = [0u64; 6];
+) -> Result<Vec<(DeviceKey, [u64; 6])>> {
+    let mut out = Vec::new();
     for msg in messages::<RouteNetlinkMessage>(reply) {
         let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewQueueDiscipline(tc)) =
             msg?.payload
@@ -66,18 +128,26 @@ pub fn parse(
         if tc.header.parent != TcHandle::ROOT {
             continue;
         }
-        let selected = u32::try_from(tc.header.index)
+        let Some((index, name)) = u32::try_from(tc.header.index)
             .ok()
-            .and_then(|i| names.get(&i))
-            .is_some_and(|n| prefixes.iter().any(|p| n.starts_with(p.as_str())));
-        if !selected {
+            .and_then(|i| Some((i, names.get(&i)?)))
+        else {
             continue;
-        }
-        let q = qdisc_stats(&tc.attributes);
-        for (s, v) in sum.iter_mut().zip(q) {
-            *s = s.wrapping_add(v);
+        };
+        if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+            out.push(((index, name.clone()), qdisc_stats(&tc.attributes)));
         }
     }
+    Ok(out)
+}
+
+/// The sums over the selected devices present in one dump.
+pub fn parse(
+    reply: &[u8],
+    names: &HashMap<u32, String>,
+    prefixes: &[String],
+) -> Result<Vec<Series>> {
+    let sum = Totals::default().update(root_qdiscs(reply, names, prefixes)?);
     Ok(vec![Series::new(sum.map(Some).to_vec())])
 }
 
@@ -142,13 +212,54 @@ impl Build for Qdisc {
         if options.device_prefixes.iter().any(|p| p.is_empty()) {
             bail!("device_prefixes: an empty prefix would select every device");
         }
-        Ok(Self { options })
+        Ok(Self {
+            options,
+            totals: Mutex::default(),
+        })
     }
 }
 
 impl Probe for Qdisc {
     fn collect(&self, src: &mut TargetSources) -> Result<Vec<Series>> {
         let names = links::names(&src.links()?).context("RTM_GETLINK")?;
-        parse(&src.qdiscs()?, &names, &self.options.device_prefixes).context("RTM_GETQDISC")
+        let now = root_qdiscs(&src.qdiscs()?, &names, &self.options.device_prefixes)
+            .context("RTM_GETQDISC")?;
+        let values = self
+            .totals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .update(now);
+        Ok(vec![Series::new(values.map(Some).to_vec())])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(i: u32, name: &str, c: u64, gauge: u64) -> (DeviceKey, [u64; 6]) {
+        ((i, name.into()), [c, c, c, c, gauge, gauge])
+    }
+
+    #[test]
+    fn totals_keep_what_gone_devices_counted() {
+        let mut t = Totals::default();
+        assert_eq!(
+            t.update(vec![dev(1, "cali1", 10, 1), dev(2, "cali2", 5, 2)]),
+            [15, 15, 15, 15, 3, 3]
+        );
+        // cali2 gone: its 5 stay in the counters, not in the gauges.
+        assert_eq!(
+            t.update(vec![dev(1, "cali1", 12, 0)]),
+            [17, 17, 17, 17, 0, 0]
+        );
+        // cali1's qdisc replaced (its counters restart), a new device with a reused index.
+        assert_eq!(
+            t.update(vec![dev(1, "cali1", 1, 0), dev(2, "cali9", 4, 0)]),
+            [22, 22, 22, 22, 0, 0]
+        );
+        // Nothing at all: everything counted so far remains.
+        assert_eq!(t.update(vec![]), [22, 22, 22, 22, 0, 0]);
+        assert!(t.last.is_empty(), "no device is remembered once gone");
     }
 }
