@@ -13,16 +13,25 @@
 //!   last [`FakeApiServer::compact`] gets the real server's `ERROR` event with a 410 `Status`.
 //!
 //! - the same for NetworkPolicies (`GET /apis/networking.k8s.io/v1/networkpolicies`), Services
-//!   (`/api/v1/services`), Endpoints (`/api/v1/endpoints`) and ConfigMaps (`/api/v1/configmaps`),
+//!   (`/api/v1/services`), EndpointSlices (`/apis/discovery.k8s.io/v1/endpointslices`) and
+//!   ConfigMaps (`/api/v1/configmaps`),
 //!   also per namespace (`.../namespaces/<ns>/<plural>`), with their `List` kinds and API
 //!   versions; `limit` pages a list as the real server does (`metadata.continue` and
 //!   `remainingItemCount`, the next page from `continue=<token>`);
 //! - `GET .../namespaces/<ns>/<plural>/<name>` (and `/api/v1/nodes/<name>`): the object, or a 404
 //!   `Status` of reason `NotFound` with `details` as the real server sends it.
 //!
+//! - lists and watches asked for as metadata only (`Accept: ...;as=PartialObjectMetadataList`
+//!   or `as=PartialObjectMetadata`) answer `meta.k8s.io/v1` `PartialObjectMetadata(List)`:
+//!   only the objects' metadata crosses the wire;
+//! - streaming lists (`sendInitialEvents=true`) are served, or refused with the 422 of a
+//!   server whose WatchList feature gate is off ([`FakeApiServer::refuse_streaming_lists`]).
+//!
 //! The objects and their history live in a store beside the server, like etcd beside a real API
 //! server: the server can be stopped and started again on the same port while the tests change
-//! the objects. Every request line is logged ([`FakeApiServer::requests`]). The server, its
+//! the objects. Every request is logged ([`FakeApiServer::log`]): its line, when it came, who
+//! sent it (the bearer token of [`FakeApiServer::write_kubeconfig_as`]) and how many body
+//! bytes it was answered with (a watch: until it ends). The server, its
 //! runtime and a placeholder socket that keeps its port while it is stopped are released on
 //! drop.
 
@@ -54,7 +63,7 @@ pub enum Kind {
     Node,
     NetworkPolicy,
     Service,
-    Endpoints,
+    EndpointSlice,
     ConfigMap,
 }
 
@@ -64,7 +73,7 @@ impl Kind {
         Kind::Node,
         Kind::NetworkPolicy,
         Kind::Service,
-        Kind::Endpoints,
+        Kind::EndpointSlice,
         Kind::ConfigMap,
     ];
 
@@ -74,7 +83,7 @@ impl Kind {
             Kind::Node => "Node",
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::Service => "Service",
-            Kind::Endpoints => "Endpoints",
+            Kind::EndpointSlice => "EndpointSlice",
             Kind::ConfigMap => "ConfigMap",
         }
     }
@@ -83,6 +92,7 @@ impl Kind {
     fn api_version(self) -> &'static str {
         match self {
             Kind::NetworkPolicy => "networking.k8s.io/v1",
+            Kind::EndpointSlice => "discovery.k8s.io/v1",
             _ => "v1",
         }
     }
@@ -91,6 +101,7 @@ impl Kind {
     fn prefix(self) -> &'static str {
         match self {
             Kind::NetworkPolicy => "/apis/networking.k8s.io/v1",
+            Kind::EndpointSlice => "/apis/discovery.k8s.io/v1",
             _ => "/api/v1",
         }
     }
@@ -102,7 +113,7 @@ impl Kind {
             Kind::Node => "nodes",
             Kind::NetworkPolicy => "networkpolicies",
             Kind::Service => "services",
-            Kind::Endpoints => "endpoints",
+            Kind::EndpointSlice => "endpointslices",
             Kind::ConfigMap => "configmaps",
         }
     }
@@ -132,7 +143,7 @@ impl Kind {
                 field,
                 "metadata.name" | "metadata.namespace" | "spec.clusterIP" | "spec.type"
             ),
-            Kind::NetworkPolicy | Kind::Endpoints | Kind::ConfigMap => {
+            Kind::NetworkPolicy | Kind::EndpointSlice | Kind::ConfigMap => {
                 matches!(field, "metadata.name" | "metadata.namespace")
             }
         }
@@ -198,11 +209,34 @@ struct Data {
     history: Vec<Change>,
     /// Watches from a resourceVersion older than this get 410 Gone.
     compacted: u64,
-    requests: Vec<String>,
+    requests: Vec<Logged>,
+    /// Streaming lists are refused (422) while set.
+    refuse_streaming: bool,
     /// BOOKMARK events sent on open watches (beside the initial-events-end ones).
     bookmarks: u64,
     /// Every request fails with this status while set.
     failing: Option<StatusCode>,
+}
+
+/// One request the server got.
+#[derive(Clone, Debug)]
+pub struct Logged {
+    /// `GET /api/v1/pods?...`
+    pub line: String,
+    /// The bearer token it came with (`""`: none).
+    pub who: String,
+    pub at: std::time::Instant,
+    /// Asked for metadata only (`PartialObjectMetadata`).
+    pub metadata_only: bool,
+    /// Response body bytes sent (so far, for a watch still open).
+    pub bytes: u64,
+}
+
+impl Logged {
+    /// A list (or get): any request but a watch.
+    pub fn is_list(&self) -> bool {
+        !(self.line.contains("watch=true") || self.line.contains("watch=1"))
+    }
 }
 
 /// The objects, their history and the request log; survives restarts of the server.
@@ -242,7 +276,13 @@ impl Store {
 
     /// Watch lines for the changes after `cursor` that match, and the new cursor; `None` once
     /// the history after `cursor` is gone (the watch must end).
-    fn after(&self, kind: Kind, sel: &Selector, cursor: u64) -> Option<(Vec<String>, u64)> {
+    fn after(
+        &self,
+        kind: Kind,
+        sel: &Selector,
+        cursor: u64,
+        meta_only: bool,
+    ) -> Option<(Vec<String>, u64)> {
         let d = self.lock();
         if cursor < d.compacted {
             return None;
@@ -251,7 +291,7 @@ impl Store {
             .history
             .iter()
             .filter(|c| c.rv > cursor && c.kind == kind && sel.matches(&c.object))
-            .map(|c| event_line(c.kind_of_event, &c.object))
+            .map(|c| event_line(c.kind_of_event, &shaped(&c.object, meta_only)))
             .collect();
         Some((lines, d.rv.max(cursor)))
     }
@@ -267,6 +307,18 @@ fn key_of(kind: Kind, object: &Value) -> (Kind, String, String) {
             .expect("object without metadata.name")
             .to_string(),
     )
+}
+
+/// `object` as sent: whole, or its metadata only (`PartialObjectMetadata`) when asked for.
+fn shaped(object: &Value, meta_only: bool) -> Value {
+    if !meta_only {
+        return object.clone();
+    }
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": object["metadata"],
+    })
 }
 
 fn event_line(kind_of_event: &str, object: &Value) -> String {
@@ -397,13 +449,50 @@ struct Ctx {
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
+/// Logs the request, answers it, and counts the bytes of the answer's body as they go out.
 async fn handle(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
-    let line = format!("{} {}", req.method(), req.uri());
-    let failing = {
+    use futures::StreamExt;
+    let who = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_string();
+    let metadata_only = wants_metadata_only(&req);
+    let index = {
         let mut d = ctx.store.lock();
-        d.requests.push(line);
-        d.failing
+        d.requests.push(Logged {
+            line: format!("{} {}", req.method(), req.uri()),
+            who,
+            at: std::time::Instant::now(),
+            metadata_only,
+            bytes: 0,
+        });
+        d.requests.len() - 1
     };
+    let (parts, body) = answer(&ctx, req).into_parts();
+    let store = Arc::clone(&ctx.store);
+    let counted = body.into_data_stream().map(move |chunk| {
+        if let Ok(b) = &chunk {
+            store.lock().requests[index].bytes += b.len() as u64;
+        }
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(counted))
+}
+
+/// kube asks `application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1` (or
+/// `as=PartialObjectMetadata` for a watch) for metadata only.
+fn wants_metadata_only(req: &Request) -> bool {
+    req.headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("as=PartialObjectMetadata"))
+}
+
+fn answer(ctx: &Ctx, req: Request) -> Response {
+    let failing = ctx.store.lock().failing;
     if let Some(code) = failing {
         return match code {
             StatusCode::SERVICE_UNAVAILABLE => status(
@@ -433,8 +522,9 @@ async fn handle(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
         );
     }
     if let Some(name) = &target.name {
-        return get(&ctx, kind, target.namespace.as_deref().unwrap_or(""), name);
+        return get(ctx, kind, target.namespace.as_deref().unwrap_or(""), name);
     }
+    let meta_only = wants_metadata_only(&req);
     let q = query(&req);
     let mut sel = match Selector::parse(kind, q.get("fieldSelector").map_or("", String::as_str)) {
         Ok(s) => s,
@@ -444,9 +534,9 @@ async fn handle(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
         sel.0.push(("metadata.namespace".into(), true, ns));
     }
     if matches!(q.get("watch").map(String::as_str), Some("true" | "1")) {
-        watch(&ctx, kind, sel, &q)
+        watch(ctx, kind, sel, &q, meta_only)
     } else {
-        list(&ctx, kind, &sel, &q)
+        list(ctx, kind, &sel, &q, meta_only)
     }
 }
 
@@ -490,7 +580,13 @@ fn parse_continue(token: &str) -> Option<(String, String)> {
     Some((ns.to_string(), name.to_string()))
 }
 
-fn list(ctx: &Ctx, kind: Kind, sel: &Selector, q: &HashMap<String, String>) -> Response {
+fn list(
+    ctx: &Ctx,
+    kind: Kind,
+    sel: &Selector,
+    q: &HashMap<String, String>,
+    meta_only: bool,
+) -> Response {
     let after = match q.get("continue").filter(|c| !c.is_empty()) {
         None => None,
         Some(c) => match parse_continue(c) {
@@ -524,6 +620,9 @@ fn list(ctx: &Ctx, kind: Kind, sel: &Selector, q: &HashMap<String, String>) -> R
     let items: Vec<Value> = matching[..page]
         .iter()
         .map(|(_, o)| {
+            if meta_only {
+                return shaped(o, true);
+            }
             // Items of a typed list carry no kind and apiVersion.
             let mut o = (*o).clone();
             if let Some(m) = o.as_object_mut() {
@@ -539,18 +638,29 @@ fn list(ctx: &Ctx, kind: Kind, sel: &Selector, q: &HashMap<String, String>) -> R
         meta["continue"] = json!(continue_token(ns, name));
         meta["remainingItemCount"] = json!(matching.len() - page);
     }
+    let (list_kind, api_version) = if meta_only {
+        ("PartialObjectMetadataList".to_string(), "meta.k8s.io/v1")
+    } else {
+        (format!("{}List", kind.name()), kind.api_version())
+    };
     json_response(
         StatusCode::OK,
         &json!({
-            "kind": format!("{}List", kind.name()),
-            "apiVersion": kind.api_version(),
+            "kind": list_kind,
+            "apiVersion": api_version,
             "metadata": meta,
             "items": items,
         }),
     )
 }
 
-fn watch(ctx: &Ctx, kind: Kind, sel: Selector, q: &HashMap<String, String>) -> Response {
+fn watch(
+    ctx: &Ctx,
+    kind: Kind,
+    sel: Selector,
+    q: &HashMap<String, String>,
+    meta_only: bool,
+) -> Response {
     let rv = q.get("resourceVersion").map_or("", String::as_str);
     let timeout = q
         .get("timeoutSeconds")
@@ -558,6 +668,26 @@ fn watch(ctx: &Ctx, kind: Kind, sel: Selector, q: &HashMap<String, String>) -> R
         .unwrap_or(1800u64);
     let bookmarks = q.get("allowWatchBookmarks").map(String::as_str) == Some("true");
     let initial_events = q.get("sendInitialEvents").map(String::as_str) == Some("true");
+    if q.contains_key("sendInitialEvents") && ctx.store.lock().refuse_streaming {
+        // What a server with the WatchList feature gate off answers.
+        return json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
+                "reason": "Invalid",
+                "details": { "group": "meta.k8s.io", "kind": "ListOptions", "causes": [{
+                    "reason": "FieldValueForbidden",
+                    "message": "Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
+                    "field": "sendInitialEvents",
+                }] },
+                "code": 422,
+            }),
+        );
+    }
 
     // Subscribed before the first read, so that no change between the two is missed.
     let mut changed = ctx.store.changed.subscribe();
@@ -570,7 +700,7 @@ fn watch(ctx: &Ctx, kind: Kind, sel: Selector, q: &HashMap<String, String>) -> R
                 d.objects
                     .iter()
                     .filter(|((k, _, _), o)| *k == kind && sel.matches(o))
-                    .map(|(_, o)| event_line("ADDED", o)),
+                    .map(|(_, o)| event_line("ADDED", &shaped(o, meta_only))),
             );
             if initial_events {
                 first.push(bookmark_line(kind, d.rv, true));
@@ -627,7 +757,7 @@ fn watch(ctx: &Ctx, kind: Kind, sel: Selector, q: &HashMap<String, String>) -> R
             // The history this watch stands on was dropped: close it, as the real server
             // closes watches that fell behind; the client's next watch from its last
             // resourceVersion gets 410 Gone.
-            let Some((lines, next)) = store.after(kind, &sel, cursor) else {
+            let Some((lines, next)) = store.after(kind, &sel, cursor, meta_only) else {
                 return;
             };
             cursor = next;
@@ -894,7 +1024,23 @@ impl FakeApiServer {
 
     /// Every request line received so far (`GET /api/v1/pods?...`).
     pub fn requests(&self) -> Vec<String> {
+        self.store
+            .lock()
+            .requests
+            .iter()
+            .map(|r| r.line.clone())
+            .collect()
+    }
+
+    /// Every request received so far, with who sent it, when, and the bytes of its answer.
+    pub fn log(&self) -> Vec<Logged> {
         self.store.lock().requests.clone()
+    }
+
+    /// Refuses streaming lists (`sendInitialEvents`) with a 422, as a server with the
+    /// WatchList feature gate off, while `refuse` holds.
+    pub fn refuse_streaming_lists(&self, refuse: bool) {
+        self.store.lock().refuse_streaming = refuse;
     }
 
     /// BOOKMARK events sent so far on open watches.
@@ -908,11 +1054,21 @@ impl FakeApiServer {
 
     /// Writes a kubeconfig for this server (plain HTTP, no credentials) into `dir`.
     pub fn write_kubeconfig(&self, dir: &Path) -> PathBuf {
+        self.write_kubeconfig_as(dir, "")
+    }
+
+    /// The same with a bearer token (`""`: none), by which [`Self::log`] tells clients apart.
+    pub fn write_kubeconfig_as(&self, dir: &Path, token: &str) -> PathBuf {
         let path = dir.join("kubeconfig");
+        let user = if token.is_empty() {
+            "{}".to_string()
+        } else {
+            format!("{{token: {token}}}")
+        };
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
              contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: nobody\n\
-             current-context: fake\nusers:\n- name: nobody\n  user: {{}}\n",
+             current-context: fake\nusers:\n- name: nobody\n  user: {user}\n",
             self.url()
         );
         std::fs::write(&path, text).expect("write kubeconfig");
@@ -1093,58 +1249,59 @@ pub fn service(
     })
 }
 
-/// The Endpoints of a Service: one subset of `ready` (and `not_ready`) addresses, each
-/// `(ip, nodeName)`, with `ports` `(name, port, protocol)`.
-pub fn endpoints(
+/// One EndpointSlice of a Service (`discovery.k8s.io/v1`, IPv4), as the EndpointSlice
+/// controller writes it: `endpoints` are `(ip, nodeName, ready)`, `ports`
+/// `(name, port, protocol)`. A Service with more than 100 endpoints (the controller's
+/// default) or 1,000 (its maximum) has several, named `<service>-<suffix>`.
+pub fn endpoint_slice(
     namespace: &str,
-    name: &str,
-    ready: &[(&str, &str)],
-    not_ready: &[(&str, &str)],
+    service: &str,
+    suffix: &str,
+    endpoints: &[(&str, &str, bool)],
     ports: &[(&str, u16, &str)],
 ) -> Value {
-    let addrs = |list: &[(&str, &str)]| -> Vec<Value> {
-        list.iter()
-            .map(|(ip, node)| {
-                json!({
-                    "ip": ip,
-                    "nodeName": node,
-                    "targetRef": {
-                        "kind": "Pod",
-                        "namespace": namespace,
-                        "name": format!("{name}-{}", ip.replace('.', "-")),
-                        "uid": object_uid(),
-                    },
-                })
-            })
-            .collect()
-    };
-    let ports: Vec<Value> = ports
+    let endpoints: Vec<Value> = endpoints
         .iter()
-        .map(|(pname, port, protocol)| {
-            let mut p = json!({ "port": port, "protocol": protocol });
-            if !pname.is_empty() {
-                p["name"] = json!(pname);
-            }
-            p
+        .map(|(ip, node, ready)| {
+            json!({
+                "addresses": [ip],
+                "conditions": { "ready": ready, "serving": ready, "terminating": false },
+                "nodeName": node,
+                "targetRef": {
+                    "kind": "Pod",
+                    "namespace": namespace,
+                    "name": format!("{service}-{}", ip.replace('.', "-")),
+                    "uid": object_uid(),
+                },
+            })
         })
         .collect();
-    let mut subset = json!({ "ports": ports });
-    if !ready.is_empty() {
-        subset["addresses"] = json!(addrs(ready));
-    }
-    if !not_ready.is_empty() {
-        subset["notReadyAddresses"] = json!(addrs(not_ready));
-    }
-    let mut o = json!({
-        "kind": "Endpoints",
-        "apiVersion": "v1",
-        "metadata": object_meta(namespace, name),
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|(pname, port, protocol)| json!({ "name": pname, "port": port, "protocol": protocol }))
+        .collect();
+    let mut meta = object_meta(namespace, &format!("{service}-{suffix}"));
+    meta["labels"] = json!({
+        "kubernetes.io/service-name": service,
+        "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
     });
-    // The real server leaves `subsets` out when there is no address at all.
-    if !ready.is_empty() || !not_ready.is_empty() {
-        o["subsets"] = json!([subset]);
-    }
-    o
+    meta["generateName"] = json!(format!("{service}-"));
+    meta["ownerReferences"] = json!([{
+        "apiVersion": "v1",
+        "kind": "Service",
+        "name": service,
+        "uid": object_uid(),
+        "controller": true,
+        "blockOwnerDeletion": true,
+    }]);
+    json!({
+        "kind": "EndpointSlice",
+        "apiVersion": "discovery.k8s.io/v1",
+        "metadata": meta,
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": ports,
+    })
 }
 
 /// A ConfigMap with these `data` entries.

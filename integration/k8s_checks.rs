@@ -305,10 +305,18 @@ fn network_policy_present_is_reported() {
     );
     node.diagnose(&["NetworkPolicy"], "")
         .assert_exactly(&[("NetworkPolicy", NETWORK_POLICY_MSG)]);
-    // Asked for one item, cluster-wide; more policies are still one event.
-    let asked = node.requests("GET /apis/networking.k8s.io/v1/networkpolicies?");
+    // Watched cluster-wide, their metadata only; more policies are still one event.
+    let asked: Vec<_> = node
+        .server
+        .log()
+        .into_iter()
+        .filter(|r| {
+            r.line
+                .starts_with("GET /apis/networking.k8s.io/v1/networkpolicies?")
+        })
+        .collect();
     assert!(
-        !asked.is_empty() && asked.iter().all(|r| r.contains("limit=1")),
+        !asked.is_empty() && asked.iter().all(|r| r.metadata_only),
         "{asked:#?}"
     );
     for name in ["a", "b"] {
@@ -509,8 +517,15 @@ fn ip_masq_agent_without_the_vpc_cidr_is_reported() {
         .apply(Kind::ConfigMap, masq(Some("nonMasqueradeCIDRs: []\n")));
     node.diagnose(&only, &vpc)
         .assert_exactly(&[("IPMasqAgentConf", MASQ_MSG)]);
-    let asked = node.requests("GET /api/v1/namespaces/kube-system/configmaps/ip-masq-agent");
+    // One watch of that one ConfigMap per run (a fresh process each time).
+    let asked = node.requests("GET /api/v1/namespaces/kube-system/configmaps?");
     assert_eq!(asked.len(), 3, "{:#?}", node.server.requests());
+    assert!(
+        asked
+            .iter()
+            .all(|r| r.contains("fieldSelector=metadata.name%3Dip-masq-agent")),
+        "{asked:#?}"
+    );
 }
 
 #[test]
@@ -820,12 +835,12 @@ fn ipvs_without_the_kernel_family_is_not_applicable() {
         ),
     );
     api.apply(
-        Kind::Endpoints,
-        fake_apiserver::endpoints(
+        Kind::EndpointSlice,
+        fake_apiserver::endpoint_slice(
             "shop",
             "web",
-            &[("10.211.1.6", NODE)],
-            &[],
+            "x7k2p",
+            &[("10.211.1.6", NODE, true)],
             &[("", 8080, "TCP")],
         ),
     );
@@ -847,7 +862,8 @@ fn ipvs_without_the_kernel_family_is_not_applicable() {
     node.diagnose(&only, "  IPVSRulesAbnormal:\n    enabled: false\n")
         .assert_clean();
     assert!(
-        node.requests("GET /api/v1/endpoints").is_empty(),
+        node.requests("GET /apis/discovery.k8s.io/v1/endpointslices")
+            .is_empty(),
         "the API was asked although IPVS is absent: {:#?}",
         node.server.requests()
     );

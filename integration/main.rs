@@ -1,6 +1,7 @@
 //! Integration tests: the real binary against real network namespaces, veth pairs and
 //! servers on this machine. Every resource a test creates is removed by a guard.
 
+mod api_load;
 mod checks;
 mod churn;
 mod cli;

@@ -11,8 +11,9 @@
 #     list (each of them, and each hostPath, described in docs/deploy.md), read-only root
 #     filesystem, no privilege escalation, a seccomp profile, probes on /healthz and /readyz on
 #     the metrics port, NODE_NAME from spec.nodeName, every volumeMount backed by a volume and
-#     every volume mounted, hostPaths read-only; RBAC read-only (get/list/watch); the Service and
-#     the ServiceAccount wired to the DaemonSet.
+#     every volume mounted, hostPaths read-only; RBAC exactly what the agent watches (list,
+#     watch; in kube-system the ip-masq-agent ConfigMap by name); the Service and the
+#     ServiceAccount wired to the DaemonSet.
 #  4. The binary itself: every flag in the container's args is one that `net-exporter --help`
 #     lists, and the agent starts (briefly, on this machine, listening on 127.0.0.1 only) with
 #     those args, the config file from the rendered ConfigMap and the hostPaths as the paths.
@@ -187,7 +188,7 @@ def check_all():
     # Namespaces, labels, annotations.
     for o in base + sms:
         md = o.get("metadata") or {}
-        if o["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding") and md.get("namespace") != nsname:
+        if o["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding") and md.get("namespace") != nsname:
             fail(f"{ident(o)} is not in the namespace {nsname}")
         labels = md.get("labels") or {}
         for l in ("app.kubernetes.io/name", "app.kubernetes.io/part-of"):
@@ -197,29 +198,37 @@ def check_all():
             if a.startswith("prometheus.io/"):
                 fail(f"{ident(o)} has the scrape annotation {a}: discovery is by the Service (and ServiceMonitor)")
 
-    # RBAC: read-only, only the resources the agent uses or will use, bound to its account.
-    allowed = {("", "pods"), ("", "nodes"), ("", "services"), ("", "endpoints"), ("", "configmaps"),
+    # RBAC: exactly what the agent watches (list and watch), bound to its account; the
+    # ip-masq-agent's ConfigMap by name in kube-system, nothing else there.
+    watched = {("", "pods"), ("", "nodes"), ("", "services"),
                ("discovery.k8s.io", "endpointslices"), ("networking.k8s.io", "networkpolicies")}
-    granted = set()
-    for r in cr.get("rules") or []:
-        bad = set(r.get("verbs") or []) - {"get", "list", "watch"}
-        if bad:
-            fail(f"{ident(cr)} grants verbs {sorted(bad)}: only get, list, watch")
-        if r.get("nonResourceURLs") or r.get("resourceNames"):
-            fail(f"{ident(cr)} has nonResourceURLs or resourceNames, which the agent does not use")
-        for g in r.get("apiGroups") or []:
-            for res in r.get("resources") or []:
-                if (g, res) not in allowed:
-                    fail(f"{ident(cr)} grants {g or 'core'}/{res}, which the agent does not read")
-                granted.add((g, res))
-    for need in (("", "pods"), ("", "nodes")):
-        if need not in granted:
-            fail(f"{ident(cr)} does not grant {need[1]}, which the Kubernetes mode watches")
-    if dig(crb, "roleRef", "kind") != "ClusterRole" or dig(crb, "roleRef", "name") != cr["metadata"]["name"]:
-        fail(f"{ident(crb)} does not refer to {ident(cr)}")
-    if not any(s.get("kind") == "ServiceAccount" and s.get("name") == sa["metadata"]["name"]
-               and s.get("namespace") == sa["metadata"]["namespace"] for s in crb.get("subjects") or []):
-        fail(f"{ident(crb)} does not bind {ident(sa)}")
+
+    def grants(role):
+        out = set()
+        for r in role.get("rules") or []:
+            if set(r.get("verbs") or []) != {"list", "watch"}:
+                fail(f"{ident(role)} grants verbs {sorted(r.get('verbs') or [])}: exactly list, watch")
+            if r.get("nonResourceURLs"):
+                fail(f"{ident(role)} has nonResourceURLs, which the agent does not use")
+            for g in r.get("apiGroups") or []:
+                for res in r.get("resources") or []:
+                    out.add((g, res, tuple(r.get("resourceNames") or [])))
+        return out
+
+    granted = grants(cr)
+    if granted != {(g, res, ()) for g, res in watched}:
+        fail(f"{ident(cr)} grants {sorted(granted)}; the agent watches exactly {sorted(watched)} (list, watch; no resourceNames)")
+    role, rb = one("Role"), one("RoleBinding")
+    if role["metadata"].get("namespace") != "kube-system" or rb["metadata"].get("namespace") != "kube-system":
+        fail(f"{ident(role)} and {ident(rb)} must be in kube-system, where the ip-masq-agent's ConfigMap is")
+    if grants(role) != {("", "configmaps", ("ip-masq-agent",))}:
+        fail(f"{ident(role)} grants {sorted(grants(role))}; the agent watches only configmaps/ip-masq-agent there")
+    for binding, ref in ((crb, cr), (rb, role)):
+        if dig(binding, "roleRef", "kind") != ref["kind"] or dig(binding, "roleRef", "name") != ref["metadata"]["name"]:
+            fail(f"{ident(binding)} does not refer to {ident(ref)}")
+        if not any(s.get("kind") == "ServiceAccount" and s.get("name") == sa["metadata"]["name"]
+                   and s.get("namespace") == sa["metadata"]["namespace"] for s in binding.get("subjects") or []):
+            fail(f"{ident(binding)} does not bind {ident(sa)}")
 
     # The DaemonSet.
     spec = ds["spec"]

@@ -23,6 +23,7 @@ pub use crate::component::SectionError as ConfigError;
 use crate::events::{EventExport, EventSink, EventsOptions};
 use crate::http::web_config::{WebConfig, WebOptions};
 use crate::inventory::TargetFilter;
+use crate::inventory::kubernetes::KubernetesOptions;
 use crate::probes::{self, Probe, Registration};
 use crate::sources::{Node, SourcesOptions};
 use crate::telemetry::otlp::{OtlpConfig, OtlpFlags, OtlpOptions};
@@ -167,6 +168,8 @@ pub struct FileConfig {
     pub mode: ModeName,
     /// kubeconfig for the Kubernetes mode [default: $KUBECONFIG, else in-cluster].
     pub kubeconfig: Option<PathBuf>,
+    /// How the API server is read (Kubernetes mode).
+    pub kubernetes: KubernetesOptions,
     /// Metrics push over OTLP.
     pub otlp: OtlpOptions,
     /// How a collection runs and which namespaces it reads.
@@ -234,6 +237,7 @@ pub struct EnabledProbe {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub mode: Mode,
+    pub kubernetes: KubernetesOptions,
     pub checks: ChecksOptions,
     pub event_sinks: Vec<EventSink>,
     pub event_export: EventExport,
@@ -346,6 +350,7 @@ impl Config {
 
         Ok(Self {
             mode,
+            kubernetes: file.kubernetes,
             checks: file.checks,
             event_sinks,
             event_export,
@@ -486,6 +491,7 @@ pub fn reference_markdown() -> String {
         ("otlp", schemars::schema_for!(OtlpOptions)),
         ("collection", schemars::schema_for!(CollectionOptions)),
         ("sources", schemars::schema_for!(SourcesOptions)),
+        ("kubernetes", schemars::schema_for!(KubernetesOptions)),
         ("events", schemars::schema_for!(EventsOptions)),
         ("checks", schemars::schema_for!(ChecksOptions)),
         (

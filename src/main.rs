@@ -10,7 +10,8 @@ use net_exporter::events::runner::{InventoryView, Runner, Slot};
 use net_exporter::events::{Event, EventSink, Events, Sink, Stdout};
 use net_exporter::http::{self, App};
 use net_exporter::inventory::Inventory;
-use net_exporter::inventory::kubernetes;
+use net_exporter::inventory::kubernetes::{self, ListMode};
+use net_exporter::inventory::objects::ClusterObjects;
 use net_exporter::inventory::standalone::Standalone;
 use net_exporter::telemetry::export::OtlpProtocol;
 use net_exporter::telemetry::traces::{TraceConfig, Traces};
@@ -157,8 +158,11 @@ fn init_logging(level: &str, traces: Option<&Traces>) {
         .init();
 }
 
-/// The inventory for the configured mode, and the Kubernetes client when there is one.
-async fn inventory(cfg: &Config) -> anyhow::Result<(Box<dyn Inventory>, Option<kube::Client>)> {
+/// The inventory for the configured mode, and in Kubernetes mode the cluster objects the
+/// checks read (watched once a check asks for a kind).
+async fn inventory(
+    cfg: &Config,
+) -> anyhow::Result<(Box<dyn Inventory>, Option<Arc<ClusterObjects>>)> {
     Ok(match &cfg.mode {
         Mode::Standalone => (
             Box::new(Standalone::new(
@@ -171,15 +175,22 @@ async fn inventory(cfg: &Config) -> anyhow::Result<(Box<dyn Inventory>, Option<k
         ),
         Mode::Kubernetes(kubeconfig) => {
             let client = kubernetes::client(kubeconfig.as_deref()).await?;
+            let mode = ListMode::new(cfg.kubernetes.streaming_lists);
             tracing::info!(node = %cfg.node_name, "Kubernetes mode: watching this node's Pods");
+            let objects = ClusterObjects::new(
+                client.clone(),
+                mode.clone(),
+                tokio::runtime::Handle::current(),
+            );
             (
                 Box::new(kubernetes::Kubernetes::start(
-                    client.clone(),
+                    client,
+                    mode,
                     cfg.targets.pod_selector.clone(),
                     &cfg.node_name,
                     &cfg.procfs,
                 )),
-                Some(client),
+                Some(Arc::new(objects)),
             )
         }
     })
@@ -219,12 +230,12 @@ fn event_sinks(cfg: &Config, stats: &ExportStats) -> anyhow::Result<Vec<Box<dyn 
 fn runner(
     cfg: &Config,
     inventory: Arc<dyn InventoryView>,
-    kube: Option<kube::Client>,
+    objects: Option<Arc<ClusterObjects>>,
     events: impl Into<Arc<Events>>,
 ) -> anyhow::Result<Runner> {
     Ok(Runner {
         inventory,
-        kube,
+        objects,
         procfs: cfg.procfs.clone(),
         sysfs: cfg.sysfs.clone(),
         node: cfg.checks.node.clone(),
@@ -235,8 +246,8 @@ fn runner(
 
 /// Runs every check once and prints the problems; `Ok(true)` when there are any.
 async fn run_diagnose(cfg: Config, output: &str) -> anyhow::Result<bool> {
-    let (inventory, kube) = inventory(&cfg).await?;
-    if kube.is_some() {
+    let (inventory, objects) = inventory(&cfg).await?;
+    if objects.is_some() {
         // Give the watches a moment to list the node's Pods.
         for _ in 0..50 {
             if inventory.cluster().is_some_and(|c| c.synced) {
@@ -249,7 +260,7 @@ async fn run_diagnose(cfg: Config, output: &str) -> anyhow::Result<bool> {
     let runner = runner(
         &cfg,
         collector,
-        kube,
+        objects,
         Events::new(Vec::new(), cfg.checks.repeat_interval),
     )?;
     let (results, skipped) = tokio::task::spawn_blocking(move || runner.run_all()).await?;
@@ -291,7 +302,7 @@ async fn run_diagnose(cfg: Config, output: &str) -> anyhow::Result<bool> {
 async fn run(cfg: Config, server: http::Server, traces: Option<Traces>) -> anyhow::Result<()> {
     use anyhow::Context;
 
-    let (inventory, kube) = inventory(&cfg).await?;
+    let (inventory, objects) = inventory(&cfg).await?;
     let collector = Arc::new(Collector::new(cfg.collector_settings(), inventory));
     let enabled: Vec<usize> = collector.enabled().to_vec();
     let export_stats = Arc::new(ExportStats {
@@ -312,7 +323,7 @@ async fn run(cfg: Config, server: http::Server, traces: Option<Traces>) -> anyho
     let runner = Arc::new(runner(
         &cfg,
         Arc::clone(&collector) as Arc<dyn InventoryView>,
-        kube,
+        objects,
         Arc::clone(&events),
     )?);
     let checks = tokio::spawn(runner.run());

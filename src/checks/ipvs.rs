@@ -9,18 +9,20 @@
 //! - **The IPVS side** is read over generic netlink in the agent's (the node's) namespace:
 //!   `CTRL_CMD_GETFAMILY "IPVS"` resolves the family id (no such family: not applicable), an
 //!   `IPVS_CMD_GET_SERVICE` dump lists the virtual servers, and one `IPVS_CMD_GET_DEST` dump per
-//!   virtual server that a Service expects lists its real servers (`ipvsadm -Ln` does the same).
-//!   The attributes are decoded here, from `linux/ip_vs.h`, by pure functions of the reply
-//!   bytes. Real servers of weight 0 are being drained by kube-proxy (their endpoint went away)
-//!   and do not count.
-//! - **The API side**: each Service's `spec.clusterIP` (its primary family) with each port and
-//!   protocol, and the ready addresses of its Endpoints on the matching port (by port name) of
-//!   the same family; `internalTrafficPolicy: Local` keeps those of this node. Left out: headless
-//!   and ExternalName Services, Services of another proxy (`service.kubernetes.io/service-proxy-name`),
-//!   Services with topology-aware routing (`spec.trafficDistribution`, the
-//!   `service.kubernetes.io/topology-mode` annotation), whose real servers are a subset the
-//!   Endpoints do not tell, and Endpoints truncated at 1000 addresses. Only the cluster IPs'
-//!   virtual servers are compared, not those of NodePorts, external or load-balancer IPs.
+//!   virtual server that a Service expects lists its real servers (`ipvsadm -Ln` does the same;
+//!   `sources::ipvs`). Real servers of weight 0 are being drained by kube-proxy (their endpoint
+//!   went away) and do not count.
+//! - **The API side**, from the agent's watches of Services and EndpointSlices
+//!   (`inventory::objects`; no list per run): each Service's `spec.clusterIP` (its primary
+//!   family) with each port and protocol, and the ready addresses of its EndpointSlices (every
+//!   slice labelled with its name: a Service with thousands of endpoints is whole, unlike in
+//!   the core/v1 Endpoints truncated at 1000) on the matching port (by port name) of the same
+//!   family; `internalTrafficPolicy: Local` keeps those of this node. Left out: headless and
+//!   ExternalName Services, Services of another proxy
+//!   (`service.kubernetes.io/service-proxy-name`), Services with topology-aware routing
+//!   (`spec.trafficDistribution`, the `service.kubernetes.io/topology-mode` annotation), whose
+//!   real servers are a subset the slices' hints decide. Only the cluster IPs' virtual servers
+//!   are compared, not those of NodePorts, external or load-balancer IPs.
 //! - kube-proxy applies changes within a moment: a Service found abnormal is looked at again
 //!   [`CONFIRM_AFTER`] later and reported only if it still is.
 
@@ -28,17 +30,17 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::{Endpoints, Service};
-use kube::Api;
-use kube::api::ListParams;
+use anyhow::{Result, bail};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Build, Check, CheckContext, Environment, Problem, block_on, capped_list, interfaces_in,
-    needs_kubernetes, node_name,
+    Build, Check, CheckContext, Environment, Problem, capped_list, interfaces_in, needs_kubernetes,
+    node_name,
 };
+use crate::inventory::objects::ClusterObjects;
 use crate::sources::ipvs::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IpvsReader, IpvsTable};
 
 /// A Service found abnormal is looked at again this much later (kube-proxy may be applying a
@@ -83,24 +85,30 @@ fn protocol_number(p: Option<&str>) -> Option<u16> {
 }
 
 /// What IPVS should hold for each Service (see the module documentation for what is left
-/// out); `node`: this node's name, for `internalTrafficPolicy: Local`.
+/// out); `node`: this node's name, for `internalTrafficPolicy: Local`. A Service's endpoints
+/// are those of every EndpointSlice labelled with its name (a Service with more than 100
+/// endpoints has several slices), ready (a condition left unset counts as ready, as the API
+/// says), of the Service IP's family.
 pub fn expected_services(
-    services: &[Service],
-    endpoints: &[Endpoints],
+    services: &[&Service],
+    slices: &[&EndpointSlice],
     node: Option<&str>,
 ) -> Vec<ExpectedService> {
-    let by_name: HashMap<(&str, &str), &Endpoints> = endpoints
-        .iter()
-        .filter_map(|e| {
-            Some((
-                (
-                    e.metadata.namespace.as_deref().unwrap_or(""),
-                    e.metadata.name.as_deref()?,
-                ),
-                e,
-            ))
-        })
-        .collect();
+    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for slice in slices {
+        let owner = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubernetes.io/service-name"));
+        if let Some(owner) = owner {
+            let ns = slice.metadata.namespace.as_deref().unwrap_or("");
+            by_service
+                .entry((ns, owner.as_str()))
+                .or_default()
+                .push(slice);
+        }
+    }
     let mut out = Vec::new();
     for s in services {
         let ns = s.metadata.namespace.as_deref().unwrap_or("");
@@ -140,14 +148,14 @@ pub fn expected_services(
         else {
             continue;
         };
-        let ep = by_name.get(&(ns, name));
-        let truncated = ep
-            .and_then(|e| e.metadata.annotations.as_ref())
-            .and_then(|a| a.get("endpoints.kubernetes.io/over-capacity"))
-            .is_some_and(|v| v == "truncated");
-        if truncated {
-            continue;
-        }
+        let family = if vip.is_ipv4() { "IPv4" } else { "IPv6" };
+        let slices: Vec<&EndpointSlice> = by_service
+            .get(&(ns, name))
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|sl| sl.address_type == family)
+            .collect();
         let local = spec.internal_traffic_policy.as_deref() == Some("Local");
         let mut ports = Vec::new();
         for sp in spec.ports.iter().flatten() {
@@ -159,27 +167,29 @@ pub fn expected_services(
             };
             let pname = sp.name.as_deref().unwrap_or("");
             let mut reals = BTreeSet::new();
-            for subset in ep.and_then(|e| e.subsets.as_ref()).into_iter().flatten() {
-                for epp in subset.ports.iter().flatten() {
-                    if epp.name.as_deref().unwrap_or("") != pname
-                        || protocol_number(epp.protocol.as_deref()) != Some(protocol)
-                    {
+            for slice in &slices {
+                let Some(target) = slice
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| {
+                        p.name.as_deref().unwrap_or("") == pname
+                            && protocol_number(p.protocol.as_deref()) == Some(protocol)
+                    })
+                    .and_then(|p| p.port)
+                    .and_then(|p| u16::try_from(p).ok())
+                else {
+                    continue;
+                };
+                for e in &slice.endpoints {
+                    let ready = e.conditions.as_ref().and_then(|c| c.ready) != Some(false);
+                    if !ready || (local && e.node_name.as_deref() != node) {
                         continue;
                     }
-                    let Ok(target) = u16::try_from(epp.port) else {
-                        continue;
-                    };
-                    for a in subset.addresses.iter().flatten() {
-                        let Ok(ip) = a.ip.parse::<IpAddr>() else {
-                            continue;
-                        };
-                        if ip.is_ipv4() != vip.is_ipv4() {
-                            continue;
+                    for a in &e.addresses {
+                        if let Ok(ip) = a.parse::<IpAddr>() {
+                            reals.insert((ip, target));
                         }
-                        if local && a.node_name.as_deref() != node {
-                            continue;
-                        }
-                        reals.insert((ip, target));
                     }
                 }
             }
@@ -248,22 +258,18 @@ pub struct IpvsRulesAbnormal {
 
 impl IpvsRulesAbnormal {
     /// The abnormal Services now.
-    fn look(&self, ctx: &CheckContext, client: &kube::Client) -> Result<Vec<String>> {
+    fn look(&self, ctx: &CheckContext, objects: &ClusterObjects) -> Result<Vec<String>> {
         let Some(mut reader) = IpvsReader::open()? else {
             bail!(
                 "the kernel has no IPVS (no \"IPVS\" generic netlink family: ip_vs is not loaded)"
             );
         };
-        let services: Api<Service> = Api::all(client.clone());
-        let services = block_on(services.list(&ListParams::default()))?
-            .context("list Services")?
-            .items;
-        let endpoints: Api<Endpoints> = Api::all(client.clone());
-        let endpoints = block_on(endpoints.list(&ListParams::default()))?
-            .context("list Endpoints")?
-            .items;
+        let services = objects.services()?;
+        let slices = objects.endpoint_slices()?;
         let node = ctx.node().ok().and_then(node_name);
-        let expected = expected_services(&services, &endpoints, node);
+        let services: Vec<&Service> = services.iter().map(|s| &**s).collect();
+        let slices: Vec<&EndpointSlice> = slices.iter().map(|s| &**s).collect();
+        let expected = expected_services(&services, &slices, node);
         let wanted: HashSet<(u16, IpAddr, u16)> = expected
             .iter()
             .flat_map(|s| s.ports.iter().map(|p| (p.protocol, p.vip, p.port)))
@@ -307,13 +313,13 @@ impl Check for IpvsRulesAbnormal {
     }
 
     fn run(&self, ctx: &CheckContext) -> Result<Vec<Problem>> {
-        let client = ctx.kube()?;
-        let first = self.look(ctx, &client)?;
+        let objects = ctx.objects()?;
+        let first = self.look(ctx, objects)?;
         if first.is_empty() {
             return Ok(Vec::new());
         }
         std::thread::sleep(CONFIRM_AFTER);
-        let again = self.look(ctx, &client)?;
+        let again = self.look(ctx, objects)?;
         let names: Vec<String> = first.into_iter().filter(|n| again.contains(n)).collect();
         if names.is_empty() {
             return Ok(Vec::new());
@@ -399,42 +405,101 @@ mod tests {
             { "metadata": { "namespace": "shop", "name": "ext" },
               "spec": { "type": "ExternalName", "externalName": "example.org" } },
         ]);
-        let endpoints = serde_json::json!([
-            { "metadata": { "namespace": "default", "name": "kubernetes" },
-              "subsets": [{ "addresses": [{ "ip": "192.0.2.10" }],
-                            "ports": [{ "name": "https", "port": 6443, "protocol": "TCP" }] }] },
-            { "metadata": { "namespace": "kube-system", "name": "kube-dns" },
-              "subsets": [{ "addresses": [{ "ip": "10.244.0.5", "nodeName": "node-a" }, { "ip": "10.244.1.7", "nodeName": "node-b" }],
-                            "ports": [{ "name": "dns", "port": 53, "protocol": "UDP" },
-                                      { "name": "dns-tcp", "port": 53, "protocol": "TCP" },
-                                      { "name": "metrics", "port": 9153, "protocol": "TCP" }] }] },
-            { "metadata": { "namespace": "shop", "name": "web" },
-              "subsets": [{ "addresses": [{ "ip": "10.244.0.9", "nodeName": "node-a" }, { "ip": "10.244.2.4", "nodeName": "node-c" }],
-                            "notReadyAddresses": [{ "ip": "10.244.1.3", "nodeName": "node-b" }],
-                            "ports": [{ "port": 8080, "protocol": "TCP" }] }] },
-            { "metadata": { "namespace": "shop", "name": "headless" },
-              "subsets": [{ "addresses": [{ "ip": "10.244.0.77" }], "ports": [{ "port": 80, "protocol": "TCP" }] }] },
+        // Each Service's EndpointSlices; kube-dns's endpoints spread over two slices.
+        let slice = |ns: &str,
+                     name: &str,
+                     service: &str,
+                     family: &str,
+                     endpoints: serde_json::Value,
+                     ports: serde_json::Value| {
+            serde_json::json!({
+                "metadata": { "namespace": ns, "name": name,
+                              "labels": { "kubernetes.io/service-name": service } },
+                "addressType": family, "endpoints": endpoints, "ports": ports })
+        };
+        let dns_ports = serde_json::json!([{ "name": "dns", "port": 53, "protocol": "UDP" },
+                                           { "name": "dns-tcp", "port": 53, "protocol": "TCP" },
+                                           { "name": "metrics", "port": 9153, "protocol": "TCP" }]);
+        let slices = serde_json::json!([
+            slice(
+                "default",
+                "kubernetes",
+                "kubernetes",
+                "IPv4",
+                serde_json::json!([{ "addresses": ["192.0.2.10"], "conditions": { "ready": true } }]),
+                serde_json::json!([{ "name": "https", "port": 6443, "protocol": "TCP" }])
+            ),
+            slice(
+                "kube-system",
+                "kube-dns-a1",
+                "kube-dns",
+                "IPv4",
+                serde_json::json!([{ "addresses": ["10.244.0.5"], "nodeName": "node-a", "conditions": { "ready": true } }]),
+                dns_ports.clone()
+            ),
+            slice(
+                "kube-system",
+                "kube-dns-b2",
+                "kube-dns",
+                "IPv4",
+                serde_json::json!([{ "addresses": ["10.244.1.7"], "nodeName": "node-b" }]),
+                dns_ports
+            ),
+            slice(
+                "shop",
+                "web-x1",
+                "web",
+                "IPv4",
+                serde_json::json!([{ "addresses": ["10.244.0.9"], "nodeName": "node-a", "conditions": { "ready": true } },
+                                     { "addresses": ["10.244.2.4"], "nodeName": "node-c", "conditions": { "ready": true } },
+                                     { "addresses": ["10.244.1.3"], "nodeName": "node-b", "conditions": { "ready": false } }]),
+                serde_json::json!([{ "name": "", "port": 8080, "protocol": "TCP" }])
+            ),
+            // The web Service's IPv6 slice: not of its primary family.
+            slice(
+                "shop",
+                "web-x6",
+                "web",
+                "IPv6",
+                serde_json::json!([{ "addresses": ["fd00:10:244::9"], "nodeName": "node-a" }]),
+                serde_json::json!([{ "name": "", "port": 8080, "protocol": "TCP" }])
+            ),
+            slice(
+                "shop",
+                "headless-h1",
+                "headless",
+                "IPv4",
+                serde_json::json!([{ "addresses": ["10.244.0.77"] }]),
+                serde_json::json!([{ "port": 80, "protocol": "TCP" }])
+            ),
         ]);
-        (services, endpoints)
+        (services, slices)
+    }
+
+    fn expected(
+        services: serde_json::Value,
+        slices: serde_json::Value,
+        node: Option<&str>,
+    ) -> Vec<ExpectedService> {
+        let services: Vec<Service> = objects(services);
+        let slices: Vec<EndpointSlice> = objects(slices);
+        let services: Vec<&Service> = services.iter().collect();
+        let slices: Vec<&EndpointSlice> = slices.iter().collect();
+        expected_services(&services, &slices, node)
     }
 
     fn abnormal(
         services: serde_json::Value,
-        endpoints: serde_json::Value,
+        slices: serde_json::Value,
         node: Option<&str>,
     ) -> Vec<String> {
-        let expected = expected_services(&objects(services), &objects(endpoints), node);
-        abnormal_services(&expected, &fixture_table())
+        abnormal_services(&expected(services, slices, node), &fixture_table())
     }
 
     #[test]
     fn matching_rules_are_normal() {
         let (services, endpoints) = cluster();
-        let expected = expected_services(
-            &objects(services.clone()),
-            &objects(endpoints.clone()),
-            Some("node-a"),
-        );
+        let expected = expected(services.clone(), endpoints.clone(), Some("node-a"));
         let names: Vec<&str> = expected.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
@@ -460,23 +525,21 @@ mod tests {
         let (services, endpoints) = cluster();
         // A ready endpoint IPVS does not have.
         let mut e = endpoints.clone();
-        e[2]["subsets"][0]["addresses"]
+        e[3]["endpoints"]
             .as_array_mut()
             .unwrap()
-            .push(serde_json::json!({ "ip": "10.244.3.3" }));
+            .push(serde_json::json!({ "addresses": ["10.244.3.3"] }));
         assert_eq!(abnormal(services.clone(), e, None), ["shop/web"]);
-        // A real server whose endpoint is gone (and that kube-proxy did not drain).
+        // A real server whose endpoint is gone (and that kube-proxy did not drain): one of
+        // kube-dns's two slices is gone.
         let mut e = endpoints.clone();
-        e[1]["subsets"][0]["addresses"]
-            .as_array_mut()
-            .unwrap()
-            .pop();
+        e.as_array_mut().unwrap().remove(2);
         assert_eq!(
             abnormal(services.clone(), e, None),
             ["kube-system/kube-dns"]
         );
-        // No Endpoints at all: the virtual servers must have no real server.
-        let e = serde_json::json!([endpoints[0], endpoints[1]]);
+        // No EndpointSlices at all: the virtual servers must have no real server.
+        let e = serde_json::json!([endpoints[0], endpoints[1], endpoints[2]]);
         assert_eq!(abnormal(services.clone(), e, None), ["shop/web"]);
         // A Service without its virtual server; and one of its ports without one.
         let mut s = services.clone();
@@ -498,11 +561,11 @@ mod tests {
     fn services_ipvs_cannot_be_compared_with_are_left_out() {
         let (services, endpoints) = cluster();
         let mut e = endpoints.clone();
-        e[2]["subsets"][0]["addresses"]
+        e[3]["endpoints"]
             .as_array_mut()
             .unwrap()
-            .push(serde_json::json!({ "ip": "10.244.3.3" }));
-        // Topology-aware routing, another proxy, truncated Endpoints: not compared.
+            .push(serde_json::json!({ "addresses": ["10.244.3.3"] }));
+        // Topology-aware routing, another proxy: not compared.
         for (path, value) in [
             (
                 "/spec/trafficDistribution",
@@ -522,23 +585,68 @@ mod tests {
             s[2].pointer_mut(parent).unwrap()[key] = value;
             assert!(abnormal(s, e.clone(), None).is_empty(), "{path}");
         }
-        let mut t = e.clone();
-        t[2]["metadata"]["annotations"] =
-            serde_json::json!({ "endpoints.kubernetes.io/over-capacity": "truncated" });
-        assert!(abnormal(services.clone(), t, None).is_empty());
         // internalTrafficPolicy Local: only this node's endpoints are real servers.
         let mut s = services.clone();
         s[2]["spec"]["internalTrafficPolicy"] = "Local".into();
-        let expected = expected_services(
-            &objects(s.clone()),
-            &objects(endpoints.clone()),
-            Some("node-c"),
-        );
+        let expected = expected(s.clone(), endpoints.clone(), Some("node-c"));
         assert_eq!(
             expected[2].ports[0].reals,
             [(v4("10.244.2.4"), 8080)].into()
         );
         assert_eq!(abnormal(s, endpoints, Some("node-c")), ["shop/web"]);
+    }
+
+    /// A Service of 2,500 endpoints, in three slices as the EndpointSlice controller cuts
+    /// them (at most 1,000 each), against an IPVS table with all of them: normal. The core/v1
+    /// Endpoints object would have held only the first 1,000.
+    #[test]
+    fn a_service_of_thousands_of_endpoints_is_whole() {
+        use crate::sources::ipvs::{RealServer, VirtualServer};
+        let ip = |i: usize| format!("10.{}.{}.{}", 100 + i / 65536, (i / 256) % 256, i % 256);
+        let services = serde_json::json!([
+            { "metadata": { "namespace": "shop", "name": "big" },
+              "spec": { "type": "ClusterIP", "clusterIP": "10.96.200.1",
+                        "ports": [{ "name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080 }] } },
+        ]);
+        let slices: Vec<serde_json::Value> = [(0, 1000), (1000, 2000), (2000, 2500)]
+            .iter()
+            .enumerate()
+            .map(|(n, (from, to))| {
+                let endpoints: Vec<serde_json::Value> = (*from..*to)
+                    .map(|i| serde_json::json!({ "addresses": [ip(i)], "conditions": { "ready": true } }))
+                    .collect();
+                serde_json::json!({
+                    "metadata": { "namespace": "shop", "name": format!("big-{n}"),
+                                  "labels": { "kubernetes.io/service-name": "big" } },
+                    "addressType": "IPv4", "endpoints": endpoints,
+                    "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }] })
+            })
+            .collect();
+        let vs = VirtualServer {
+            af: libc::AF_INET as u16,
+            protocol: IPPROTO_TCP,
+            addr: v4("10.96.200.1"),
+            port: 80,
+            fwmark: 0,
+            scheduler: "rr".into(),
+        };
+        let reals = |n: usize| -> Vec<RealServer> {
+            (0..n)
+                .map(|i| RealServer {
+                    addr: v4(&ip(i)),
+                    port: 8080,
+                    fwd_method: 0,
+                    weight: 1,
+                })
+                .collect()
+        };
+        let expected = expected(services.clone(), serde_json::json!(slices), None);
+        assert_eq!(expected[0].ports[0].reals.len(), 2500);
+        let table: IpvsTable = vec![(vs.clone(), reals(2500))];
+        assert!(abnormal_services(&expected, &table).is_empty());
+        // IPVS with only the first 1,000 (what a reader of Endpoints would expect): abnormal.
+        let table: IpvsTable = vec![(vs, reals(1000))];
+        assert_eq!(abnormal_services(&expected, &table), ["shop/big"]);
     }
 
     #[test]

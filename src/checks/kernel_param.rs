@@ -177,7 +177,7 @@ mod tests {
             },
             targets: Vec::new(),
             cluster: None,
-            kube: None,
+            objects: None,
         };
         let check = KernelParam::new(KernelParamOptions::default()).unwrap();
         let mut msgs: Vec<String> = check

@@ -1,13 +1,12 @@
 //! `IPMasqAgentConf` (Kubernetes mode, with `checks.node.vpc_cidr`): the ip-masq-agent
 //! ConfigMap does not exempt the VPC CIDR from masquerading, so Pod traffic inside the VPC is
-//! NATed for nothing.
+//! NATed for nothing. Read from the agent's watch of that one ConfigMap
+//! (`inventory::objects`).
 
 use anyhow::{Context, Result};
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::Api;
 
-use super::{Build, Check, CheckContext, Environment, Problem, block_on, needs_kubernetes};
+use super::{Build, Check, CheckContext, Environment, Problem, needs_kubernetes};
 use crate::component::NoOptions;
 
 pub struct IpMasqAgentCheck;
@@ -101,12 +100,8 @@ impl Check for IpMasqAgentCheck {
         let Some(vpc) = ctx.node.vpc_cidr else {
             return Ok(Vec::new());
         };
-        let client = ctx.kube()?;
-        let api: Api<ConfigMap> = Api::namespaced(client, "kube-system");
         // No ip-masq-agent on this cluster: nothing to check.
-        let Some(cm) = block_on(api.get_opt("ip-masq-agent"))?
-            .context("get ConfigMap kube-system/ip-masq-agent")?
-        else {
+        let Some(cm) = ctx.objects()?.ip_masq_agent()? else {
             return Ok(Vec::new());
         };
         let config = cm

@@ -35,6 +35,7 @@ use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
 
 use crate::component::{self, Keys, Options, SectionError};
+use crate::inventory::objects::ClusterObjects;
 use crate::inventory::{ClusterView, Target};
 
 /// Every check, one line each.
@@ -89,8 +90,9 @@ pub struct CheckContext {
     pub targets: Vec<Target>,
     /// Kubernetes mode: the node's Pods and CIDRs.
     pub cluster: Option<Arc<ClusterView>>,
-    /// Kubernetes mode: a client for checks that read other objects.
-    pub kube: Option<kube::Client>,
+    /// Kubernetes mode: the cluster objects some checks compare the node with, watched once
+    /// a check asks for a kind.
+    pub objects: Option<Arc<ClusterObjects>>,
 }
 
 impl CheckContext {
@@ -119,11 +121,11 @@ impl CheckContext {
         self.targets.iter().filter(|t| !t.is_node())
     }
 
-    /// The API client, for checks that require Kubernetes mode.
-    pub fn kube(&self) -> Result<kube::Client> {
-        self.kube
-            .clone()
-            .ok_or_else(|| anyhow!("no Kubernetes API client (standalone)"))
+    /// The cluster objects, for checks that require Kubernetes mode.
+    pub fn objects(&self) -> Result<&ClusterObjects> {
+        self.objects
+            .as_deref()
+            .ok_or_else(|| anyhow!("no Kubernetes API (standalone)"))
     }
 }
 
@@ -443,21 +445,6 @@ pub fn needs_kubernetes(env: &Environment) -> Result<(), String> {
     } else {
         Err("standalone: there is no Kubernetes API to read".into())
     }
-}
-
-/// How long a check waits for one API call: the client's own timeouts are minutes long (made
-/// for watches), and the checks run one after the other.
-pub const API_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Runs an API call on the agent's runtime from a check's (blocking) thread, for at most
-/// [`API_TIMEOUT`].
-pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
-    let handle = tokio::runtime::Handle::try_current()
-        .map_err(|_| anyhow!("no async runtime for the API call"))?;
-    // Checks run on blocking-pool threads, where blocking on the runtime is allowed.
-    handle
-        .block_on(async { tokio::time::timeout(API_TIMEOUT, f).await })
-        .map_err(|_| anyhow!("the API server did not answer within {API_TIMEOUT:?}"))
 }
 
 #[cfg(test)]

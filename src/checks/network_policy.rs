@@ -1,12 +1,10 @@
 //! `NetworkPolicy` (Kubernetes mode): NetworkPolicy objects exist, so Pod traffic may be
-//! dropped by policy; worth knowing first when a Pod cannot reach another.
+//! dropped by policy; worth knowing first when a Pod cannot reach another. Read from the
+//! agent's watch of NetworkPolicies' metadata (`inventory::objects`).
 
-use anyhow::{Context, Result};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::Api;
-use kube::api::ListParams;
+use anyhow::Result;
 
-use super::{Build, Check, CheckContext, Environment, Problem, block_on, needs_kubernetes};
+use super::{Build, Check, CheckContext, Environment, Problem, needs_kubernetes};
 use crate::component::NoOptions;
 
 pub struct NetworkPolicyCheck;
@@ -28,10 +26,7 @@ impl Check for NetworkPolicyCheck {
     }
 
     fn run(&self, ctx: &CheckContext) -> Result<Vec<Problem>> {
-        let api: Api<NetworkPolicy> = Api::all(ctx.kube()?);
-        let list =
-            block_on(api.list(&ListParams::default().limit(1)))?.context("list NetworkPolicies")?;
-        Ok(if list.items.is_empty() {
+        Ok(if ctx.objects()?.network_policies()? == 0 {
             Vec::new()
         } else {
             vec![Problem {

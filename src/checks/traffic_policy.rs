@@ -1,14 +1,10 @@
 //! `SVCTrafficPolicy` (Kubernetes mode): Services with `externalTrafficPolicy` or
 //! `internalTrafficPolicy: Local`, whose traffic to nodes without a local endpoint is dropped.
+//! Read from the agent's watch of Services (`inventory::objects`).
 
-use anyhow::{Context, Result};
-use k8s_openapi::api::core::v1::Service;
-use kube::Api;
-use kube::api::ListParams;
+use anyhow::Result;
 
-use super::{
-    Build, Check, CheckContext, Environment, Problem, block_on, capped_list, needs_kubernetes,
-};
+use super::{Build, Check, CheckContext, Environment, Problem, capped_list, needs_kubernetes};
 use crate::component::NoOptions;
 
 pub struct TrafficPolicyCheck;
@@ -49,10 +45,8 @@ impl Check for TrafficPolicyCheck {
     }
 
     fn run(&self, ctx: &CheckContext) -> Result<Vec<Problem>> {
-        let api: Api<Service> = Api::all(ctx.kube()?);
-        let list = block_on(api.list(&ListParams::default()))?.context("list Services")?;
         let (mut external, mut internal) = (Vec::new(), Vec::new());
-        for s in &list.items {
+        for s in ctx.objects()?.services()? {
             let name = format!(
                 "{}/{}",
                 s.metadata.name.as_deref().unwrap_or(""),

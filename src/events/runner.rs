@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::{Event, Events};
 use crate::checks::{CheckContext, Environment, NodeFacts, Problem, Scheduled};
 use crate::inventory::Inventory;
+use crate::inventory::objects::ClusterObjects;
 
 /// A check and where it stands on this node.
 pub struct Slot {
@@ -51,7 +52,8 @@ impl Slot {
 
 pub struct Runner {
     pub inventory: Arc<dyn InventoryView>,
-    pub kube: Option<kube::Client>,
+    /// Kubernetes mode: the cluster objects, watched once a check asks for a kind.
+    pub objects: Option<Arc<ClusterObjects>>,
     pub procfs: PathBuf,
     pub sysfs: PathBuf,
     pub node: NodeFacts,
@@ -74,7 +76,7 @@ impl Runner {
     fn environment(&self) -> Environment {
         Environment {
             procfs: self.procfs.clone(),
-            kubernetes: self.kube.is_some(),
+            kubernetes: self.objects.is_some(),
             node: self.node.clone(),
         }
     }
@@ -88,7 +90,7 @@ impl Runner {
             node: self.node.clone(),
             targets: inventory.discover().unwrap_or_default(),
             cluster: inventory.cluster(),
-            kube: self.kube.clone(),
+            objects: self.objects.clone(),
         }
     }
 

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
@@ -26,6 +27,27 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 
 use super::{ClusterView, Inventory, PodInfo, Target, cgroup};
+
+/// `kubernetes:` in the configuration file: how the agent reads the API server.
+#[derive(
+    serde::Deserialize, serde::Serialize, schemars::JsonSchema, Debug, Clone, PartialEq, Eq,
+)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesOptions {
+    /// Make each watch's initial list a streaming list (the initial state sent over the watch,
+    /// Kubernetes' WatchList) where the API server offers it; where it refuses (the WatchList
+    /// gate off), and with `false`, initial lists are served from its watch cache
+    /// (`resourceVersion=0`). Either way no list reaches etcd.
+    pub streaming_lists: bool,
+}
+
+impl Default for KubernetesOptions {
+    fn default() -> Self {
+        Self {
+            streaming_lists: true,
+        }
+    }
+}
 
 #[derive(Default)]
 struct Shared {
@@ -52,6 +74,7 @@ impl Kubernetes {
     /// are read (all Pods still count for podip).
     pub fn start(
         client: Client,
+        mode: ListMode,
         selector: Option<super::LabelSelector>,
         node_name: &str,
         procfs: &Path,
@@ -61,11 +84,13 @@ impl Kubernetes {
             client.clone(),
             node_name.to_string(),
             Arc::clone(&shared),
+            mode.clone(),
         ));
         tokio::spawn(watch_node(
             client,
             node_name.to_string(),
             Arc::clone(&shared),
+            mode,
         ));
         Self {
             procfs: procfs.to_path_buf(),
@@ -232,11 +257,66 @@ fn node_cidrs(n: &Node) -> Vec<IpNet> {
 /// Logs an API outage once when it starts and once when it ends.
 fn report(what: &str, ok: &mut bool, now_ok: bool, error: Option<&dyn std::fmt::Display>) {
     if *ok && !now_ok {
-        tracing::warn!(watch = what, error = %error.map(|e| e.to_string()).unwrap_or_default(), "Kubernetes API unreachable; serving the last known Pods until it is back");
+        tracing::warn!(watch = what, error = %error.map(|e| e.to_string()).unwrap_or_default(), "Kubernetes API unreachable; serving the last known objects until it is back");
     } else if !*ok && now_ok {
         tracing::info!(watch = what, "Kubernetes API reachable");
     }
     *ok = now_ok;
+}
+
+/// How a watcher makes its initial list: a streaming list (`sendInitialEvents`, the initial
+/// state sent over the watch itself) where the API server offers it, else a list served from
+/// its watch cache (`resourceVersion=0`). Either way no list reaches etcd. Shared by every
+/// watch of one agent: the first refusal (422, as servers with the WatchList gate off answer)
+/// turns streaming off for all, said once.
+#[derive(Clone, Debug)]
+pub struct ListMode(Arc<AtomicBool>);
+
+impl ListMode {
+    pub fn new(streaming: bool) -> Self {
+        Self(Arc::new(AtomicBool::new(streaming)))
+    }
+
+    pub fn streaming(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// `base` with this mode's initial list, and whether that is a streaming one.
+    pub fn config(&self, base: watcher::Config) -> (watcher::Config, bool) {
+        let streaming = self.streaming();
+        let cfg = if streaming {
+            base.streaming_lists()
+        } else {
+            // Unpaged: kube leaves `resourceVersion=0` out of a list with a `limit`, which
+            // would make every page a consistent read from etcd. The watch cache serves the
+            // whole list in one answer either way.
+            let mut cfg = base.any_semantic();
+            cfg.page_size = None;
+            cfg
+        };
+        (cfg, streaming)
+    }
+
+    /// Whether `e`, the answer to a watcher started `streaming`, is the API server refusing
+    /// a streaming list; if so, lists from now on.
+    fn refused(&self, e: &watcher::Error, streaming: bool) -> bool {
+        let code = match e {
+            watcher::Error::WatchStartFailed(kube::Error::Api(s))
+            | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code,
+            watcher::Error::WatchError(s) => s.code,
+            _ => return false,
+        };
+        if streaming && matches!(code, 400 | 422) {
+            if self.0.swap(false, Ordering::Relaxed) {
+                tracing::info!(
+                    code,
+                    "the API server does not offer streaming lists; initial lists come from its watch cache"
+                );
+            }
+            return true;
+        }
+        false
+    }
 }
 
 /// The watches below start a fresh watcher after every error (after a backoff). `kube`'s
@@ -244,7 +324,10 @@ fn report(what: &str, ok: &mut bool, now_ok: bool, error: Option<&dyn std::fmt::
 /// `Init` before its list request is even sent (and each `Init` resets `default_backoff`, so
 /// failed lists were retried every 0.8 s), and it resumes an interrupted watch without any
 /// event while nothing changes. A fresh watcher lists first, so its `InitApply`/`InitDone`
-/// prove that the API is back; the view it replaces stays in use until its `InitDone`.
+/// prove that the API is back; the view it replaces stays in use until its `InitDone`. The
+/// backoff is jittered (`DefaultBackoff`: exponential from 0.8 s to 30 s, each delay drawn at
+/// random below twice its base), so that the agents of a whole cluster do not come back in
+/// step after an API server restart.
 fn rewatch_delay(backoff: &mut watcher::DefaultBackoff) -> std::time::Duration {
     backoff.next().unwrap_or(std::time::Duration::from_secs(30))
 }
@@ -255,79 +338,90 @@ fn is_gone(e: &watcher::Error) -> bool {
 }
 
 /// Watches `api` for ever, a fresh watcher after each error (see [`rewatch_delay`]): reports
-/// the API reachable (`what`, `set_ok`) at each event that shows it, and unreachable at an error
-/// other than 410 Gone, and hands every event to `apply`, with the shared state locked.
-async fn rewatch<K>(
+/// the API reachable (`what`, `up(Ok)`) at each event that shows it, and unreachable
+/// (`up(Err)`) at an error other than 410 Gone, and hands every event to `apply`. `watch` makes the watcher from the
+/// API and the configuration (a full one, or one of metadata only).
+pub(crate) async fn rewatch<K, T, S>(
     api: Api<K>,
-    cfg: watcher::Config,
+    base: watcher::Config,
+    mode: ListMode,
     what: &'static str,
-    shared: Arc<Mutex<Shared>>,
-    set_ok: fn(&mut Shared, bool),
-    mut apply: impl FnMut(&mut Shared, Event<K>),
+    watch: impl Fn(Api<K>, watcher::Config) -> S,
+    up: impl Fn(Result<(), &watcher::Error>),
+    mut apply: impl FnMut(Event<T>),
 ) where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-    K::DynamicType: Default,
+    K: kube::Resource + Clone,
+    S: futures::Stream<Item = Result<Event<T>, watcher::Error>>,
 {
     // `true` at start so that a first failure is reported.
     let mut ok = true;
     let mut backoff = watcher::DefaultBackoff::default();
     loop {
-        let mut stream = watcher::watcher(api.clone(), cfg.clone()).boxed();
+        let (cfg, streaming) = mode.config(base.clone());
+        let mut stream = Box::pin(watch(api.clone(), cfg));
+        let mut now_refused = false;
         while let Some(event) = stream.next().await {
-            let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
             match event {
                 Ok(ev) => {
                     // `Init` is sent before the list request: it says nothing about the API.
                     if !matches!(ev, Event::Init) {
                         report(what, &mut ok, true, None);
-                        set_ok(&mut s, true);
+                        up(Ok(()));
                     }
                     if matches!(ev, Event::InitDone) {
                         backoff.reset();
                     }
-                    apply(&mut s, ev);
+                    apply(ev);
                 }
                 Err(e) => {
-                    if !is_gone(&e) {
+                    now_refused = mode.refused(&e, streaming);
+                    if !is_gone(&e) && !now_refused {
                         report(what, &mut ok, false, Some(&e));
-                        set_ok(&mut s, false);
+                        up(Err(&e));
                     }
                     break;
                 }
             }
         }
-        tokio::time::sleep(rewatch_delay(&mut backoff)).await;
+        if !now_refused {
+            tokio::time::sleep(rewatch_delay(&mut backoff)).await;
+        }
     }
 }
 
-async fn watch_pods(client: Client, node: String, shared: Arc<Mutex<Shared>>) {
+fn lock(s: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn watch_pods(client: Client, node: String, shared: Arc<Mutex<Shared>>, mode: ListMode) {
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     // A relist builds up here; the view it replaces stays in use until its `InitDone`.
     let mut listing: BTreeMap<String, PodInfo> = BTreeMap::new();
-    let set_ok = |s: &mut Shared, ok| s.pods_ok = ok;
+    let up_shared = Arc::clone(&shared);
     rewatch(
         Api::<Pod>::all(client),
         cfg,
+        mode,
         "pods",
-        shared,
-        set_ok,
-        |s, ev| match ev {
-            Event::Init => listing.clear(),
-            Event::InitApply(p) => {
+        watcher::watcher,
+        move |r| lock(&up_shared).pods_ok = r.is_ok(),
+        |ev| match (ev, &mut *lock(&shared)) {
+            (Event::Init, _) => listing.clear(),
+            (Event::InitApply(p), _) => {
                 if let Some(info) = pod_info(&p) {
                     listing.insert(info.uid.clone(), info);
                 }
             }
-            Event::InitDone => {
+            (Event::InitDone, s) => {
                 s.pods = std::mem::take(&mut listing);
                 s.pods_synced = true;
             }
-            Event::Apply(p) => {
+            (Event::Apply(p), s) => {
                 if let Some(info) = pod_info(&p) {
                     s.pods.insert(info.uid.clone(), info);
                 }
             }
-            Event::Delete(p) => {
+            (Event::Delete(p), s) => {
                 if let Some(uid) = &p.metadata.uid {
                     s.pods.remove(uid);
                 }
@@ -337,18 +431,19 @@ async fn watch_pods(client: Client, node: String, shared: Arc<Mutex<Shared>>) {
     .await;
 }
 
-async fn watch_node(client: Client, node: String, shared: Arc<Mutex<Shared>>) {
+async fn watch_node(client: Client, node: String, shared: Arc<Mutex<Shared>>, mode: ListMode) {
     let cfg = watcher::Config::default().fields(&format!("metadata.name={node}"));
-    let set_ok = |s: &mut Shared, ok| s.node_ok = ok;
+    let up_shared = Arc::clone(&shared);
     rewatch(
         Api::<Node>::all(client),
         cfg,
+        mode,
         "node",
-        shared,
-        set_ok,
-        |s, ev| match ev {
-            Event::InitApply(n) | Event::Apply(n) => s.node_cidrs = node_cidrs(&n),
-            Event::InitDone => s.node_synced = true,
+        watcher::watcher,
+        move |r| lock(&up_shared).node_ok = r.is_ok(),
+        |ev| match ev {
+            Event::InitApply(n) | Event::Apply(n) => lock(&shared).node_cidrs = node_cidrs(&n),
+            Event::InitDone => lock(&shared).node_synced = true,
             Event::Init | Event::Delete(_) => {}
         },
     )

@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod kubernetes;
+pub mod objects;
 pub mod standalone;
 
 use std::net::IpAddr;
