@@ -98,6 +98,23 @@ fn ip_batch(lines: &str) {
     let _ = ip.wait();
 }
 
+/// The `ip -batch` lines of one second of churn: `names` made, each with a veth to the node
+/// (`<tag>h<0|1>x<i>`, alternating between seconds so that names are free again), and
+/// `previous` deleted (their veths with them).
+fn second_of_churn(tag: &str, second: usize, names: &[String], previous: &[String]) -> String {
+    let mut batch = String::new();
+    for (i, n) in names.iter().enumerate() {
+        batch.push_str(&format!(
+            "netns add {n}\nlink add {tag}h{}x{i} type veth peer name eth0 netns {n}\n",
+            second % 2
+        ));
+    }
+    for n in previous {
+        batch.push_str(&format!("netns del {n}\n"));
+    }
+    batch
+}
+
 /// Deletes every namespace this test may have left, also on failure.
 struct ChurnGuard(String);
 
@@ -199,17 +216,7 @@ fn namespace_churn_at_50_per_second_for_a_minute() {
         let names: Vec<String> = (0..PER_SECOND)
             .map(|i| format!("{tag}s{second}n{i}"))
             .collect();
-        let mut batch = String::new();
-        for (i, n) in names.iter().enumerate() {
-            batch.push_str(&format!(
-                "netns add {n}\nlink add {tag}h{}x{i} type veth peer name eth0 netns {n}\n",
-                second % 2
-            ));
-        }
-        for n in &previous {
-            batch.push_str(&format!("netns del {n}\n"));
-        }
-        ip_batch(&batch);
+        ip_batch(&second_of_churn(&tag, second, &names, &previous));
         created += names.len();
         previous = names;
         if let Some(rest) = Duration::from_secs(1).checked_sub(tick.elapsed()) {
@@ -289,4 +296,93 @@ fn namespace_churn_at_50_per_second_for_a_minute() {
         before.2,
         after.2
     );
+}
+
+/// One churn round: `seconds` seconds of 50 namespaces a second, each with a veth, made and
+/// deleted a second later; in 5 of each second's, a few UDP datagrams to a closed port on
+/// `lo` (NO_SOCKET drops, so that the drop counter holds keys of namespaces that go). The
+/// agent is scraped every second meanwhile.
+fn churn_round(tag: &str, round: usize, seconds: usize, agent: &Agent) {
+    let mut previous: Vec<String> = Vec::new();
+    for second in 0..=seconds {
+        let tick = Instant::now();
+        let names: Vec<String> = if second < seconds {
+            (0..PER_SECOND)
+                .map(|i| format!("{tag}r{round}s{second}n{i}"))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        ip_batch(&second_of_churn(tag, second, &names, &previous));
+        let senders: Vec<std::process::Child> = names
+            .iter()
+            .take(5)
+            .filter_map(|n| {
+                Command::new("ip")
+                    .args(["netns", "exec", n, "bash", "-c"])
+                    .arg(
+                        "ip link set lo up; for i in 1 2 3; do echo x > /dev/udp/127.0.0.1/9; done",
+                    )
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .ok()
+            })
+            .collect();
+        for mut s in senders {
+            let _ = s.wait();
+        }
+        agent.scrape();
+        previous = names;
+        if let Some(rest) = Duration::from_secs(1).checked_sub(tick.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
+    // A scrape may join a collection already in flight: the next one prunes.
+    agent.scrape();
+    agent.scrape();
+}
+
+/// State follows churn in every configuration: with every probe on, and with each BPF-backed
+/// probe off in turn (packetloss; the socket summaries of tcpsummary and sockbacklog), the
+/// agent's memory after two more churn rounds ends where it was after the first (which fills
+/// the allocator's pools), within 2 MiB for 1,000 namespaces (measured: 64–232 KiB): what is
+/// kept per namespace is dropped with the namespace.
+#[test]
+fn state_follows_churn_in_every_configuration() {
+    require_root();
+    let tag = format!("nxy{}", std::process::id() % 1000);
+    let _guard = ChurnGuard(tag.clone());
+    let configs = [
+        ("every probe", ""),
+        (
+            "packetloss off",
+            "probes:\n  packetloss:\n    enabled: false\n",
+        ),
+        (
+            "socket summaries off",
+            "probes:\n  tcpsummary:\n    enabled: false\n  sockbacklog:\n    enabled: false\n",
+        ),
+    ];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut report = Vec::new();
+    for (c, (name, yaml)) in configs.iter().enumerate() {
+        let path = dir.path().join(format!("{c}.yaml"));
+        std::fs::write(&path, yaml).expect("config");
+        let config = format!("--config.file={}", path.display());
+        let agent = Agent::start(&[&config]);
+        let tag = format!("{tag}c{c}");
+        churn_round(&tag, 0, 10, &agent);
+        let (_, _, rss1) = agent.figures();
+        churn_round(&tag, 1, 10, &agent);
+        churn_round(&tag, 2, 10, &agent);
+        let (_, _, rss3) = agent.figures();
+        report.push(format!("{name}: RSS {rss1} -> {rss3} KiB"));
+        assert!(
+            rss3 <= rss1 + 2 * 1024,
+            "{name}: RSS grew by {} KiB over two churn rounds of 500 namespaces ({rss1} -> {rss3} KiB)",
+            rss3.saturating_sub(rss1)
+        );
+    }
+    eprintln!("state follows churn: {}", report.join("; "));
 }

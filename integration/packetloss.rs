@@ -331,10 +331,8 @@ fn until_risen(agent: &Agent, netns: &str, why: &str, before: u64, n: u64) -> Sc
 }
 
 /// Checks that the node counter `metric` rose by at least `n` from `s1` to `s2`, unless the
-/// set of namespaces changed from `s0` (taken just before `s1`) to `s2`: the node's counters
-/// then lose the drops of a namespace that went (an agent bug, see the ignored test
-/// `packetloss_node_counters_never_fall_when_a_namespace_goes`), which other tests on the
-/// machine can cause at any time.
+/// set of namespaces changed from `s0` (taken just before `s1`) to `s2` (other tests on the
+/// machine can make and delete namespaces at any time; what they drop then is theirs).
 fn check_node_rise(s0: &Scrape, s1: &Scrape, s2: &Scrape, metric: &str, n: u64) {
     if targets(s0) != targets(s1) || targets(s1) != targets(s2) {
         eprintln!("the set of namespaces changed; {metric} not compared");
@@ -654,6 +652,45 @@ fn packetloss_drop_on_the_host_side_of_a_veth_belongs_to_the_namespace() {
     );
 }
 
+/// A Pod-like namespace P with drops on the host side of its veth, then deleted with its veth:
+/// the host's own series do not take P's drops (the map keys of the gone host device are
+/// retired, not left to fall to the host when the veth is no longer P's), and the node's
+/// counters keep them (never fall).
+#[test]
+fn packetloss_drops_of_a_deleted_namespaces_host_veth_stay_out_of_the_hosts_series() {
+    require_root();
+    let agent = Agent::start(&[]);
+    let p = Netns::new("nxlp");
+    let (veth, pin) = veth_pinned(&p, "10.205.8.1/30", "10.205.8.2");
+    let tc = host_side_drop(&veth.host);
+    let s0 = agent.scrape();
+    let before = reason(&s0, Some(&p.name), "TC_EGRESS");
+    send_udp(None, "0.0.0.0:0", "10.205.8.2:5555", N);
+    let s1 = until_risen(&agent, &p.name, "TC_EGRESS", before, N);
+    let host_before = reason(&s1, None, "TC_EGRESS");
+    let total_before = node(&s1, TOTAL);
+    drop(tc);
+    drop(pin);
+    drop(veth);
+    let name = p.name.clone();
+    drop(p);
+    for _ in 0..3 {
+        let s = agent.scrape();
+        assert!(
+            s.find(REASON, &[("netns", &name)]).is_empty(),
+            "{name} still has series"
+        );
+        let host_rise = rise(host_before, reason(&s, None, "TC_EGRESS"));
+        assert!(
+            host_rise < i128::from(N),
+            "the host's TC_EGRESS rose by {host_rise} when {name} and its veth went:\n{}",
+            packetloss_lines(&s)
+        );
+        assert!(node(&s, TOTAL) >= total_before, "{TOTAL} fell");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// In `tracepoint_nobtf` mode every drop is the host's: N NO_SOCKET drops made in a namespace
 /// raise the host's NO_SOCKET by N, and the namespace has no reason series. The host's series
 /// also counts the machine's own NO_SOCKET drops, so a round with background drops (more than
@@ -797,13 +834,11 @@ fn packetloss_forced_failure_and_fallback_without_btf() {
     check_nobtf_counts(&fallback.agent, &ns);
 }
 
-// ---- Known agent bugs (see the report); run with `--ignored` ----
+// ---- Regressions: agent bugs found and fixed ----
 
 /// The node's legacy counters are counters: they must never fall. The agent prunes the map
-/// entries of a namespace that is gone and sums what is left, so the node's counters lose
-/// that namespace's drops.
+/// entries of a namespace that is gone; the node's counters keep what they had counted.
 #[test]
-
 fn packetloss_node_counters_never_fall_when_a_namespace_goes() {
     require_root();
     let agent = Agent::start(&[]);
@@ -828,7 +863,6 @@ fn packetloss_node_counters_never_fall_when_a_namespace_goes() {
 /// leaves them to the namespace (it knows the veth), the namespace does not take them (it
 /// reads the node's veths of the previous collection when it is read before the node).
 #[test]
-
 fn packetloss_host_side_drops_count_in_the_first_scrape() {
     require_root();
     let agent = Agent::start(&[]);
@@ -853,7 +887,6 @@ fn packetloss_host_side_drops_count_in_the_first_scrape() {
 /// agent matches peers by ifindex only, without checking that the peer is in the node's
 /// namespace (IFLA_LINK_NETNSID), so Y counts them too.
 #[test]
-
 fn packetloss_host_side_drops_go_to_one_namespace_only() {
     require_root();
     let agent = Agent::start(&[]);

@@ -64,6 +64,8 @@ const LABELS: &[&str] = &[
     "collector",
     "type",
     "check",
+    "probe",
+    "family",
     "attach",
     "version",
     "exporter",

@@ -35,14 +35,14 @@ for fam, lo in [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]:
 }
 
 const FIELDS: [(&str, &str); 8] = [
-    ("netexporter_udp_indatagrams", "InDatagrams"),
-    ("netexporter_udp_noports", "NoPorts"),
-    ("netexporter_udp_inerrors", "InErrors"),
-    ("netexporter_udp_outdatagrams", "OutDatagrams"),
-    ("netexporter_udp_rcvbuferrors", "RcvbufErrors"),
-    ("netexporter_udp_sndbuferrors", "SndbufErrors"),
-    ("netexporter_udp_incsumerrors", "InCsumErrors"),
-    ("netexporter_udp_memerrors", "MemErrors"),
+    ("netexporter_udp_indatagrams_total", "InDatagrams"),
+    ("netexporter_udp_noports_total", "NoPorts"),
+    ("netexporter_udp_inerrors_total", "InErrors"),
+    ("netexporter_udp_outdatagrams_total", "OutDatagrams"),
+    ("netexporter_udp_rcvbuferrors_total", "RcvbufErrors"),
+    ("netexporter_udp_sndbuferrors_total", "SndbufErrors"),
+    ("netexporter_udp_incsumerrors_total", "InCsumErrors"),
+    ("netexporter_udp_memerrors_total", "MemErrors"),
 ];
 
 #[test]
@@ -74,13 +74,16 @@ fn udp_counters_equal_nstat_in_every_namespace() {
             if let Some((delivered, closed, flood)) = sent {
                 let v = |m: &str| s.value(m, &[("netns", &ns.name), ("family", family)]);
                 // Counted when read (udp_recvmsg): the flood's datagram that fit is not.
-                assert_eq!(v("netexporter_udp_indatagrams"), Some(delivered as f64));
-                assert_eq!(v("netexporter_udp_noports"), Some(closed as f64));
                 assert_eq!(
-                    v("netexporter_udp_outdatagrams"),
+                    v("netexporter_udp_indatagrams_total"),
+                    Some(delivered as f64)
+                );
+                assert_eq!(v("netexporter_udp_noports_total"), Some(closed as f64));
+                assert_eq!(
+                    v("netexporter_udp_outdatagrams_total"),
                     Some((delivered + closed + flood) as f64)
                 );
-                assert!(v("netexporter_udp_rcvbuferrors").unwrap_or(0.0) > 0.0);
+                assert!(v("netexporter_udp_rcvbuferrors_total").unwrap_or(0.0) > 0.0);
             }
         }
     }

@@ -256,6 +256,17 @@ impl NoiseControl {
         out
     }
 
+    /// Forgets every problem of `check` (it stopped applying: what it found is no more).
+    pub fn forget(&mut self, check: &str) {
+        let prefix = format!("{check}\u{1f}");
+        self.seen.retain(|k, _| !k.starts_with(&prefix));
+    }
+
+    /// How many problems are remembered.
+    pub fn remembered(&self) -> usize {
+        self.seen.len()
+    }
+
     /// `p` if it is new, changed or due again under `key`.
     fn admit(&mut self, key: String, p: Problem, now: Instant) -> Option<Problem> {
         let emit = match self.seen.get(&key) {
@@ -317,13 +328,18 @@ impl Events {
     }
 
     /// Records whether `check` applies on this node (`why` not, if it does not). A check that
-    /// stops applying has no `netexporter_check_*` results any more.
+    /// stops applying has no `netexporter_check_*` results any more, and its problems (which
+    /// may name Pods, namespaces, interfaces) are forgotten.
     pub fn availability(&self, check: &'static str, why: Option<String>) {
         if why.is_some() {
             self.checks
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(check);
+            self.noise
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .forget(check);
         }
         self.available
             .lock()
@@ -467,5 +483,31 @@ mod tests {
             0,
             "other check's run forgets nothing of c"
         );
+    }
+
+    /// Noise-control memory follows what the checks find: a check's problems that went away,
+    /// and every problem of a check that stopped applying, are forgotten.
+    #[test]
+    fn noise_memory_follows_churn() {
+        let events = Events::new(Vec::new(), Duration::from_secs(600));
+        let pods = |n: usize| -> Vec<Problem> {
+            (0..n)
+                .map(|i| Problem {
+                    object: vec![("k8s.pod.name", format!("web-{i}"))],
+                    ..p("A", "no default route")
+                })
+                .collect()
+        };
+        let remembered = || events.noise.lock().unwrap().remembered();
+        events.report("c", "p", Ok(pods(300)));
+        events.report("d", "p", Ok(pods(5)));
+        assert_eq!(remembered(), 305);
+        events.report("c", "p", Ok(pods(10)));
+        assert_eq!(remembered(), 15);
+        // An error forgets nothing: a transient failure must not re-announce old problems.
+        events.report("c", "p", Err(anyhow::anyhow!("API away")));
+        assert_eq!(remembered(), 15);
+        events.availability("c", Some("standalone".into()));
+        assert_eq!(remembered(), 5);
     }
 }

@@ -26,14 +26,14 @@ pub const FIELDS: &[&str] = &[
 ];
 
 const METRICS: &[MetricDef] = metrics![
-    counter "netexporter_udp_indatagrams" "UDP datagrams delivered to sockets (Udp/Udp6: InDatagrams). Label family: ipv4, ipv6.",
-    counter "netexporter_udp_noports" "UDP datagrams for a port no socket listens on (Udp/Udp6: NoPorts).",
-    counter "netexporter_udp_inerrors" "UDP datagrams received but not delivered, receive-buffer and checksum errors included (Udp/Udp6: InErrors).",
-    counter "netexporter_udp_outdatagrams" "UDP datagrams sent (Udp/Udp6: OutDatagrams).",
-    counter "netexporter_udp_rcvbuferrors" "UDP datagrams dropped because the socket's receive buffer was full (Udp/Udp6: RcvbufErrors).",
-    counter "netexporter_udp_sndbuferrors" "UDP datagrams not sent because the send buffer was full (Udp/Udp6: SndbufErrors).",
-    counter "netexporter_udp_incsumerrors" "UDP datagrams received with a bad checksum (Udp/Udp6: InCsumErrors).",
-    counter "netexporter_udp_memerrors" "UDP datagrams dropped because memory for them could not be charged (Udp/Udp6: MemErrors).",
+    counter "netexporter_udp_indatagrams_total" "UDP datagrams delivered to sockets (Udp/Udp6: InDatagrams). Label family: ipv4, ipv6.",
+    counter "netexporter_udp_noports_total" "UDP datagrams for a port no socket listens on (Udp/Udp6: NoPorts).",
+    counter "netexporter_udp_inerrors_total" "UDP datagrams received but not delivered, receive-buffer and checksum errors included (Udp/Udp6: InErrors).",
+    counter "netexporter_udp_outdatagrams_total" "UDP datagrams sent (Udp/Udp6: OutDatagrams).",
+    counter "netexporter_udp_rcvbuferrors_total" "UDP datagrams dropped because the socket's receive buffer was full (Udp/Udp6: RcvbufErrors).",
+    counter "netexporter_udp_sndbuferrors_total" "UDP datagrams not sent because the send buffer was full (Udp/Udp6: SndbufErrors).",
+    counter "netexporter_udp_incsumerrors_total" "UDP datagrams received with a bad checksum (Udp/Udp6: InCsumErrors).",
+    counter "netexporter_udp_memerrors_total" "UDP datagrams dropped because memory for them could not be charged (Udp/Udp6: MemErrors).",
 ];
 
 /// The IPv4 series from /proc/net/snmp.

@@ -60,22 +60,29 @@ impl Collection {
     /// The node's RTM_GETLINK dump, read at the first request of this collection.
     pub fn node_links(&self) -> Result<Arc<Vec<u8>>> {
         self.node_links
-            .get_or_init(|| {
-                let mut socket = self.node_socket.lock().unwrap_or_else(|e| e.into_inner());
-                if socket.is_none() {
-                    *socket = Some(
-                        NlSocket::open(netlink_sys::protocols::NETLINK_ROUTE)
-                            .map_err(|e| format!("netlink route socket: {e}"))?,
-                    );
-                }
-                let Some(s) = socket.as_mut() else {
-                    return Err("netlink route socket: not open".into());
-                };
-                s.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
-                    .map(Arc::new)
-                    .map_err(|e| format!("rtnetlink dump of the node's devices: {e:#}"))
-            })
+            .get_or_init(|| self.dump_node_links().map(Arc::new))
             .clone()
             .map_err(|e| anyhow!("{e}"))
+    }
+
+    /// A fresh RTM_GETLINK dump of the node, for what must see every device that exists now
+    /// (not as of the collection's first request).
+    pub fn node_links_now(&self) -> Result<Vec<u8>> {
+        self.dump_node_links().map_err(|e| anyhow!("{e}"))
+    }
+
+    fn dump_node_links(&self) -> Result<Vec<u8>, String> {
+        let mut socket = self.node_socket.lock().unwrap_or_else(|e| e.into_inner());
+        if socket.is_none() {
+            *socket = Some(
+                NlSocket::open(netlink_sys::protocols::NETLINK_ROUTE)
+                    .map_err(|e| format!("netlink route socket: {e}"))?,
+            );
+        }
+        let Some(s) = socket.as_mut() else {
+            return Err("netlink route socket: not open".into());
+        };
+        s.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
+            .map_err(|e| format!("rtnetlink dump of the node's devices: {e:#}"))
     }
 }

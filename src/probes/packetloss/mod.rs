@@ -14,7 +14,7 @@
 pub mod bpf;
 pub mod btf;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -103,8 +103,11 @@ impl Loaded {
             .unwrap_or_else(|| format!("REASON_{reason}"))
     }
 
-    /// This collection's counts: the map read once, entries of namespaces that are gone
-    /// retired into the node's totals, and the node's veths from the collection's dump.
+    /// This collection's counts: the map read once, entries of namespaces and node devices
+    /// that are gone retired into the node's totals (see [`departed`]), and the node's veths.
+    /// The node's devices are dumped after the map is read (not taken from the collection's
+    /// dump, which may be older): a device with drops in the map that is missing from the dump
+    /// is gone, not yet to come.
     fn read(&self, collection: &Collection, counts: &mut Counts) -> Result<()> {
         let (by_key, lost) = self
             .counter
@@ -113,12 +116,17 @@ impl Loaded {
             .read()?;
         counts.by_key = by_key;
         counts.lost = lost;
-        let gone: Vec<DropKey> = counts
-            .by_key
-            .keys()
-            .filter(|k| k.netns != 0 && collection.is_gone(u64::from(k.netns)))
-            .copied()
-            .collect();
+        if let Some((inode, _)) = collection.namespaces.iter().find(|(_, p)| p.is_none()) {
+            counts.node_inode = *inode;
+        }
+        let node_links = links(&collection.node_links_now()?).context("the node's devices")?;
+        let node_devices: HashSet<u32> = node_links.iter().map(|l| l.index).collect();
+        let gone = departed(
+            counts.by_key.keys(),
+            counts.node_inode,
+            &node_devices,
+            |inode| collection.is_gone(inode),
+        );
         if !gone.is_empty() {
             self.counter
                 .lock()
@@ -132,16 +140,31 @@ impl Loaded {
                 }
             }
         }
-        if let Some((inode, _)) = collection.namespaces.iter().find(|(_, p)| p.is_none()) {
-            counts.node_inode = *inode;
-        }
-        counts.node_veths = links(&collection.node_links()?)
-            .context("the node's devices")?
+        counts.node_veths = node_links
             .iter()
             .filter_map(|l| Some((l.index, l.peer?)))
             .collect();
         Ok(())
     }
+}
+
+/// The map's keys whose state may go: those of namespaces that are gone, and those of the
+/// node's devices missing from `node_devices`, dumped after the map was read (above all the
+/// node side of a deleted Pod's veth: without this its keys would stay in the map until it is
+/// full, and their counts would move into the node's own series once the veth is no Pod's).
+fn departed<'a>(
+    keys: impl Iterator<Item = &'a DropKey>,
+    node_inode: u64,
+    node_devices: &HashSet<u32>,
+    is_gone: impl Fn(u64) -> bool,
+) -> Vec<DropKey> {
+    keys.filter(|k| {
+        let ns = u64::from(k.netns);
+        (k.netns != 0 && is_gone(ns))
+            || (ns == node_inode && k.ifindex != 0 && !node_devices.contains(&k.ifindex))
+    })
+    .copied()
+    .collect()
 }
 
 /// The agent's own network namespace, the node's (the agent runs on the host network). It is
@@ -326,5 +349,40 @@ impl Probe for PacketLoss {
             out.push(Series::one(n, INFO, 1, ("attach", mode.name().to_string())));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(netns: u32, reason: u32, ifindex: u32) -> DropKey {
+        DropKey {
+            netns,
+            reason,
+            ifindex,
+            pad: 0,
+        }
+    }
+
+    #[test]
+    fn state_of_gone_namespaces_and_node_devices_departs() {
+        const NODE: u32 = 4026531840;
+        const POD: u32 = 4026532100;
+        const GONE_POD: u32 = 4026532200;
+        let keys = [
+            key(NODE, 2, 1),     // lo: stays
+            key(NODE, 2, 0),     // no device: stays
+            key(NODE, 5, 7),     // a deleted Pod's host-side veth: goes
+            key(NODE, 5, 9),     // a live veth: stays
+            key(POD, 5, 2),      // a live Pod: stays
+            key(GONE_POD, 5, 2), // a deleted Pod's namespace: goes
+            key(0, 3, 4),        // no namespace known: stays
+        ];
+        let node_devices: HashSet<u32> = [1, 2, 9, 10].into();
+        let gone = departed(keys.iter(), u64::from(NODE), &node_devices, |i| {
+            i == u64::from(GONE_POD)
+        });
+        assert_eq!(gone, vec![key(NODE, 5, 7), key(GONE_POD, 5, 2)]);
     }
 }
