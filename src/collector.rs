@@ -639,9 +639,7 @@ impl Collector {
                         };
                         series[slot.index].extend(list.into_iter().map(|s| {
                             let mut attrs = attrs_base.clone();
-                            if let Some((k, v)) = s.label {
-                                attrs.push(KeyValue::new(k, v));
-                            }
+                            attrs.extend(s.labels.into_iter().map(|(k, v)| KeyValue::new(k, v)));
                             ObservedSeries {
                                 attrs,
                                 values: s.values,

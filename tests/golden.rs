@@ -69,11 +69,16 @@ fn render(probe: &str, series: &[Series]) -> String {
             "{probe}: values do not match its metric list"
         );
         for (def, v) in defs.iter().zip(&s.values) {
-            let label = s
-                .label
-                .as_ref()
-                .map(|(k, v)| format!("{{{k}=\"{v}\"}}"))
-                .unwrap_or_default();
+            let pairs: Vec<String> = s
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{v}\""))
+                .collect();
+            let label = if pairs.is_empty() {
+                String::new()
+            } else {
+                format!("{{{}}}", pairs.join(","))
+            };
             let v = v.map_or_else(|| "absent".to_string(), |v| v.to_string());
             out.push_str(&format!("{}{label} {v}\n", def.name));
         }
@@ -90,7 +95,7 @@ fn value(probe: &str, series: &[Series], metric: &str, if_name: Option<&str>) ->
         .unwrap_or_else(|| panic!("{metric}"));
     let s = series
         .iter()
-        .find(|s| s.label.as_ref().map(|(_, v)| v.as_str()) == if_name)
+        .find(|s| s.labels.first().map(|(_, v)| v.as_str()) == if_name)
         .unwrap_or_else(|| panic!("{metric} {if_name:?} not parsed"));
     s.values[i].unwrap_or_else(|| panic!("{metric} absent"))
 }

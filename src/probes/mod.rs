@@ -228,17 +228,26 @@ macro_rules! metrics {
 
 /// One set of values from a probe for one target: `values[i]` belongs to `METRICS[i]`.
 /// `None` means the running kernel does not have that counter (the series is left out, never
-/// reported as a made-up zero). `label` is the extra label of multi-series probes (`if_name`).
+/// reported as a made-up zero). `labels` are the extra labels of multi-series probes
+/// (`if_name`; `role`, `peer`, `port` ...), in the order they are exported.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Series {
-    pub label: Option<(&'static str, String)>,
+    pub labels: Vec<(&'static str, String)>,
     pub values: Vec<Option<u64>>,
 }
 
 impl Series {
     pub fn new(values: Vec<Option<u64>>) -> Self {
         Self {
-            label: None,
+            labels: Vec::new(),
+            values,
+        }
+    }
+
+    /// `values` with one extra label.
+    pub fn labelled(label: (&'static str, String), values: Vec<Option<u64>>) -> Self {
+        Self {
+            labels: vec![label],
             values,
         }
     }
@@ -246,14 +255,24 @@ impl Series {
     /// A series with only the value of metric `index` of `len` set (info metrics, one
     /// series per label value).
     pub fn one(len: usize, index: usize, value: u64, label: (&'static str, String)) -> Self {
+        Self::only(len, index, value, vec![label])
+    }
+
+    /// The same with any number of labels.
+    pub fn only(len: usize, index: usize, value: u64, labels: Vec<(&'static str, String)>) -> Self {
         let mut values = vec![None; len];
         if let Some(v) = values.get_mut(index) {
             *v = Some(value);
         }
-        Self {
-            label: Some(label),
-            values,
-        }
+        Self { labels, values }
+    }
+
+    /// The value of label `key`, if the series has it.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 

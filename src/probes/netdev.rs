@@ -31,7 +31,7 @@ pub fn parse(reply: &[u8]) -> Result<Vec<Series>> {
         .filter_map(|l| {
             let s = l.stats?;
             Some(Series {
-                label: Some(("if_name", l.name)),
+                labels: vec![("if_name", l.name)],
                 values: [
                     s.rx_bytes,
                     s.rx_errors,

@@ -38,20 +38,20 @@ const METRICS: &[MetricDef] = metrics![
 
 /// The IPv4 series from /proc/net/snmp.
 pub fn parse_v4(snmp: &[u8]) -> Result<Series> {
-    Ok(Series {
-        label: Some(("family", "ipv4".into())),
-        values: format::snmp_section(snmp, "Udp", FIELDS)?,
-    })
+    Ok(Series::labelled(
+        ("family", "ipv4".into()),
+        format::snmp_section(snmp, "Udp", FIELDS)?,
+    ))
 }
 
 /// The IPv6 series from /proc/net/snmp6.
 pub fn parse_v6(snmp6: &[u8]) -> Result<Series> {
     let names: Vec<String> = FIELDS.iter().map(|f| format!("Udp6{f}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    Ok(Series {
-        label: Some(("family", "ipv6".into())),
-        values: format::name_value_lines(snmp6, &names)?,
-    })
+    Ok(Series::labelled(
+        ("family", "ipv6".into()),
+        format::name_value_lines(snmp6, &names)?,
+    ))
 }
 
 impl Build for Udp {
