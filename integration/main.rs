@@ -16,6 +16,7 @@ mod otlp;
 mod otlp_receiver;
 mod outage;
 mod packetloss;
+mod peers;
 mod pods;
 mod privilege;
 mod probes;

@@ -14,6 +14,7 @@ pub mod conntrack;
 pub mod format;
 pub mod netdev;
 pub mod packetloss;
+pub mod peers;
 pub mod podip;
 pub mod qdisc;
 pub mod sock;
@@ -45,6 +46,7 @@ pub static PROBES: &[Registration] = &[
     Registration::of::<packetloss::PacketLoss>(),
     Registration::of::<podip::PodIp>(),
     Registration::of::<udp::Udp>(),
+    Registration::of::<peers::Peers>(),
 ];
 
 /// Looks a probe up by its name.

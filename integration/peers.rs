@@ -1,0 +1,215 @@
+//! The `peers` probe on real namespaces: two namespaces A and B joined by a veth, TCP servers in
+//! B, exact numbers of connections from A. Each namespace's counters per peer, port and role
+//! are the connections the test made, and they sum to the kernel's own counters of that
+//! namespace (`nstat`: TcpActiveOpens, TcpPassiveOpens, TcpAttemptFails, TcpEstabResets).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+const A_IP: &str = "10.209.0.1";
+const B_IP: &str = "10.209.0.2";
+const OPENED: u64 = 7;
+const REFUSED: u64 = 5;
+const TIMEOUT: u64 = 3;
+const RESET: u64 = 4;
+
+/// Accepts on `port` for ever; with `reset`, each accepted connection is closed at once with
+/// `SO_LINGER` 0 (an RST), else closed at once the ordinary way (a FIN).
+fn server(ns: &Netns, port: u16, reset: bool) -> Proc {
+    let close = if reset {
+        "c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0)); c.close()"
+    } else {
+        "c.close()"
+    };
+    let script = format!(
+        "import socket, struct\n\
+         l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         l.bind(('{B_IP}', {port})); l.listen(64)\n\
+         while True:\n    c, _ = l.accept(); {close}\n"
+    );
+    ns.spawn(&["python3", "-c", &script])
+}
+
+/// Connects `n` times (in parallel) to `B_IP:port`; each connection reads until the peer closes
+/// or resets, then closes. Prints the outcome of each.
+fn clients(ns: &Netns, port: u16, n: u64) -> String {
+    let script = format!(
+        "import socket, threading\n\
+         out = []\n\
+         def one():\n    s = socket.socket()\n    try:\n        s.connect(('{B_IP}', {port}))\n        s.recv(1)\n        out.append('ok')\n    except OSError as e:\n        out.append(e.__class__.__name__)\n    finally:\n        s.close()\n\
+         ts = [threading.Thread(target=one) for _ in range({n})]\n\
+         [t.start() for t in ts]; [t.join() for t in ts]\n\
+         print(' '.join(sorted(out)))\n"
+    );
+    ns.run(&["python3", "-c", &script])
+}
+
+fn waits_for_listener(ns: &Netns, port: u16) {
+    let up = poll(Duration::from_secs(10), || {
+        ns.run(&["ss", "-Htln", &format!("sport = :{port}")])
+            .contains(&format!(":{port}"))
+            .then_some(())
+    });
+    assert!(up.is_some(), "no listener on {port} in {}", ns.name);
+}
+
+fn nstat(ns: &Netns) -> BTreeMap<String, u64> {
+    let v: Value = serde_json::from_str(&ns.run(&["nstat", "-asz", "--json"])).expect("nstat");
+    v["kernel"]
+        .as_object()
+        .expect("nstat kernel")
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+        .collect()
+}
+
+fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, k: &str) -> u64 {
+    after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0)
+}
+
+/// The value of a peers series of `ns`, 0 if absent.
+fn peer_value(s: &Scrape, metric: &str, ns: &Netns, labels: &[(&str, &str)]) -> u64 {
+    let mut want = vec![("netns", ns.name.as_str())];
+    want.extend_from_slice(labels);
+    s.value(metric, &want).map_or(0, |v| v as u64)
+}
+
+/// Sum of `metric` over every series of `ns` that has `labels`.
+fn peer_sum(s: &Scrape, metric: &str, ns: &Netns, labels: &[(&str, &str)]) -> u64 {
+    let mut want = vec![("netns", ns.name.as_str())];
+    want.extend_from_slice(labels);
+    s.find(metric, &want).iter().map(|x| x.value as u64).sum()
+}
+
+const CONNS: &str = "netexporter_peer_connections_total";
+const FAILS: &str = "netexporter_peer_connection_failures_total";
+
+#[test]
+fn peers_count_connections_and_failures_per_peer_port_and_role() {
+    require_root();
+    let agent = Agent::start(&[]);
+    let a = Netns::new("nxpa");
+    let b = Netns::new("nxpb");
+    let _veth = NsVeth::new(
+        &a,
+        "eth0",
+        &format!("{A_IP}/30"),
+        &b,
+        "eth0",
+        &format!("{B_IP}/30"),
+    );
+    let _open = server(&b, 8080, false);
+    let _reset = server(&b, 8083, true);
+    waits_for_listener(&b, 8080);
+    waits_for_listener(&b, 8083);
+    // SYNs to 8082 vanish; A gives up after one retry (about 3 s).
+    b.run(&[
+        "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "8082", "-j", "DROP",
+    ]);
+    a.run(&["sysctl", "-qw", "net.ipv4.tcp_syn_retries=1"]);
+    let (a0, b0) = (nstat(&a), nstat(&b));
+    agent.scrape();
+
+    let outcomes = [
+        (8080, OPENED, "ok"),
+        (8081, REFUSED, "ConnectionRefusedError"),
+        (8082, TIMEOUT, "TimeoutError"),
+        (8083, RESET, "ConnectionResetError"),
+    ];
+    for (port, n, want) in outcomes {
+        let got = clients(&a, port, n);
+        let expected = vec![want; n as usize].join(" ");
+        assert_eq!(got.trim(), expected, "port {port}");
+    }
+    let (a1, b1) = (nstat(&a), nstat(&b));
+    let s = poll(Duration::from_secs(10), || {
+        let s = agent.scrape();
+        (peer_sum(&s, CONNS, &a, &[("port", "8083"), ("role", "client")]) == RESET).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("no peer series for {}:\n{}", a.name, agent.scrape().text));
+
+    let client = |port: &'static str| {
+        vec![
+            ("role", "client"),
+            ("peer", B_IP),
+            ("peer_kind", "address"),
+            ("port", port),
+        ]
+    };
+    let server_on = |port: &'static str| {
+        vec![
+            ("role", "server"),
+            ("peer", A_IP),
+            ("peer_kind", "address"),
+            ("port", port),
+        ]
+    };
+    let with = |mut l: Vec<(&'static str, &'static str)>, reason: &'static str| {
+        l.push(("reason", reason));
+        l
+    };
+    // A, as the client: exactly what it did, per port.
+    assert_eq!(peer_value(&s, CONNS, &a, &client("8080")), OPENED);
+    assert_eq!(peer_value(&s, CONNS, &a, &client("8083")), RESET);
+    assert_eq!(
+        peer_value(&s, FAILS, &a, &with(client("8081"), "refused")),
+        REFUSED
+    );
+    assert_eq!(
+        peer_value(&s, FAILS, &a, &with(client("8082"), "timeout")),
+        TIMEOUT
+    );
+    assert_eq!(
+        peer_value(&s, FAILS, &a, &with(client("8083"), "reset")),
+        RESET
+    );
+    assert_eq!(peer_value(&s, CONNS, &a, &client("8081")), 0);
+    // B, as the server: the connections it accepted, per listening port.
+    assert_eq!(peer_value(&s, CONNS, &b, &server_on("8080")), OPENED);
+    assert_eq!(peer_value(&s, CONNS, &b, &server_on("8083")), RESET);
+    assert_eq!(peer_sum(&s, FAILS, &b, &[]), 0, "B failed nothing");
+
+    // The same totals as the kernel's own counters of each namespace.
+    let a_client = peer_sum(&s, CONNS, &a, &[("role", "client")]);
+    let a_failed: u64 = ["refused", "timeout", "other"]
+        .iter()
+        .map(|r| peer_sum(&s, FAILS, &a, &[("role", "client"), ("reason", r)]))
+        .sum();
+    assert_eq!(
+        a_client + a_failed,
+        delta(&a0, &a1, "TcpActiveOpens"),
+        "A: opened + failed to open = TcpActiveOpens"
+    );
+    assert_eq!(
+        a_failed,
+        delta(&a0, &a1, "TcpAttemptFails"),
+        "A: TcpAttemptFails"
+    );
+    assert_eq!(
+        peer_sum(&s, FAILS, &a, &[("reason", "reset")]),
+        delta(&a0, &a1, "TcpEstabResets"),
+        "A: resets = TcpEstabResets"
+    );
+    assert_eq!(
+        peer_sum(&s, CONNS, &b, &[("role", "server")]),
+        delta(&b0, &b1, "TcpPassiveOpens"),
+        "B: accepted = TcpPassiveOpens"
+    );
+    let uncounted = s.value("netexporter_peer_uncounted_total", &[]);
+    assert_eq!(uncounted, Some(0.0), "events lost to a full map");
+
+    // A deleted namespace has no peer series at the next collection.
+    let name = a.name.clone();
+    drop(_veth);
+    drop(a);
+    agent.scrape();
+    let s = agent.scrape();
+    assert!(
+        s.find(CONNS, &[("netns", &name)]).is_empty(),
+        "{name} still has peer series"
+    );
+}

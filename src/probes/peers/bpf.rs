@@ -1,0 +1,156 @@
+//! Loading the peer counter (`peers.bpf.c`) and reading and pruning its map.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use aya::maps::{PerCpuArray, PerCpuHashMap};
+use aya::programs::BtfTracePoint;
+use aya::{Btf, Ebpf, EbpfLoader, Endianness};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/peers.bpf.o"));
+
+/// Mirrors `struct peer_key` of `peers.h` (a test checks both declare the same fields in the
+/// same order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerKey {
+    pub netns: u32,
+    pub port: u16,
+    pub role: u8,
+    pub family: u8,
+    pub addr: [u8; 16],
+}
+
+// SAFETY: repr(C), 24 bytes without padding (4 + 2 + 1 + 1 + 16), any bit pattern valid.
+unsafe impl aya::Pod for PeerKey {}
+
+/// Mirrors `struct peer_counts` of `peers.h`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerCounts {
+    pub opened: u64,
+    pub refused: u64,
+    pub timeout: u64,
+    pub reset: u64,
+    pub other: u64,
+}
+
+// SAFETY: repr(C), five u64 fields, no padding, any bit pattern valid.
+unsafe impl aya::Pod for PeerCounts {}
+
+impl PeerCounts {
+    pub fn add(&mut self, o: &PeerCounts) {
+        self.opened += o.opened;
+        self.refused += o.refused;
+        self.timeout += o.timeout;
+        self.reset += o.reset;
+        self.other += o.other;
+    }
+
+    /// Every event counted.
+    pub fn events(&self) -> u64 {
+        self.opened + self.refused + self.timeout + self.reset + self.other
+    }
+}
+
+/// `PEER_CLIENT` and `PEER_SERVER` of `peers.h`.
+pub const CLIENT: u8 = 1;
+pub const SERVER: u8 = 2;
+
+/// The loaded and attached program. Dropping it detaches the program.
+pub struct PeerCounter {
+    ebpf: Ebpf,
+}
+
+impl PeerCounter {
+    pub fn load(btf_path: &Path) -> Result<Self> {
+        let btf = Btf::parse_file(btf_path, Endianness::default())
+            .with_context(|| format!("kernel BTF {}", btf_path.display()))?;
+        let mut ebpf = EbpfLoader::new().btf(Some(&btf)).load(OBJECT)?;
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut("peer_state")
+            .context("program peer_state missing from the object")?
+            .try_into()?;
+        prog.load("inet_sock_set_state", &btf).map_err(|e| {
+            // Verifier logs span many lines; one line keeps the log greppable.
+            let text = format!("{:#}", anyhow::Error::from(e)).replace('\n', " | ");
+            anyhow::anyhow!("tp_btf/inet_sock_set_state: {text}")
+        })?;
+        prog.attach().context("attach tp_btf/inet_sock_set_state")?;
+        Ok(Self { ebpf })
+    }
+
+    /// Every key's counters summed over CPUs, and the events lost because the map was full.
+    pub fn read(&self) -> Result<(Vec<(PeerKey, PeerCounts)>, u64)> {
+        let map = self.ebpf.map("peers").context("map peers missing")?;
+        let peers: PerCpuHashMap<_, PeerKey, PeerCounts> = PerCpuHashMap::try_from(map)?;
+        let mut out = Vec::new();
+        for entry in peers.iter() {
+            // An entry deleted between listing and reading is skipped, not an error.
+            let Ok((key, values)) = entry else { continue };
+            let mut sum = PeerCounts::default();
+            for v in values.iter() {
+                sum.add(v);
+            }
+            out.push((key, sum));
+        }
+        let map = self
+            .ebpf
+            .map("peers_overflow")
+            .context("map peers_overflow missing")?;
+        let overflow: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        let lost = overflow.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
+        Ok((out, lost))
+    }
+
+    /// Removes the entries of `keys` (namespaces that are gone).
+    pub fn remove(&mut self, keys: &[PeerKey]) {
+        let Some(map) = self.ebpf.map_mut("peers") else {
+            return;
+        };
+        let Ok(mut peers) = PerCpuHashMap::<_, PeerKey, PeerCounts>::try_from(map) else {
+            return;
+        };
+        for k in keys {
+            let _ = peers.remove(k);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(header: &str, name: &str) -> Vec<String> {
+        let body = header
+            .split(&format!("struct {name} {{"))
+            .nth(1)
+            .and_then(|b| b.split("};").next())
+            .unwrap_or_else(|| panic!("struct {name} in peers.h"));
+        body.lines()
+            .filter_map(|l| l.split(';').next())
+            .filter_map(|d| d.trim().rsplit(' ').next())
+            .filter(|f| !f.is_empty() && !f.starts_with("/*") && !f.starts_with('*'))
+            .map(|f| f.split('[').next().unwrap_or(f).to_string())
+            .collect()
+    }
+
+    #[test]
+    fn layouts_match_the_c_header() {
+        let header = include_str!("peers.h");
+        assert_eq!(
+            fields(header, "peer_key"),
+            ["netns", "port", "role", "family", "addr"]
+        );
+        assert_eq!(std::mem::size_of::<PeerKey>(), 24);
+        assert_eq!(
+            fields(header, "peer_counts"),
+            ["opened", "refused", "timeout", "reset", "other"]
+        );
+        assert_eq!(std::mem::size_of::<PeerCounts>(), 40);
+        assert!(
+            header.contains("#define PEER_CLIENT 1") && header.contains("#define PEER_SERVER 2")
+        );
+        assert_eq!((CLIENT, SERVER), (1, 2));
+    }
+}

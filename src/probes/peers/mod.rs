@@ -1,0 +1,435 @@
+//! `peers`: whom each network namespace's TCP connections are with, and how they end, counted
+//! in the kernel by an eBPF program on `sock:inet_sock_set_state` (`peers.bpf.c`, beside this
+//! file) by namespace, role, port and peer address. User space reads the aggregates once per
+//! collection; nothing per connection leaves the kernel.
+//!
+//! Per target: `netexporter_peer_connections_total` and, for each reason a connection failed
+//! for, `netexporter_peer_connection_failures_total`, labelled with the role (`client`: this
+//! namespace connected; `server`: it accepted), the port (the remote port of a client, the
+//! local listening port of a server), the peer and the peer's kind:
+//!
+//! - `loopback`: an address of the namespace's own loopback;
+//! - `network`: an address inside one of the configured `networks` (the peer is its name);
+//! - `address`: any other address (the peer is the address itself);
+//! - `other`: the peers past `peers_per_namespace` in that namespace, one series per role.
+//!
+//! Which peer a key is counted under is decided the first time the key is seen and kept while
+//! its namespace lives, so that every series is a counter that never goes back (the budget is
+//! spent on the busiest peers of the first collection that sees them, then first come).
+
+pub mod bpf;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Mutex;
+
+use anyhow::{Result, anyhow};
+use ipnet::IpNet;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Build, MetricDef, Probe, Scope, Series};
+use crate::metrics;
+use crate::sources::{Collection, Node, TargetSources};
+use bpf::{CLIENT, PeerCounter, PeerCounts, PeerKey};
+
+/// `probes.peers`.
+#[derive(Deserialize, Serialize, JsonSchema, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeersOptions {
+    /// Peers of one namespace that get series of their own: the busiest of the first
+    /// collection that sees them, then first come. Connections with any other peer are
+    /// counted under `peer="other"`. Bounds the series of a namespace.
+    pub peers_per_namespace: usize,
+    /// Named networks: a peer address inside one of a network's CIDRs is counted under the
+    /// network's name (`peer_kind="network"`), e.g. `{vpc: [10.0.0.0/16], dns: [10.96.0.10/32]}`.
+    /// Where several hold it, the narrowest CIDR wins.
+    pub networks: BTreeMap<String, Vec<IpNet>>,
+}
+
+impl Default for PeersOptions {
+    fn default() -> Self {
+        Self {
+            peers_per_namespace: 20,
+            networks: BTreeMap::new(),
+        }
+    }
+}
+
+const CONNECTIONS: usize = 0;
+const FAILURES: usize = 1;
+const UNCOUNTED: usize = 2;
+
+const METRICS: &[MetricDef] = metrics![
+    counter "netexporter_peer_connections_total" "TCP connections opened with a peer (SYN_SENT or SYN_RECV to ESTABLISHED). Labels: role (client: this namespace connected; server: it accepted), port (the remote port of a client, the local listening port of a server), peer, peer_kind (loopback, network, address, other).",
+    counter "netexporter_peer_connection_failures_total" "TCP connections with a peer that failed, by reason: refused (RST answering the SYN), timeout (SYN retries exhausted), reset (RST received on an opened connection), other (an ICMP error, closed while connecting). Labels: those of netexporter_peer_connections_total, and reason. A reason's series appears at its first failure.",
+    counter "netexporter_peer_uncounted_total" "Connection events not counted because the in-kernel peer map was full (node only).",
+];
+
+pub struct Peers {
+    options: PeersOptions,
+    loaded: Option<Loaded>,
+}
+
+/// The attached program and what it has counted.
+struct Loaded {
+    counter: Mutex<PeerCounter>,
+    read: Mutex<Read>,
+    budgets: Mutex<HashMap<u64, Budget>>,
+}
+
+/// The map as of the last collection.
+#[derive(Default)]
+struct Read {
+    /// Why this collection's counts could not be read, if they could not.
+    error: Option<String>,
+    entries: Vec<(PeerKey, PeerCounts)>,
+    lost: u64,
+}
+
+/// The series a key is counted under.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Bucket {
+    role: &'static str,
+    /// `None` for `other`.
+    port: Option<u16>,
+    peer: String,
+    kind: &'static str,
+}
+
+impl Bucket {
+    fn labels(&self) -> Vec<(&'static str, String)> {
+        let mut l = vec![("role", self.role.to_string())];
+        if let Some(p) = self.port {
+            l.push(("port", p.to_string()));
+        }
+        l.push(("peer", self.peer.clone()));
+        l.push(("peer_kind", self.kind.to_string()));
+        l
+    }
+}
+
+/// What one namespace's keys are counted under, kept while the namespace lives so that the
+/// counters never go back.
+#[derive(Default)]
+struct Budget {
+    buckets: HashMap<PeerKey, Bucket>,
+    /// Peers with series of their own: (peer, kind).
+    named: HashSet<(String, &'static str)>,
+}
+
+/// The peer's address; an IPv4-mapped IPv6 address (a dual-stack socket) as IPv4.
+fn address(key: &PeerKey) -> IpAddr {
+    if key.family == 4 {
+        let [a, b, c, d, ..] = key.addr;
+        return IpAddr::V4(Ipv4Addr::new(a, b, c, d));
+    }
+    let v6 = Ipv6Addr::from(key.addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// The peer (name, kind) of an address.
+fn resolve(addr: IpAddr, networks: &BTreeMap<String, Vec<IpNet>>) -> (String, &'static str) {
+    if addr.is_loopback() {
+        return ("loopback".into(), "loopback");
+    }
+    let narrowest = networks
+        .iter()
+        .flat_map(|(name, nets)| nets.iter().map(move |n| (n, name)))
+        .filter(|(n, _)| n.contains(&addr))
+        .max_by_key(|(n, _)| n.prefix_len());
+    match narrowest {
+        Some((_, name)) => (name.clone(), "network"),
+        None => (addr.to_string(), "address"),
+    }
+}
+
+/// One namespace's series from the map's entries of that namespace (`mine`), deciding the
+/// bucket of each key not seen before (`budget` keeps the decisions).
+fn series_for(
+    mine: &[&(PeerKey, PeerCounts)],
+    budget: &mut Budget,
+    options: &PeersOptions,
+) -> Vec<Series> {
+    let mut new: Vec<&&(PeerKey, PeerCounts)> = mine
+        .iter()
+        .filter(|(k, _)| !budget.buckets.contains_key(k))
+        .collect();
+    // The busiest first, then by key: the same map gives the same decisions.
+    new.sort_by(|(ka, va), (kb, vb)| vb.events().cmp(&va.events()).then(ka.cmp(kb)));
+    for (key, _) in new {
+        let role = if key.role == CLIENT {
+            "client"
+        } else {
+            "server"
+        };
+        let (peer, kind) = resolve(address(key), &options.networks);
+        let named = (peer.clone(), kind);
+        let bucket =
+            if budget.named.contains(&named) || budget.named.len() < options.peers_per_namespace {
+                budget.named.insert(named);
+                Bucket {
+                    role,
+                    port: Some(key.port),
+                    peer,
+                    kind,
+                }
+            } else {
+                Bucket {
+                    role,
+                    port: None,
+                    peer: "other".into(),
+                    kind: "other",
+                }
+            };
+        budget.buckets.insert(*key, bucket);
+    }
+    let mut sums: BTreeMap<&Bucket, PeerCounts> = BTreeMap::new();
+    for (key, counts) in mine {
+        if let Some(b) = budget.buckets.get(key) {
+            sums.entry(b).or_default().add(counts);
+        }
+    }
+    let n = METRICS.len();
+    let mut out = Vec::new();
+    for (bucket, c) in sums {
+        let labels = bucket.labels();
+        out.push(Series::only(n, CONNECTIONS, c.opened, labels.clone()));
+        for (reason, v) in [
+            ("refused", c.refused),
+            ("timeout", c.timeout),
+            ("reset", c.reset),
+            ("other", c.other),
+        ] {
+            if v > 0 {
+                let mut l = labels.clone();
+                l.push(("reason", reason.into()));
+                out.push(Series::only(n, FAILURES, v, l));
+            }
+        }
+    }
+    out
+}
+
+impl Build for Peers {
+    const NAME: &'static str = "peers";
+    const SCOPE: Scope = Scope::Pod;
+    const METRICS: &'static [MetricDef] = METRICS;
+    type Options = PeersOptions;
+
+    fn new(options: PeersOptions) -> Result<Self> {
+        Ok(Self {
+            options,
+            loaded: None,
+        })
+    }
+}
+
+impl Probe for Peers {
+    fn prerequisites(&self, node: &Node) -> Result<(), String> {
+        let btf = &node.options.btf_path;
+        if btf.exists() {
+            Ok(())
+        } else {
+            Err(format!(
+                "no kernel BTF ({}): the peer counter cannot attach",
+                btf.display()
+            ))
+        }
+    }
+
+    fn start(&mut self, node: &Node) -> Result<()> {
+        let counter = PeerCounter::load(&node.options.btf_path)?;
+        tracing::info!(probe = "peers", "peer counter attached");
+        self.loaded = Some(Loaded {
+            counter: Mutex::new(counter),
+            read: Mutex::new(Read::default()),
+            budgets: Mutex::new(HashMap::new()),
+        });
+        Ok(())
+    }
+
+    /// Reads the map once, and forgets what belongs to namespaces that are gone: their keys
+    /// leave the map, their budgets go.
+    fn prepare(&self, collection: &Collection) {
+        let Some(loaded) = &self.loaded else { return };
+        let mut counter = loaded.counter.lock().unwrap_or_else(|e| e.into_inner());
+        let mut read = loaded.read.lock().unwrap_or_else(|e| e.into_inner());
+        match counter.read() {
+            Ok((mut entries, lost)) => {
+                let gone: Vec<PeerKey> = entries
+                    .iter()
+                    .map(|(k, _)| *k)
+                    .filter(|k| k.netns != 0 && collection.is_gone(u64::from(k.netns)))
+                    .collect();
+                if !gone.is_empty() {
+                    counter.remove(&gone);
+                    let gone: HashSet<PeerKey> = gone.into_iter().collect();
+                    entries.retain(|(k, _)| !gone.contains(k));
+                }
+                *read = Read {
+                    error: None,
+                    entries,
+                    lost,
+                };
+            }
+            Err(e) => read.error = Some(format!("{e:#}")),
+        }
+        loaded
+            .budgets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|inode, _| !collection.is_gone(*inode));
+    }
+
+    fn collect(&self, src: &mut TargetSources) -> Result<Vec<Series>> {
+        let loaded = self
+            .loaded
+            .as_ref()
+            .ok_or_else(|| anyhow!("the peer counter is not attached"))?;
+        let (inode, is_node) = (src.inode(), src.is_node());
+        let read = loaded.read.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = &read.error {
+            return Err(anyhow!("{e}"));
+        }
+        let mine: Vec<&(PeerKey, PeerCounts)> = read
+            .entries
+            .iter()
+            .filter(|(k, _)| u64::from(k.netns) == inode || (is_node && k.netns == 0))
+            .collect();
+        let mut budgets = loaded.budgets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = series_for(&mine, budgets.entry(inode).or_default(), &self.options);
+        if is_node {
+            out.push(Series::only(
+                METRICS.len(),
+                UNCOUNTED,
+                read.lost,
+                Vec::new(),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bpf::SERVER;
+
+    fn key(role: u8, port: u16, addr: &str) -> PeerKey {
+        let ip: IpAddr = addr.parse().unwrap();
+        let (family, addr) = match ip {
+            IpAddr::V4(v4) => {
+                let mut a = [0u8; 16];
+                a[..4].copy_from_slice(&v4.octets());
+                (4, a)
+            }
+            IpAddr::V6(v6) => (6, v6.octets()),
+        };
+        PeerKey {
+            netns: 1,
+            port,
+            role,
+            family,
+            addr,
+        }
+    }
+
+    fn opened(n: u64) -> PeerCounts {
+        PeerCounts {
+            opened: n,
+            ..Default::default()
+        }
+    }
+
+    fn render(series: &[Series]) -> Vec<String> {
+        series
+            .iter()
+            .map(|s| {
+                let labels: Vec<String> =
+                    s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let (i, v) = s
+                    .values
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, v)| v.map(|v| (i, v)))
+                    .unwrap();
+                format!("{} {} {v}", METRICS[i].name, labels.join(","))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn addresses_resolve_to_loopback_networks_or_themselves() {
+        let nets: BTreeMap<String, Vec<IpNet>> = [
+            ("vpc".to_string(), vec!["10.0.0.0/8".parse().unwrap()]),
+            ("dns".to_string(), vec!["10.96.0.10/32".parse().unwrap()]),
+        ]
+        .into();
+        let r = |a: &str| resolve(address(&key(CLIENT, 53, a)), &nets);
+        assert_eq!(r("127.0.0.1"), ("loopback".into(), "loopback"));
+        assert_eq!(r("::1"), ("loopback".into(), "loopback"));
+        assert_eq!(r("10.1.2.3"), ("vpc".into(), "network"));
+        assert_eq!(r("10.96.0.10"), ("dns".into(), "network"));
+        assert_eq!(r("::ffff:10.96.0.10"), ("dns".into(), "network"));
+        assert_eq!(r("192.0.2.7"), ("192.0.2.7".into(), "address"));
+        assert_eq!(r("2001:db8::7"), ("2001:db8::7".into(), "address"));
+    }
+
+    #[test]
+    fn peers_past_the_budget_are_other_and_decisions_stick() {
+        let options = PeersOptions {
+            peers_per_namespace: 2,
+            ..Default::default()
+        };
+        let mut budget = Budget::default();
+        let e1 = [
+            (key(CLIENT, 80, "192.0.2.1"), opened(5)),
+            (key(CLIENT, 443, "192.0.2.1"), opened(1)),
+            (key(CLIENT, 80, "192.0.2.2"), opened(9)),
+            (key(CLIENT, 80, "192.0.2.3"), opened(2)),
+            (
+                key(SERVER, 8080, "192.0.2.4"),
+                PeerCounts {
+                    opened: 3,
+                    reset: 1,
+                    ..Default::default()
+                },
+            ),
+        ];
+        let mine: Vec<&(PeerKey, PeerCounts)> = e1.iter().collect();
+        assert_eq!(
+            render(&series_for(&mine, &mut budget, &options)),
+            [
+                "netexporter_peer_connections_total role=client,peer=other,peer_kind=other 2",
+                "netexporter_peer_connections_total role=client,port=80,peer=192.0.2.1,peer_kind=address 5",
+                "netexporter_peer_connections_total role=client,port=80,peer=192.0.2.2,peer_kind=address 9",
+                "netexporter_peer_connections_total role=client,port=443,peer=192.0.2.1,peer_kind=address 1",
+                "netexporter_peer_connections_total role=server,peer=other,peer_kind=other 3",
+                "netexporter_peer_connection_failures_total role=server,peer=other,peer_kind=other,reason=reset 1",
+            ]
+        );
+        // Later, 192.0.2.3 gets busier than everyone: it stays in `other`, whose counter
+        // only grows; a new port of a named peer is that peer's.
+        let e2 = [
+            (key(CLIENT, 80, "192.0.2.1"), opened(5)),
+            (key(CLIENT, 443, "192.0.2.1"), opened(1)),
+            (key(CLIENT, 80, "192.0.2.2"), opened(9)),
+            (key(CLIENT, 80, "192.0.2.3"), opened(50)),
+            (key(CLIENT, 22, "192.0.2.2"), opened(1)),
+        ];
+        let mine: Vec<&(PeerKey, PeerCounts)> = e2.iter().collect();
+        let got = render(&series_for(&mine, &mut budget, &options));
+        assert!(
+            got.contains(
+                &"netexporter_peer_connections_total role=client,peer=other,peer_kind=other 50"
+                    .to_string()
+            ),
+            "{got:#?}"
+        );
+        assert!(got.contains(&"netexporter_peer_connections_total role=client,port=22,peer=192.0.2.2,peer_kind=address 1".to_string()), "{got:#?}");
+    }
+}

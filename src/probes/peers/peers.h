@@ -1,0 +1,34 @@
+/* The key and counters shared by the BPF program and user space (src/probes/peers/bpf.rs
+ * mirrors them with #[repr(C)]; a test there checks both declare the same fields). */
+#ifndef PEERS_H
+#define PEERS_H
+
+#define PEER_CLIENT 1
+#define PEER_SERVER 2
+
+/* One set of counters per (network namespace, role, port, peer address). */
+struct peer_key {
+	__u32 netns;    /* inode of the socket's namespace; 0 when unknown */
+	__u16 port;     /* host order: the remote port (client), the local listening port (server) */
+	__u8 role;      /* PEER_CLIENT or PEER_SERVER */
+	__u8 family;    /* 4 or 6 */
+	__u8 addr[16];  /* the peer's address, network order; IPv4 in the first 4 bytes */
+};
+
+/* Connections opened, and failed by reason. */
+struct peer_counts {
+	__u64 opened;   /* SYN_SENT or SYN_RECV -> ESTABLISHED */
+	__u64 refused;  /* SYN_SENT -> CLOSE with ECONNREFUSED (RST answering the SYN) */
+	__u64 timeout;  /* SYN_SENT -> CLOSE with ETIMEDOUT (SYN retries exhausted) */
+	__u64 reset;    /* an opened connection -> CLOSE with ECONNRESET (RST received) */
+	__u64 other;    /* SYN_SENT -> CLOSE otherwise (ICMP errors, closed while connecting) */
+};
+
+/* What a socket remembers from its opening, for the counters of its end. */
+struct peer_tag {
+	__u8 role;
+};
+
+#define PEERS_MAX_ENTRIES 16384
+
+#endif
