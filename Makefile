@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: all deps build release run test lint unit integration fuzz bench soak outage fmt clean bpf bpf-check manifests
+.PHONY: all deps build release run test lint unit integration fuzz bench soak outage fmt clean bpf bpf-check manifests image image-or-skip
 
 all: build
 
@@ -19,9 +19,17 @@ release:
 run: release
 	./target/release/net-exporter $(ARGS)
 
+## The container image (Containerfile) with podman, offline from a locally made base
+## (scripts/image.sh); IMAGE=net-exporter:dev.
+image: release
+	@scripts/image.sh
+
+image-or-skip: release
+	@scripts/image.sh --or-skip
+
 ## Everything CI checks: lint, the committed BPF objects, unit tests on fixtures, integration
-## tests on real namespaces.
-test: deps lint bpf-check manifests
+## tests on real namespaces and in the container image.
+test: deps lint bpf-check manifests image-or-skip
 	$(CARGO) test --all-targets -- --test-threads=1
 
 lint:

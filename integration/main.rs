@@ -9,6 +9,7 @@ mod degraded;
 mod events_export;
 mod fake_apiserver;
 mod harness;
+mod image;
 mod k8s_checks;
 mod kubernetes;
 mod monotonic;

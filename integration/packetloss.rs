@@ -772,13 +772,18 @@ fn packetloss_every_forced_attach_mode_counts_exactly() {
 /// failure (and has no series), every other collector succeeds and serves the same families as
 /// an agent without the fault. `auto` with the same file falls back to `tracepoint_nobtf`
 /// (reason names then come from the tracepoint format) and counts.
+///
+/// The reference agent has the same missing BTF file and differs only in the attach mode: probes
+/// that need BTF for themselves (peers) are unavailable in both, so what is compared is what the
+/// packetloss failure alone takes away.
 #[test]
 fn packetloss_forced_failure_and_fallback_without_btf() {
     require_root();
     let _tracefs = Tracefs::ensure();
 
-    let reference = Agent::start(&[]);
+    let reference = agent_with("auto", Some("/nonexistent"));
     let want: BTreeSet<String> = reference
+        .agent
         .scrape()
         .family_names()
         .into_iter()
