@@ -68,12 +68,14 @@ struct sock_common {
 	volatile unsigned char skc_state;
 	possible_net_t skc_net;
 	struct in6_addr skc_v6_daddr;
+	unsigned long skc_flags; /* sk_flags from Linux 6.16 on; struct sock's own before */
 } __attribute__((preserve_access_index));
 
 struct sock {
 	struct sock_common __sk_common;
 	__u32 sk_ack_backlog;
 	int sk_err;
+	unsigned long sk_flags;
 } __attribute__((preserve_access_index));
 
 struct tcp_sock {
@@ -81,6 +83,9 @@ struct tcp_sock {
 	__u32 copied_seq;
 	__u32 write_seq;
 	__u32 snd_una;
+	__u32 total_retrans;
+	__u64 bytes_acked;
+	__u64 bytes_received;
 } __attribute__((preserve_access_index));
 
 struct seq_file;

@@ -1,7 +1,8 @@
 //! The `peers` probe on real namespaces: two namespaces A and B joined by a veth, TCP servers in
 //! B, exact numbers of connections from A. Each namespace's counters per peer, port and role
-//! are the connections the test made, and they sum to the kernel's own counters of that
-//! namespace (`nstat`: TcpActiveOpens, TcpPassiveOpens, TcpAttemptFails, TcpEstabResets).
+//! are the connections, RSTs and bytes the test made, and they sum to the kernel's own counters
+//! of that namespace (`nstat`: TcpActiveOpens, TcpPassiveOpens, TcpAttemptFails,
+//! TcpEstabResets, TcpRetransSegs).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,6 +17,10 @@ const OPENED: u64 = 7;
 const REFUSED: u64 = 5;
 const TIMEOUT: u64 = 3;
 const RESET: u64 = 4;
+/// Connections that exchange data: `PAYLOAD` bytes to the server, `ANSWER` back.
+const EXCHANGED: u64 = 3;
+const PAYLOAD: usize = 300_000;
+const ANSWER: usize = 70_000;
 
 /// Accepts on `port` for ever; with `reset`, each accepted connection is closed at once with
 /// `SO_LINGER` 0 (an RST), else closed at once the ordinary way (a FIN).
@@ -32,6 +37,57 @@ fn server(ns: &Netns, port: u16, reset: bool) -> Proc {
          while True:\n    c, _ = l.accept(); {close}\n"
     );
     ns.spawn(&["python3", "-c", &script])
+}
+
+/// Accepts on `port` for ever; each connection is read to its end, answered with `answer`
+/// bytes and closed.
+fn exchange_server(ns: &Netns, port: u16, answer: usize) -> Proc {
+    let script = format!(
+        "import socket, threading\n\
+         def serve(c):\n    while c.recv(65536): pass\n    c.sendall(b'r' * {answer}); c.close()\n\
+         l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         l.bind(('{B_IP}', {port})); l.listen(64)\n\
+         while True:\n    c, _ = l.accept(); threading.Thread(target=serve, args=(c,)).start()\n"
+    );
+    ns.spawn(&["python3", "-c", &script])
+}
+
+/// Connects `n` times (in parallel) to `B_IP:port`, writes `payload` bytes on each, shuts its
+/// side down and reads the answer to its end. Prints the bytes each one read.
+fn exchange_clients(ns: &Netns, port: u16, n: u64, payload: usize) -> String {
+    let script = format!(
+        "import socket, threading\n\
+         out = []\n\
+         def one():\n    s = socket.create_connection(('{B_IP}', {port}))\n    s.sendall(b'p' * {payload}); s.shutdown(socket.SHUT_WR)\n    got = 0\n    while True:\n        b = s.recv(65536)\n        if not b: break\n        got += len(b)\n    s.close(); out.append(str(got))\n\
+         ts = [threading.Thread(target=one) for _ in range({n})]\n\
+         [t.start() for t in ts]; [t.join() for t in ts]\n\
+         print(' '.join(out))\n"
+    );
+    ns.run(&["python3", "-c", &script])
+}
+
+/// Waits until `ns` has no TCP socket but listeners and TIME_WAIT ones: every connection has
+/// reached its end, and every retransmit the kernel will count has been made.
+fn waits_for_quiet(ns: &Netns) {
+    let quiet = poll(Duration::from_secs(60), || {
+        ns.run(&[
+            "ss",
+            "-Htan",
+            "exclude",
+            "listening",
+            "exclude",
+            "time-wait",
+        ])
+        .trim()
+        .is_empty()
+        .then_some(())
+    });
+    assert!(
+        quiet.is_some(),
+        "connections of {} still open:\n{}",
+        ns.name,
+        ns.run(&["ss", "-tanoi"])
+    );
 }
 
 /// Connects `n` times (in parallel) to `B_IP:port`; each connection reads until the peer closes
@@ -87,6 +143,9 @@ fn peer_sum(s: &Scrape, metric: &str, ns: &Netns, labels: &[(&str, &str)]) -> u6
 
 const CONNS: &str = "netexporter_peer_connections_total";
 const FAILS: &str = "netexporter_peer_connection_failures_total";
+const RETRANS: &str = "netexporter_peer_retransmits_total";
+const RESETS: &str = "netexporter_peer_resets_total";
+const BYTES: &str = "netexporter_peer_bytes_total";
 
 #[test]
 fn peers_count_connections_and_failures_per_peer_port_and_role() {
@@ -104,11 +163,35 @@ fn peers_count_connections_and_failures_per_peer_port_and_role() {
     );
     let _open = server(&b, 8080, false);
     let _reset = server(&b, 8083, true);
-    waits_for_listener(&b, 8080);
-    waits_for_listener(&b, 8083);
+    let _exchange = exchange_server(&b, 8084, ANSWER);
+    let _lossy = exchange_server(&b, 8085, ANSWER);
+    for port in [8080, 8083, 8084, 8085] {
+        waits_for_listener(&b, port);
+    }
     // SYNs to 8082 vanish; A gives up after one retry (about 3 s).
     b.run(&[
         "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "8082", "-j", "DROP",
+    ]);
+    // Every 7th packet from A to 8085 is lost: both ends retransmit (A its data, SYN or FIN;
+    // B its answer and SYN-ACK when A's acknowledgements are lost).
+    b.run(&[
+        "iptables",
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "8085",
+        "-m",
+        "statistic",
+        "--mode",
+        "nth",
+        "--every",
+        "7",
+        "--packet",
+        "3",
+        "-j",
+        "DROP",
     ]);
     a.run(&["sysctl", "-qw", "net.ipv4.tcp_syn_retries=1"]);
     let (a0, b0) = (nstat(&a), nstat(&b));
@@ -125,6 +208,13 @@ fn peers_count_connections_and_failures_per_peer_port_and_role() {
         let expected = vec![want; n as usize].join(" ");
         assert_eq!(got.trim(), expected, "port {port}");
     }
+    for port in [8084, 8085] {
+        let got = exchange_clients(&a, port, EXCHANGED, PAYLOAD);
+        let expected = vec![ANSWER.to_string(); EXCHANGED as usize].join(" ");
+        assert_eq!(got.trim(), expected, "answers on {port}");
+    }
+    waits_for_quiet(&a);
+    waits_for_quiet(&b);
     let (a1, b1) = (nstat(&a), nstat(&b));
     let s = poll(Duration::from_secs(10), || {
         let s = agent.scrape();
@@ -199,6 +289,76 @@ fn peers_count_connections_and_failures_per_peer_port_and_role() {
         delta(&b0, &b1, "TcpPassiveOpens"),
         "B: accepted = TcpPassiveOpens"
     );
+    // RSTs: each connection B closed with SO_LINGER 0 is one RST sent by B and received by A;
+    // each refused connect, one RST received by A (B sent it from no socket: not per peer).
+    let dir = |mut l: Vec<(&'static str, &'static str)>, d: &'static str| {
+        l.push(("direction", d));
+        l
+    };
+    assert_eq!(
+        peer_value(&s, RESETS, &b, &dir(server_on("8083"), "transmit")),
+        RESET
+    );
+    assert_eq!(
+        peer_value(&s, RESETS, &a, &dir(client("8083"), "receive")),
+        RESET
+    );
+    assert_eq!(
+        peer_value(&s, RESETS, &a, &dir(client("8081"), "receive")),
+        REFUSED
+    );
+    assert_eq!(
+        peer_sum(&s, RESETS, &a, &[("direction", "transmit")]),
+        0,
+        "A sent no RST"
+    );
+    // Bytes: the payload each side wrote, as the other acknowledged it, lost segments or not.
+    for port in ["8084", "8085"] {
+        let (sent, answered) = (EXCHANGED * PAYLOAD as u64, EXCHANGED * ANSWER as u64);
+        assert_eq!(
+            peer_value(&s, BYTES, &a, &dir(client(port), "transmit")),
+            sent,
+            "A to {port}"
+        );
+        assert_eq!(
+            peer_value(&s, BYTES, &a, &dir(client(port), "receive")),
+            answered,
+            "A from {port}"
+        );
+        assert_eq!(
+            peer_value(&s, BYTES, &b, &dir(server_on(port), "receive")),
+            sent,
+            "B on {port} from A"
+        );
+        assert_eq!(
+            peer_value(&s, BYTES, &b, &dir(server_on(port), "transmit")),
+            answered,
+            "B on {port} to A"
+        );
+    }
+    // Retransmits: per peer they sum to each namespace's TcpRetransSegs; the lossy port has
+    // some, the clean one none.
+    for (ns, before, after) in [(&a, &a0, &a1), (&b, &b0, &b1)] {
+        assert_eq!(
+            peer_sum(&s, RETRANS, ns, &[]),
+            delta(before, after, "TcpRetransSegs"),
+            "{}: retransmits per peer vs TcpRetransSegs",
+            ns.name
+        );
+    }
+    assert!(
+        peer_value(&s, RETRANS, &a, &client("8085")) > 0,
+        "A lost nothing?"
+    );
+    assert_eq!(peer_value(&s, RETRANS, &a, &client("8084")), 0);
+    // Each timed-out connect retried its SYN (how often is the kernel's business: twice here
+    // with tcp_syn_retries=1, its retry deadline being a time, not a count).
+    let syn_retries = peer_value(&s, RETRANS, &a, &client("8082"));
+    assert!(
+        syn_retries >= TIMEOUT && syn_retries.is_multiple_of(TIMEOUT),
+        "SYN retries of {TIMEOUT} timed-out connects: {syn_retries}"
+    );
+
     let uncounted = s.value("netexporter_peer_uncounted_total", &[]);
     assert_eq!(uncounted, Some(0.0), "events lost to a full map");
 

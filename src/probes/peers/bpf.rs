@@ -33,9 +33,14 @@ pub struct PeerCounts {
     pub timeout: u64,
     pub reset: u64,
     pub other: u64,
+    pub retransmits: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
 }
 
-// SAFETY: repr(C), five u64 fields, no padding, any bit pattern valid.
+// SAFETY: repr(C), ten u64 fields, no padding, any bit pattern valid.
 unsafe impl aya::Pod for PeerCounts {}
 
 impl PeerCounts {
@@ -45,9 +50,14 @@ impl PeerCounts {
         self.timeout += o.timeout;
         self.reset += o.reset;
         self.other += o.other;
+        self.retransmits += o.retransmits;
+        self.resets_sent += o.resets_sent;
+        self.resets_received += o.resets_received;
+        self.bytes_sent += o.bytes_sent;
+        self.bytes_received += o.bytes_received;
     }
 
-    /// Every event counted.
+    /// Connections opened or failed: what the busiest peers are ranked by.
     pub fn events(&self) -> u64 {
         self.opened + self.refused + self.timeout + self.reset + self.other
     }
@@ -57,7 +67,15 @@ impl PeerCounts {
 pub const CLIENT: u8 = 1;
 pub const SERVER: u8 = 2;
 
-/// The loaded and attached program. Dropping it detaches the program.
+/// The programs of `peers.bpf.c` and the tracepoints they attach to.
+const PROGRAMS: [(&str, &str); 4] = [
+    ("peer_state", "inet_sock_set_state"),
+    ("peer_retransmit", "tcp_retransmit_skb"),
+    ("peer_send_reset", "tcp_send_reset"),
+    ("peer_receive_reset", "tcp_receive_reset"),
+];
+
+/// The loaded and attached programs. Dropping it detaches them.
 pub struct PeerCounter {
     ebpf: Ebpf,
 }
@@ -67,16 +85,19 @@ impl PeerCounter {
         let btf = Btf::parse_file(btf_path, Endianness::default())
             .with_context(|| format!("kernel BTF {}", btf_path.display()))?;
         let mut ebpf = EbpfLoader::new().btf(Some(&btf)).load(OBJECT)?;
-        let prog: &mut BtfTracePoint = ebpf
-            .program_mut("peer_state")
-            .context("program peer_state missing from the object")?
-            .try_into()?;
-        prog.load("inet_sock_set_state", &btf).map_err(|e| {
-            // Verifier logs span many lines; one line keeps the log greppable.
-            let text = format!("{:#}", anyhow::Error::from(e)).replace('\n', " | ");
-            anyhow::anyhow!("tp_btf/inet_sock_set_state: {text}")
-        })?;
-        prog.attach().context("attach tp_btf/inet_sock_set_state")?;
+        for (program, tracepoint) in PROGRAMS {
+            let prog: &mut BtfTracePoint = ebpf
+                .program_mut(program)
+                .with_context(|| format!("program {program} missing from the object"))?
+                .try_into()?;
+            prog.load(tracepoint, &btf).map_err(|e| {
+                // Verifier logs span many lines; one line keeps the log greppable.
+                let text = format!("{:#}", anyhow::Error::from(e)).replace('\n', " | ");
+                anyhow::anyhow!("tp_btf/{tracepoint}: {text}")
+            })?;
+            prog.attach()
+                .with_context(|| format!("attach tp_btf/{tracepoint}"))?;
+        }
         Ok(Self { ebpf })
     }
 
@@ -145,9 +166,20 @@ mod tests {
         assert_eq!(std::mem::size_of::<PeerKey>(), 24);
         assert_eq!(
             fields(header, "peer_counts"),
-            ["opened", "refused", "timeout", "reset", "other"]
+            [
+                "opened",
+                "refused",
+                "timeout",
+                "reset",
+                "other",
+                "retransmits",
+                "resets_sent",
+                "resets_received",
+                "bytes_sent",
+                "bytes_received"
+            ]
         );
-        assert_eq!(std::mem::size_of::<PeerCounts>(), 40);
+        assert_eq!(std::mem::size_of::<PeerCounts>(), 80);
         assert!(
             header.contains("#define PEER_CLIENT 1") && header.contains("#define PEER_SERVER 2")
         );

@@ -58,11 +58,17 @@ impl Default for PeersOptions {
 
 const CONNECTIONS: usize = 0;
 const FAILURES: usize = 1;
-const UNCOUNTED: usize = 2;
+const RETRANSMITS: usize = 2;
+const RESETS: usize = 3;
+const BYTES: usize = 4;
+const UNCOUNTED: usize = 5;
 
 const METRICS: &[MetricDef] = metrics![
     counter "netexporter_peer_connections_total" "TCP connections opened with a peer (SYN_SENT or SYN_RECV to ESTABLISHED). Labels: role (client: this namespace connected; server: it accepted), port (the remote port of a client, the local listening port of a server), peer, peer_kind (loopback, network, address, other).",
     counter "netexporter_peer_connection_failures_total" "TCP connections with a peer that failed, by reason: refused (RST answering the SYN), timeout (SYN retries exhausted), reset (RST received on an opened connection), other (an ICMP error, closed while connecting). Labels: those of netexporter_peer_connections_total, and reason. A reason's series appears at its first failure.",
+    counter "netexporter_peer_retransmits_total" "TCP segments retransmitted to a peer (the sockets' own total_retrans, as nstat's TcpRetransSegs counts them), counted as they happen. Labels: those of netexporter_peer_connections_total. Appears at the first retransmit.",
+    counter "netexporter_peer_resets_total" "TCP RSTs sent to (direction=transmit) and received from (direction=receive) a peer on a connection's socket; RSTs answering packets that found no socket (a closed port) are not per peer. Labels: those of netexporter_peer_connections_total, and direction. Appears at the first RST.",
+    counter "netexporter_peer_bytes_total" "TCP payload bytes sent to (direction=transmit: acknowledged by the peer, tcp_sock.bytes_acked) and received from (direction=receive: in order, tcp_sock.bytes_received) a peer, counted when a connection retransmits and when it closes. Labels: those of netexporter_peer_connections_total, and direction.",
     counter "netexporter_peer_uncounted_total" "Connection events not counted because the in-kernel peer map was full (node only).",
 ];
 
@@ -198,6 +204,11 @@ fn series_for(
     for (bucket, c) in sums {
         let labels = bucket.labels();
         out.push(Series::only(n, CONNECTIONS, c.opened, labels.clone()));
+        let with = |name: &'static str, value: &str| {
+            let mut l = labels.clone();
+            l.push((name, value.to_string()));
+            l
+        };
         for (reason, v) in [
             ("refused", c.refused),
             ("timeout", c.timeout),
@@ -205,10 +216,25 @@ fn series_for(
             ("other", c.other),
         ] {
             if v > 0 {
-                let mut l = labels.clone();
-                l.push(("reason", reason.into()));
-                out.push(Series::only(n, FAILURES, v, l));
+                out.push(Series::only(n, FAILURES, v, with("reason", reason)));
             }
+        }
+        if c.retransmits > 0 {
+            out.push(Series::only(n, RETRANSMITS, c.retransmits, labels.clone()));
+        }
+        for (direction, resets, bytes) in [
+            ("transmit", c.resets_sent, c.bytes_sent),
+            ("receive", c.resets_received, c.bytes_received),
+        ] {
+            if resets > 0 {
+                out.push(Series::only(
+                    n,
+                    RESETS,
+                    resets,
+                    with("direction", direction),
+                ));
+            }
+            out.push(Series::only(n, BYTES, bytes, with("direction", direction)));
         }
     }
     out
@@ -401,8 +427,14 @@ mod tests {
             ),
         ];
         let mine: Vec<&(PeerKey, PeerCounts)> = e1.iter().collect();
+        let connections = |series: &[Series]| -> Vec<String> {
+            render(series)
+                .into_iter()
+                .filter(|l| l.starts_with("netexporter_peer_connection"))
+                .collect()
+        };
         assert_eq!(
-            render(&series_for(&mine, &mut budget, &options)),
+            connections(&series_for(&mine, &mut budget, &options)),
             [
                 "netexporter_peer_connections_total role=client,peer=other,peer_kind=other 2",
                 "netexporter_peer_connections_total role=client,port=80,peer=192.0.2.1,peer_kind=address 5",
@@ -422,7 +454,7 @@ mod tests {
             (key(CLIENT, 22, "192.0.2.2"), opened(1)),
         ];
         let mine: Vec<&(PeerKey, PeerCounts)> = e2.iter().collect();
-        let got = render(&series_for(&mine, &mut budget, &options));
+        let got = connections(&series_for(&mine, &mut budget, &options));
         assert!(
             got.contains(
                 &"netexporter_peer_connections_total role=client,peer=other,peer_kind=other 50"
@@ -431,5 +463,38 @@ mod tests {
             "{got:#?}"
         );
         assert!(got.contains(&"netexporter_peer_connections_total role=client,port=22,peer=192.0.2.2,peer_kind=address 1".to_string()), "{got:#?}");
+    }
+
+    #[test]
+    fn retransmits_and_resets_appear_when_counted_bytes_always() {
+        let options = PeersOptions::default();
+        let e = [
+            (key(CLIENT, 80, "192.0.2.1"), opened(1)),
+            (
+                key(SERVER, 8080, "192.0.2.2"),
+                PeerCounts {
+                    opened: 2,
+                    retransmits: 3,
+                    resets_sent: 1,
+                    bytes_sent: 1000,
+                    bytes_received: 20,
+                    ..Default::default()
+                },
+            ),
+        ];
+        let mine: Vec<&(PeerKey, PeerCounts)> = e.iter().collect();
+        assert_eq!(
+            render(&series_for(&mine, &mut Budget::default(), &options)),
+            [
+                "netexporter_peer_connections_total role=client,port=80,peer=192.0.2.1,peer_kind=address 1",
+                "netexporter_peer_bytes_total role=client,port=80,peer=192.0.2.1,peer_kind=address,direction=transmit 0",
+                "netexporter_peer_bytes_total role=client,port=80,peer=192.0.2.1,peer_kind=address,direction=receive 0",
+                "netexporter_peer_connections_total role=server,port=8080,peer=192.0.2.2,peer_kind=address 2",
+                "netexporter_peer_retransmits_total role=server,port=8080,peer=192.0.2.2,peer_kind=address 3",
+                "netexporter_peer_resets_total role=server,port=8080,peer=192.0.2.2,peer_kind=address,direction=transmit 1",
+                "netexporter_peer_bytes_total role=server,port=8080,peer=192.0.2.2,peer_kind=address,direction=transmit 1000",
+                "netexporter_peer_bytes_total role=server,port=8080,peer=192.0.2.2,peer_kind=address,direction=receive 20",
+            ]
+        );
     }
 }

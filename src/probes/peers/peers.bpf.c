@@ -1,12 +1,20 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Who each namespace's TCP connections are with, and how they end, counted in the kernel:
- * tp_btf/inet_sock_set_state sees every state change of every TCP socket and adds it to a
- * per-CPU hash keyed by (namespace, role, port, peer address). Nothing per connection leaves
- * the kernel; user space reads the aggregates once per collection. */
+/* Who each namespace's TCP connections are with, and how they fare, counted in the kernel:
+ * BTF-typed tracepoints add each event to a per-CPU hash keyed by (namespace, role, port, peer
+ * address). Nothing per connection leaves the kernel; user space reads the aggregates once per
+ * collection.
+ *
+ * - sock:inet_sock_set_state: connections opened (and the socket tagged with its role), failed
+ *   to open by reason, reset; at CLOSE, what the socket's own counters added since the last
+ *   report (retransmitted segments, bytes each way).
+ * - tcp:tcp_retransmit_skb: the same report, so that a long connection's retransmits are
+ *   counted as they happen, not only at its end.
+ * - tcp:tcp_send_reset, tcp:tcp_receive_reset: RSTs sent and received on a socket. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 #include "peers.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -14,19 +22,17 @@ char LICENSE[] SEC("license") = "GPL";
 #define TCP_ESTABLISHED 1
 #define TCP_SYN_SENT 2
 #define TCP_SYN_RECV 3
+#define TCP_FIN_WAIT1 4
+#define TCP_FIN_WAIT2 5
 #define TCP_CLOSE 7
+#define TCP_LAST_ACK 9
+#define TCP_CLOSING 11
+#define SOCK_DONE 1 /* enum sock_flags: set by tcp_fin() when the peer's FIN is taken in */
 #define AF_INET 2
 #define AF_INET6 10
 #define ECONNRESET 104
 #define ETIMEDOUT 110
 #define ECONNREFUSED 111
-
-/* Indexes into struct peer_counts. */
-#define OPENED 0
-#define REFUSED 1
-#define TIMEOUT 2
-#define RESET 3
-#define OTHER 4
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -43,8 +49,7 @@ struct {
 	__type(value, __u64);
 } peers_overflow SEC(".maps");
 
-/* The role of each opened connection, for the counters of its end (the storage goes away with
- * the socket). */
+/* Each counted socket's role and reported counters (the storage goes away with the socket). */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -76,7 +81,9 @@ static __always_inline int fill_key(struct peer_key *key, struct sock *sk, __u8 
 	return -1;
 }
 
-static __always_inline void bump(struct peer_key *key, int field)
+/* This CPU's counters of `key`, created if new; NULL (and the loss counted) when the map is
+ * full. No other writer touches this CPU's copy. */
+static __always_inline struct peer_counts *counts_of(struct peer_key *key)
 {
 	struct peer_counts zero = {}, *v;
 	__u32 slot = 0;
@@ -85,34 +92,84 @@ static __always_inline void bump(struct peer_key *key, int field)
 	v = bpf_map_lookup_elem(&peers, key);
 	if (!v) {
 		bpf_map_update_elem(&peers, key, &zero, BPF_NOEXIST);
-		v = bpf_map_lookup_elem(&peers, key); /* NULL: the map is full */
+		v = bpf_map_lookup_elem(&peers, key);
 	}
 	if (!v) {
 		lost = bpf_map_lookup_elem(&peers_overflow, &slot);
 		if (lost)
 			*lost += 1;
+	}
+	return v;
+}
+
+/* The payload the socket has had acknowledged and has received: the kernel's bytes_acked and
+ * bytes_received also count the FIN, one sequence number each way (the SYN is left out by the
+ * baseline taken when the connection opened). `state`: the socket's state, or the one it is
+ * leaving. */
+static __always_inline __u64 payload_sent(struct tcp_sock *tp, int state)
+{
+	__u64 acked = tp->bytes_acked;
+	int fin_sent = state == TCP_FIN_WAIT1 || state == TCP_FIN_WAIT2 ||
+		       state == TCP_CLOSING || state == TCP_LAST_ACK;
+
+	return acked - (fin_sent && acked && tp->snd_una == tp->write_seq ? 1 : 0);
+}
+
+/* The socket's flags: in struct sock_common on newer kernels, struct sock's own before. */
+static __always_inline unsigned long flags_of(struct sock *sk)
+{
+	if (bpf_core_field_exists(sk->__sk_common.skc_flags))
+		return sk->__sk_common.skc_flags;
+	return sk->sk_flags;
+}
+
+static __always_inline __u64 payload_received(struct sock *sk, struct tcp_sock *tp)
+{
+	__u64 received = tp->bytes_received;
+
+	return received - (received && (flags_of(sk) & (1UL << SOCK_DONE)) ? 1 : 0);
+}
+
+/* Adds what the socket's counters gained since the last report to its peer's. The kernel
+ * zeroes them when a socket is disconnected and reused; a counter below its last report is
+ * counted from zero. */
+static __always_inline void report(struct sock *sk, struct tcp_sock *tp, struct peer_tag *tag,
+				   int state)
+{
+	__u32 retrans = tp->total_retrans;
+	__u64 sent = payload_sent(tp, state), received = payload_received(sk, tp);
+	__u64 d_retrans, d_sent, d_received;
+	struct peer_counts *v;
+
+	d_retrans = retrans >= tag->retransmits ? retrans - tag->retransmits : retrans;
+	d_sent = sent >= tag->bytes_sent ? sent - tag->bytes_sent : sent;
+	d_received = received >= tag->bytes_received ? received - tag->bytes_received : received;
+	if (!d_retrans && !d_sent && !d_received)
 		return;
-	}
-	/* This CPU's copy: no other writer. */
-	switch (field) {
-	case OPENED: v->opened += 1; break;
-	case REFUSED: v->refused += 1; break;
-	case TIMEOUT: v->timeout += 1; break;
-	case RESET: v->reset += 1; break;
-	default: v->other += 1; break;
-	}
+	v = counts_of(&tag->key);
+	if (!v)
+		return;
+	v->retransmits += d_retrans;
+	v->bytes_sent += d_sent;
+	v->bytes_received += d_received;
+	tag->retransmits = retrans;
+	tag->bytes_sent = sent;
+	tag->bytes_received = received;
 }
 
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(peer_state, struct sock *sk, int oldstate, int newstate)
 {
 	struct peer_key key = {};
+	struct peer_counts *v;
 	struct peer_tag *tag;
+	struct tcp_sock *tp;
 	int err;
 
 	if (newstate != TCP_ESTABLISHED && newstate != TCP_CLOSE)
 		return 0;
-	if (!bpf_skc_to_tcp_sock(sk))
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
 		return 0; /* not TCP (DCCP, SCTP, MPTCP parents) */
 	if (newstate == TCP_ESTABLISHED) {
 		__u8 role;
@@ -125,27 +182,116 @@ int BPF_PROG(peer_state, struct sock *sk, int oldstate, int newstate)
 			return 0;
 		if (fill_key(&key, sk, role))
 			return 0;
-		bump(&key, OPENED);
-		tag = bpf_sk_storage_get(&peer_tags, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (tag)
-			tag->role = role;
+		v = counts_of(&key);
+		if (v)
+			v->opened += 1;
+		/* A client's tag may exist already: its SYN was retransmitted (and reported). The
+		 * byte baselines leave the SYN out. */
+		tag = bpf_sk_storage_get(&peer_tags, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (tag) {
+			tag->key = key;
+			tag->bytes_sent = tp->bytes_acked;
+			tag->bytes_received = tp->bytes_received;
+		}
 		return 0;
 	}
+	tag = bpf_sk_storage_get(&peer_tags, tp, 0, 0);
 	err = sk->sk_err;
 	if (oldstate == TCP_SYN_SENT) {
 		if (fill_key(&key, sk, PEER_CLIENT))
 			return 0;
-		bump(&key, err == ECONNREFUSED ? REFUSED : err == ETIMEDOUT ? TIMEOUT : OTHER);
-		return 0;
+		v = counts_of(&key);
+		if (v) {
+			if (err == ECONNREFUSED)
+				v->refused += 1;
+			else if (err == ETIMEDOUT)
+				v->timeout += 1;
+			else
+				v->other += 1;
+		}
+	} else if (err == ECONNRESET && tag) {
+		/* Only connections opened while the program ran have a role to count under. */
+		v = counts_of(&tag->key);
+		if (v)
+			v->reset += 1;
 	}
-	if (err != ECONNRESET)
+	if (tag) {
+		report(sk, tp, tag, oldstate);
+		/* A disconnected socket may connect again: its counters start from zero. */
+		tag->retransmits = 0;
+		tag->bytes_sent = 0;
+		tag->bytes_received = 0;
+	}
+	return 0;
+}
+
+/* The tag of a socket whose role is known: its own, or client for one still connecting (a
+ * SYN retransmitted, an RST answering it). */
+static __always_inline struct peer_tag *tag_of(struct tcp_sock *tp, struct sock *sk)
+{
+	struct peer_tag *tag = bpf_sk_storage_get(&peer_tags, tp, 0, 0);
+	struct peer_key key = {};
+
+	if (tag || sk->__sk_common.skc_state != TCP_SYN_SENT)
+		return tag;
+	if (fill_key(&key, sk, PEER_CLIENT))
+		return NULL;
+	tag = bpf_sk_storage_get(&peer_tags, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (tag)
+		tag->key = key;
+	return tag;
+}
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(peer_retransmit, struct sock *sk, struct sk_buff *skb)
+{
+	struct peer_tag *tag;
+	struct tcp_sock *tp;
+
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
 		return 0;
-	/* Only connections opened while the program ran have a role to count under. */
-	tag = bpf_sk_storage_get(&peer_tags, sk, 0, 0);
+	tag = tag_of(tp, sk);
+	if (tag)
+		report(sk, tp, tag, sk->__sk_common.skc_state);
+	return 0;
+}
+
+/* An RST sent or received on a socket with a role. */
+static __always_inline void count_reset(struct sock *sk, int sent)
+{
+	struct peer_counts *v;
+	struct peer_tag *tag;
+	struct tcp_sock *tp;
+
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return;
+	tag = tag_of(tp, sk);
 	if (!tag)
-		return 0;
-	if (fill_key(&key, sk, tag->role))
-		return 0;
-	bump(&key, RESET);
+		return;
+	v = counts_of(&tag->key);
+	if (!v)
+		return;
+	if (sent)
+		v->resets_sent += 1;
+	else
+		v->resets_received += 1;
+}
+
+/* sk is NULL for an RST answering a packet that found no socket (a closed port), and may be a
+ * TIME_WAIT or request socket: only full sockets with a role are counted. */
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(peer_send_reset, struct sock *sk, struct sk_buff *skb)
+{
+	if (sk)
+		count_reset(sk, 1);
+	return 0;
+}
+
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(peer_receive_reset, struct sock *sk)
+{
+	count_reset(sk, 0);
 	return 0;
 }

@@ -15,18 +15,29 @@ struct peer_key {
 	__u8 addr[16];  /* the peer's address, network order; IPv4 in the first 4 bytes */
 };
 
-/* Connections opened, and failed by reason. */
+/* Connections opened, failed by reason, and what their sockets counted. */
 struct peer_counts {
 	__u64 opened;   /* SYN_SENT or SYN_RECV -> ESTABLISHED */
 	__u64 refused;  /* SYN_SENT -> CLOSE with ECONNREFUSED (RST answering the SYN) */
 	__u64 timeout;  /* SYN_SENT -> CLOSE with ETIMEDOUT (SYN retries exhausted) */
 	__u64 reset;    /* an opened connection -> CLOSE with ECONNRESET (RST received) */
 	__u64 other;    /* SYN_SENT -> CLOSE otherwise (ICMP errors, closed while connecting) */
+	__u64 retransmits;    /* segments retransmitted (tcp_sock.total_retrans) */
+	__u64 resets_sent;    /* RSTs sent on a socket (tcp:tcp_send_reset) */
+	__u64 resets_received; /* RSTs received on a socket (tcp:tcp_receive_reset) */
+	__u64 bytes_sent;     /* payload acknowledged by the peer (tcp_sock.bytes_acked) */
+	__u64 bytes_received; /* payload received in order (tcp_sock.bytes_received) */
 };
 
-/* What a socket remembers from its opening, for the counters of its end. */
+/* What a socket remembers: the key it is counted under (taken when it opened: a closed
+ * socket has lost its local port), and how much of its own counters has been added to its
+ * peer's already (each report adds the difference). */
 struct peer_tag {
-	__u8 role;
+	struct peer_key key;
+	__u32 retransmits;
+	__u32 pad;
+	__u64 bytes_sent;
+	__u64 bytes_received;
 };
 
 #define PEERS_MAX_ENTRIES 16384
