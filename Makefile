@@ -53,6 +53,7 @@ fuzz:
 bench: deps release
 	$(CARGO) bench --bench collection
 	$(CARGO) bench --bench drops
+	$(CARGO) bench --bench peers
 
 ## 100 namespaces with traffic for 10 minutes, scraped every second: RSS and CPU over time.
 soak: deps release

@@ -909,3 +909,120 @@ fn standalone_stays_the_default() {
         server.requests()
     );
 }
+
+/// A Pod owned by a ReplicaSet of a Deployment, as the API server returns it.
+fn deployment_pod(pod: &PodEnv, deployment: &str, hash: &str) -> Value {
+    let mut j = pod.json(NODE);
+    j["metadata"]["labels"]["pod-template-hash"] = Value::from(hash);
+    j["metadata"]["ownerReferences"] = serde_json::json!([{
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "name": format!("{deployment}-{hash}"),
+        "uid": new_uid(),
+        "controller": true,
+        "blockOwnerDeletion": true,
+    }]);
+    j
+}
+
+/// Pod to Pod: the peers probe names each side's peer by the other Pod's workload (namespace,
+/// `Deployment/NAME`), with exactly the connections made; a deleted Pod's series go.
+#[test]
+fn kubernetes_peers_are_the_other_pods_workload() {
+    require_root();
+    const N: u64 = 6;
+    let server = new_server(&[POD_CIDR]);
+    let web = PodEnv::new("shop", "web-a", Driver::SystemdV2, 0);
+    let dns = PodEnv::new("kube-system", "coredns-b", Driver::CgroupfsV2, 0);
+    // A direct link between the two Pods, each reaching the other's Pod IP over it from its
+    // own Pod IP (the node does not forward here).
+    let _link = NsVeth::new(
+        web.ns(),
+        "eth9",
+        "10.208.9.1/30",
+        dns.ns(),
+        "eth9",
+        "10.208.9.2/30",
+    );
+    for (from, to) in [(&web, &dns), (&dns, &web)] {
+        from.ns().run(&[
+            "ip",
+            "route",
+            "add",
+            &format!("{}/32", to.ip),
+            "dev",
+            "eth9",
+            "src",
+            &from.ip,
+        ]);
+    }
+    let script = format!(
+        "import socket\nl = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         l.bind(('{}', 5353)); l.listen(16)\nwhile True:\n    c, _ = l.accept(); c.close()\n",
+        dns.ip
+    );
+    let _server_proc = dns.ns().spawn(&["python3", "-c", &script]);
+    server.apply(Kind::Pod, deployment_pod(&web, "web", "5d8f7c9b4"));
+    server.apply(Kind::Pod, deployment_pod(&dns, "coredns", "7db6d8ff4d"));
+    let agent = start_agent(&server, None);
+    wait_for(&agent, &server, "both Pods", DEADLINE, |s| {
+        has_pod(s, &web) && has_pod(s, &dns)
+    });
+    let up = poll(Duration::from_secs(10), || {
+        dns.ns()
+            .run(&["ss", "-Htln", "sport = :5353"])
+            .contains("5353")
+            .then_some(())
+    });
+    assert!(up.is_some(), "no listener in {}", dns.name);
+
+    let connect = format!(
+        "import socket\nfor _ in range({N}):\n    s = socket.create_connection(('{}', 5353)); s.recv(1); s.close()\n",
+        dns.ip
+    );
+    web.ns().run(&["python3", "-c", &connect]);
+    let conns = "netexporter_peer_connections_total";
+    let client = [
+        ("k8s_pod", "web-a"),
+        ("role", "client"),
+        ("port", "5353"),
+        ("peer", "kube-system/Deployment/coredns"),
+        ("peer_kind", "workload"),
+    ];
+    let server_side = [
+        ("k8s_pod", "coredns-b"),
+        ("role", "server"),
+        ("port", "5353"),
+        ("peer", "shop/Deployment/web"),
+        ("peer_kind", "workload"),
+    ];
+    // The one series with these labels (and the node's and Pod's namespace).
+    let value = |s: &Scrape, labels: &[(&str, &str)]| {
+        let found = s.find(conns, labels);
+        (found.len() == 1).then(|| found[0].value)
+    };
+    let s = wait_for(&agent, &server, "the peers of both Pods", DEADLINE, |s| {
+        value(s, &client).is_some() && value(s, &server_side).is_some()
+    });
+    assert_eq!(value(&s, &client), Some(N as f64), "{}", s.text);
+    assert_eq!(value(&s, &server_side), Some(N as f64), "{}", s.text);
+    assert!(
+        s.find(conns, &[("k8s_pod", "web-a"), ("peer_kind", "address")])
+            .is_empty(),
+        "web-a's peer left as an address:\n{}",
+        s.text
+    );
+
+    // web-a deleted: its peer series are gone at the next collection.
+    assert!(server.delete(Kind::Pod, "shop", "web-a"));
+    drop(web);
+    let s = wait_for(&agent, &server, "web-a gone", DEADLINE, |s| {
+        !pods_in(s).contains("web-a")
+    });
+    assert!(
+        s.find(conns, &[("k8s_pod", "web-a")]).is_empty(),
+        "{}",
+        s.text
+    );
+    assert_eq!(value(&s, &server_side), Some(N as f64));
+}

@@ -22,6 +22,7 @@ mod pods;
 mod privilege;
 mod probes;
 mod prometheus;
+mod self_cost;
 mod sockets;
 mod surfaces;
 mod traces;

@@ -72,6 +72,7 @@ const LABELS: &[&str] = &[
     "peer",
     "peer_kind",
     "direction",
+    "program",
     "version",
     "exporter",
     "signal",

@@ -72,6 +72,10 @@ pub struct Snapshot {
     /// Collections run since the agent started, this one included.
     pub collections_total: u64,
     pub started: Option<Instant>,
+    /// The BPF programs the agent holds, as the kernel accounts them, and whether the kernel
+    /// counts their runs now (`kernel.bpf_stats_enabled`).
+    pub bpf_programs: Vec<crate::sources::bpf_programs::BpfProgram>,
+    pub bpf_stats_enabled: Option<bool>,
 }
 
 /// Reads what a probe saw in one target.
@@ -451,6 +455,8 @@ impl Collector {
             started: Some(started),
             cluster,
             collections_total: self.collections.fetch_add(1, Ordering::Relaxed) + 1,
+            bpf_programs: crate::sources::bpf_programs::ours(),
+            bpf_stats_enabled: crate::sources::bpf_programs::stats_enabled(),
             ..snapshot
         }
     }
@@ -686,6 +692,8 @@ impl Collector {
             cluster: None,
             collections_total: 0,
             started: None,
+            bpf_programs: Vec::new(),
+            bpf_stats_enabled: None,
         }
     }
 
@@ -708,6 +716,8 @@ impl Collector {
             cluster: None,
             collections_total: self.collections.fetch_add(1, Ordering::Relaxed) + 1,
             started: None,
+            bpf_programs: crate::sources::bpf_programs::ours(),
+            bpf_stats_enabled: crate::sources::bpf_programs::stats_enabled(),
         }
     }
 }

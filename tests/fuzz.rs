@@ -3491,6 +3491,7 @@ proptest! {
                     ips: ips.clone(),
                     excluded: false,
                     labels: Default::default(),
+                    workload: format!("Pod/p{i}"),
                 })
                 .collect(),
             node_cidrs: cidrs.clone(),

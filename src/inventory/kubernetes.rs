@@ -238,7 +238,46 @@ fn pod_info(p: &Pod) -> Option<PodInfo> {
             .and_then(|a| a.get("net-exporter.io/exclude"))
             .is_some_and(|v| v == "true"),
         labels: meta.labels.clone().unwrap_or_default(),
+        workload: workload(meta),
     })
+}
+
+/// The workload of a Pod (see [`PodInfo::workload`]).
+fn workload(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    let controller = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    let Some(owner) = controller else {
+        return format!("Pod/{}", meta.name.as_deref().unwrap_or_default());
+    };
+    let hash = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("pod-template-hash"));
+    match owner.kind.as_str() {
+        "ReplicaSet" => {
+            if let Some(deployment) = hash.and_then(|h| {
+                owner
+                    .name
+                    .strip_suffix(h.as_str())
+                    .and_then(|n| n.strip_suffix('-'))
+            }) {
+                return format!("Deployment/{deployment}");
+            }
+        }
+        "Job" => {
+            if let Some((cronjob, minutes)) = owner.name.rsplit_once('-')
+                && minutes.len() >= 8
+                && minutes.bytes().all(|b| b.is_ascii_digit())
+            {
+                return format!("CronJob/{cronjob}");
+            }
+        }
+        _ => {}
+    }
+    format!("{}/{}", owner.kind, owner.name)
 }
 
 fn node_cidrs(n: &Node) -> Vec<IpNet> {
@@ -470,4 +509,60 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
     // the API as up. The watches retry with their own backoff and report the outage.
     config.default_retry = false;
     Client::try_from(config).context("Kubernetes client")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+    fn meta(name: &str, owner: Option<(&str, &str)>, hash: Option<&str>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            labels: hash.map(|h| [("pod-template-hash".to_string(), h.to_string())].into()),
+            owner_references: owner.map(|(kind, name)| {
+                vec![OwnerReference {
+                    api_version: "apps/v1".into(),
+                    kind: kind.into(),
+                    name: name.into(),
+                    uid: "u".into(),
+                    controller: Some(true),
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn workloads_of_pods() {
+        let w = |name, owner, hash| workload(&meta(name, owner, hash));
+        assert_eq!(
+            w(
+                "api-5d8f7c9b4-x2x9k",
+                Some(("ReplicaSet", "api-5d8f7c9b4")),
+                Some("5d8f7c9b4")
+            ),
+            "Deployment/api"
+        );
+        // A ReplicaSet of its own: its name does not end with the Pod's template hash.
+        assert_eq!(
+            w("rs-abcde", Some(("ReplicaSet", "rs")), Some("5d8f7c9b4")),
+            "ReplicaSet/rs"
+        );
+        assert_eq!(
+            w("db-0", Some(("StatefulSet", "db")), None),
+            "StatefulSet/db"
+        );
+        assert_eq!(
+            w(
+                "backup-29345678-abcde",
+                Some(("Job", "backup-29345678")),
+                None
+            ),
+            "CronJob/backup"
+        );
+        assert_eq!(w("once-xyz", Some(("Job", "once")), None), "Job/once");
+        assert_eq!(w("static", None, None), "Pod/static");
+    }
 }

@@ -96,6 +96,10 @@ pub struct PodInfo {
     /// podip).
     pub excluded: bool,
     pub labels: std::collections::BTreeMap<String, String>,
+    /// What runs it, as `Kind/name`: its controller, a Deployment for a ReplicaSet made by one
+    /// (its name ends with the Pod's `pod-template-hash`), a CronJob for a Job named by one
+    /// (`NAME-<minutes>`); `Pod/NAME` for a Pod without a controller.
+    pub workload: String,
 }
 
 /// An equality-based label selector (`app=web,tier!=db,canary,!legacy`), as `kubectl -l`

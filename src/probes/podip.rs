@@ -161,6 +161,7 @@ mod tests {
             ips: vec![ip.parse().unwrap()],
             excluded: false,
             labels: Default::default(),
+            workload: format!("Pod/{name}"),
         }
     }
 

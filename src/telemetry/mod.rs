@@ -243,8 +243,17 @@ pub const SELF_METRICS: &[MetricDef] = crate::metrics![
     counter "netexporter_events" "Events emitted, by type (label type).",
     gauge "netexporter_check_success" "1 if a configuration check could run at its last run, else 0 (label check).",
     gauge "netexporter_check_problems" "Problems a configuration check found at its last run (label check).",
+    counter "netexporter_bpf_program_runs_total" "Runs of each BPF program the agent loaded, from the kernel's program statistics (bpftool prog show's run_cnt); they count only while kernel.bpf_stats_enabled is 1. Labels: program.",
+    counter "netexporter_bpf_program_run_seconds_total" "Time each BPF program the agent loaded has run, from the kernel's program statistics (bpftool prog show's run_time_ns); counted only while kernel.bpf_stats_enabled is 1. Labels: program.",
+    gauge "netexporter_bpf_stats_enabled" "1 while the kernel counts BPF program runs and run time (sysctl kernel.bpf_stats_enabled; costs every BPF program on the node two clock reads per run, so the operator chooses), else 0. Present while the agent holds BPF programs.",
     gauge "netexporter_check_available" "1 if an enabled configuration check applies on this node, 0 if not (label reason says why, e.g. a Kubernetes check standalone). Labels: check, reason.",
 ];
+
+fn program_attrs(snap: &Snapshot, p: &crate::sources::bpf_programs::BpfProgram) -> Vec<KeyValue> {
+    let mut a = snap.node_attrs.clone();
+    a.push(KeyValue::new("program", p.name.clone()));
+    a
+}
 
 fn register_event_instruments(
     meter: &Meter,
@@ -360,6 +369,35 @@ fn register_self_instruments(
             }
         })
         .build();
+    let c = Arc::clone(current);
+    let def = self_metric("netexporter_bpf_program_run_seconds_total");
+    meter
+        .f64_observable_counter(def.name)
+        .with_description(def.help)
+        .with_callback(move |obs| {
+            let snap = read(&c);
+            for p in &snap.bpf_programs {
+                obs.observe(p.run_time_ns as f64 / 1e9, &program_attrs(&snap, p));
+            }
+        })
+        .build();
+    counter(
+        "netexporter_bpf_program_runs_total",
+        Box::new(|snap, obs| {
+            for p in &snap.bpf_programs {
+                obs.observe(p.runs, &program_attrs(snap, p));
+            }
+        }),
+    );
+    gauge(
+        "netexporter_bpf_stats_enabled",
+        Box::new(|snap, obs| {
+            // Only beside programs of the agent's own: it is their statistics it qualifies.
+            if let (Some(on), false) = (snap.bpf_stats_enabled, snap.bpf_programs.is_empty()) {
+                obs.observe(u64::from(on), &snap.node_attrs);
+            }
+        }),
+    );
     gauge(
         "netexporter_scrape_collector_success",
         Box::new(move |snap, obs| {

@@ -72,7 +72,7 @@ const PROGRAMS: [(&str, &str); 4] = [
     ("peer_state", "inet_sock_set_state"),
     ("peer_retransmit", "tcp_retransmit_skb"),
     ("peer_send_reset", "tcp_send_reset"),
-    ("peer_receive_reset", "tcp_receive_reset"),
+    ("peer_recv_reset", "tcp_receive_reset"),
 ];
 
 /// The loaded and attached programs. Dropping it detaches them.

@@ -29,6 +29,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{Build, MetricDef, Probe, Scope, Series};
+use crate::inventory::ClusterView;
 use crate::metrics;
 use crate::sources::{Collection, Node, TargetSources};
 use bpf::{CLIENT, PeerCounter, PeerCounts, PeerKey};
@@ -45,6 +46,11 @@ pub struct PeersOptions {
     /// network's name (`peer_kind="network"`), e.g. `{vpc: [10.0.0.0/16], dns: [10.96.0.10/32]}`.
     /// Where several hold it, the narrowest CIDR wins.
     pub networks: BTreeMap<String, Vec<IpNet>>,
+    /// Kubernetes mode: name a peer that is a Pod of this node by the Pod itself
+    /// (`NAMESPACE/NAME`, `peer_kind="pod"`) instead of its workload
+    /// (`NAMESPACE/Deployment/NAME`, `peer_kind="workload"`). More series: a Deployment's
+    /// replicas each get their own.
+    pub pod_names: bool,
 }
 
 impl Default for PeersOptions {
@@ -52,6 +58,7 @@ impl Default for PeersOptions {
         Self {
             peers_per_namespace: 20,
             networks: BTreeMap::new(),
+            pod_names: false,
         }
     }
 }
@@ -64,7 +71,7 @@ const BYTES: usize = 4;
 const UNCOUNTED: usize = 5;
 
 const METRICS: &[MetricDef] = metrics![
-    counter "netexporter_peer_connections_total" "TCP connections opened with a peer (SYN_SENT or SYN_RECV to ESTABLISHED). Labels: role (client: this namespace connected; server: it accepted), port (the remote port of a client, the local listening port of a server), peer, peer_kind (loopback, network, address, other).",
+    counter "netexporter_peer_connections_total" "TCP connections opened with a peer (SYN_SENT or SYN_RECV to ESTABLISHED). Labels: role (client: this namespace connected; server: it accepted), port (the remote port of a client, the local listening port of a server), peer, peer_kind (loopback; workload or pod: a Pod of this node, Kubernetes mode; network; address; other).",
     counter "netexporter_peer_connection_failures_total" "TCP connections with a peer that failed, by reason: refused (RST answering the SYN), timeout (SYN retries exhausted), reset (RST received on an opened connection), other (an ICMP error, closed while connecting). Labels: those of netexporter_peer_connections_total, and reason. A reason's series appears at its first failure.",
     counter "netexporter_peer_retransmits_total" "TCP segments retransmitted to a peer (the sockets' own total_retrans, as nstat's TcpRetransSegs counts them), counted as they happen. Labels: those of netexporter_peer_connections_total. Appears at the first retransmit.",
     counter "netexporter_peer_resets_total" "TCP RSTs sent to (direction=transmit) and received from (direction=receive) a peer on a connection's socket; RSTs answering packets that found no socket (a closed port) are not per peer. Labels: those of netexporter_peer_connections_total, and direction. Appears at the first RST.",
@@ -137,19 +144,39 @@ fn address(key: &PeerKey) -> IpAddr {
     }
 }
 
-/// The peer (name, kind) of an address.
-fn resolve(addr: IpAddr, networks: &BTreeMap<String, Vec<IpNet>>) -> (String, &'static str) {
+/// The peer (name, kind) of an address: loopback; in Kubernetes mode a Pod of this node (its
+/// workload, or itself with `pod_names`); a configured network; else the address itself.
+/// `None` while the Kubernetes view is not yet synced and the address is none of the others:
+/// it may be a Pod not known yet, and a decision is kept for good.
+fn resolve(
+    addr: IpAddr,
+    options: &PeersOptions,
+    cluster: Option<&ClusterView>,
+) -> Option<(String, &'static str)> {
     if addr.is_loopback() {
-        return ("loopback".into(), "loopback");
+        return Some(("loopback".into(), "loopback"));
     }
-    let narrowest = networks
+    if let Some(pod) = cluster.and_then(|c| {
+        c.pods
+            .iter()
+            .find(|p| !p.host_network && p.ips.contains(&addr))
+    }) {
+        return Some(if options.pod_names {
+            (format!("{}/{}", pod.namespace, pod.name), "pod")
+        } else {
+            (format!("{}/{}", pod.namespace, pod.workload), "workload")
+        });
+    }
+    let narrowest = options
+        .networks
         .iter()
         .flat_map(|(name, nets)| nets.iter().map(move |n| (n, name)))
         .filter(|(n, _)| n.contains(&addr))
         .max_by_key(|(n, _)| n.prefix_len());
     match narrowest {
-        Some((_, name)) => (name.clone(), "network"),
-        None => (addr.to_string(), "address"),
+        Some((_, name)) => Some((name.clone(), "network")),
+        None if cluster.is_some_and(|c| !c.synced) => None,
+        None => Some((addr.to_string(), "address")),
     }
 }
 
@@ -159,6 +186,7 @@ fn series_for(
     mine: &[&(PeerKey, PeerCounts)],
     budget: &mut Budget,
     options: &PeersOptions,
+    cluster: Option<&ClusterView>,
 ) -> Vec<Series> {
     let mut new: Vec<&&(PeerKey, PeerCounts)> = mine
         .iter()
@@ -172,7 +200,10 @@ fn series_for(
         } else {
             "server"
         };
-        let (peer, kind) = resolve(address(key), &options.networks);
+        // Undecided keys wait, counting in the kernel, for a later collection.
+        let Some((peer, kind)) = resolve(address(key), options, cluster) else {
+            continue;
+        };
         let named = (peer.clone(), kind);
         let bucket =
             if budget.named.contains(&named) || budget.named.len() < options.peers_per_namespace {
@@ -327,7 +358,13 @@ impl Probe for Peers {
             .filter(|(k, _)| u64::from(k.netns) == inode || (is_node && k.netns == 0))
             .collect();
         let mut budgets = loaded.budgets.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = series_for(&mine, budgets.entry(inode).or_default(), &self.options);
+        let cluster = src.cluster().map(|c| c.as_ref());
+        let mut out = series_for(
+            &mine,
+            budgets.entry(inode).or_default(),
+            &self.options,
+            cluster,
+        );
         if is_node {
             out.push(Series::only(
                 METRICS.len(),
@@ -395,7 +432,11 @@ mod tests {
             ("dns".to_string(), vec!["10.96.0.10/32".parse().unwrap()]),
         ]
         .into();
-        let r = |a: &str| resolve(address(&key(CLIENT, 53, a)), &nets);
+        let options = PeersOptions {
+            networks: nets,
+            ..Default::default()
+        };
+        let r = |a: &str| resolve(address(&key(CLIENT, 53, a)), &options, None).unwrap();
         assert_eq!(r("127.0.0.1"), ("loopback".into(), "loopback"));
         assert_eq!(r("::1"), ("loopback".into(), "loopback"));
         assert_eq!(r("10.1.2.3"), ("vpc".into(), "network"));
@@ -434,7 +475,7 @@ mod tests {
                 .collect()
         };
         assert_eq!(
-            connections(&series_for(&mine, &mut budget, &options)),
+            connections(&series_for(&mine, &mut budget, &options, None)),
             [
                 "netexporter_peer_connections_total role=client,peer=other,peer_kind=other 2",
                 "netexporter_peer_connections_total role=client,port=80,peer=192.0.2.1,peer_kind=address 5",
@@ -454,7 +495,7 @@ mod tests {
             (key(CLIENT, 22, "192.0.2.2"), opened(1)),
         ];
         let mine: Vec<&(PeerKey, PeerCounts)> = e2.iter().collect();
-        let got = connections(&series_for(&mine, &mut budget, &options));
+        let got = connections(&series_for(&mine, &mut budget, &options, None));
         assert!(
             got.contains(
                 &"netexporter_peer_connections_total role=client,peer=other,peer_kind=other 50"
@@ -484,7 +525,7 @@ mod tests {
         ];
         let mine: Vec<&(PeerKey, PeerCounts)> = e.iter().collect();
         assert_eq!(
-            render(&series_for(&mine, &mut Budget::default(), &options)),
+            render(&series_for(&mine, &mut Budget::default(), &options, None)),
             [
                 "netexporter_peer_connections_total role=client,port=80,peer=192.0.2.1,peer_kind=address 1",
                 "netexporter_peer_bytes_total role=client,port=80,peer=192.0.2.1,peer_kind=address,direction=transmit 0",
@@ -495,6 +536,59 @@ mod tests {
                 "netexporter_peer_bytes_total role=server,port=8080,peer=192.0.2.2,peer_kind=address,direction=transmit 1000",
                 "netexporter_peer_bytes_total role=server,port=8080,peer=192.0.2.2,peer_kind=address,direction=receive 20",
             ]
+        );
+    }
+
+    #[test]
+    fn pods_of_the_node_are_their_workloads_and_unknown_addresses_wait_for_the_view() {
+        let pod = |name: &str, ip: &str, host_network: bool| crate::inventory::PodInfo {
+            uid: name.into(),
+            namespace: "shop".into(),
+            name: name.into(),
+            host_network,
+            ips: vec![ip.parse().unwrap()],
+            excluded: false,
+            labels: Default::default(),
+            workload: "Deployment/web".into(),
+        };
+        let mut view = ClusterView {
+            pods: vec![
+                pod("web-1", "10.244.0.5", false),
+                pod("proxy", "192.0.2.10", true),
+            ],
+            synced: true,
+            ..Default::default()
+        };
+        let options = PeersOptions::default();
+        let r = |a: &str, view: &ClusterView, o: &PeersOptions| {
+            resolve(a.parse().unwrap(), o, Some(view))
+        };
+        assert_eq!(
+            r("10.244.0.5", &view, &options),
+            Some(("shop/Deployment/web".into(), "workload"))
+        );
+        let by_pod = PeersOptions {
+            pod_names: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            r("10.244.0.5", &view, &by_pod),
+            Some(("shop/web-1".into(), "pod"))
+        );
+        // A hostNetwork Pod's address is its node's: not the Pod's.
+        assert_eq!(
+            r("192.0.2.10", &view, &options),
+            Some(("192.0.2.10".into(), "address"))
+        );
+        view.synced = false;
+        assert_eq!(
+            r("192.0.2.99", &view, &options),
+            None,
+            "may be a Pod not known yet"
+        );
+        assert_eq!(
+            r("127.0.0.1", &view, &options),
+            Some(("loopback".into(), "loopback"))
         );
     }
 }

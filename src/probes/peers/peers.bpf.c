@@ -290,7 +290,7 @@ int BPF_PROG(peer_send_reset, struct sock *sk, struct sk_buff *skb)
 }
 
 SEC("tp_btf/tcp_receive_reset")
-int BPF_PROG(peer_receive_reset, struct sock *sk)
+int BPF_PROG(peer_recv_reset, struct sock *sk)
 {
 	count_reset(sk, 0);
 	return 0;

@@ -63,7 +63,7 @@ impl SocketStorage {
         let btf = Btf::parse_file(btf_path, Endianness::default())
             .with_context(|| format!("kernel BTF {}", btf_path.display()))?;
         let mut ebpf = EbpfLoader::new().btf(Some(&btf)).load(OBJECT)?;
-        let tp: &mut BtfTracePoint = program(&mut ebpf, "tag_on_state_change")?.try_into()?;
+        let tp: &mut BtfTracePoint = program(&mut ebpf, "tag_on_state")?.try_into()?;
         tp.load("inet_sock_set_state", &btf)?;
         // Attached before any sweep, so that no socket slips between the two.
         tp.attach()?;

@@ -41,7 +41,7 @@ static __always_inline void tag(struct tcp_sock *tp, __u32 netns)
 }
 
 SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(tag_on_state_change, struct sock *sk, int oldstate, int newstate)
+int BPF_PROG(tag_on_state, struct sock *sk, int oldstate, int newstate)
 {
 	struct tcp_sock *tp;
 	struct net *net;

@@ -1,0 +1,164 @@
+//! `make bench` (peers): what the peer counter costs the traffic it counts, as ratios of
+//! alternating runs with its programs attached and detached (medians of `PAIRS` pairs):
+//! - connections per second through loopback: connect, a 1 KiB request, a 1 KiB answer, close
+//!   (each connection is four state changes, two per end, and a report at each close);
+//! - bulk throughput: one connection carrying `BULK_BYTES` (no event per segment: the
+//!   programs run at open, close and retransmit only).
+//!
+//! The socket-summary path's tagging program shares the `inet_sock_set_state` hook; it is not
+//! loaded here (see `benches/collection.rs` for the socket paths).
+//!
+//! Needs root (CAP_BPF, CAP_PERFMON).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::time::Instant;
+
+use net_exporter::probes::peers::bpf::PeerCounter;
+
+const CONNECTIONS: u32 = 3_000;
+const BULK_BYTES: usize = 512 << 20;
+const PAIRS: usize = 7;
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let btf = Path::new("/sys/kernel/btf/vmlinux");
+    if let Err(e) = PeerCounter::load(btf) {
+        println!("peer counter benchmark: unavailable: {e:#}");
+        return;
+    }
+    println!(
+        "peer counter benchmark: {CONNECTIONS} connections and {} MiB bulk per run, {PAIRS} alternating pairs",
+        BULK_BYTES >> 20
+    );
+    // Each pair also runs a second detached arm: its ratio to the first (an A/A test) is the
+    // noise floor of this machine, printed beside the ratios it qualifies.
+    let mut conn = Ratios::default();
+    let mut bulk = Ratios::default();
+    for i in 0..PAIRS {
+        let arm = |on: bool| {
+            let counter = on.then(|| PeerCounter::load(btf).expect("loaded a moment ago"));
+            let r = (connections_per_second(), bulk_mib_per_second());
+            drop(counter);
+            r
+        };
+        // Alternate which arm goes first, so that a drift of the machine favours neither.
+        let (off, on, again) = if i % 2 == 0 {
+            let off = arm(false);
+            let on = arm(true);
+            (off, on, arm(false))
+        } else {
+            let on = arm(true);
+            let off = arm(false);
+            (off, on, arm(false))
+        };
+        conn.add(off.0, on.0, again.0);
+        bulk.add(off.1, on.1, again.1);
+    }
+    println!(
+        "{:>16} {:>10} {:>8} {:>15} {:>8} {:>15} {:>8}",
+        "workload", "off", "on/off", "(min..max)", "off/off", "(min..max)", "target"
+    );
+    conn.print("connections/s", ">= 0.98");
+    bulk.print("bulk MiB/s", ">= 0.99");
+    println!(
+        "on/off: median of the per-pair ratios (attached / detached); off/off: two detached runs of the same pair (the noise)."
+    );
+}
+
+#[derive(Default)]
+struct Ratios {
+    off: Vec<f64>,
+    on_off: Vec<f64>,
+    off_off: Vec<f64>,
+}
+
+impl Ratios {
+    fn add(&mut self, off: f64, on: f64, again: f64) {
+        self.off.push(off);
+        self.on_off.push(on / off);
+        self.off_off.push(again / off);
+    }
+
+    fn print(&mut self, name: &str, target: &str) {
+        let spread = |v: &[f64]| {
+            let (lo, hi) = v
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+            format!("({lo:.3}..{hi:.3})")
+        };
+        let (on_spread, off_spread) = (spread(&self.on_off), spread(&self.off_off));
+        println!(
+            "{name:>16} {:>10.0} {:>8.3} {on_spread:>15} {:>8.3} {off_spread:>15} {target:>8}",
+            median(&mut self.off),
+            median(&mut self.on_off),
+            median(&mut self.off_off),
+        );
+    }
+}
+
+/// Connections through loopback, each with a 1 KiB request and a 1 KiB answer, one after the
+/// other; connections per second.
+fn connections_per_second() -> f64 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let server = std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        for _ in 0..CONNECTIONS {
+            let Ok((mut c, _)) = listener.accept() else {
+                return;
+            };
+            if c.read_exact(&mut buf).is_ok() {
+                let _ = c.write_all(&buf);
+            }
+        }
+    });
+    let request = [7u8; 1024];
+    let mut answer = [0u8; 1024];
+    let t = Instant::now();
+    for _ in 0..CONNECTIONS {
+        let mut c = TcpStream::connect(addr).expect("connect");
+        c.write_all(&request).expect("request");
+        c.read_exact(&mut answer).expect("answer");
+    }
+    let elapsed = t.elapsed();
+    let _ = server.join();
+    f64::from(CONNECTIONS) / elapsed.as_secs_f64()
+}
+
+/// One connection carrying `BULK_BYTES` through loopback; MiB per second.
+fn bulk_mib_per_second() -> f64 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let sink = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0;
+        while let Ok(n) = c.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        got
+    });
+    let chunk = vec![1u8; 1 << 20];
+    let t = Instant::now();
+    let mut c = TcpStream::connect(addr).expect("connect");
+    for _ in 0..BULK_BYTES / chunk.len() {
+        c.write_all(&chunk).expect("write");
+    }
+    drop(c);
+    let got = sink.join().expect("sink");
+    let elapsed = t.elapsed();
+    assert_eq!(got, BULK_BYTES, "the sink got everything");
+    (BULK_BYTES >> 20) as f64 / elapsed.as_secs_f64()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
