@@ -67,6 +67,28 @@ fn main() {
     println!(
         "on/off: median of the per-pair ratios (attached / detached); off/off: two detached runs of the same pair (the noise)."
     );
+
+    // What the programs cost per connection, from the kernel's statistics: robust where the
+    // ratios above drown in this machine's noise. Their share of a connection's time is the
+    // throughput a CPU-bound connection loop loses to them.
+    let per_connection = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .ok()
+        .and_then(|_stats| {
+            let counter = PeerCounter::load(btf).ok()?;
+            let (t0, n0) = counter.run_stats();
+            let rate = connections_per_second();
+            let (t1, n1) = counter.run_stats();
+            let runs = (n1 - n0) as f64 / f64::from(CONNECTIONS);
+            let ns = (t1 - t0).as_nanos() as f64 / f64::from(CONNECTIONS);
+            Some((runs, ns, ns / (1e9 / rate)))
+        });
+    match per_connection {
+        Some((runs, ns, share)) => println!(
+            "per connection (bpf_stats, their own timing included): {runs:.1} program runs, {ns:.0} ns, {:.2} % of the connection's time",
+            share * 100.0
+        ),
+        None => println!("per connection: bpf_stats unavailable"),
+    }
 }
 
 #[derive(Default)]

@@ -124,6 +124,17 @@ impl PeerCounter {
         Ok((out, lost))
     }
 
+    /// The kernel's statistics of all four programs, summed: run time and runs (counted only
+    /// while `kernel.bpf_stats_enabled` is 1).
+    pub fn run_stats(&self) -> (std::time::Duration, u64) {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| p.info().ok())
+            .fold((std::time::Duration::ZERO, 0), |(t, n), i| {
+                (t + i.run_time(), n + i.run_count())
+            })
+    }
+
     /// Removes the entries of `keys` (namespaces that are gone).
     pub fn remove(&mut self, keys: &[PeerKey]) {
         let Some(map) = self.ebpf.map_mut("peers") else {
