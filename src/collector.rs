@@ -252,6 +252,8 @@ struct State {
     errors_total: HashMap<&'static str, u64>,
     /// Last error logged per collector, so that a persisting problem is logged once.
     last_error: HashMap<&'static str, String>,
+    /// The names of the agent's BPF programs, by program id.
+    bpf_names: std::collections::BTreeMap<u32, String>,
 }
 
 impl Collector {
@@ -455,7 +457,11 @@ impl Collector {
             started: Some(started),
             cluster,
             collections_total: self.collections.fetch_add(1, Ordering::Relaxed) + 1,
-            bpf_programs: crate::sources::bpf_programs::ours(),
+            bpf_programs: self
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .bpf_programs(),
             bpf_stats_enabled: crate::sources::bpf_programs::stats_enabled(),
             ..snapshot
         }
@@ -716,7 +722,7 @@ impl Collector {
             cluster: None,
             collections_total: self.collections.fetch_add(1, Ordering::Relaxed) + 1,
             started: None,
-            bpf_programs: crate::sources::bpf_programs::ours(),
+            bpf_programs: state.bpf_programs(),
             bpf_stats_enabled: crate::sources::bpf_programs::stats_enabled(),
         }
     }
@@ -747,6 +753,11 @@ fn availability(slots: &[Slot]) -> Vec<(&'static str, Option<String>)> {
 }
 
 impl State {
+    /// The agent's BPF programs as the kernel accounts them, names kept across collections.
+    fn bpf_programs(&mut self) -> Vec<crate::sources::bpf_programs::BpfProgram> {
+        crate::sources::bpf_programs::ours(&mut self.bpf_names)
+    }
+
     /// Counts failures, logs a problem when it first appears or changes and when it clears.
     fn record(
         &mut self,

@@ -21,8 +21,10 @@ pub struct BpfProgram {
     pub run_time_ns: u64,
 }
 
-/// The programs behind this process's file descriptors, by id; their names from the kernel.
-pub fn ours() -> Vec<BpfProgram> {
+/// The programs behind this process's file descriptors, by id. `names` keeps each program's
+/// name across calls: the kernel's program list, where names come from, holds every program of
+/// the node (hundreds on some), so it is walked only when a program of the agent's is new.
+pub fn ours(names: &mut BTreeMap<u32, String>) -> Vec<BpfProgram> {
     let mut by_id: BTreeMap<u32, BpfProgram> = BTreeMap::new();
     let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
         return Vec::new();
@@ -38,17 +40,25 @@ pub fn ours() -> Vec<BpfProgram> {
             by_id.insert(p.id, p);
         }
     }
-    if by_id.is_empty() {
-        return Vec::new();
-    }
-    for info in aya::programs::loaded_programs().flatten() {
-        if let Some(p) = by_id.get_mut(&info.id())
-            && let Some(name) = info.name_as_str()
-        {
-            p.name = name.to_string();
+    names.retain(|id, _| by_id.contains_key(id));
+    if by_id.keys().any(|id| !names.contains_key(id)) {
+        for info in aya::programs::loaded_programs().flatten() {
+            if by_id.contains_key(&info.id())
+                && let Some(name) = info.name_as_str()
+            {
+                names.insert(info.id(), name.to_string());
+            }
         }
     }
-    by_id.into_values().collect()
+    by_id
+        .into_values()
+        .map(|mut p| {
+            if let Some(name) = names.get(&p.id) {
+                p.name = name.clone();
+            }
+            p
+        })
+        .collect()
 }
 
 /// A BPF program's fdinfo; `None` if it lacks the id or statistics (kernels before 5.1).
