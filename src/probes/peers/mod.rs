@@ -22,6 +22,7 @@ pub mod bpf;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
 use ipnet::IpNet;
@@ -89,7 +90,14 @@ struct Loaded {
     counter: Mutex<PeerCounter>,
     read: Mutex<Read>,
     budgets: Mutex<HashMap<u64, Budget>>,
+    /// When the counter was attached: addresses wait for the Kubernetes view only so long.
+    attached: Instant,
 }
+
+/// How long after the counter is attached an address that may be a Pod waits for the
+/// Kubernetes view to sync before it is named as an address for good: where the API cannot
+/// be reached, connections are still counted (under their addresses), not held back.
+const SYNC_WAIT: Duration = Duration::from_secs(60);
 
 /// The map as of the last collection.
 #[derive(Default)]
@@ -146,12 +154,13 @@ fn address(key: &PeerKey) -> IpAddr {
 
 /// The peer (name, kind) of an address: loopback; in Kubernetes mode a Pod of this node (its
 /// workload, or itself with `pod_names`); a configured network; else the address itself.
-/// `None` while the Kubernetes view is not yet synced and the address is none of the others:
-/// it may be a Pod not known yet, and a decision is kept for good.
+/// `None` when `wait`ing for a Kubernetes view that is not yet synced and the address is none
+/// of the others: it may be a Pod not known yet, and a decision is kept for good.
 fn resolve(
     addr: IpAddr,
     options: &PeersOptions,
     cluster: Option<&ClusterView>,
+    wait: bool,
 ) -> Option<(String, &'static str)> {
     if addr.is_loopback() {
         return Some(("loopback".into(), "loopback"));
@@ -175,7 +184,7 @@ fn resolve(
         .max_by_key(|(n, _)| n.prefix_len());
     match narrowest {
         Some((_, name)) => Some((name.clone(), "network")),
-        None if cluster.is_some_and(|c| !c.synced) => None,
+        None if wait && cluster.is_some_and(|c| !c.synced) => None,
         None => Some((addr.to_string(), "address")),
     }
 }
@@ -187,6 +196,7 @@ fn series_for(
     budget: &mut Budget,
     options: &PeersOptions,
     cluster: Option<&ClusterView>,
+    wait: bool,
 ) -> Vec<Series> {
     let mut new: Vec<&&(PeerKey, PeerCounts)> = mine
         .iter()
@@ -201,7 +211,7 @@ fn series_for(
             "server"
         };
         // Undecided keys wait, counting in the kernel, for a later collection.
-        let Some((peer, kind)) = resolve(address(key), options, cluster) else {
+        let Some((peer, kind)) = resolve(address(key), options, cluster, wait) else {
             continue;
         };
         let named = (peer.clone(), kind);
@@ -305,6 +315,7 @@ impl Probe for Peers {
             counter: Mutex::new(counter),
             read: Mutex::new(Read::default()),
             budgets: Mutex::new(HashMap::new()),
+            attached: Instant::now(),
         });
         Ok(())
     }
@@ -364,6 +375,7 @@ impl Probe for Peers {
             budgets.entry(inode).or_default(),
             &self.options,
             cluster,
+            loaded.attached.elapsed() < SYNC_WAIT,
         );
         if is_node {
             out.push(Series::only(
@@ -436,7 +448,7 @@ mod tests {
             networks: nets,
             ..Default::default()
         };
-        let r = |a: &str| resolve(address(&key(CLIENT, 53, a)), &options, None).unwrap();
+        let r = |a: &str| resolve(address(&key(CLIENT, 53, a)), &options, None, true).unwrap();
         assert_eq!(r("127.0.0.1"), ("loopback".into(), "loopback"));
         assert_eq!(r("::1"), ("loopback".into(), "loopback"));
         assert_eq!(r("10.1.2.3"), ("vpc".into(), "network"));
@@ -475,7 +487,7 @@ mod tests {
                 .collect()
         };
         assert_eq!(
-            connections(&series_for(&mine, &mut budget, &options, None)),
+            connections(&series_for(&mine, &mut budget, &options, None, false)),
             [
                 "netexporter_peer_connections_total role=client,peer=other,peer_kind=other 2",
                 "netexporter_peer_connections_total role=client,port=80,peer=192.0.2.1,peer_kind=address 5",
@@ -495,7 +507,7 @@ mod tests {
             (key(CLIENT, 22, "192.0.2.2"), opened(1)),
         ];
         let mine: Vec<&(PeerKey, PeerCounts)> = e2.iter().collect();
-        let got = connections(&series_for(&mine, &mut budget, &options, None));
+        let got = connections(&series_for(&mine, &mut budget, &options, None, false));
         assert!(
             got.contains(
                 &"netexporter_peer_connections_total role=client,peer=other,peer_kind=other 50"
@@ -525,7 +537,13 @@ mod tests {
         ];
         let mine: Vec<&(PeerKey, PeerCounts)> = e.iter().collect();
         assert_eq!(
-            render(&series_for(&mine, &mut Budget::default(), &options, None)),
+            render(&series_for(
+                &mine,
+                &mut Budget::default(),
+                &options,
+                None,
+                false
+            )),
             [
                 "netexporter_peer_connections_total role=client,port=80,peer=192.0.2.1,peer_kind=address 1",
                 "netexporter_peer_bytes_total role=client,port=80,peer=192.0.2.1,peer_kind=address,direction=transmit 0",
@@ -561,7 +579,7 @@ mod tests {
         };
         let options = PeersOptions::default();
         let r = |a: &str, view: &ClusterView, o: &PeersOptions| {
-            resolve(a.parse().unwrap(), o, Some(view))
+            resolve(a.parse().unwrap(), o, Some(view), true)
         };
         assert_eq!(
             r("10.244.0.5", &view, &options),
@@ -585,6 +603,11 @@ mod tests {
             r("192.0.2.99", &view, &options),
             None,
             "may be a Pod not known yet"
+        );
+        // Past the wait (an API that cannot be reached): an address, counted.
+        assert_eq!(
+            resolve("192.0.2.99".parse().unwrap(), &options, Some(&view), false),
+            Some(("192.0.2.99".into(), "address"))
         );
         assert_eq!(
             r("127.0.0.1", &view, &options),
