@@ -15,6 +15,7 @@ typedef __u32 __wsum;
 
 enum bpf_map_type {
 	BPF_MAP_TYPE_HASH = 1,
+	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_HASH = 5,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_SK_STORAGE = 24,
@@ -84,6 +85,7 @@ struct tcp_sock {
 	__u32 write_seq;
 	__u32 snd_una;
 	__u32 total_retrans;
+	__u32 srtt_us;
 	__u64 bytes_acked;
 	__u64 bytes_received;
 } __attribute__((preserve_access_index));

@@ -554,9 +554,21 @@ impl Scrape {
             .collect()
     }
 
-    /// Names of the families that have at least one sample.
+    /// Names of the families that have at least one sample (a histogram's samples, named
+    /// `_bucket`, `_sum` and `_count`, are of the family without the suffix).
     pub fn family_names(&self) -> std::collections::BTreeSet<String> {
-        self.samples.iter().map(|s| s.name.clone()).collect()
+        let types = self.types();
+        self.samples
+            .iter()
+            .map(|s| {
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .filter_map(|suffix| s.name.strip_suffix(suffix))
+                    .find(|f| types.get(*f).is_some_and(|k| k == "histogram"))
+                    .unwrap_or(&s.name)
+                    .to_string()
+            })
+            .collect()
     }
 }
 
@@ -1080,4 +1092,77 @@ pub fn checks_off_but(keep: &[&str]) -> String {
         .filter(|c| !keep.contains(&c.name))
         .map(|c| format!("  {}:\n    enabled: false\n", c.name))
         .collect()
+}
+
+// ---- Histograms ----
+
+/// One histogram series as scraped: cumulative bucket counts by bound, sum, count (all zero
+/// when the series is absent).
+#[derive(Debug, Default)]
+pub struct Hist {
+    pub buckets: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Hist {
+    /// The series of histogram `metric` whose labels include `want`.
+    pub fn read(s: &Scrape, metric: &str, want: &[(&str, &str)]) -> Self {
+        let mut buckets: Vec<(f64, u64)> = s
+            .find(&format!("{metric}_bucket"), want)
+            .iter()
+            .map(|b| {
+                let le = &b.labels["le"];
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().expect("le")
+                };
+                (le, b.value as u64)
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let one = |suffix: &str| {
+            let found = s.find(&format!("{metric}{suffix}"), want);
+            assert!(found.len() <= 1, "{metric}{suffix} {want:?}: {found:?}");
+            found.first().map_or(0.0, |x| x.value)
+        };
+        Self {
+            buckets,
+            sum: one("_sum"),
+            count: one("_count") as u64,
+        }
+    }
+
+    /// The values counted in the bucket up to `le` (not cumulative).
+    pub fn in_bucket(&self, le: f64) -> u64 {
+        let i = self
+            .buckets
+            .iter()
+            .position(|(b, _)| *b == le)
+            .expect("bound");
+        self.buckets[i].1 - if i == 0 { 0 } else { self.buckets[i - 1].1 }
+    }
+
+    /// The upper bound of the bucket that holds `seconds`.
+    pub fn bound_of(&self, seconds: f64) -> f64 {
+        self.buckets
+            .iter()
+            .map(|(b, _)| *b)
+            .find(|b| seconds <= *b)
+            .expect("+Inf holds everything")
+    }
+
+    /// Which buckets grew from `before`, and by how much.
+    pub fn grown_since(&self, before: &Hist) -> Vec<(f64, u64)> {
+        let was = |le: f64| {
+            let i = before.buckets.iter().position(|(b, _)| *b == le);
+            i.map_or(0, |i| before.in_bucket(before.buckets[i].0))
+        };
+        self.buckets
+            .iter()
+            .map(|(le, _)| (*le, self.in_bucket(*le) - was(*le)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
 }

@@ -295,3 +295,105 @@ fn otlp_dead_endpoint_is_counted_and_scrapes_go_on() {
         assert_eq!(status, 200);
     }
 }
+
+/// The kernel's histograms over OTLP: pushed as delta histograms with the agent's bounds,
+/// whose points, added up over every push, are exactly the cumulative histogram the
+/// Prometheus endpoint shows (buckets, count and sum).
+#[test]
+fn otlp_histograms_add_up_to_the_scrape() {
+    use opentelemetry_proto::tonic::metrics::v1::HistogramDataPoint;
+    require_root();
+    let ns = Netns::new("nxoh");
+    let receiver = OtlpReceiver::start(Protocol::Grpc);
+    let agent = Agent::start(&[
+        &format!("--otlp.endpoint={}", receiver.endpoint()),
+        "--otlp.protocol=grpc",
+        "--otlp.interval=1s",
+    ]);
+    const N: usize = 9;
+    let script = format!(
+        "import socket, threading\n\
+         l = socket.socket(); l.bind(('127.0.0.1', 7301)); l.listen(16)\n\
+         def serve():\n    for _ in range({N}):\n        c, _ = l.accept(); c.close()\n\
+         t = threading.Thread(target=serve); t.start()\n\
+         for _ in range({N}):\n    s = socket.create_connection(('127.0.0.1', 7301)); s.recv(1); s.close()\n\
+         t.join(); print('done')\n"
+    );
+    assert_eq!(ns.run(&["python3", "-c", &script]).trim(), "done");
+    let want = [
+        ("netns", ns.name.as_str()),
+        ("peer", "loopback"),
+        ("role", "client"),
+    ];
+    let metric = "netexporter_peer_connect_latency_seconds";
+    let scrape = poll(Duration::from_secs(10), || {
+        let s = agent.scrape();
+        (s.find(&format!("{metric}_count"), &want).len() == 1).then_some(s)
+    })
+    .expect("connect latency series in the scrape");
+    let Hist {
+        buckets,
+        sum,
+        count,
+    } = Hist::read(&scrape, metric, &want);
+    assert_eq!(count, N as u64);
+
+    // Everything the pushes carried for that series, once the series is quiet.
+    let mine = |p: &HistogramDataPoint| {
+        let a = attrs(&p.attributes);
+        want.iter()
+            .all(|(k, v)| a.get(*k).map(String::as_str) == Some(*v))
+    };
+    let added = poll(Duration::from_secs(30), || {
+        let requests = receiver.metrics();
+        let mut n = 0u64;
+        let mut total = 0.0;
+        let mut per_bucket: Vec<u64> = Vec::new();
+        let mut bounds: Vec<f64> = Vec::new();
+        for req in &requests {
+            let Some(m) = metrics_by_name(req).get(metric).copied() else {
+                continue;
+            };
+            let Some(metric::Data::Histogram(h)) = &m.data else {
+                panic!("{metric} pushed as {:?}", m.data);
+            };
+            assert_eq!(
+                h.aggregation_temporality,
+                AggregationTemporality::Delta as i32,
+                "delta temporality"
+            );
+            for p in h.data_points.iter().filter(|p| mine(p)) {
+                n += p.count;
+                total += p.sum.unwrap_or(0.0);
+                bounds = p.explicit_bounds.clone();
+                per_bucket.resize(p.bucket_counts.len(), 0);
+                for (i, c) in p.bucket_counts.iter().enumerate() {
+                    per_bucket[i] += c;
+                }
+            }
+        }
+        (n == count).then_some((total, bounds, per_bucket))
+    });
+    let (total, bounds, per_bucket) =
+        added.unwrap_or_else(|| panic!("pushes never added up to {count} connects"));
+    assert!(
+        (total - sum).abs() < 1e-9,
+        "pushed sum {total}, scraped {sum}"
+    );
+    let scraped_bounds: Vec<f64> = buckets
+        .iter()
+        .map(|b| b.0)
+        .filter(|b| b.is_finite())
+        .collect();
+    assert_eq!(bounds, scraped_bounds, "same bucket bounds");
+    let mut cumulative = 0;
+    let pushed: Vec<u64> = per_bucket
+        .iter()
+        .map(|c| {
+            cumulative += c;
+            cumulative
+        })
+        .collect();
+    let scraped: Vec<u64> = buckets.iter().map(|b| b.1).collect();
+    assert_eq!(pushed, scraped, "cumulative buckets, pushed and scraped");
+}

@@ -25,6 +25,11 @@ const ANSWER: usize = 70_000;
 /// Accepts on `port` for ever; with `reset`, each accepted connection is closed at once with
 /// `SO_LINGER` 0 (an RST), else closed at once the ordinary way (a FIN).
 fn server(ns: &Netns, port: u16, reset: bool) -> Proc {
+    server_on(ns, B_IP, port, reset)
+}
+
+/// The same on another address of `ns`.
+fn server_on(ns: &Netns, addr: &str, port: u16, reset: bool) -> Proc {
     let close = if reset {
         "c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0)); c.close()"
     } else {
@@ -33,7 +38,7 @@ fn server(ns: &Netns, port: u16, reset: bool) -> Proc {
     let script = format!(
         "import socket, struct\n\
          l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-         l.bind(('{B_IP}', {port})); l.listen(64)\n\
+         l.bind(('{addr}', {port})); l.listen(64)\n\
          while True:\n    c, _ = l.accept(); {close}\n"
     );
     ns.spawn(&["python3", "-c", &script])
@@ -147,13 +152,13 @@ const RETRANS: &str = "netexporter_peer_retransmits_total";
 const RESETS: &str = "netexporter_peer_resets_total";
 const BYTES: &str = "netexporter_peer_bytes_total";
 
-#[test]
-fn peers_count_connections_and_failures_per_peer_port_and_role() {
+/// An agent, and namespaces A (`A_IP`) and B (`B_IP`) joined by a veth.
+fn agent_and_pair(tag: &str) -> (Agent, Netns, Netns, NsVeth) {
     require_root();
     let agent = Agent::start(&[]);
-    let a = Netns::new("nxpa");
-    let b = Netns::new("nxpb");
-    let _veth = NsVeth::new(
+    let a = Netns::new(&format!("{tag}a"));
+    let b = Netns::new(&format!("{tag}b"));
+    let veth = NsVeth::new(
         &a,
         "eth0",
         &format!("{A_IP}/30"),
@@ -161,6 +166,12 @@ fn peers_count_connections_and_failures_per_peer_port_and_role() {
         "eth0",
         &format!("{B_IP}/30"),
     );
+    (agent, a, b, veth)
+}
+
+#[test]
+fn peers_count_connections_and_failures_per_peer_port_and_role() {
+    let (agent, a, b, _veth) = agent_and_pair("nxp");
     let _open = server(&b, 8080, false);
     let _reset = server(&b, 8083, true);
     let _exchange = exchange_server(&b, 8084, ANSWER);
@@ -371,5 +382,166 @@ fn peers_count_connections_and_failures_per_peer_port_and_role() {
     assert!(
         s.find(CONNS, &[("netns", &name)]).is_empty(),
         "{name} still has peer series"
+    );
+}
+
+const CONNECT: &str = "netexporter_peer_connect_latency_seconds";
+/// A second address of B, for the timing test.
+const SLOW_IP: &str = "10.209.1.2";
+const RTT: &str = "netexporter_peer_rtt_seconds";
+
+/// The histogram series of `ns` with `labels`.
+fn hist(s: &Scrape, metric: &str, ns: &Netns, labels: &[(&str, &str)]) -> Hist {
+    let mut want = vec![("netns", ns.name.as_str())];
+    want.extend_from_slice(labels);
+    Hist::read(s, metric, &want)
+}
+
+/// The smoothed RTT `ss -ti` shows for the one connection of `ns` to or from `port`, in
+/// seconds (ss prints srtt in milliseconds with microsecond precision).
+fn ss_rtt(ns: &Netns, filter: &str) -> f64 {
+    let out = ns.run(&["ss", "-Htni", filter]);
+    let rtt = out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("rtt:"))
+        .unwrap_or_else(|| panic!("no rtt in ss output of {}: {out}", ns.name));
+    let ms: f64 = rtt.split('/').next().unwrap().parse().expect("rtt ms");
+    ms / 1e3
+}
+
+/// Connect latency and RTT per peer against the kernel's own clocks: connects whose first SYN
+/// is dropped take the initial retransmission timeout (1 s) each; the RTT of an open connection
+/// is sampled at every collection and equals the srtt `ss -ti` shows for it.
+#[test]
+fn peers_time_connects_and_sample_the_rtt_of_open_connections() {
+    let (agent, a, b, _veth) = agent_and_pair("nxpt");
+    // B has a second address, a peer of its own for A (histograms are per peer, not port).
+    b.run(&["ip", "addr", "add", &format!("{SLOW_IP}/32"), "dev", "eth0"]);
+    a.run(&[
+        "ip",
+        "route",
+        "add",
+        &format!("{SLOW_IP}/32"),
+        "dev",
+        "eth0",
+    ]);
+    // Connects to it: every other SYN is lost, so each of these sequential connects loses its
+    // first SYN and opens with the retransmitted one, one RTO (1 s) later.
+    let _slow = server_on(&b, SLOW_IP, 8087, false);
+    let rule = "iptables -A INPUT -p tcp --dport 8087 --syn -m statistic --mode nth --every 2 --packet 0 -j DROP";
+    b.run(&rule.split(' ').collect::<Vec<_>>());
+    // A long connection to 8086 over a link shaped by tbf: the queue adds tens of ms.
+    a.run(&[
+        "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "4mbit", "burst", "16kb",
+        "latency", "60ms",
+    ]);
+    let sink = format!(
+        "import socket\n\
+         l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         l.bind(('{B_IP}', 8086)); l.listen(4)\n\
+         c, _ = l.accept()\n\
+         while c.recv(65536): pass\n"
+    );
+    let _sink = b.spawn(&["python3", "-c", &sink]);
+    for port in [8086, 8087] {
+        waits_for_listener(&b, port);
+    }
+    let a0 = nstat(&a);
+    agent.scrape();
+
+    const SLOW: u64 = 3;
+    let script = format!(
+        "import socket\n\
+         for _ in range({SLOW}):\n    s = socket.create_connection(('{SLOW_IP}', 8087)); s.recv(1); s.close()\n\
+         print('done')\n"
+    );
+    assert_eq!(a.run(&["python3", "-c", &script]).trim(), "done");
+    let a1 = nstat(&a);
+    // 600 KB through the shaped link, then the connection stays open and idle: its srtt no
+    // longer changes, so what ss shows and what the agent samples are the same value.
+    const BULK: usize = 600_000;
+    let bulk = format!(
+        "import socket, time\n\
+         s = socket.create_connection(('{B_IP}', 8086)); s.sendall(b'b' * {BULK})\n\
+         time.sleep(120)\n"
+    );
+    let _bulk = a.spawn(&["python3", "-c", &bulk]);
+    let flow = format!("dst {B_IP}:8086");
+    let sent = poll(Duration::from_secs(30), || {
+        let out = a.run(&["ss", "-Htni", &flow]);
+        let acked: u64 = out
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("bytes_acked:"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        (acked > BULK as u64).then_some(())
+    });
+    assert!(
+        sent.is_some(),
+        "bulk transfer did not finish: {}",
+        a.run(&["ss", "-tni"])
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Connect latency: one per connection opened, each the initial RTO plus a little.
+    let client =
+        |peer: &'static str| vec![("role", "client"), ("peer", peer), ("peer_kind", "address")];
+    let s1 = agent.scrape();
+    let slow = hist(&s1, CONNECT, &a, &client(SLOW_IP));
+    assert_eq!(slow.count, SLOW, "{slow:?}");
+    assert_eq!(
+        slow.in_bucket(1.048576),
+        SLOW,
+        "each took one RTO: {slow:?}"
+    );
+    assert!(
+        slow.sum >= SLOW as f64 && slow.sum < SLOW as f64 * 1.048576,
+        "{slow:?}"
+    );
+    assert_eq!(
+        delta(&a0, &a1, "TcpRetransSegs"),
+        SLOW,
+        "one SYN retransmitted per slow connect"
+    );
+    let fast = hist(&s1, CONNECT, &a, &client(B_IP));
+    assert_eq!(fast.count, 1);
+    assert!(fast.sum < 0.5, "{fast:?}");
+    assert!(
+        hist(&s1, CONNECT, &b, &[]).count == 0,
+        "servers have no connect latency"
+    );
+
+    // RTT, sampled while the connection is open: each collection adds exactly one sample of
+    // A's open connection, in the bucket of the srtt ss shows, and the sum grows by it.
+    let rtt_before = ss_rtt(&a, &flow);
+    let h1 = hist(&s1, RTT, &a, &client(B_IP));
+    let s2 = agent.scrape();
+    let h2 = hist(&s2, RTT, &a, &client(B_IP));
+    let rtt_after = ss_rtt(&a, &flow);
+    assert_eq!(rtt_before, rtt_after, "the idle connection's srtt moved");
+    assert!(
+        rtt_before > 0.002,
+        "tbf queueing should add milliseconds: {rtt_before}"
+    );
+    assert_eq!(h2.count - h1.count, 1, "{h1:?} -> {h2:?}");
+    assert_eq!(
+        h2.grown_since(&h1),
+        [(h2.bound_of(rtt_before), 1)],
+        "ss rtt {rtt_before}"
+    );
+    assert!(
+        ((h2.sum - h1.sum) - rtt_before).abs() < 2e-6,
+        "sum grew by {} (ss: {rtt_before})",
+        h2.sum - h1.sum
+    );
+    // B's end of it, as the server: one sample per collection too.
+    let server_on = [("role", "server"), ("peer", A_IP)];
+    let b1 = hist(&s1, RTT, &b, &server_on);
+    let b2 = hist(&s2, RTT, &b, &server_on);
+    assert_eq!(b2.count - b1.count, 1, "{b1:?} -> {b2:?}");
+    let b_rtt = ss_rtt(&b, &format!("src {B_IP}:8086"));
+    assert!(
+        ((b2.sum - b1.sum) - b_rtt).abs() < 2e-6,
+        "B: ss rtt {b_rtt}"
     );
 }

@@ -38,6 +38,7 @@ pub const NETNS_COLLECTOR: &str = "netns";
 pub struct ObservedSeries {
     pub attrs: Vec<KeyValue>,
     pub values: Vec<Option<u64>>,
+    pub histograms: Vec<(usize, probes::Histogram)>,
 }
 
 /// How one collector (a probe, or namespace discovery) did in one collection.
@@ -627,7 +628,7 @@ impl Collector {
                 .flatten()
                 .filter_map(|(res, _)| res.as_ref().ok())
                 .flatten()
-                .map(|s| s.values.iter().flatten().count())
+                .map(|s| s.points())
                 .sum();
             if !r.target.is_node() && series_total + count > self.max_series {
                 dropped += count;
@@ -655,6 +656,7 @@ impl Collector {
                             ObservedSeries {
                                 attrs,
                                 values: s.values,
+                                histograms: s.histograms,
                             }
                         }));
                     }
@@ -799,7 +801,7 @@ impl State {
 /// Data points (values present) of a probe's series, as `netexporter_series` counts them
 /// (for the spans).
 fn count_values(list: &[probes::Series]) -> usize {
-    list.iter().map(|s| s.values.iter().flatten().count()).sum()
+    list.iter().map(|s| s.points()).sum()
 }
 
 /// Returns the heap memory a collection freed to the kernel. Without it, glibc keeps it:

@@ -503,6 +503,7 @@ fn every_spec_metric_is_implemented_as_specified() {
                 let kind = match m.kind {
                     probes::Kind::Counter => "counter",
                     probes::Kind::Gauge => "gauge",
+                    probes::Kind::Histogram => "histogram",
                 };
                 (p.name.to_string(), m.name.to_string(), kind.to_string())
             })

@@ -156,6 +156,7 @@ pub fn reference_markdown(self_metrics: &[MetricDef]) -> String {
     let kind = |k: Kind| match k {
         Kind::Counter => "counter",
         Kind::Gauge => "gauge",
+        Kind::Histogram => "histogram",
     };
     let mut out = String::from(
         "# Metrics\n\nGenerated from the code by `UPDATE_GOLDEN=1 cargo test --test golden docs`; \
@@ -197,6 +198,8 @@ pub fn reference_markdown(self_metrics: &[MetricDef]) -> String {
 pub enum Kind {
     Counter,
     Gauge,
+    /// Counted into buckets in the kernel: its values are [`Histogram`]s (`Series::histograms`).
+    Histogram,
 }
 
 /// `Node`: one series per node, read in the node's (the agent's) namespace.
@@ -212,30 +215,61 @@ pub struct MetricDef {
     pub name: &'static str,
     pub kind: Kind,
     pub help: &'static str,
+    /// A histogram's bucket bounds (upper, inclusive, ascending); empty for the others.
+    pub bounds: &'static [f64],
 }
 
-/// Declares a probe's metric list: `metrics![counter "name" "help", gauge "name" "help"]`.
+/// Declares a probe's metric list: `metrics![counter "name" "help", gauge "name" "help",
+/// histogram(&BOUNDS) "name" "help"]`.
 #[macro_export]
 macro_rules! metrics {
-    ($($kind:ident $name:literal $help:literal),* $(,)?) => {
+    ($($kind:ident $(($bounds:expr))? $name:literal $help:literal),* $(,)?) => {
         &[$($crate::probes::MetricDef {
             name: $name,
             kind: $crate::metrics!(@kind $kind),
             help: $help,
+            bounds: $crate::metrics!(@bounds $($bounds)?),
         }),*]
     };
+    (@bounds) => { &[] };
+    (@bounds $b:expr) => { $b };
     (@kind counter) => { $crate::probes::Kind::Counter };
     (@kind gauge) => { $crate::probes::Kind::Gauge };
+    (@kind histogram) => { $crate::probes::Kind::Histogram };
 }
 
 /// One set of values from a probe for one target: `values[i]` belongs to `METRICS[i]`.
 /// `None` means the running kernel does not have that counter (the series is left out, never
 /// reported as a made-up zero). `labels` are the extra labels of multi-series probes
-/// (`if_name`; `role`, `peer`, `port` ...), in the order they are exported.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// (`if_name`; `role`, `peer`, `port` ...), in the order they are exported. `histograms` holds
+/// the values of the histogram metrics, by index in `METRICS` (their `values` are `None`).
+#[derive(Clone, Debug, PartialEq)]
 pub struct Series {
     pub labels: Vec<(&'static str, String)>,
     pub values: Vec<Option<u64>>,
+    pub histograms: Vec<(usize, Histogram)>,
+}
+
+/// A histogram as counted since the probe started (cumulative): how many values fell in each
+/// bucket, and their sum, in the unit of the bounds (seconds for durations).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Histogram {
+    /// Upper bounds, inclusive and ascending; the last bucket (`+Inf`) has none.
+    pub bounds: &'static [f64],
+    /// Per bucket, not cumulative: `bounds.len() + 1` counts.
+    pub counts: Vec<u64>,
+    pub sum: f64,
+}
+
+impl Histogram {
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Data points it takes in the Prometheus format: a line per bucket, `_sum` and `_count`.
+    pub fn points(&self) -> usize {
+        self.counts.len() + 2
+    }
 }
 
 impl Series {
@@ -243,6 +277,7 @@ impl Series {
         Self {
             labels: Vec::new(),
             values,
+            histograms: Vec::new(),
         }
     }
 
@@ -251,7 +286,32 @@ impl Series {
         Self {
             labels: vec![label],
             values,
+            histograms: Vec::new(),
         }
+    }
+
+    /// A series with only histogram metric `index` of `len` set.
+    pub fn histogram(
+        len: usize,
+        index: usize,
+        histogram: Histogram,
+        labels: Vec<(&'static str, String)>,
+    ) -> Self {
+        Self {
+            labels,
+            values: vec![None; len],
+            histograms: vec![(index, histogram)],
+        }
+    }
+
+    /// Data points this series takes (what `collection.max_series` counts).
+    pub fn points(&self) -> usize {
+        self.values.iter().flatten().count()
+            + self
+                .histograms
+                .iter()
+                .map(|(_, h)| h.points())
+                .sum::<usize>()
     }
 
     /// A series with only the value of metric `index` of `len` set (info metrics, one
@@ -266,7 +326,11 @@ impl Series {
         if let Some(v) = values.get_mut(index) {
             *v = Some(value);
         }
-        Self { labels, values }
+        Self {
+            labels,
+            values,
+            histograms: Vec::new(),
+        }
     }
 
     /// The value of label `key`, if the series has it.

@@ -30,9 +30,9 @@ pub fn parse(reply: &[u8]) -> Result<Vec<Series>> {
         .into_iter()
         .filter_map(|l| {
             let s = l.stats?;
-            Some(Series {
-                labels: vec![("if_name", l.name)],
-                values: [
+            Some(Series::labelled(
+                ("if_name", l.name),
+                [
                     s.rx_bytes,
                     s.rx_errors,
                     s.rx_packets,
@@ -47,7 +47,7 @@ pub fn parse(reply: &[u8]) -> Result<Vec<Series>> {
                 ]
                 .map(Some)
                 .to_vec(),
-            })
+            ))
         })
         .collect())
 }

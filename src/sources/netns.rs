@@ -118,6 +118,36 @@ impl NetnsSession {
     }
 }
 
+/// Runs `f` on a short-lived thread inside the namespace of `ns` (`None`: the agent's own), for
+/// what binds to the namespace it is created in (a BPF `iter/tcp` walks the sockets of the
+/// namespace of the task that creates it). No worker thread is left in another namespace.
+pub fn run_in<T: Send>(ns: Option<&File>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            if let Some(ns) = ns {
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+            }
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow!("namespace thread panicked"))?
+    })
+}
+
+/// Reads a BPF iterator to its end: the programs write nothing, reading runs them.
+pub fn drain_iterator(f: &mut File) -> Result<()> {
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).context("read iterator"),
+        }
+    }
+}
+
 /// Reads a /proc file from offset 0 to its end. `pread` at offset 0 makes the kernel
 /// regenerate a seq_file, so one open file gives fresh content at every call.
 pub fn read_from_start(file: &File) -> std::io::Result<Vec<u8>> {

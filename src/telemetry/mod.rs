@@ -4,6 +4,7 @@
 //! the kernel is never read from a callback.
 
 pub mod export;
+pub mod histograms;
 pub mod otlp;
 pub mod prometheus;
 pub mod traces;
@@ -82,6 +83,8 @@ pub struct Telemetry {
     prometheus: SharedReader,
     otlp: Option<SharedReader>,
     current: Arc<RwLock<Arc<Snapshot>>>,
+    /// The kernel's histograms over OTLP (OTLP push on and a histogram metric enabled).
+    histograms: Option<histograms::Replay>,
     /// Serializes "set the snapshot, collect a reader" so that callbacks of one collect all
     /// see the same snapshot.
     gate: Mutex<()>,
@@ -98,8 +101,17 @@ impl Telemetry {
         events: Option<Arc<dyn EventStats>>,
         export_stats: Arc<ExportStats>,
     ) -> Self {
-        let prometheus = SharedReader(Arc::new(ManualReader::builder().build()));
-        let otlp = otlp_push.then(|| SharedReader(Arc::new(ManualReader::builder().build())));
+        // LowMemory: the observable instruments cumulative, the synchronous histograms (the
+        // kernel's, replayed for OTLP) delta; see `histograms`.
+        let reader = || {
+            SharedReader(Arc::new(
+                ManualReader::builder()
+                    .with_temporality(Temporality::LowMemory)
+                    .build(),
+            ))
+        };
+        let prometheus = reader();
+        let otlp = otlp_push.then(reader);
         let mut builder = SdkMeterProvider::builder()
             .with_resource(resource)
             .with_reader(prometheus.clone())
@@ -117,6 +129,10 @@ impl Telemetry {
         let provider = builder.build();
         let current = Arc::new(RwLock::new(Arc::new(Snapshot::default())));
         let meter = provider.meter("net-exporter");
+        let histograms = otlp
+            .is_some()
+            .then(|| histograms::Replay::new(&meter, enabled))
+            .flatten();
         register_probe_instruments(&meter, &current, enabled);
         register_self_instruments(&meter, &current, &export_stats);
         if let Some(events) = events {
@@ -127,6 +143,7 @@ impl Telemetry {
             prometheus,
             otlp,
             current,
+            histograms,
             gate: Mutex::new(()),
             export_stats,
         }
@@ -134,14 +151,27 @@ impl Telemetry {
 
     /// Collects the Prometheus reader over `snapshot` and renders the text exposition format.
     pub fn render_prometheus(&self, snapshot: Arc<Snapshot>) -> String {
+        let families = histograms::families(&snapshot);
         let rm = self.collect(&self.prometheus, snapshot);
-        prometheus::encode(&rm)
+        prometheus::encode(&rm, families)
     }
 
-    /// Collects the OTLP reader over `snapshot` (`None` when OTLP push is off).
+    /// Collects the OTLP reader over `snapshot` (`None` when OTLP push is off). Tell
+    /// [`Telemetry::otlp_arrived`] how the push went.
     pub fn collect_otlp(&self, snapshot: Arc<Snapshot>) -> Option<ResourceMetrics> {
         let reader = self.otlp.as_ref()?;
+        if let Some(h) = &self.histograms {
+            h.record(&snapshot);
+        }
         Some(self.collect(reader, snapshot))
+    }
+
+    /// Whether the push of the last [`Telemetry::collect_otlp`] arrived: histogram values that
+    /// did not are sent again with the next push.
+    pub fn otlp_arrived(&self, ok: bool) {
+        if let Some(h) = &self.histograms {
+            h.arrived(ok);
+        }
     }
 
     fn collect(&self, reader: &SharedReader, snapshot: Arc<Snapshot>) -> ResourceMetrics {
@@ -220,6 +250,8 @@ fn register_probe_instruments(
                         .with_callback(observe)
                         .build();
                 }
+                // Not observable: see `histograms`.
+                Kind::Histogram => {}
             }
         }
     }

@@ -167,6 +167,7 @@ pub async fn push_loop(cfg: OtlpConfig, collector: Arc<Collector>, telemetry: Ar
             Ok(Err(e)) => Some(e.to_string()),
             Err(_) => Some(format!("no answer within {:?}", cfg.timeout)),
         };
+        telemetry.otlp_arrived(error.is_none());
         match error {
             Some(e) => {
                 telemetry

@@ -11,13 +11,27 @@ use std::fmt::Write;
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, Metric, MetricData, ResourceMetrics};
 
-/// Renders every gauge and sum of `rm`.
-pub fn encode(rm: &ResourceMetrics) -> String {
+/// A metric family rendered apart from the SDK's data (the kernel's histograms).
+pub struct Family {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: &'static str,
+    /// `(labels, value)`, the name's suffix (`_bucket`, `_sum`, `_count`) in front of labels;
+    /// in the order written (a histogram's buckets by increasing `le`).
+    pub lines: Vec<(String, String)>,
+}
+
+/// Renders every gauge and sum of `rm`, and `families`, sorted by name.
+pub fn encode(rm: &ResourceMetrics, families: Vec<Family>) -> String {
     let mut metrics: Vec<&Metric> = rm.scope_metrics().flat_map(|s| s.metrics()).collect();
     metrics.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut families = families.into_iter().peekable();
     let mut out = String::with_capacity(64 * 1024);
     let mut lines: Vec<(String, String)> = Vec::new();
     for m in metrics {
+        while let Some(f) = families.next_if(|f| f.name < m.name()) {
+            write_family(&mut out, f.name, f.help, f.kind, f.lines);
+        }
         lines.clear();
         let kind = match m.data() {
             AggregatedMetrics::U64(d) => points(d, &mut lines),
@@ -25,21 +39,68 @@ pub fn encode(rm: &ResourceMetrics) -> String {
             AggregatedMetrics::F64(d) => points(d, &mut lines),
         };
         let Some(kind) = kind else { continue };
-        if lines.is_empty() {
-            continue;
-        }
         lines.sort_unstable();
-        let _ = writeln!(out, "# HELP {} {}", m.name(), escape_help(m.description()));
-        let _ = writeln!(out, "# TYPE {} {kind}", m.name());
-        for (labels, value) in &lines {
-            out.push_str(m.name());
-            out.push_str(labels);
-            out.push(' ');
-            out.push_str(value);
-            out.push('\n');
-        }
+        write_family(
+            &mut out,
+            m.name(),
+            m.description(),
+            kind,
+            std::mem::take(&mut lines),
+        );
+    }
+    for f in families {
+        write_family(&mut out, f.name, f.help, f.kind, f.lines);
     }
     out
+}
+
+fn write_family(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    kind: &str,
+    lines: Vec<(String, String)>,
+) {
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in &lines {
+        out.push_str(name);
+        out.push_str(labels);
+        out.push(' ');
+        out.push_str(value);
+        out.push('\n');
+    }
+}
+
+/// The lines of one histogram: a cumulative `_bucket` per bound and `+Inf` (in that order, as
+/// the format wants them), `_sum`, `_count`.
+pub fn histogram_lines(
+    attrs: &[KeyValue],
+    h: &crate::probes::Histogram,
+    out: &mut Vec<(String, String)>,
+) {
+    let mut cumulative = 0u64;
+    let mut with_le = attrs.to_vec();
+    with_le.push(KeyValue::new("le", ""));
+    for (i, n) in h.counts.iter().enumerate() {
+        cumulative += n;
+        let le = h.bounds.get(i).map_or("+Inf".to_string(), |b| b.render());
+        if let Some(last) = with_le.last_mut() {
+            *last = KeyValue::new("le", le);
+        }
+        out.push((
+            format!("_bucket{}", labels(with_le.iter())),
+            cumulative.to_string(),
+        ));
+    }
+    out.push((format!("_sum{}", labels(attrs.iter())), h.sum.render()));
+    out.push((
+        format!("_count{}", labels(attrs.iter())),
+        cumulative.to_string(),
+    ));
 }
 
 trait PromValue: Copy {
@@ -155,6 +216,28 @@ mod tests {
         ];
         assert_eq!(labels(kv.iter()), "{_n=\"5\",a_b=\"x\\\"y\\\\z\\nw\"}");
         assert_eq!(labels([].iter()), "");
+    }
+
+    #[test]
+    fn histograms_render_cumulative_buckets_sum_and_count() {
+        let h = crate::probes::Histogram {
+            bounds: &[0.001, 0.002],
+            counts: vec![2, 0, 1],
+            sum: 0.0105,
+        };
+        let mut lines = Vec::new();
+        histogram_lines(&[KeyValue::new("peer", "a")], &h, &mut lines);
+        let mut out = String::new();
+        write_family(&mut out, "x_seconds", "help", "histogram", lines);
+        assert_eq!(
+            out,
+            "# HELP x_seconds help\n# TYPE x_seconds histogram\n\
+             x_seconds_bucket{le=\"0.001\",peer=\"a\"} 2\n\
+             x_seconds_bucket{le=\"0.002\",peer=\"a\"} 2\n\
+             x_seconds_bucket{le=\"+Inf\",peer=\"a\"} 3\n\
+             x_seconds_sum{peer=\"a\"} 0.0105\n\
+             x_seconds_count{peer=\"a\"} 3\n"
+        );
     }
 
     #[test]

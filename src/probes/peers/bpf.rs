@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use aya::maps::{PerCpuArray, PerCpuHashMap};
-use aya::programs::BtfTracePoint;
+use aya::maps::{HashMap as BpfHashMap, PerCpuArray, PerCpuHashMap};
+use aya::programs::{BtfTracePoint, Iter};
 use aya::{Btf, Ebpf, EbpfLoader, Endianness};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/peers.bpf.o"));
@@ -63,6 +63,44 @@ impl PeerCounts {
     }
 }
 
+/// `PEER_BUCKETS` of `peers.h`: histogram buckets, the last one unbounded.
+pub const BUCKETS: usize = 21;
+
+/// Mirrors `struct peer_timing` of `peers.h`: bucket i counts values up to 2^(i+4) µs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerTiming {
+    pub connect: [u64; BUCKETS],
+    pub connect_sum_us: u64,
+    pub rtt: [u64; BUCKETS],
+    pub rtt_sum_us: u64,
+}
+
+impl Default for PeerTiming {
+    fn default() -> Self {
+        Self {
+            connect: [0; BUCKETS],
+            connect_sum_us: 0,
+            rtt: [0; BUCKETS],
+            rtt_sum_us: 0,
+        }
+    }
+}
+
+// SAFETY: repr(C), u64 fields and arrays only, no padding, any bit pattern valid.
+unsafe impl aya::Pod for PeerTiming {}
+
+impl PeerTiming {
+    pub fn add(&mut self, o: &PeerTiming) {
+        for i in 0..BUCKETS {
+            self.connect[i] += o.connect[i];
+            self.rtt[i] += o.rtt[i];
+        }
+        self.connect_sum_us += o.connect_sum_us;
+        self.rtt_sum_us += o.rtt_sum_us;
+    }
+}
+
 /// `PEER_CLIENT` and `PEER_SERVER` of `peers.h`.
 pub const CLIENT: u8 = 1;
 pub const SERVER: u8 = 2;
@@ -74,6 +112,9 @@ const PROGRAMS: [(&str, &str); 4] = [
     ("peer_send_reset", "tcp_send_reset"),
     ("peer_recv_reset", "tcp_receive_reset"),
 ];
+
+/// The iterator that samples open connections (`iter/tcp`), run by user space.
+const SAMPLER: &str = "peer_sample";
 
 /// The loaded and attached programs. Dropping it detaches them.
 pub struct PeerCounter {
@@ -98,7 +139,43 @@ impl PeerCounter {
             prog.attach()
                 .with_context(|| format!("attach tp_btf/{tracepoint}"))?;
         }
+        let sampler: &mut Iter = ebpf
+            .program_mut(SAMPLER)
+            .with_context(|| format!("program {SAMPLER} missing from the object"))?
+            .try_into()?;
+        sampler.load("tcp", &btf).map_err(|e| {
+            let text = format!("{:#}", anyhow::Error::from(e)).replace('\n', " | ");
+            anyhow::anyhow!("iter/tcp: {text}")
+        })?;
         Ok(Self { ebpf })
+    }
+
+    /// Runs the sampling iterator in the namespace of `ns` (`None`: the agent's own): an RTT
+    /// sample of each open connection with a role, and the bytes and retransmits it has
+    /// counted so far, added in the kernel.
+    pub fn sample(&mut self, ns: Option<&std::fs::File>) -> Result<()> {
+        let prog: &mut Iter = self
+            .ebpf
+            .program_mut(SAMPLER)
+            .with_context(|| format!("program {SAMPLER} missing from the object"))?
+            .try_into()?;
+        let id = prog.attach().context("attach iter/tcp")?;
+        let link = prog.take_link(id)?;
+        crate::sources::netns::run_in(ns, move || {
+            let mut f = link.into_file().context("bpf_iter_create")?;
+            crate::sources::netns::drain_iterator(&mut f)
+        })
+    }
+
+    /// Every key's latency histograms.
+    pub fn timings(&self) -> Result<Vec<(PeerKey, PeerTiming)>> {
+        let map = self
+            .ebpf
+            .map("peer_timings")
+            .context("map peer_timings missing")?;
+        let timings: BpfHashMap<_, PeerKey, PeerTiming> = BpfHashMap::try_from(map)?;
+        // An entry deleted between listing and reading is skipped, not an error.
+        Ok(timings.iter().filter_map(|e| e.ok()).collect())
     }
 
     /// Every key's counters summed over CPUs, and the events lost because the map was full.
@@ -135,16 +212,21 @@ impl PeerCounter {
             })
     }
 
-    /// Removes the entries of `keys` (namespaces that are gone).
+    /// Removes the entries of `keys` (namespaces that are gone) from both maps.
     pub fn remove(&mut self, keys: &[PeerKey]) {
-        let Some(map) = self.ebpf.map_mut("peers") else {
-            return;
-        };
-        let Ok(mut peers) = PerCpuHashMap::<_, PeerKey, PeerCounts>::try_from(map) else {
-            return;
-        };
-        for k in keys {
-            let _ = peers.remove(k);
+        if let Some(map) = self.ebpf.map_mut("peers")
+            && let Ok(mut peers) = PerCpuHashMap::<_, PeerKey, PeerCounts>::try_from(map)
+        {
+            for k in keys {
+                let _ = peers.remove(k);
+            }
+        }
+        if let Some(map) = self.ebpf.map_mut("peer_timings")
+            && let Ok(mut timings) = BpfHashMap::<_, PeerKey, PeerTiming>::try_from(map)
+        {
+            for k in keys {
+                let _ = timings.remove(k);
+            }
         }
     }
 }
@@ -191,6 +273,12 @@ mod tests {
             ]
         );
         assert_eq!(std::mem::size_of::<PeerCounts>(), 80);
+        assert_eq!(
+            fields(header, "peer_timing"),
+            ["connect", "connect_sum_us", "rtt", "rtt_sum_us"]
+        );
+        assert_eq!(std::mem::size_of::<PeerTiming>(), (2 * BUCKETS + 2) * 8);
+        assert!(header.contains(&format!("#define PEER_BUCKETS {BUCKETS}")));
         assert!(
             header.contains("#define PEER_CLIENT 1") && header.contains("#define PEER_SERVER 2")
         );

@@ -29,11 +29,11 @@ use ipnet::IpNet;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Build, MetricDef, Probe, Scope, Series};
+use super::{Build, Histogram, MetricDef, Probe, Scope, Series};
 use crate::inventory::ClusterView;
 use crate::metrics;
 use crate::sources::{Collection, Node, TargetSources};
-use bpf::{CLIENT, PeerCounter, PeerCounts, PeerKey};
+use bpf::{BUCKETS, CLIENT, PeerCounter, PeerCounts, PeerKey, PeerTiming};
 
 /// `probes.peers`.
 #[derive(Deserialize, Serialize, JsonSchema, Debug, Clone, PartialEq, Eq)]
@@ -52,6 +52,10 @@ pub struct PeersOptions {
     /// (`NAMESPACE/Deployment/NAME`, `peer_kind="workload"`). More series: a Deployment's
     /// replicas each get their own.
     pub pod_names: bool,
+    /// Peers of one namespace whose connect latency and RTT get histograms of their own (per
+    /// role and peer, not per port): the first named peers, busiest first. The others' are
+    /// counted under `peer="other"`. A histogram is 12 data points.
+    pub histogram_peers: usize,
 }
 
 impl Default for PeersOptions {
@@ -60,6 +64,7 @@ impl Default for PeersOptions {
             peers_per_namespace: 20,
             networks: BTreeMap::new(),
             pod_names: false,
+            histogram_peers: 3,
         }
     }
 }
@@ -70,6 +75,26 @@ const RETRANSMITS: usize = 2;
 const RESETS: usize = 3;
 const BYTES: usize = 4;
 const UNCOUNTED: usize = 5;
+const CONNECT_LATENCY: usize = 6;
+const RTT: usize = 7;
+
+/// The exported buckets, in seconds: 4^(j+3) microseconds, 64 µs to 4.2 s, and `+Inf` (12
+/// data points a histogram). The kernel counts finer ones (2^(i+4) µs, `peers.h`), two of which
+/// make one of these: the layout can change here without touching the BPF program.
+const LATENCY_BOUNDS: [f64; 9] = [
+    0.000064, 0.000256, 0.001024, 0.004096, 0.016384, 0.065536, 0.262144, 1.048576, 4.194304,
+];
+
+/// The kernel's buckets folded into the exported ones: kernel bucket i (up to 2^(i+4) µs) is in
+/// the first exported bucket whose bound is at least its own.
+fn exported(kernel: &[u64; BUCKETS]) -> Vec<u64> {
+    let mut out = vec![0; LATENCY_BOUNDS.len() + 1];
+    for (i, n) in kernel.iter().enumerate() {
+        let j = i.saturating_sub(1) / 2;
+        out[j.min(LATENCY_BOUNDS.len())] += n;
+    }
+    out
+}
 
 const METRICS: &[MetricDef] = metrics![
     counter "netexporter_peer_connections_total" "TCP connections opened with a peer (SYN_SENT or SYN_RECV to ESTABLISHED). Labels: role (client: this namespace connected; server: it accepted), port (the remote port of a client, the local listening port of a server), peer, peer_kind (loopback; workload or pod: a Pod of this node, Kubernetes mode; network; address; other).",
@@ -77,7 +102,9 @@ const METRICS: &[MetricDef] = metrics![
     counter "netexporter_peer_retransmits_total" "TCP segments retransmitted to a peer (the sockets' own total_retrans, as nstat's TcpRetransSegs counts them), counted as they happen. Labels: those of netexporter_peer_connections_total. Appears at the first retransmit.",
     counter "netexporter_peer_resets_total" "TCP RSTs sent to (direction=transmit) and received from (direction=receive) a peer on a connection's socket; RSTs answering packets that found no socket (a closed port) are not per peer. Labels: those of netexporter_peer_connections_total, and direction. Appears at the first RST.",
     counter "netexporter_peer_bytes_total" "TCP payload bytes sent to (direction=transmit: acknowledged by the peer, tcp_sock.bytes_acked) and received from (direction=receive: in order, tcp_sock.bytes_received) a peer, counted when a connection retransmits and when it closes. Labels: those of netexporter_peer_connections_total, and direction.",
-    counter "netexporter_peer_uncounted_total" "Connection events not counted because the in-kernel peer map was full (node only).",
+    counter "netexporter_peer_uncounted_total" "Connection events and latency samples not counted because an in-kernel peer map was full (node only).",
+    histogram(&LATENCY_BOUNDS) "netexporter_peer_connect_latency_seconds" "Time from a client's SYN to ESTABLISHED (SYN retransmits included), per connection opened. Buckets grow fourfold from 64 us to 4.2 s. Labels: role (client), peer, peer_kind; the peers past probes.peers.histogram_peers are peer=other.",
+    histogram(&LATENCY_BOUNDS) "netexporter_peer_rtt_seconds" "Smoothed round-trip time (the socket's srtt, as ss -ti shows it) of connections with a peer: one sample per open connection per collection, and one when a connection closes. Buckets grow fourfold from 64 us to 4.2 s. Labels: role, peer, peer_kind; the peers past probes.peers.histogram_peers are peer=other.",
 ];
 
 pub struct Peers {
@@ -105,7 +132,10 @@ struct Read {
     /// Why this collection's counts could not be read, if they could not.
     error: Option<String>,
     entries: Vec<(PeerKey, PeerCounts)>,
+    timings: HashMap<PeerKey, PeerTiming>,
     lost: u64,
+    /// The last error of sampling a namespace's open connections, said once until it changes.
+    sample_error: Option<String>,
 }
 
 /// The series a key is counted under.
@@ -137,6 +167,10 @@ struct Budget {
     buckets: HashMap<PeerKey, Bucket>,
     /// Peers with series of their own: (peer, kind).
     named: HashSet<(String, &'static str)>,
+    /// The histograms a key is counted under: its bucket without the port, or `other`.
+    timed_buckets: HashMap<PeerKey, Bucket>,
+    /// Peers with histograms of their own.
+    timed: HashSet<(String, &'static str)>,
 }
 
 /// The peer's address; an IPv4-mapped IPv6 address (a dual-stack socket) as IPv4.
@@ -193,6 +227,7 @@ fn resolve(
 /// bucket of each key not seen before (`budget` keeps the decisions).
 fn series_for(
     mine: &[&(PeerKey, PeerCounts)],
+    timings: &HashMap<PeerKey, PeerTiming>,
     budget: &mut Budget,
     options: &PeersOptions,
     cluster: Option<&ClusterView>,
@@ -215,9 +250,25 @@ fn series_for(
             continue;
         };
         let named = (peer.clone(), kind);
+        let other = Bucket {
+            role,
+            port: None,
+            peer: "other".into(),
+            kind: "other",
+        };
+        let mut timed = other.clone();
         let bucket =
             if budget.named.contains(&named) || budget.named.len() < options.peers_per_namespace {
-                budget.named.insert(named);
+                budget.named.insert(named.clone());
+                if budget.timed.contains(&named) || budget.timed.len() < options.histogram_peers {
+                    budget.timed.insert(named);
+                    timed = Bucket {
+                        role,
+                        port: None,
+                        peer: peer.clone(),
+                        kind,
+                    };
+                }
                 Bucket {
                     role,
                     port: Some(key.port),
@@ -225,23 +276,38 @@ fn series_for(
                     kind,
                 }
             } else {
-                Bucket {
-                    role,
-                    port: None,
-                    peer: "other".into(),
-                    kind: "other",
-                }
+                other
             };
         budget.buckets.insert(*key, bucket);
+        budget.timed_buckets.insert(*key, timed);
     }
     let mut sums: BTreeMap<&Bucket, PeerCounts> = BTreeMap::new();
+    let mut timed: BTreeMap<&Bucket, PeerTiming> = BTreeMap::new();
     for (key, counts) in mine {
         if let Some(b) = budget.buckets.get(key) {
             sums.entry(b).or_default().add(counts);
         }
+        if let (Some(b), Some(t)) = (budget.timed_buckets.get(key), timings.get(key)) {
+            timed.entry(b).or_default().add(t);
+        }
     }
     let n = METRICS.len();
     let mut out = Vec::new();
+    for (bucket, t) in timed {
+        for (metric, counts, sum_us) in [
+            (CONNECT_LATENCY, &t.connect, t.connect_sum_us),
+            (RTT, &t.rtt, t.rtt_sum_us),
+        ] {
+            if counts.iter().any(|n| *n > 0) {
+                let h = Histogram {
+                    bounds: &LATENCY_BOUNDS,
+                    counts: exported(counts),
+                    sum: sum_us as f64 / 1e6,
+                };
+                out.push(Series::histogram(n, metric, h, bucket.labels()));
+            }
+        }
+    }
     for (bucket, c) in sums {
         let labels = bucket.labels();
         out.push(Series::only(n, CONNECTIONS, c.opened, labels.clone()));
@@ -326,23 +392,23 @@ impl Probe for Peers {
         let Some(loaded) = &self.loaded else { return };
         let mut counter = loaded.counter.lock().unwrap_or_else(|e| e.into_inner());
         let mut read = loaded.read.lock().unwrap_or_else(|e| e.into_inner());
-        match counter.read() {
-            Ok((mut entries, lost)) => {
-                let gone: Vec<PeerKey> = entries
-                    .iter()
-                    .map(|(k, _)| *k)
-                    .filter(|k| k.netns != 0 && collection.is_gone(u64::from(k.netns)))
-                    .collect();
-                if !gone.is_empty() {
-                    counter.remove(&gone);
-                    let gone: HashSet<PeerKey> = gone.into_iter().collect();
-                    entries.retain(|(k, _)| !gone.contains(k));
+        sample_open_connections(&mut counter, &mut read, collection);
+        match counter.read().and_then(|r| Ok((r, counter.timings()?))) {
+            Ok(((mut entries, lost), mut timings)) => {
+                let gone = |k: &PeerKey| k.netns != 0 && collection.is_gone(u64::from(k.netns));
+                let mut gone_keys: Vec<PeerKey> =
+                    entries.iter().map(|(k, _)| *k).filter(gone).collect();
+                gone_keys.extend(timings.iter().map(|(k, _)| *k).filter(gone));
+                if !gone_keys.is_empty() {
+                    counter.remove(&gone_keys);
+                    let gone_keys: HashSet<PeerKey> = gone_keys.into_iter().collect();
+                    entries.retain(|(k, _)| !gone_keys.contains(k));
+                    timings.retain(|(k, _)| !gone_keys.contains(k));
                 }
-                *read = Read {
-                    error: None,
-                    entries,
-                    lost,
-                };
+                read.error = None;
+                read.entries = entries;
+                read.timings = timings.into_iter().collect();
+                read.lost = lost;
             }
             Err(e) => read.error = Some(format!("{e:#}")),
         }
@@ -372,6 +438,7 @@ impl Probe for Peers {
         let cluster = src.cluster().map(|c| c.as_ref());
         let mut out = series_for(
             &mine,
+            &read.timings,
             budgets.entry(inode).or_default(),
             &self.options,
             cluster,
@@ -387,6 +454,37 @@ impl Probe for Peers {
         }
         Ok(out)
     }
+}
+
+/// Runs the sampling iterator in every namespace of this collection that has counted
+/// connections (as of the last read): an RTT sample of each open connection, and the bytes
+/// and retransmits it has so far. A namespace that vanished since discovery is skipped.
+fn sample_open_connections(counter: &mut PeerCounter, read: &mut Read, collection: &Collection) {
+    let counted: HashSet<u32> = read.entries.iter().map(|(k, _)| k.netns).collect();
+    let mut error = None;
+    for (inode, path) in &collection.namespaces {
+        if !u32::try_from(*inode).is_ok_and(|i| counted.contains(&i)) {
+            continue;
+        }
+        let result = match path {
+            None => counter.sample(None),
+            Some(p) => match std::fs::File::open(p) {
+                Ok(ns) => counter.sample(Some(&ns)),
+                Err(_) => continue, // gone since discovery
+            },
+        };
+        if let Err(e) = result {
+            error = Some(format!("{e:#}"));
+        }
+    }
+    if error.is_some() && error != read.sample_error {
+        tracing::warn!(
+            probe = "peers",
+            error = error.as_deref().unwrap_or_default(),
+            "sampling open connections failed: RTT and bytes are counted at close only there"
+        );
+    }
+    read.sample_error = error;
 }
 
 #[cfg(test)]
@@ -487,7 +585,14 @@ mod tests {
                 .collect()
         };
         assert_eq!(
-            connections(&series_for(&mine, &mut budget, &options, None, false)),
+            connections(&series_for(
+                &mine,
+                &HashMap::new(),
+                &mut budget,
+                &options,
+                None,
+                false
+            )),
             [
                 "netexporter_peer_connections_total role=client,peer=other,peer_kind=other 2",
                 "netexporter_peer_connections_total role=client,port=80,peer=192.0.2.1,peer_kind=address 5",
@@ -507,7 +612,14 @@ mod tests {
             (key(CLIENT, 22, "192.0.2.2"), opened(1)),
         ];
         let mine: Vec<&(PeerKey, PeerCounts)> = e2.iter().collect();
-        let got = connections(&series_for(&mine, &mut budget, &options, None, false));
+        let got = connections(&series_for(
+            &mine,
+            &HashMap::new(),
+            &mut budget,
+            &options,
+            None,
+            false,
+        ));
         assert!(
             got.contains(
                 &"netexporter_peer_connections_total role=client,peer=other,peer_kind=other 50"
@@ -516,6 +628,89 @@ mod tests {
             "{got:#?}"
         );
         assert!(got.contains(&"netexporter_peer_connections_total role=client,port=22,peer=192.0.2.2,peer_kind=address 1".to_string()), "{got:#?}");
+    }
+
+    #[test]
+    fn kernel_buckets_fold_into_the_exported_ones() {
+        for (j, b) in LATENCY_BOUNDS.iter().enumerate() {
+            assert_eq!(*b, f64::from(1u32 << (2 * j + 6)) / 1e6);
+        }
+        // Each kernel bucket lands in the exported bucket that holds its whole range.
+        let kernel_bound = |i: usize| f64::from(1u32 << (i + 4)) / 1e6;
+        for i in 0..BUCKETS {
+            let mut one = [0u64; BUCKETS];
+            one[i] = 1;
+            let j = exported(&one).iter().position(|n| *n == 1).unwrap();
+            if i + 1 < BUCKETS {
+                let upper = LATENCY_BOUNDS.get(j).copied().unwrap_or(f64::INFINITY);
+                let lower = if j == 0 { 0.0 } else { LATENCY_BOUNDS[j - 1] };
+                assert!(
+                    kernel_bound(i) <= upper && kernel_bound(i) > lower,
+                    "{i} -> {j}"
+                );
+            } else {
+                assert_eq!(j, LATENCY_BOUNDS.len(), "the kernel's +Inf is +Inf");
+            }
+        }
+        assert_eq!(METRICS[CONNECT_LATENCY].bounds, &LATENCY_BOUNDS);
+        assert_eq!(METRICS[RTT].kind, crate::probes::Kind::Histogram);
+    }
+
+    #[test]
+    fn histograms_sum_the_keys_of_a_peer_and_appear_once_observed() {
+        let mut t1 = PeerTiming::default();
+        t1.connect[3] = 2;
+        t1.connect_sum_us = 250;
+        t1.rtt[2] = 1;
+        t1.rtt_sum_us = 50;
+        let mut t2 = PeerTiming::default();
+        t2.rtt[2] = 4;
+        t2.rtt_sum_us = 200;
+        let e = [
+            (key(CLIENT, 80, "192.0.2.1"), opened(9)),
+            (key(CLIENT, 81, "192.0.2.1"), opened(2)),
+            (key(SERVER, 8080, "192.0.2.1"), opened(4)),
+            (key(CLIENT, 443, "192.0.2.9"), opened(1)),
+        ];
+        let timings: HashMap<PeerKey, PeerTiming> =
+            [(e[0].0, t1), (e[1].0, t1), (e[2].0, t2), (e[3].0, t2)].into();
+        let mine: Vec<&(PeerKey, PeerCounts)> = e.iter().collect();
+        let options = PeersOptions {
+            histogram_peers: 1,
+            ..Default::default()
+        };
+        let out = series_for(
+            &mine,
+            &timings,
+            &mut Budget::default(),
+            &options,
+            None,
+            false,
+        );
+        let histograms: Vec<(String, usize, u64, f64)> = out
+            .iter()
+            .flat_map(|s| {
+                s.histograms.iter().map(move |(i, h)| {
+                    assert_eq!(s.label("port"), None, "histograms are per peer");
+                    (
+                        format!("{}:{}", s.label("role").unwrap(), s.label("peer").unwrap()),
+                        *i,
+                        h.count(),
+                        h.sum,
+                    )
+                })
+            })
+            .collect();
+        // The busiest peer's ports add up; the peer past the budget is `other`.
+        assert_eq!(
+            histograms,
+            [
+                ("client:192.0.2.1".to_string(), CONNECT_LATENCY, 4, 0.0005),
+                ("client:192.0.2.1".to_string(), RTT, 2, 0.0001),
+                ("client:other".to_string(), RTT, 4, 0.0002),
+                ("server:192.0.2.1".to_string(), RTT, 4, 0.0002),
+            ]
+        );
     }
 
     #[test]
@@ -539,6 +734,7 @@ mod tests {
         assert_eq!(
             render(&series_for(
                 &mine,
+                &HashMap::new(),
                 &mut Budget::default(),
                 &options,
                 None,

@@ -9,7 +9,11 @@
  *   report (retransmitted segments, bytes each way).
  * - tcp:tcp_retransmit_skb: the same report, so that a long connection's retransmits are
  *   counted as they happen, not only at its end.
- * - tcp:tcp_send_reset, tcp:tcp_receive_reset: RSTs sent and received on a socket. */
+ * - tcp:tcp_send_reset, tcp:tcp_receive_reset: RSTs sent and received on a socket.
+ * - Latency histograms, per key: connect latency (a client's SYN_SENT -> ESTABLISHED) and the
+ *   socket's smoothed RTT, sampled when an opened connection closes and, while it is open, by
+ *   iter/tcp, which user space runs in each namespace once per collection (it also reports
+ *   the bytes a long connection has moved so far). */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -26,6 +30,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define TCP_FIN_WAIT2 5
 #define TCP_CLOSE 7
 #define TCP_LAST_ACK 9
+#define TCP_LISTEN 10
 #define TCP_CLOSING 11
 #define SOCK_DONE 1 /* enum sock_flags: set by tcp_fin() when the peer's FIN is taken in */
 #define AF_INET 2
@@ -48,6 +53,24 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } peers_overflow SEC(".maps");
+
+/* Connect latency and RTT histograms by key; one copy shared by all CPUs (atomic adds), and
+ * memory only for the keys in use. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, PEERS_MAX_ENTRIES);
+	__type(key, struct peer_key);
+	__type(value, struct peer_timing);
+} peer_timings SEC(".maps");
+
+/* A zeroed peer_timing to create entries from: too big for the 512-byte BPF stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct peer_timing);
+} timing_zero SEC(".maps");
 
 /* Each counted socket's role and reported counters (the storage goes away with the socket). */
 struct {
@@ -100,6 +123,65 @@ static __always_inline struct peer_counts *counts_of(struct peer_key *key)
 			*lost += 1;
 	}
 	return v;
+}
+
+static __always_inline __u32 log2_u64(__u64 v)
+{
+	__u32 r = 0;
+
+	if (v >> 32) { v >>= 32; r += 32; }
+	if (v >> 16) { v >>= 16; r += 16; }
+	if (v >> 8) { v >>= 8; r += 8; }
+	if (v >> 4) { v >>= 4; r += 4; }
+	if (v >> 2) { v >>= 2; r += 2; }
+	if (v >> 1) r += 1;
+	return r;
+}
+
+#define CONNECT_LATENCY 0
+#define RTT 1
+
+/* Adds one value (microseconds) to a histogram of `key`: bucket i holds values up to
+ * 2^(i+4) us, so (2^(i+3), 2^(i+4)] for i > 0. Lost (and counted) when the map is full. */
+static __always_inline void observe(struct peer_key *key, int which, __u64 us)
+{
+	struct peer_timing *t = bpf_map_lookup_elem(&peer_timings, key);
+	__u32 slot = 0, b = 0;
+	__u64 *lost;
+
+	if (!t) {
+		struct peer_timing *zero = bpf_map_lookup_elem(&timing_zero, &slot);
+
+		if (zero)
+			bpf_map_update_elem(&peer_timings, key, zero, BPF_NOEXIST);
+		t = bpf_map_lookup_elem(&peer_timings, key);
+	}
+	if (!t) {
+		lost = bpf_map_lookup_elem(&peers_overflow, &slot);
+		if (lost)
+			*lost += 1;
+		return;
+	}
+	if (us > 16)
+		b = log2_u64(us - 1) - 3;
+	if (b >= PEER_BUCKETS)
+		b = PEER_BUCKETS - 1;
+	if (which == CONNECT_LATENCY) {
+		__sync_fetch_and_add(&t->connect[b], 1);
+		__sync_fetch_and_add(&t->connect_sum_us, us);
+	} else {
+		__sync_fetch_and_add(&t->rtt[b], 1);
+		__sync_fetch_and_add(&t->rtt_sum_us, us);
+	}
+}
+
+/* The socket's smoothed RTT (srtt_us holds it times 8), as one sample. */
+static __always_inline void sample_rtt(struct tcp_sock *tp, struct peer_tag *tag)
+{
+	__u32 srtt = tp->srtt_us >> 3;
+
+	if (srtt)
+		observe(&tag->key, RTT, srtt);
 }
 
 /* The payload the socket has had acknowledged and has received: the kernel's bytes_acked and
@@ -166,11 +248,22 @@ int BPF_PROG(peer_state, struct sock *sk, int oldstate, int newstate)
 	struct tcp_sock *tp;
 	int err;
 
-	if (newstate != TCP_ESTABLISHED && newstate != TCP_CLOSE)
+	if (newstate != TCP_ESTABLISHED && newstate != TCP_CLOSE && newstate != TCP_SYN_SENT)
 		return 0;
 	tp = bpf_skc_to_tcp_sock(sk);
 	if (!tp)
 		return 0; /* not TCP (DCCP, SCTP, MPTCP parents) */
+	if (newstate == TCP_SYN_SENT) {
+		/* The clock of the connect latency: the SYN goes out right after. */
+		if (fill_key(&key, sk, PEER_CLIENT))
+			return 0;
+		tag = bpf_sk_storage_get(&peer_tags, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (tag) {
+			tag->key = key;
+			tag->syn_ns = bpf_ktime_get_ns();
+		}
+		return 0;
+	}
 	if (newstate == TCP_ESTABLISHED) {
 		__u8 role;
 
@@ -189,9 +282,14 @@ int BPF_PROG(peer_state, struct sock *sk, int oldstate, int newstate)
 		 * byte baselines leave the SYN out. */
 		tag = bpf_sk_storage_get(&peer_tags, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (tag) {
+			__u64 now = bpf_ktime_get_ns();
+
 			tag->key = key;
 			tag->bytes_sent = tp->bytes_acked;
 			tag->bytes_received = tp->bytes_received;
+			if (role == PEER_CLIENT && tag->syn_ns && now > tag->syn_ns)
+				observe(&key, CONNECT_LATENCY, (now - tag->syn_ns) / 1000);
+			tag->syn_ns = 0;
 		}
 		return 0;
 	}
@@ -216,6 +314,8 @@ int BPF_PROG(peer_state, struct sock *sk, int oldstate, int newstate)
 			v->reset += 1;
 	}
 	if (tag) {
+		if (oldstate != TCP_SYN_SENT)
+			sample_rtt(tp, tag);
 		report(sk, tp, tag, oldstate);
 		/* A disconnected socket may connect again: its counters start from zero. */
 		tag->retransmits = 0;
@@ -293,5 +393,32 @@ SEC("tp_btf/tcp_receive_reset")
 int BPF_PROG(peer_recv_reset, struct sock *sk)
 {
 	count_reset(sk, 0);
+	return 0;
+}
+
+/* Run by user space once per collection in each namespace with counted connections (a tcp
+ * iterator walks the sockets of the namespace it is created in): an RTT sample of every open
+ * connection with a role, and what its counters gained so far. Writes nothing to the reader. */
+SEC("iter/tcp")
+int peer_sample(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct peer_tag *tag;
+	struct tcp_sock *tp;
+	int state;
+
+	if (!skc)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skc); /* NULL for TIME_WAIT and request sockets */
+	if (!tp)
+		return 0;
+	tag = bpf_sk_storage_get(&peer_tags, tp, 0, 0);
+	if (!tag)
+		return 0;
+	state = skc->skc_state;
+	if (state == TCP_SYN_SENT || state == TCP_CLOSE || state == TCP_LISTEN)
+		return 0;
+	sample_rtt(tp, tag);
+	report((struct sock *)tp, tp, tag, state);
 	return 0;
 }

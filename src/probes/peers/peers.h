@@ -38,6 +38,19 @@ struct peer_tag {
 	__u32 pad;
 	__u64 bytes_sent;
 	__u64 bytes_received;
+	__u64 syn_ns;   /* when a client's socket entered SYN_SENT (bpf_ktime_get_ns), or 0 */
+};
+
+/* Latency histograms of one peer key. Bucket i counts values up to 2^(i+4) microseconds
+ * (16 us ... 8.4 s); the last counts the rest. Shared by all CPUs (atomic adds): one copy per
+ * key, not one per CPU. */
+#define PEER_BUCKETS 21
+
+struct peer_timing {
+	__u64 connect[PEER_BUCKETS]; /* client: SYN_SENT -> ESTABLISHED */
+	__u64 connect_sum_us;
+	__u64 rtt[PEER_BUCKETS];     /* smoothed RTT (srtt), sampled at close and each collection */
+	__u64 rtt_sum_us;
 };
 
 #define PEERS_MAX_ENTRIES 16384

@@ -7,7 +7,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -18,6 +17,7 @@ use aya::programs::{BtfTracePoint, Iter};
 use aya::{Btf, Ebpf, EbpfLoader, Endianness};
 
 use super::Collection;
+use super::netns::drain_iterator;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/socksummary.bpf.o"));
 
@@ -84,20 +84,12 @@ impl SocketStorage {
         let ns = ns_path
             .map(|p| File::open(p).with_context(|| format!("open {}", p.display())))
             .transpose()?;
-        let ns = ns.as_ref();
         let prog: &mut Iter = program(&mut self.ebpf, "tag_existing")?.try_into()?;
         let id = prog.attach()?;
         let link = prog.take_link(id)?;
-        std::thread::scope(|s| {
-            s.spawn(move || -> Result<()> {
-                if let Some(ns) = ns {
-                    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
-                }
-                let mut f = link.into_file().context("bpf_iter_create")?;
-                drain(&mut f)
-            })
-            .join()
-            .map_err(|_| anyhow!("sweep thread panicked"))?
+        super::netns::run_in(ns.as_ref(), move || {
+            let mut f = link.into_file().context("bpf_iter_create")?;
+            drain_iterator(&mut f)
         })
     }
 
@@ -125,7 +117,7 @@ impl SocketStorage {
         let prog_fd = prog.fd()?.as_fd().as_raw_fd();
         let link = map_iter_link(prog_fd, map_fd).context("link for iter/bpf_sk_storage_map")?;
         let mut f = iter_create(&link).context("bpf_iter_create")?;
-        drain(&mut f)?;
+        drain_iterator(&mut f)?;
         let map = self.ebpf.map("summary").context("map summary missing")?;
         let summary: BpfHashMap<_, u32, NsSummary> = BpfHashMap::try_from(map)?;
         self.summaries = summary.iter().filter_map(|e| e.ok()).collect();
@@ -136,19 +128,6 @@ impl SocketStorage {
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
     ebpf.program_mut(name)
         .with_context(|| format!("program {name} missing from the object"))
-}
-
-/// Reads an iterator to its end (the programs write nothing; reading runs them).
-fn drain(f: &mut File) -> Result<()> {
-    let mut buf = [0u8; 4096];
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e).context("read iterator"),
-        }
-    }
 }
 
 // Hand-written because aya 0.14 creates iterator links without link info, and an
