@@ -72,9 +72,15 @@ struct sock_common {
 	unsigned long skc_flags; /* sk_flags from Linux 6.16 on; struct sock's own before */
 } __attribute__((preserve_access_index));
 
+typedef struct {
+	int counter;
+} atomic_t;
+
 struct sock {
 	struct sock_common __sk_common;
+	atomic_t sk_drops;
 	__u32 sk_ack_backlog;
+	__u32 sk_max_ack_backlog;
 	int sk_err;
 	unsigned long sk_flags;
 } __attribute__((preserve_access_index));

@@ -545,3 +545,68 @@ fn peers_time_connects_and_sample_the_rtt_of_open_connections() {
         "B: ss rtt {b_rtt}"
     );
 }
+
+/// A listener whose accept queue is full: its queue and limit are what `ss -ltn` shows (Recv-Q,
+/// Send-Q), and the drops of its port equal the namespace's `TcpExtListenOverflows` delta (and
+/// `TcpExtListenDrops`: nothing else drops there).
+#[test]
+fn peers_listener_overflows_are_the_ports() {
+    let (agent, a, b, _veth) = agent_and_pair("nxpl");
+    let listener = format!(
+        "import socket, time\n\
+         l = socket.socket(); l.bind(('{B_IP}', 8089)); l.listen(2)\n\
+         time.sleep(600)\n"
+    );
+    let _listener = b.spawn(&["python3", "-c", &listener]);
+    waits_for_listener(&b, 8089);
+    // A handshake that finds the queue full is answered with an RST (no SYN-ACK retries keep
+    // it dropping); A gives up a SYN after one retry.
+    b.run(&["sysctl", "-qw", "net.ipv4.tcp_abort_on_overflow=1"]);
+    a.run(&["sysctl", "-qw", "net.ipv4.tcp_syn_retries=1"]);
+    let b0 = nstat(&b);
+    let script = format!(
+        "import socket, threading\n\
+         out = []; keep = []\n\
+         def one():\n    s = socket.socket(); s.settimeout(8)\n    try:\n        s.connect(('{B_IP}', 8089)); keep.append(s); out.append('ok')\n    except OSError as e:\n        out.append(e.__class__.__name__)\n\
+         ts = [threading.Thread(target=one) for _ in range(12)]\n\
+         [t.start() for t in ts]; [t.join() for t in ts]\n\
+         print(' '.join(sorted(out)))\n"
+    );
+    let outcomes = a.run(&["python3", "-c", &script]);
+    // The kernel's counters, read when no drop happens during the scrape.
+    let port = [("port", "8089")];
+    let (s, overflows, drops) = poll(Duration::from_secs(20), || {
+        let before = nstat(&b);
+        let s = agent.scrape();
+        let after = nstat(&b);
+        let overflows = delta(&b0, &after, "TcpExtListenOverflows");
+        (before == after
+            && peer_value(&s, "netexporter_listener_drops_total", &b, &port) == overflows)
+            .then(|| (s, overflows, delta(&b0, &after, "TcpExtListenDrops")))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "listener drops never equal TcpExtListenOverflows ({}); clients: {outcomes}\n{}",
+            delta(&b0, &nstat(&b), "TcpExtListenOverflows"),
+            agent.scrape().text
+        )
+    });
+    assert!(overflows > 0, "the queue never overflowed: {outcomes}");
+    assert_eq!(drops, overflows, "ListenDrops = ListenOverflows");
+    let ss = b.run(&["ss", "-Hltn", "sport = :8089"]);
+    let cols: Vec<&str> = ss.split_whitespace().collect();
+    let (recv_q, send_q): (u64, u64) = (cols[1].parse().unwrap(), cols[2].parse().unwrap());
+    assert_eq!(
+        peer_value(&s, "netexporter_listener_accept_queue", &b, &port),
+        recv_q,
+        "{ss}"
+    );
+    // listen(2) holds up to three; fewer when a handshake completed on A's side only (the
+    // queue was full when B took its last ACK: an overflow, answered with an RST).
+    assert!((1..=3).contains(&recv_q), "{ss}");
+    assert_eq!(
+        peer_value(&s, "netexporter_listener_accept_queue_limit", &b, &port),
+        send_q
+    );
+    eprintln!("12 connects to a listen(2) that never accepts: {outcomes}; {overflows} overflows");
+}

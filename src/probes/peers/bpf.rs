@@ -101,6 +101,37 @@ impl PeerTiming {
     }
 }
 
+/// Mirrors `struct peer_listener` of `peers.h`: one TCP listener as the sampling iterator
+/// writes it to its reader.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Listener {
+    pub port: u16,
+    pub family: u8,
+    pub queue: u32,
+    pub limit: u32,
+    pub drops: u32,
+}
+
+impl Listener {
+    /// `sizeof(struct peer_listener)`.
+    pub const SIZE: usize = 16;
+
+    /// The listeners of one iterator's output (records of `SIZE` bytes, native order).
+    pub fn parse(bytes: &[u8]) -> Vec<Listener> {
+        let u32_at = |r: &[u8], i: usize| u32::from_ne_bytes([r[i], r[i + 1], r[i + 2], r[i + 3]]);
+        bytes
+            .chunks_exact(Self::SIZE)
+            .map(|r| Listener {
+                port: u16::from_ne_bytes([r[0], r[1]]),
+                family: r[2],
+                queue: u32_at(r, 4),
+                limit: u32_at(r, 8),
+                drops: u32_at(r, 12),
+            })
+            .collect()
+    }
+}
+
 /// `PEER_CLIENT` and `PEER_SERVER` of `peers.h`.
 pub const CLIENT: u8 = 1;
 pub const SERVER: u8 = 2;
@@ -152,8 +183,8 @@ impl PeerCounter {
 
     /// Runs the sampling iterator in the namespace of `ns` (`None`: the agent's own): an RTT
     /// sample of each open connection with a role, and the bytes and retransmits it has
-    /// counted so far, added in the kernel.
-    pub fn sample(&mut self, ns: Option<&std::fs::File>) -> Result<()> {
+    /// counted so far, added in the kernel. Returns the namespace's listeners.
+    pub fn sample(&mut self, ns: Option<&std::fs::File>) -> Result<Vec<Listener>> {
         let prog: &mut Iter = self
             .ebpf
             .program_mut(SAMPLER)
@@ -161,10 +192,14 @@ impl PeerCounter {
             .try_into()?;
         let id = prog.attach().context("attach iter/tcp")?;
         let link = prog.take_link(id)?;
-        crate::sources::netns::run_in(ns, move || {
+        let out = crate::sources::netns::run_in(ns, move || {
+            use std::io::Read;
             let mut f = link.into_file().context("bpf_iter_create")?;
-            crate::sources::netns::drain_iterator(&mut f)
-        })
+            let mut out = Vec::new();
+            f.read_to_end(&mut out).context("read iter/tcp")?;
+            Ok(out)
+        })?;
+        Ok(Listener::parse(&out))
     }
 
     /// Every key's latency histograms.
@@ -279,6 +314,27 @@ mod tests {
         );
         assert_eq!(std::mem::size_of::<PeerTiming>(), (2 * BUCKETS + 2) * 8);
         assert!(header.contains(&format!("#define PEER_BUCKETS {BUCKETS}")));
+        assert_eq!(
+            fields(header, "peer_listener"),
+            ["port", "family", "pad", "queue", "limit", "drops"]
+        );
+        let mut record = Vec::new();
+        record.extend_from_slice(&8080u16.to_ne_bytes());
+        record.extend_from_slice(&[6, 0]);
+        for v in [3u32, 128, 7] {
+            record.extend_from_slice(&v.to_ne_bytes());
+        }
+        assert_eq!(record.len(), Listener::SIZE);
+        assert_eq!(
+            Listener::parse(&record),
+            [Listener {
+                port: 8080,
+                family: 6,
+                queue: 3,
+                limit: 128,
+                drops: 7
+            }]
+        );
         assert!(
             header.contains("#define PEER_CLIENT 1") && header.contains("#define PEER_SERVER 2")
         );

@@ -33,7 +33,7 @@ use super::{Build, Histogram, MetricDef, Probe, Scope, Series};
 use crate::inventory::ClusterView;
 use crate::metrics;
 use crate::sources::{Collection, Node, TargetSources};
-use bpf::{BUCKETS, CLIENT, PeerCounter, PeerCounts, PeerKey, PeerTiming};
+use bpf::{BUCKETS, CLIENT, Listener, PeerCounter, PeerCounts, PeerKey, PeerTiming};
 
 /// `probes.peers`.
 #[derive(Deserialize, Serialize, JsonSchema, Debug, Clone, PartialEq, Eq)]
@@ -56,6 +56,9 @@ pub struct PeersOptions {
     /// role and peer, not per port): the first named peers, busiest first. The others' are
     /// counted under `peer="other"`. A histogram is 12 data points.
     pub histogram_peers: usize,
+    /// Listening ports of one namespace with accept-queue series of their own (the first
+    /// seen); the others are summed under `port="other"`.
+    pub listeners_per_namespace: usize,
 }
 
 impl Default for PeersOptions {
@@ -65,6 +68,7 @@ impl Default for PeersOptions {
             networks: BTreeMap::new(),
             pod_names: false,
             histogram_peers: 3,
+            listeners_per_namespace: 16,
         }
     }
 }
@@ -77,6 +81,9 @@ const BYTES: usize = 4;
 const UNCOUNTED: usize = 5;
 const CONNECT_LATENCY: usize = 6;
 const RTT: usize = 7;
+const ACCEPT_QUEUE: usize = 8;
+const ACCEPT_QUEUE_LIMIT: usize = 9;
+const LISTEN_DROPS: usize = 10;
 
 /// The exported buckets, in seconds: 4^(j+3) microseconds, 64 µs to 4.2 s, and `+Inf` (12
 /// data points a histogram). The kernel counts finer ones (2^(i+4) µs, `peers.h`), two of which
@@ -101,10 +108,13 @@ const METRICS: &[MetricDef] = metrics![
     counter "netexporter_peer_connection_failures_total" "TCP connections with a peer that failed, by reason: refused (RST answering the SYN), timeout (SYN retries exhausted), reset (RST received on an opened connection), other (an ICMP error, closed while connecting). Labels: those of netexporter_peer_connections_total, and reason. A reason's series appears at its first failure.",
     counter "netexporter_peer_retransmits_total" "TCP segments retransmitted to a peer (the sockets' own total_retrans, as nstat's TcpRetransSegs counts them), counted as they happen. Labels: those of netexporter_peer_connections_total. Appears at the first retransmit.",
     counter "netexporter_peer_resets_total" "TCP RSTs sent to (direction=transmit) and received from (direction=receive) a peer on a connection's socket; RSTs answering packets that found no socket (a closed port) are not per peer. Labels: those of netexporter_peer_connections_total, and direction. Appears at the first RST.",
-    counter "netexporter_peer_bytes_total" "TCP payload bytes sent to (direction=transmit: acknowledged by the peer, tcp_sock.bytes_acked) and received from (direction=receive: in order, tcp_sock.bytes_received) a peer, counted when a connection retransmits and when it closes. Labels: those of netexporter_peer_connections_total, and direction.",
+    counter "netexporter_peer_bytes_total" "TCP payload bytes sent to (direction=transmit: acknowledged by the peer, tcp_sock.bytes_acked) and received from (direction=receive: in order, tcp_sock.bytes_received) a peer, counted when a connection retransmits, at each collection while it is open, and when it closes. Labels: those of netexporter_peer_connections_total, and direction.",
     counter "netexporter_peer_uncounted_total" "Connection events and latency samples not counted because an in-kernel peer map was full (node only).",
     histogram(&LATENCY_BOUNDS) "netexporter_peer_connect_latency_seconds" "Time from a client's SYN to ESTABLISHED (SYN retransmits included), per connection opened. Buckets grow fourfold from 64 us to 4.2 s. Labels: role (client), peer, peer_kind; the peers past probes.peers.histogram_peers are peer=other.",
     histogram(&LATENCY_BOUNDS) "netexporter_peer_rtt_seconds" "Smoothed round-trip time (the socket's srtt, as ss -ti shows it) of connections with a peer: one sample per open connection per collection, and one when a connection closes. Buckets grow fourfold from 64 us to 4.2 s. Labels: role, peer, peer_kind; the peers past probes.peers.histogram_peers are peer=other.",
+    gauge "netexporter_listener_accept_queue" "Connections that completed the handshake and wait for accept() on a listening port (ss -ltn's Recv-Q), read at each collection. Labels: port (the ports past probes.peers.listeners_per_namespace are summed under other).",
+    gauge "netexporter_listener_accept_queue_limit" "The accept queue's limit of a listening port (listen()'s backlog, capped by net.core.somaxconn; ss -ltn's Send-Q). Labels: port.",
+    counter "netexporter_listener_drops_total" "SYNs and handshakes a listening port dropped since its socket was opened (the listener's sk_drops: a full accept queue, as nstat's TcpExtListenOverflows counts, and other listen drops, TcpExtListenDrops). Starts again from zero when the port's listener is opened again. Labels: port.",
 ];
 
 pub struct Peers {
@@ -134,6 +144,8 @@ struct Read {
     entries: Vec<(PeerKey, PeerCounts)>,
     timings: HashMap<PeerKey, PeerTiming>,
     lost: u64,
+    /// The listeners of each namespace sampled in this collection, by inode.
+    listeners: HashMap<u64, Vec<Listener>>,
     /// The last error of sampling a namespace's open connections, said once until it changes.
     sample_error: Option<String>,
 }
@@ -171,6 +183,39 @@ struct Budget {
     timed_buckets: HashMap<PeerKey, Bucket>,
     /// Peers with histograms of their own.
     timed: HashSet<(String, &'static str)>,
+    /// Listening ports with series of their own.
+    ports: HashSet<u16>,
+}
+
+/// The accept-queue series of one namespace's listeners, summed per port (a port may have a
+/// listener per family or address); ports past the budget are summed under `other`.
+fn listener_series(listeners: &[Listener], budget: &mut Budget, limit: usize) -> Vec<Series> {
+    let mut by_port: BTreeMap<Option<u16>, (u64, u64, u64)> = BTreeMap::new();
+    let mut ports: Vec<u16> = listeners.iter().map(|l| l.port).collect();
+    ports.sort_unstable();
+    for p in ports {
+        if !budget.ports.contains(&p) && budget.ports.len() < limit {
+            budget.ports.insert(p);
+        }
+    }
+    for l in listeners {
+        let port = budget.ports.contains(&l.port).then_some(l.port);
+        let sum = by_port.entry(port).or_default();
+        sum.0 += u64::from(l.queue);
+        sum.1 += u64::from(l.limit);
+        sum.2 += u64::from(l.drops);
+    }
+    let n = METRICS.len();
+    let mut out = Vec::new();
+    for (port, (queue, limit, drops)) in by_port {
+        let label = ("port", port.map_or("other".to_string(), |p| p.to_string()));
+        let mut values = vec![None; n];
+        values[ACCEPT_QUEUE] = Some(queue);
+        values[ACCEPT_QUEUE_LIMIT] = Some(limit);
+        values[LISTEN_DROPS] = Some(drops);
+        out.push(Series::labelled(label, values));
+    }
+    out
 }
 
 /// The peer's address; an IPv4-mapped IPv6 address (a dual-stack socket) as IPv4.
@@ -392,7 +437,7 @@ impl Probe for Peers {
         let Some(loaded) = &self.loaded else { return };
         let mut counter = loaded.counter.lock().unwrap_or_else(|e| e.into_inner());
         let mut read = loaded.read.lock().unwrap_or_else(|e| e.into_inner());
-        sample_open_connections(&mut counter, &mut read, collection);
+        sample_namespaces(&mut counter, &mut read, collection);
         match counter.read().and_then(|r| Ok((r, counter.timings()?))) {
             Ok(((mut entries, lost), mut timings)) => {
                 let gone = |k: &PeerKey| k.netns != 0 && collection.is_gone(u64::from(k.netns));
@@ -444,6 +489,13 @@ impl Probe for Peers {
             cluster,
             loaded.attached.elapsed() < SYNC_WAIT,
         );
+        if let Some(listeners) = read.listeners.get(&inode) {
+            out.extend(listener_series(
+                listeners,
+                budgets.entry(inode).or_default(),
+                self.options.listeners_per_namespace,
+            ));
+        }
         if is_node {
             out.push(Series::only(
                 METRICS.len(),
@@ -456,16 +508,13 @@ impl Probe for Peers {
     }
 }
 
-/// Runs the sampling iterator in every namespace of this collection that has counted
-/// connections (as of the last read): an RTT sample of each open connection, and the bytes
-/// and retransmits it has so far. A namespace that vanished since discovery is skipped.
-fn sample_open_connections(counter: &mut PeerCounter, read: &mut Read, collection: &Collection) {
-    let counted: HashSet<u32> = read.entries.iter().map(|(k, _)| k.netns).collect();
+/// Runs the sampling iterator in every namespace of this collection: an RTT sample of each open
+/// connection, the bytes and retransmits it has so far, and the namespace's listeners. A
+/// namespace that vanished since discovery is skipped.
+fn sample_namespaces(counter: &mut PeerCounter, read: &mut Read, collection: &Collection) {
     let mut error = None;
+    read.listeners.clear();
     for (inode, path) in &collection.namespaces {
-        if !u32::try_from(*inode).is_ok_and(|i| counted.contains(&i)) {
-            continue;
-        }
         let result = match path {
             None => counter.sample(None),
             Some(p) => match std::fs::File::open(p) {
@@ -473,15 +522,18 @@ fn sample_open_connections(counter: &mut PeerCounter, read: &mut Read, collectio
                 Err(_) => continue, // gone since discovery
             },
         };
-        if let Err(e) = result {
-            error = Some(format!("{e:#}"));
+        match result {
+            Ok(listeners) => {
+                read.listeners.insert(*inode, listeners);
+            }
+            Err(e) => error = Some(format!("{e:#}")),
         }
     }
     if error.is_some() && error != read.sample_error {
         tracing::warn!(
             probe = "peers",
             error = error.as_deref().unwrap_or_default(),
-            "sampling open connections failed: RTT and bytes are counted at close only there"
+            "sampling a namespace's sockets failed: there, RTT and bytes are counted at close only, and its listeners are not shown"
         );
     }
     read.sample_error = error;
@@ -710,6 +762,38 @@ mod tests {
                 ("client:other".to_string(), RTT, 4, 0.0002),
                 ("server:192.0.2.1".to_string(), RTT, 4, 0.0002),
             ]
+        );
+    }
+
+    #[test]
+    fn listeners_sum_per_port_and_ports_past_the_budget_are_other() {
+        let l = |port, queue, drops| Listener {
+            port,
+            family: 4,
+            queue,
+            limit: 128,
+            drops,
+        };
+        let mut budget = Budget::default();
+        let render = |series: Vec<Series>| -> Vec<String> {
+            series
+                .iter()
+                .map(|s| {
+                    let v: Vec<String> = s.values.iter().flatten().map(|v| v.to_string()).collect();
+                    format!("{} {}", s.label("port").unwrap(), v.join(" "))
+                })
+                .collect()
+        };
+        let first = [l(8080, 1, 0), l(8080, 2, 5), l(22, 0, 0), l(9090, 0, 1)];
+        assert_eq!(
+            render(listener_series(&first, &mut budget, 2)),
+            ["other 0 128 1", "22 0 128 0", "8080 3 256 5"]
+        );
+        // A port seen first keeps its series; a new one is other.
+        let later = [l(8080, 0, 6), l(22, 0, 0), l(1, 4, 0)];
+        assert_eq!(
+            render(listener_series(&later, &mut budget, 2)),
+            ["other 4 128 0", "22 0 128 0", "8080 0 128 6"]
         );
     }
 

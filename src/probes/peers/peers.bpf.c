@@ -396,15 +396,17 @@ int BPF_PROG(peer_recv_reset, struct sock *sk)
 	return 0;
 }
 
-/* Run by user space once per collection in each namespace with counted connections (a tcp
- * iterator walks the sockets of the namespace it is created in): an RTT sample of every open
- * connection with a role, and what its counters gained so far. Writes nothing to the reader. */
+/* Run by user space once per collection in each namespace (a tcp iterator walks the sockets of
+ * the namespace it is created in): an RTT sample of every open connection with a role, and
+ * what its counters gained so far; each listener's accept queue and drops are written to the
+ * reader (struct peer_listener). */
 SEC("iter/tcp")
 int peer_sample(struct bpf_iter__tcp *ctx)
 {
 	struct sock_common *skc = ctx->sk_common;
 	struct peer_tag *tag;
 	struct tcp_sock *tp;
+	struct sock *sk;
 	int state;
 
 	if (!skc)
@@ -412,13 +414,25 @@ int peer_sample(struct bpf_iter__tcp *ctx)
 	tp = bpf_skc_to_tcp_sock(skc); /* NULL for TIME_WAIT and request sockets */
 	if (!tp)
 		return 0;
+	sk = (struct sock *)tp;
+	state = skc->skc_state;
+	if (state == TCP_LISTEN) {
+		struct peer_listener l = {};
+
+		l.port = skc->skc_num;
+		l.family = skc->skc_family == AF_INET6 ? 6 : 4;
+		l.queue = sk->sk_ack_backlog;
+		l.limit = sk->sk_max_ack_backlog;
+		l.drops = sk->sk_drops.counter;
+		bpf_seq_write(ctx->meta->seq, &l, sizeof(l));
+		return 0;
+	}
 	tag = bpf_sk_storage_get(&peer_tags, tp, 0, 0);
 	if (!tag)
 		return 0;
-	state = skc->skc_state;
-	if (state == TCP_SYN_SENT || state == TCP_CLOSE || state == TCP_LISTEN)
+	if (state == TCP_SYN_SENT || state == TCP_CLOSE)
 		return 0;
 	sample_rtt(tp, tag);
-	report((struct sock *)tp, tp, tag, state);
+	report(sk, tp, tag, state);
 	return 0;
 }
