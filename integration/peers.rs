@@ -610,3 +610,83 @@ fn peers_listener_overflows_are_the_ports() {
     );
     eprintln!("12 connects to a listen(2) that never accepts: {outcomes}; {overflows} overflows");
 }
+
+/// `diagnose --pod NETNS`: the namespace's peers from a live window, worst first, with the
+/// connections and failures the test made in the window.
+#[test]
+fn peers_diagnose_pod_lists_the_worst_peers_of_a_live_window() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let (_agent, a, b, _veth) = agent_and_pair("nxpd");
+    let _open = server(&b, 8090, false);
+    waits_for_listener(&b, 8090);
+    a.run(&["ip", "link", "set", "lo", "up"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_net-exporter"))
+        .args([
+            "--mode=standalone",
+            "diagnose",
+            "--pod",
+            &a.name,
+            "--window",
+            "6s",
+            "--output",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run diagnose");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.starts_with("watching") {
+                let _ = tx.send(());
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("diagnose never started watching");
+    assert_eq!(clients(&a, 8090, 4).trim(), "ok ok ok ok");
+    assert_eq!(
+        clients(&a, 8091, 3).trim(),
+        "ConnectionRefusedError ConnectionRefusedError ConnectionRefusedError"
+    );
+    let loopback_refused = "import socket\n\
+         for _ in range(2):\n    try:\n        socket.create_connection(('127.0.0.1', 9))\n    except OSError:\n        pass\n";
+    a.run(&["python3", "-c", loopback_refused]);
+    let out = child.wait_with_output().expect("diagnose output");
+    let log = reader.join().expect("stderr reader");
+    assert!(out.status.success(), "diagnose failed: {log}");
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let rows: Vec<(String, String, u64, u64)> = report["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .map(|r| {
+            let failed: u64 = r["failures"]
+                .as_object()
+                .map_or(0, |f| f.values().filter_map(Value::as_u64).sum());
+            (
+                r["role"].as_str().unwrap_or_default().to_string(),
+                r["peer"].as_str().unwrap_or_default().to_string(),
+                r["opened"].as_u64().unwrap_or(0),
+                failed,
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("client".to_string(), B_IP.to_string(), 4, 3),
+            ("client".to_string(), "loopback".to_string(), 0, 2),
+        ],
+        "{report:#}"
+    );
+    assert_eq!(report["peers"][0]["failures"]["refused"], 3);
+}

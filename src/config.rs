@@ -102,9 +102,20 @@ pub enum Command {
     /// Run every configuration check once, print what is wrong, exit 1 if anything is (0 if
     /// nothing is): the first command on a sick node.
     Diagnose {
-        /// table, or json (the event JSON lines).
+        /// table, or json (the event JSON lines; with --pod, one JSON report).
         #[arg(long, default_value = "table")]
         output: String,
+        /// Instead of the checks: the worst peers of this Pod (NAMESPACE/NAME; standalone, a
+        /// netns name; `node` for the node's own namespace), from a live window of the peers
+        /// probe.
+        #[arg(long, value_name = "NAMESPACE/NAME")]
+        pod: Option<String>,
+        /// How long --pod watches the Pod's connections.
+        #[arg(long, value_name = "DURATION", default_value = "10s")]
+        window: String,
+        /// How many peers --pod lists at most (table output).
+        #[arg(long, default_value_t = 10)]
+        top: usize,
     },
 }
 

@@ -1,3 +1,5 @@
+mod diagnose;
+
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,15 +37,34 @@ fn main() -> ExitCode {
         }
     };
     let diagnose = match &flags.command {
-        Some(Command::Diagnose { output }) => match output.as_str() {
-            "table" | "json" => Some(output.clone()),
-            other => {
+        Some(Command::Diagnose {
+            output,
+            pod,
+            window,
+            top,
+        }) => {
+            if !matches!(output.as_str(), "table" | "json") {
                 eprintln!(
-                    "net-exporter: configuration error: --output: {other:?} is not table or json"
+                    "net-exporter: configuration error: --output: {output:?} is not table or json"
                 );
                 return ExitCode::from(2);
             }
-        },
+            let window = match humantime::parse_duration(window) {
+                Ok(w) if !w.is_zero() => w,
+                _ => {
+                    eprintln!(
+                        "net-exporter: configuration error: --window: {window:?} is not a duration above zero (e.g. 10s)"
+                    );
+                    return ExitCode::from(2);
+                }
+            };
+            Some(Diagnosis {
+                output: output.clone(),
+                pod: pod.as_deref().map(diagnose::Target::parse),
+                window,
+                top: *top,
+            })
+        }
         None => None,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -75,7 +96,22 @@ fn main() -> ExitCode {
     if let Some(t) = &trace_cfg {
         tracing::info!(endpoint = %t.endpoint, protocol = ?t.protocol, "trace export on");
     }
-    if let Some(output) = diagnose {
+    if let Some(Diagnosis {
+        output,
+        pod: Some(target),
+        window,
+        top,
+    }) = &diagnose
+    {
+        return match runtime.block_on(run_diagnose_pod(cfg, target, *window, output, *top)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("net-exporter diagnose: {e:#}");
+                ExitCode::from(3)
+            }
+        };
+    }
+    if let Some(Diagnosis { output, .. }) = diagnose {
         return match runtime.block_on(run_diagnose(cfg, &output)) {
             Ok(true) => ExitCode::from(1),
             Ok(false) => ExitCode::SUCCESS,
@@ -244,11 +280,21 @@ fn runner(
     })
 }
 
-/// Runs every check once and prints the problems; `Ok(true)` when there are any.
-async fn run_diagnose(cfg: Config, output: &str) -> anyhow::Result<bool> {
-    let (inventory, objects) = inventory(&cfg).await?;
+/// What `diagnose` was asked.
+struct Diagnosis {
+    output: String,
+    /// `--pod`: a peer report instead of the checks.
+    pod: Option<diagnose::Target>,
+    window: std::time::Duration,
+    top: usize,
+}
+
+/// The inventory, waiting (at most 5 s) for a Kubernetes view to list the node's Pods.
+async fn synced_inventory(
+    cfg: &Config,
+) -> anyhow::Result<(Box<dyn Inventory>, Option<Arc<ClusterObjects>>)> {
+    let (inventory, objects) = inventory(cfg).await?;
     if objects.is_some() {
-        // Give the watches a moment to list the node's Pods.
         for _ in 0..50 {
             if inventory.cluster().is_some_and(|c| c.synced) {
                 break;
@@ -256,6 +302,54 @@ async fn run_diagnose(cfg: Config, output: &str) -> anyhow::Result<bool> {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
+    Ok((inventory, objects))
+}
+
+/// `diagnose --pod`: the peers probe alone, collected at the start and the end of `window`,
+/// and the target's peers from the second collection.
+async fn run_diagnose_pod(
+    cfg: Config,
+    target: &diagnose::Target,
+    window: std::time::Duration,
+    output: &str,
+    top: usize,
+) -> anyhow::Result<()> {
+    let (inventory, _objects) = synced_inventory(&cfg).await?;
+    let mut settings = cfg.collector_settings();
+    settings.probes.retain(|(r, _)| r.name == "peers");
+    if settings.probes.is_empty() {
+        anyhow::bail!("the peers probe is disabled (probes.peers.enabled, --collector.disable)");
+    }
+    let collector = Arc::new(Collector::new(settings, inventory));
+    let first = collector.collect().await;
+    if let Some((_, Some(why))) = first.availability.iter().find(|(p, _)| *p == "peers") {
+        anyhow::bail!("the peers probe cannot run on this node: {why}");
+    }
+    eprintln!("watching the connections of {target:?} for {window:?} ...");
+    tokio::time::sleep(window).await;
+    let snapshot = collector.collect().await;
+    if let Some(failed) = snapshot
+        .collectors
+        .iter()
+        .find(|c| c.name == "peers" && !c.success)
+    {
+        eprintln!(
+            "the peers probe failed in some namespace ({} failures so far)",
+            failed.errors_total
+        );
+    }
+    let report = diagnose::report(&snapshot, target);
+    if output == "json" {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", diagnose::table(&report, top));
+    }
+    Ok(())
+}
+
+/// Runs every check once and prints the problems; `Ok(true)` when there are any.
+async fn run_diagnose(cfg: Config, output: &str) -> anyhow::Result<bool> {
+    let (inventory, objects) = synced_inventory(&cfg).await?;
     let collector = Arc::new(Collector::new(cfg.collector_settings(), inventory));
     let runner = runner(
         &cfg,

@@ -1,0 +1,449 @@
+//! `net-exporter diagnose --pod NAMESPACE/NAME`: one Pod's (or standalone namespace's) worst
+//! peers, from a live window of the `peers` probe. The command loads the probe's programs
+//! itself, collects, waits the window and collects again: what it shows is what the Pod's
+//! connections did during the window (connections opened before it began are not tagged,
+//! so only their RTT samples at close and their failures are seen).
+
+use std::collections::BTreeMap;
+
+use net_exporter::collector::{ObservedSeries, Snapshot};
+use net_exporter::probes::{self, Histogram};
+
+/// The target of a report: a Kubernetes Pod (`NAMESPACE/NAME`), a standalone namespace (its
+/// `netns` name) or the node's own namespace (`node`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Pod { namespace: String, name: String },
+    Netns(String),
+    Node,
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Self {
+        match s.split_once('/') {
+            Some((namespace, name)) => Self::Pod {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            },
+            None if s == "node" => Self::Node,
+            None => Self::Netns(s.to_string()),
+        }
+    }
+
+    fn matches(&self, s: &ObservedSeries) -> bool {
+        let attr = |k: &str| {
+            s.attrs
+                .iter()
+                .find(|kv| kv.key.as_str() == k)
+                .map(|kv| kv.value.as_str().into_owned())
+        };
+        match self {
+            Self::Pod { namespace, name } => {
+                attr("k8s_namespace").as_deref() == Some(namespace)
+                    && attr("k8s_pod").as_deref() == Some(name)
+            }
+            Self::Netns(n) => attr("netns").as_deref() == Some(n),
+            Self::Node => attr("netns").is_none() && attr("k8s_pod").is_none(),
+        }
+    }
+}
+
+/// What one peer of the target did, in one role, summed over ports.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
+pub struct PeerRow {
+    pub role: String,
+    pub peer: String,
+    pub peer_kind: String,
+    pub opened: u64,
+    pub failures: BTreeMap<String, u64>,
+    pub retransmits: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Seconds; `None` without samples.
+    pub rtt_p99: Option<f64>,
+    pub connect_p99: Option<f64>,
+}
+
+impl PeerRow {
+    fn failed(&self) -> u64 {
+        self.failures.values().sum()
+    }
+}
+
+/// One listening port of the target.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
+pub struct ListenerRow {
+    pub port: String,
+    pub queue: u64,
+    pub limit: u64,
+    pub drops: u64,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
+pub struct Report {
+    pub peers: Vec<PeerRow>,
+    pub listeners: Vec<ListenerRow>,
+}
+
+/// The target's peers, worst first (failures, then retransmits, then RTT), and its listeners.
+pub fn report(snapshot: &Snapshot, target: &Target) -> Report {
+    let Some(p) = probes::PROBES.iter().position(|r| r.name == "peers") else {
+        return Report::default();
+    };
+    let metrics = probes::PROBES[p].metrics;
+    let index = |name: &str| metrics.iter().position(|m| m.name == name);
+    let mut rows: BTreeMap<(String, String), PeerRow> = BTreeMap::new();
+    let mut listeners = Vec::new();
+    for s in snapshot.series.get(p).into_iter().flatten() {
+        if !target.matches(s) {
+            continue;
+        }
+        let label = |k: &str| {
+            s.attrs
+                .iter()
+                .find(|kv| kv.key.as_str() == k)
+                .map(|kv| kv.value.as_str().into_owned())
+                .unwrap_or_default()
+        };
+        let value = |name: &str| {
+            index(name)
+                .and_then(|i| s.values.get(i).copied().flatten())
+                .unwrap_or(0)
+        };
+        if index("netexporter_listener_accept_queue")
+            .is_some_and(|i| s.values.get(i).copied().flatten().is_some())
+        {
+            listeners.push(ListenerRow {
+                port: label("port"),
+                queue: value("netexporter_listener_accept_queue"),
+                limit: value("netexporter_listener_accept_queue_limit"),
+                drops: value("netexporter_listener_drops_total"),
+            });
+            continue;
+        }
+        let (role, peer) = (label("role"), label("peer"));
+        if peer.is_empty() {
+            continue; // the node's uncounted events
+        }
+        let row = rows
+            .entry((role.clone(), peer.clone()))
+            .or_insert_with(|| PeerRow {
+                role,
+                peer,
+                peer_kind: label("peer_kind"),
+                ..PeerRow::default()
+            });
+        row.opened += value("netexporter_peer_connections_total");
+        let failed = value("netexporter_peer_connection_failures_total");
+        if failed > 0 {
+            *row.failures.entry(label("reason")).or_default() += failed;
+        }
+        row.retransmits += value("netexporter_peer_retransmits_total");
+        let (resets, bytes) = (
+            value("netexporter_peer_resets_total"),
+            value("netexporter_peer_bytes_total"),
+        );
+        if label("direction") == "transmit" {
+            row.resets_sent += resets;
+            row.bytes_sent += bytes;
+        } else {
+            row.resets_received += resets;
+            row.bytes_received += bytes;
+        }
+        for (i, h) in &s.histograms {
+            let q = quantile(0.99, h);
+            match metrics.get(*i).map(|m| m.name) {
+                Some("netexporter_peer_rtt_seconds") => row.rtt_p99 = q,
+                Some("netexporter_peer_connect_latency_seconds") => row.connect_p99 = q,
+                _ => {}
+            }
+        }
+    }
+    let mut peers: Vec<PeerRow> = rows.into_values().collect();
+    peers.sort_by(|a, b| {
+        b.failed()
+            .cmp(&a.failed())
+            .then(b.retransmits.cmp(&a.retransmits))
+            .then(
+                b.rtt_p99
+                    .unwrap_or(0.0)
+                    .total_cmp(&a.rtt_p99.unwrap_or(0.0)),
+            )
+            .then(b.opened.cmp(&a.opened))
+    });
+    listeners.sort_by(|a, b| b.drops.cmp(&a.drops).then(b.queue.cmp(&a.queue)));
+    Report { peers, listeners }
+}
+
+/// The `q` quantile of a histogram, interpolated linearly inside its bucket as Prometheus'
+/// `histogram_quantile` does (the last finite bound for the `+Inf` bucket).
+pub fn quantile(q: f64, h: &Histogram) -> Option<f64> {
+    let total = h.count();
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut seen = 0u64;
+    for (i, n) in h.counts.iter().enumerate() {
+        if *n > 0 && (seen + n) as f64 >= rank {
+            let Some(upper) = h.bounds.get(i) else {
+                return h.bounds.last().copied();
+            };
+            let lower = if i == 0 { 0.0 } else { h.bounds[i - 1] };
+            return Some(lower + (upper - lower) * (rank - seen as f64) / *n as f64);
+        }
+        seen += n;
+    }
+    h.bounds.last().copied()
+}
+
+fn seconds(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(s) if s < 1e-3 => format!("{:.0}us", s * 1e6),
+        Some(s) if s < 1.0 => format!("{:.1}ms", s * 1e3),
+        Some(s) => format!("{s:.2}s"),
+    }
+}
+
+/// The report as a table, `top` peers at most.
+pub fn table(r: &Report, top: usize) -> String {
+    let mut out = String::new();
+    if r.peers.is_empty() {
+        out.push_str("no connections with a peer in the window\n");
+    } else {
+        let rows: Vec<[String; 9]> = r
+            .peers
+            .iter()
+            .take(top)
+            .map(|p| {
+                let failed = if p.failures.is_empty() {
+                    "0".to_string()
+                } else {
+                    p.failures
+                        .iter()
+                        .map(|(k, v)| format!("{v} {k}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                [
+                    p.role.clone(),
+                    format!("{} ({})", p.peer, p.peer_kind),
+                    p.opened.to_string(),
+                    failed,
+                    p.retransmits.to_string(),
+                    format!("{}/{}", p.resets_sent, p.resets_received),
+                    seconds(p.rtt_p99),
+                    seconds(p.connect_p99),
+                    format!("{}/{}", p.bytes_sent, p.bytes_received),
+                ]
+            })
+            .collect();
+        let header = [
+            "ROLE",
+            "PEER",
+            "OPENED",
+            "FAILED",
+            "RETRANS",
+            "RST OUT/IN",
+            "RTT P99",
+            "CONNECT P99",
+            "BYTES OUT/IN",
+        ];
+        let widths: Vec<usize> = (0..header.len())
+            .map(|i| {
+                rows.iter()
+                    .map(|r| r[i].len())
+                    .chain([header[i].len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |cells: Vec<&str>| {
+            let mut l: Vec<String> = cells
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            if let Some(last) = l.last_mut() {
+                *last = last.trim_end().to_string();
+            }
+            l.join("  ") + "\n"
+        };
+        out.push_str(&line(header.to_vec()));
+        for r in &rows {
+            out.push_str(&line(r.iter().map(String::as_str).collect()));
+        }
+        if r.peers.len() > top {
+            out.push_str(&format!("... and {} more peers\n", r.peers.len() - top));
+        }
+    }
+    if !r.listeners.is_empty() {
+        out.push_str("\nLISTENING PORT  ACCEPT QUEUE  DROPS\n");
+        for l in &r.listeners {
+            out.push_str(&format!(
+                "{:<14}  {:<12}  {}\n",
+                l.port,
+                format!("{}/{}", l.queue, l.limit),
+                l.drops
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::KeyValue;
+
+    const BOUNDS: &[f64] = &[0.001, 0.004, 0.016];
+
+    fn series(labels: &[(&str, &str)], metric: &str, value: u64) -> ObservedSeries {
+        let p = probes::PROBES
+            .iter()
+            .position(|r| r.name == "peers")
+            .unwrap();
+        let metrics = probes::PROBES[p].metrics;
+        let mut values = vec![None; metrics.len()];
+        let i = metrics.iter().position(|m| m.name == metric).unwrap();
+        let mut histograms = Vec::new();
+        if metrics[i].kind == probes::Kind::Histogram {
+            let mut counts = vec![0; BOUNDS.len() + 1];
+            counts[2] = value;
+            histograms.push((
+                i,
+                Histogram {
+                    bounds: BOUNDS,
+                    counts,
+                    sum: 0.0,
+                },
+            ));
+        } else {
+            values[i] = Some(value);
+        }
+        let mut attrs = vec![KeyValue::new("k8s_node", "n1")];
+        attrs.extend(
+            labels
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.to_string(), v.to_string())),
+        );
+        ObservedSeries {
+            attrs,
+            values,
+            histograms,
+        }
+    }
+
+    #[test]
+    fn the_pods_peers_worst_first_and_its_listeners() {
+        let pod = [("k8s_namespace", "shop"), ("k8s_pod", "web-1")];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut l = pod.to_vec();
+            l.extend_from_slice(extra);
+            l
+        };
+        let db = [
+            ("role", "client"),
+            ("port", "5432"),
+            ("peer", "shop/StatefulSet/db"),
+            ("peer_kind", "workload"),
+        ];
+        let api = [
+            ("role", "client"),
+            ("port", "80"),
+            ("peer", "shop/Deployment/api"),
+            ("peer_kind", "workload"),
+        ];
+        let list = vec![
+            series(&with(&api), "netexporter_peer_connections_total", 50),
+            series(&with(&db), "netexporter_peer_connections_total", 10),
+            series(
+                &with(&[db[0], db[1], db[2], db[3], ("reason", "timeout")]),
+                "netexporter_peer_connection_failures_total",
+                3,
+            ),
+            series(
+                &with(&[db[0], db[2], db[3]]),
+                "netexporter_peer_rtt_seconds",
+                4,
+            ),
+            series(
+                &with(&[("port", "8080")]),
+                "netexporter_listener_accept_queue",
+                2,
+            ),
+            // Another Pod's peer is not in the report.
+            series(
+                &[
+                    ("k8s_namespace", "shop"),
+                    ("k8s_pod", "web-2"),
+                    db[0],
+                    db[1],
+                    db[2],
+                    db[3],
+                ],
+                "netexporter_peer_connections_total",
+                99,
+            ),
+        ];
+        let p = probes::PROBES
+            .iter()
+            .position(|r| r.name == "peers")
+            .unwrap();
+        let mut series = vec![Vec::new(); probes::PROBES.len()];
+        series[p] = list;
+        let snapshot = Snapshot {
+            series,
+            ..Default::default()
+        };
+        let r = report(&snapshot, &Target::parse("shop/web-1"));
+        let names: Vec<(&str, u64, u64)> = r
+            .peers
+            .iter()
+            .map(|p| (p.peer.as_str(), p.opened, p.failed()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("shop/StatefulSet/db", 10, 3),
+                ("shop/Deployment/api", 50, 0)
+            ]
+        );
+        // Four samples in (4 ms, 16 ms]: the 99th percentile interpolates near its top.
+        let rtt = r.peers[0].rtt_p99.unwrap();
+        assert!((rtt - (0.004 + 0.012 * 0.99)).abs() < 1e-9, "{rtt}");
+        assert_eq!(r.listeners.len(), 1);
+        assert_eq!(r.listeners[0].port, "8080");
+        let text = table(&r, 10);
+        assert!(text.contains("3 timeout"), "{text}");
+        assert!(text.contains("15.9ms"), "{text}");
+        assert_eq!(Target::parse("node"), Target::Node);
+        assert_eq!(Target::parse("blue"), Target::Netns("blue".into()));
+    }
+
+    #[test]
+    fn quantiles_interpolate_like_prometheus() {
+        let h = Histogram {
+            bounds: BOUNDS,
+            counts: vec![50, 50, 0, 0],
+            sum: 0.0,
+        };
+        assert_eq!(quantile(0.5, &h), Some(0.001));
+        assert_eq!(quantile(0.75, &h), Some(0.0025));
+        let inf = Histogram {
+            bounds: BOUNDS,
+            counts: vec![0, 0, 0, 3],
+            sum: 0.0,
+        };
+        assert_eq!(quantile(0.99, &inf), Some(0.016));
+        let empty = Histogram {
+            bounds: BOUNDS,
+            counts: vec![0; 4],
+            sum: 0.0,
+        };
+        assert_eq!(quantile(0.99, &empty), None);
+    }
+}
