@@ -34,6 +34,11 @@ const WATCHED: &[(&str, &str)] = &[
     ("pods", "GET /api/v1/pods?"),
     ("node", "GET /api/v1/nodes?"),
     ("services", "GET /api/v1/services?"),
+    // The peers probe names Services and the Pods behind them on other nodes.
+    (
+        "endpointslices",
+        "GET /apis/discovery.k8s.io/v1/endpointslices?",
+    ),
     (
         "networkpolicies",
         "GET /apis/networking.k8s.io/v1/networkpolicies?",
@@ -359,10 +364,6 @@ fn api_requests_of_one_agent_start_steady_restart() {
         "NetworkPolicies asked for whole"
     );
     assert_eq!(load(&at_start).lists, 0, "{at_start:#?}");
-    assert!(
-        of(&at_start, "GET /apis/discovery.k8s.io").is_empty(),
-        "EndpointSlices watched although the IPVS check does not apply here"
-    );
     assert!(of(&at_start, "GET /api/v1/endpoints").is_empty());
 
     // Steady state: 30 s of checks every 5 s; a NetworkPolicy and a Service with a Local

@@ -1026,3 +1026,122 @@ fn kubernetes_peers_are_the_other_pods_workload() {
     );
     assert_eq!(value(&s, &server_side), Some(N as f64));
 }
+
+/// Peers beyond this node's Pods: a connection to a Service's ClusterIP (translated by an
+/// iptables DNAT rule, as kube-proxy writes them) is counted under the Service; one straight to
+/// a backend of another node (known from the Service's EndpointSlice) under its Deployment;
+/// an address outside `cluster_networks` is `external`.
+#[test]
+fn kubernetes_peers_name_services_backends_and_external_addresses() {
+    require_root();
+    const VIA_SERVICE: u64 = 4;
+    const DIRECT: u64 = 3;
+    const OUTSIDE: u64 = 2;
+    let server = new_server(&[POD_CIDR]);
+    let web = PodEnv::new("shop", "web-c", Driver::SystemdV2, 0);
+    // A backend on "another node": a namespace the API does not list as a Pod of this node,
+    // and an "internet" address beside it.
+    let remote = Netns::new("nxkr");
+    let _link = NsVeth::new(
+        web.ns(),
+        "eth9",
+        "10.208.10.1/30",
+        &remote,
+        "eth0",
+        "10.208.10.2/30",
+    );
+    remote.run(&["ip", "addr", "add", "198.51.100.7/32", "dev", "eth0"]);
+    for dst in ["198.51.100.7/32", "10.96.50.10/32"] {
+        web.ns().run(&["ip", "route", "add", dst, "dev", "eth9"]);
+    }
+    let script = "import socket, threading\n\
+         def serve(addr, port):\n    l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n    l.bind((addr, port)); l.listen(16)\n    while True:\n        c, _ = l.accept(); c.close()\n\
+         threading.Thread(target=serve, args=('10.208.10.2', 8080)).start()\n\
+         serve('198.51.100.7', 443)\n";
+    let _backend = remote.spawn(&["python3", "-c", script]);
+    // kube-proxy's rule for the Service, in the client's namespace (its OUTPUT chain).
+    web.ns().run(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-d",
+        "10.96.50.10",
+        "-p",
+        "tcp",
+        "--dport",
+        "80",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        "10.208.10.2:8080",
+    ]);
+    server.apply(Kind::Pod, deployment_pod(&web, "web", "5d8f7c9b4"));
+    server.apply(
+        Kind::Service,
+        fake_apiserver::service(
+            "shop",
+            "api",
+            "ClusterIP",
+            Some("10.96.50.10"),
+            &[("http", 80, "TCP", 8080)],
+        ),
+    );
+    let mut slice = fake_apiserver::endpoint_slice(
+        "shop",
+        "api",
+        "k2x7q",
+        &[("10.208.10.2", "other-node", true)],
+        &[("http", 8080, "TCP")],
+    );
+    slice["endpoints"][0]["targetRef"]["name"] = "api-7c9d8f6b5d-x2x9k".into();
+    server.apply(Kind::EndpointSlice, slice);
+    let config = "probes:\n  peers:\n    cluster_networks: [10.0.0.0/8]\n";
+    let agent = start_agent(&server, Some(config));
+    wait_for(&agent, &server, "the Pod", DEADLINE, |s| has_pod(s, &web));
+    for port in [8080, 443] {
+        let up = poll(Duration::from_secs(10), || {
+            remote
+                .run(&["ss", "-Htln", &format!("sport = :{port}")])
+                .contains(&port.to_string())
+                .then_some(())
+        });
+        assert!(up.is_some(), "no listener on {port}");
+    }
+    let connect = |addr: &str, port: u16, n: u64| {
+        let s = format!(
+            "import socket\nfor _ in range({n}):\n    s = socket.create_connection(('{addr}', {port})); s.recv(1); s.close()\n"
+        );
+        web.ns().run(&["python3", "-c", &s]);
+    };
+    connect("10.96.50.10", 80, VIA_SERVICE);
+    connect("10.208.10.2", 8080, DIRECT);
+    connect("198.51.100.7", 443, OUTSIDE);
+    let conns = "netexporter_peer_connections_total";
+    let want = [
+        ("80", "shop/Service/api", "service", VIA_SERVICE),
+        ("8080", "shop/Deployment/api", "workload", DIRECT),
+        ("443", "external", "external", OUTSIDE),
+    ];
+    let value = |s: &Scrape, port: &str, peer: &str, kind: &str| {
+        let found = s.find(
+            conns,
+            &[
+                ("k8s_pod", "web-c"),
+                ("role", "client"),
+                ("port", port),
+                ("peer", peer),
+                ("peer_kind", kind),
+            ],
+        );
+        (found.len() == 1).then(|| found[0].value as u64)
+    };
+    let s = wait_for(&agent, &server, "the three peers", DEADLINE, |s| {
+        want.iter()
+            .all(|(port, peer, kind, _)| value(s, port, peer, kind).is_some())
+    });
+    for (port, peer, kind, n) in want {
+        assert_eq!(value(&s, port, peer, kind), Some(n), "{peer}:\n{}", s.text);
+    }
+}

@@ -314,8 +314,9 @@ async fn run_diagnose_pod(
     output: &str,
     top: usize,
 ) -> anyhow::Result<()> {
-    let (inventory, _objects) = synced_inventory(&cfg).await?;
+    let (inventory, objects) = synced_inventory(&cfg).await?;
     let mut settings = cfg.collector_settings();
+    settings.node.cluster_objects = objects;
     settings.probes.retain(|(r, _)| r.name == "peers");
     if settings.probes.is_empty() {
         anyhow::bail!("the peers probe is disabled (probes.peers.enabled, --collector.disable)");
@@ -397,7 +398,9 @@ async fn run(cfg: Config, server: http::Server, traces: Option<Traces>) -> anyho
     use anyhow::Context;
 
     let (inventory, objects) = inventory(&cfg).await?;
-    let collector = Arc::new(Collector::new(cfg.collector_settings(), inventory));
+    let mut settings = cfg.collector_settings();
+    settings.node.cluster_objects = objects.clone();
+    let collector = Arc::new(Collector::new(settings, inventory));
     let enabled: Vec<usize> = collector.enabled().to_vec();
     let export_stats = Arc::new(ExportStats {
         otlp_traces_failures: traces.as_ref().map(Traces::failures),

@@ -45,6 +45,9 @@ where
     listing: Arc<Mutex<Listing>>,
 }
 
+/// Every Service and every EndpointSlice of the cluster.
+pub type ServicesAndSlices = (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>);
+
 /// The cluster objects, each kind watched from its first request on.
 pub struct ClusterObjects {
     client: Client,
@@ -72,28 +75,43 @@ impl ClusterObjects {
 
     /// Every Service of the cluster.
     pub fn services(&self) -> Result<Vec<Arc<Service>>> {
-        let w = self.services.get_or_init(|| {
+        ready(self.services_watch(), "Services")
+    }
+
+    /// Every EndpointSlice of the cluster.
+    pub fn endpoint_slices(&self) -> Result<Vec<Arc<EndpointSlice>>> {
+        ready(self.slices_watch(), "EndpointSlices")
+    }
+
+    /// The Services and EndpointSlices once both are listed, without waiting (for a
+    /// collection: `None` until then); their watches start at the first call.
+    pub fn services_and_slices_listed(&self) -> Option<ServicesAndSlices> {
+        let (services, slices) = (self.services_watch(), self.slices_watch());
+        let listed = |l: &Mutex<Listing>| matches!(*lock(l), Listing::Synced);
+        (listed(&services.listing) && listed(&slices.listing))
+            .then(|| (services.store.state(), slices.store.state()))
+    }
+
+    fn services_watch(&self) -> &Watched<Service> {
+        self.services.get_or_init(|| {
             self.start(
                 Api::all(self.client.clone()),
                 watcher::Config::default(),
                 "services",
                 watcher::watcher,
             )
-        });
-        ready(w, "Services")
+        })
     }
 
-    /// Every EndpointSlice of the cluster.
-    pub fn endpoint_slices(&self) -> Result<Vec<Arc<EndpointSlice>>> {
-        let w = self.slices.get_or_init(|| {
+    fn slices_watch(&self) -> &Watched<EndpointSlice> {
+        self.slices.get_or_init(|| {
             self.start(
                 Api::all(self.client.clone()),
                 watcher::Config::default(),
                 "endpointslices",
                 watcher::watcher,
             )
-        });
-        ready(w, "EndpointSlices")
+        })
     }
 
     /// How many NetworkPolicies the cluster has. Only their metadata

@@ -37,6 +37,9 @@ pub struct Node {
     pub options: SourcesOptions,
     /// Kubernetes mode: the node's Pods and CIDRs come from the API server.
     pub kubernetes: bool,
+    /// Kubernetes mode: the cluster's Services and EndpointSlices, for the probes that name
+    /// addresses (`peers`).
+    pub cluster_objects: Option<Arc<crate::inventory::objects::ClusterObjects>>,
     socket_summaries: OnceLock<Arc<SocketSummaries>>,
 }
 
@@ -47,6 +50,7 @@ impl Node {
             sysfs,
             options,
             kubernetes,
+            cluster_objects: None,
             socket_summaries: OnceLock::new(),
         }
     }

@@ -31,9 +31,13 @@ use serde::{Deserialize, Serialize};
 
 use super::{Build, Histogram, MetricDef, Probe, Scope, Series};
 use crate::inventory::ClusterView;
+use crate::inventory::objects::ClusterObjects;
 use crate::metrics;
 use crate::sources::{Collection, Node, TargetSources};
 use bpf::{BUCKETS, CLIENT, Listener, PeerCounter, PeerCounts, PeerKey, PeerTiming};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use std::sync::Arc;
 
 /// `probes.peers`.
 #[derive(Deserialize, Serialize, JsonSchema, Debug, Clone, PartialEq, Eq)]
@@ -59,6 +63,11 @@ pub struct PeersOptions {
     /// Listening ports of one namespace with accept-queue series of their own (the first
     /// seen); the others are summed under `port="other"`.
     pub listeners_per_namespace: usize,
+    /// Kubernetes mode: the cluster's own address ranges (Pod, Service and Node CIDRs). A peer
+    /// address outside all of them that no Pod, Service or configured network names is
+    /// counted as `peer="external"`; inside them it stays an address (a Pod of another node
+    /// that backs no Service). Empty: no address is called external.
+    pub cluster_networks: Vec<IpNet>,
 }
 
 impl Default for PeersOptions {
@@ -69,6 +78,7 @@ impl Default for PeersOptions {
             pod_names: false,
             histogram_peers: 3,
             listeners_per_namespace: 16,
+            cluster_networks: Vec::new(),
         }
     }
 }
@@ -129,6 +139,110 @@ struct Loaded {
     budgets: Mutex<HashMap<u64, Budget>>,
     /// When the counter was attached: addresses wait for the Kubernetes view only so long.
     attached: Instant,
+    /// Kubernetes mode: the Services and EndpointSlices that name other addresses.
+    objects: Option<Arc<ClusterObjects>>,
+}
+
+/// What the cluster's Services and EndpointSlices say an address is: a Service's ClusterIP,
+/// or a backend Pod (of any node).
+#[derive(Default)]
+struct Directory {
+    by_addr: HashMap<IpAddr, Named>,
+}
+
+/// A directory entry: a Service, or a backend Pod's workload and the Pod itself.
+struct Named {
+    workload: String,
+    pod: Option<String>,
+    kind: &'static str,
+}
+
+impl Directory {
+    fn new(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Self {
+        let mut by_addr = HashMap::new();
+        for svc in services {
+            let (ns, name) = (
+                svc.metadata.namespace.as_deref().unwrap_or_default(),
+                svc.metadata.name.as_deref().unwrap_or_default(),
+            );
+            let spec = svc.spec.as_ref();
+            let ips = spec
+                .and_then(|s| s.cluster_ips.clone())
+                .or_else(|| spec.and_then(|s| s.cluster_ip.clone()).map(|ip| vec![ip]))
+                .unwrap_or_default();
+            for ip in ips.iter().filter_map(|ip| ip.parse::<IpAddr>().ok()) {
+                by_addr.insert(
+                    ip,
+                    Named {
+                        workload: format!("{ns}/Service/{name}"),
+                        pod: None,
+                        kind: "service",
+                    },
+                );
+            }
+        }
+        for slice in slices {
+            let ns = slice.metadata.namespace.as_deref().unwrap_or_default();
+            let service = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"))
+                .cloned()
+                .unwrap_or_default();
+            for ep in &slice.endpoints {
+                let pod = ep
+                    .target_ref
+                    .as_ref()
+                    .filter(|r| r.kind.as_deref() == Some("Pod"))
+                    .and_then(|r| r.name.clone());
+                let named = || match pod.as_deref().and_then(workload_of_pod_name) {
+                    Some(w) => Named {
+                        workload: format!("{ns}/{w}"),
+                        pod: pod.as_ref().map(|p| format!("{ns}/{p}")),
+                        kind: "workload",
+                    },
+                    // Named by the Service it backs: no series per replica.
+                    None => Named {
+                        workload: format!("{ns}/Service/{service}"),
+                        pod: pod.as_ref().map(|p| format!("{ns}/{p}")),
+                        kind: "service",
+                    },
+                };
+                for addr in ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
+                    by_addr.entry(addr).or_insert_with(named);
+                }
+            }
+        }
+        Self { by_addr }
+    }
+}
+
+/// The workload of a Pod known only by its name (an EndpointSlice names its backends, not
+/// their owners): `NAME-<pod-template-hash>-<5>` is a Deployment's, `NAME-<ordinal>` a
+/// StatefulSet's. `None` when the name says neither.
+fn workload_of_pod_name(pod: &str) -> Option<String> {
+    const SAFE: &str = "bcdfghjklmnpqrstvwxz2456789"; // the alphabet of generated names
+    let generated = |s: &str, lens: std::ops::RangeInclusive<usize>| {
+        lens.contains(&s.len()) && s.chars().all(|c| SAFE.contains(c))
+    };
+    let mut parts = pod.rsplitn(3, '-');
+    if let (Some(suffix), Some(hash), Some(name)) = (parts.next(), parts.next(), parts.next())
+        && generated(suffix, 5..=5)
+        && generated(hash, 6..=10)
+    {
+        return Some(format!("Deployment/{name}"));
+    }
+    match pod.rsplit_once('-') {
+        Some((name, ordinal))
+            if !name.is_empty()
+                && !ordinal.is_empty()
+                && ordinal.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            Some(format!("StatefulSet/{name}"))
+        }
+        _ => None,
+    }
 }
 
 /// How long after the counter is attached an address that may be a Pod waits for the
@@ -144,6 +258,8 @@ struct Read {
     entries: Vec<(PeerKey, PeerCounts)>,
     timings: HashMap<PeerKey, PeerTiming>,
     lost: u64,
+    /// Kubernetes mode: what the Services and EndpointSlices name, once both are listed.
+    directory: Option<Directory>,
     /// The listeners of each namespace sampled in this collection, by inode.
     listeners: HashMap<u64, Vec<Listener>>,
     /// The last error of sampling a namespace's open connections, said once until it changes.
@@ -239,6 +355,7 @@ fn resolve(
     addr: IpAddr,
     options: &PeersOptions,
     cluster: Option<&ClusterView>,
+    directory: Option<&Directory>,
     wait: bool,
 ) -> Option<(String, &'static str)> {
     if addr.is_loopback() {
@@ -255,27 +372,45 @@ fn resolve(
             (format!("{}/{}", pod.namespace, pod.workload), "workload")
         });
     }
+    if let Some(named) = directory.and_then(|d| d.by_addr.get(&addr)) {
+        return Some(match (&named.pod, options.pod_names) {
+            (Some(pod), true) => (pod.clone(), "pod"),
+            _ => (named.workload.clone(), named.kind),
+        });
+    }
     let narrowest = options
         .networks
         .iter()
         .flat_map(|(name, nets)| nets.iter().map(move |n| (n, name)))
         .filter(|(n, _)| n.contains(&addr))
         .max_by_key(|(n, _)| n.prefix_len());
-    match narrowest {
-        Some((_, name)) => Some((name.clone(), "network")),
-        None if wait && cluster.is_some_and(|c| !c.synced) => None,
-        None => Some((addr.to_string(), "address")),
+    if let Some((_, name)) = narrowest {
+        return Some((name.clone(), "network"));
     }
+    // A Kubernetes address waits while the view or the directory is not in yet.
+    let kubernetes = cluster.is_some();
+    if wait && kubernetes && (cluster.is_some_and(|c| !c.synced) || directory.is_none()) {
+        return None;
+    }
+    if kubernetes
+        && !options.cluster_networks.is_empty()
+        && !options.cluster_networks.iter().any(|n| n.contains(&addr))
+    {
+        return Some(("external".into(), "external"));
+    }
+    Some((addr.to_string(), "address"))
 }
 
 /// One namespace's series from the map's entries of that namespace (`mine`), deciding the
 /// bucket of each key not seen before (`budget` keeps the decisions).
+#[allow(clippy::too_many_arguments)]
 fn series_for(
     mine: &[&(PeerKey, PeerCounts)],
     timings: &HashMap<PeerKey, PeerTiming>,
     budget: &mut Budget,
     options: &PeersOptions,
     cluster: Option<&ClusterView>,
+    directory: Option<&Directory>,
     wait: bool,
 ) -> Vec<Series> {
     let mut new: Vec<&&(PeerKey, PeerCounts)> = mine
@@ -291,7 +426,7 @@ fn series_for(
             "server"
         };
         // Undecided keys wait, counting in the kernel, for a later collection.
-        let Some((peer, kind)) = resolve(address(key), options, cluster, wait) else {
+        let Some((peer, kind)) = resolve(address(key), options, cluster, directory, wait) else {
             continue;
         };
         let named = (peer.clone(), kind);
@@ -427,6 +562,7 @@ impl Probe for Peers {
             read: Mutex::new(Read::default()),
             budgets: Mutex::new(HashMap::new()),
             attached: Instant::now(),
+            objects: node.cluster_objects.clone(),
         });
         Ok(())
     }
@@ -438,6 +574,13 @@ impl Probe for Peers {
         let mut counter = loaded.counter.lock().unwrap_or_else(|e| e.into_inner());
         let mut read = loaded.read.lock().unwrap_or_else(|e| e.into_inner());
         sample_namespaces(&mut counter, &mut read, collection);
+        if let Some((services, slices)) = loaded
+            .objects
+            .as_ref()
+            .and_then(|o| o.services_and_slices_listed())
+        {
+            read.directory = Some(Directory::new(&services, &slices));
+        }
         match counter.read().and_then(|r| Ok((r, counter.timings()?))) {
             Ok(((mut entries, lost), mut timings)) => {
                 let gone = |k: &PeerKey| k.netns != 0 && collection.is_gone(u64::from(k.netns));
@@ -487,6 +630,7 @@ impl Probe for Peers {
             budgets.entry(inode).or_default(),
             &self.options,
             cluster,
+            read.directory.as_ref(),
             loaded.attached.elapsed() < SYNC_WAIT,
         );
         if let Some(listeners) = read.listeners.get(&inode) {
@@ -598,7 +742,8 @@ mod tests {
             networks: nets,
             ..Default::default()
         };
-        let r = |a: &str| resolve(address(&key(CLIENT, 53, a)), &options, None, true).unwrap();
+        let r =
+            |a: &str| resolve(address(&key(CLIENT, 53, a)), &options, None, None, true).unwrap();
         assert_eq!(r("127.0.0.1"), ("loopback".into(), "loopback"));
         assert_eq!(r("::1"), ("loopback".into(), "loopback"));
         assert_eq!(r("10.1.2.3"), ("vpc".into(), "network"));
@@ -643,6 +788,7 @@ mod tests {
                 &mut budget,
                 &options,
                 None,
+                None,
                 false
             )),
             [
@@ -670,6 +816,7 @@ mod tests {
             &mut budget,
             &options,
             None,
+            None,
             false,
         ));
         assert!(
@@ -680,6 +827,89 @@ mod tests {
             "{got:#?}"
         );
         assert!(got.contains(&"netexporter_peer_connections_total role=client,port=22,peer=192.0.2.2,peer_kind=address 1".to_string()), "{got:#?}");
+    }
+
+    #[test]
+    fn services_and_backends_of_other_nodes_are_named_and_the_rest_is_external() {
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "shop", "name": "api"},
+            "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"]}
+        }))
+        .unwrap();
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "shop", "name": "api-x1", "labels": {"kubernetes.io/service-name": "api"}},
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["10.244.7.5"], "targetRef": {"kind": "Pod", "name": "api-7c9d8f6b5d-x2x9k"}},
+                {"addresses": ["10.244.8.6"], "targetRef": {"kind": "Pod", "name": "db-0"}},
+                {"addresses": ["10.244.9.7"], "targetRef": {"kind": "Pod", "name": "handmade"}}
+            ]
+        }))
+        .unwrap();
+        let dir = Directory::new(&[Arc::new(service)], &[Arc::new(slice)]);
+        let view = ClusterView {
+            synced: true,
+            ..Default::default()
+        };
+        let options = PeersOptions {
+            cluster_networks: vec!["10.0.0.0/8".parse().unwrap()],
+            ..Default::default()
+        };
+        let r = |a: &str, o: &PeersOptions| {
+            resolve(a.parse().unwrap(), o, Some(&view), Some(&dir), true).unwrap()
+        };
+        assert_eq!(
+            r("10.96.0.10", &options),
+            ("shop/Service/api".into(), "service")
+        );
+        assert_eq!(
+            r("10.244.7.5", &options),
+            ("shop/Deployment/api".into(), "workload")
+        );
+        assert_eq!(
+            r("10.244.8.6", &options),
+            ("shop/StatefulSet/db".into(), "workload")
+        );
+        assert_eq!(
+            r("10.244.9.7", &options),
+            ("shop/Service/api".into(), "service")
+        );
+        let by_pod = PeersOptions {
+            pod_names: true,
+            ..options.clone()
+        };
+        assert_eq!(r("10.244.9.7", &by_pod), ("shop/handmade".into(), "pod"));
+        // Inside the cluster's ranges but unknown: an address; outside: external.
+        assert_eq!(r("10.244.3.3", &options), ("10.244.3.3".into(), "address"));
+        assert_eq!(r("198.51.100.1", &options), ("external".into(), "external"));
+        assert_eq!(
+            r("198.51.100.1", &PeersOptions::default()),
+            ("198.51.100.1".into(), "address")
+        );
+        // Until the directory is listed, a Kubernetes address waits.
+        assert_eq!(
+            resolve(
+                "198.51.100.1".parse().unwrap(),
+                &options,
+                Some(&view),
+                None,
+                true
+            ),
+            None
+        );
+        assert_eq!(
+            workload_of_pod_name("web-5d8f7c9b4-abcde"),
+            None,
+            "vowels are never generated"
+        );
+        assert_eq!(
+            workload_of_pod_name("web-5d8f7c9b4-zxcvb"),
+            Some("Deployment/web".into())
+        );
+        assert_eq!(
+            workload_of_pod_name("kafka-12"),
+            Some("StatefulSet/kafka".into())
+        );
     }
 
     #[test]
@@ -736,6 +966,7 @@ mod tests {
             &timings,
             &mut Budget::default(),
             &options,
+            None,
             None,
             false,
         );
@@ -822,6 +1053,7 @@ mod tests {
                 &mut Budget::default(),
                 &options,
                 None,
+                None,
                 false
             )),
             [
@@ -859,7 +1091,13 @@ mod tests {
         };
         let options = PeersOptions::default();
         let r = |a: &str, view: &ClusterView, o: &PeersOptions| {
-            resolve(a.parse().unwrap(), o, Some(view), true)
+            resolve(
+                a.parse().unwrap(),
+                o,
+                Some(view),
+                Some(&Directory::default()),
+                true,
+            )
         };
         assert_eq!(
             r("10.244.0.5", &view, &options),
@@ -886,7 +1124,13 @@ mod tests {
         );
         // Past the wait (an API that cannot be reached): an address, counted.
         assert_eq!(
-            resolve("192.0.2.99".parse().unwrap(), &options, Some(&view), false),
+            resolve(
+                "192.0.2.99".parse().unwrap(),
+                &options,
+                Some(&view),
+                None,
+                false
+            ),
             Some(("192.0.2.99".into(), "address"))
         );
         assert_eq!(
