@@ -5,7 +5,10 @@
 //! - Every PromQL query of every dashboard panel runs against a real Prometheus that scrapes a
 //!   real agent (standalone) reading two namespaces with TCP traffic, a listener whose accept
 //!   queue is full, and planted drops (UDP to a closed port: NO_SOCKET; an iptables DROP rule:
-//!   NETFILTER_DROP), with the rules loaded. The template variables get the values their own
+//!   NETFILTER_DROP), with the rules loaded. For the Pod peers dashboard the client namespace
+//!   also has refused connects, RSTs both ways, retransmits (an iptables `statistic` rule) and a
+//!   listener of its own with a connection in its accept queue; the service map's edges are
+//!   checked label by label. The template variables get the values their own
 //!   `label_values` queries return (the agent's node, the namespace with the drops, its
 //!   interface...), then "All"; each query must return data. The few panels of Kubernetes-mode
 //!   metrics (podip, kubernetes_*) cannot have data here: they must parse and return nothing.
@@ -72,6 +75,7 @@ const LABELS: &[&str] = &[
     "peer",
     "peer_kind",
     "direction",
+    "le",
     "program",
     "version",
     "exporter",
@@ -84,15 +88,28 @@ const LABELS: &[&str] = &[
 /// series of them.
 const KUBERNETES_ONLY: &[&str] = &["netexporter_podip_", "netexporter_kubernetes_"];
 
-/// The metric names of docs/metrics.md (generated from the code) and of the spec.
+/// The metric names of docs/metrics.md (generated from the code) and of the spec; a histogram's
+/// series `_bucket`, `_sum` and `_count` too.
 fn documented_metrics() -> BTreeSet<String> {
-    let mut out: BTreeSet<String> = read("docs/metrics.md")
+    let mut out = BTreeSet::new();
+    for row in read("docs/metrics.md")
         .lines()
         .filter_map(|l| l.strip_prefix("| `"))
-        .filter_map(|l| l.split('`').next())
-        .filter(|n| n.starts_with("netexporter_"))
-        .map(str::to_string)
-        .collect();
+    {
+        let Some((name, rest)) = row.split_once('`') else {
+            continue;
+        };
+        if !name.starts_with("netexporter_") {
+            continue;
+        }
+        out.insert(name.to_string());
+        let kind = rest.trim_start_matches([' ', '|']).split('|').next();
+        if kind.is_some_and(|k| k.trim() == "histogram") {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                out.insert(format!("{name}{suffix}"));
+            }
+        }
+    }
     assert!(out.len() > 90, "docs/metrics.md lists only {}", out.len());
     out.extend(spec_metrics().into_iter().map(|m| m.name));
     out
@@ -227,7 +244,16 @@ const GRAFANA_BUILTINS: &[&str] = &[
 ];
 
 /// Names referenced as `$name`, `${name}`, `${name:format}` or `[[name]]`, with their spans.
+/// `$1`, `${2}`: a regular expression's groups (label_replace), which Grafana leaves alone (no
+/// variable name starts with a digit).
 fn var_refs(s: &str) -> Vec<(std::ops::Range<usize>, String)> {
+    var_refs_all(s)
+        .into_iter()
+        .filter(|(_, name)| !name.starts_with(|c: char| c.is_ascii_digit()))
+        .collect()
+}
+
+fn var_refs_all(s: &str) -> Vec<(std::ops::Range<usize>, String)> {
     let b = s.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -318,6 +344,7 @@ const DASHBOARD_FILES: &[&str] = &[
     "events.json",
     "node-network.json",
     "pod-network.json",
+    "pod-peers.json",
 ];
 
 fn dashboards() -> Vec<Dashboard> {
@@ -475,6 +502,22 @@ const REQUIRED: &[(&str, &str, &[&str])] = &[
         ],
     ),
     ("events.json", "Events", &["netexporter_events"]),
+    (
+        "pod-peers.json",
+        "Pod peers",
+        &[
+            "netexporter_peer_connections_total",
+            "netexporter_peer_connection_failures_total",
+            "netexporter_peer_retransmits_total",
+            "netexporter_peer_resets_total",
+            "netexporter_peer_bytes_total",
+            "netexporter_peer_connect_latency_seconds_bucket",
+            "netexporter_peer_rtt_seconds_bucket",
+            "netexporter_listener_accept_queue",
+            "netexporter_listener_accept_queue_limit",
+            "netexporter_listener_drops_total",
+        ],
+    ),
 ];
 
 /// The dashboards as provisioned files: schema, datasources, variables, names, layout and the
@@ -704,6 +747,47 @@ fn surfaces_dashboards_are_provisionable_and_complete() {
                         .contains("by (k8s_node, k8s_namespace, k8s_pod, netns, reason)")
                 }) {
                     p("no reason × Pod panel".into());
+                }
+            }
+            "pod-peers.json" => {
+                if !ts
+                    .iter()
+                    .any(|t| t.panel_type == "table" && t.instant && t.expr.contains("topk("))
+                {
+                    p("no top-k table of peers".into());
+                }
+                // The service map: a node graph fed by one instant table query whose rows are
+                // the edges (the live test checks their labels), the value renamed mainstat.
+                let maps: Vec<&Value> = all_panels(j)
+                    .into_iter()
+                    .filter(|x| x["type"] == "nodeGraph")
+                    .collect();
+                if maps.len() != 1 {
+                    p(format!("{} node graph panels (expected 1)", maps.len()));
+                }
+                for m in maps {
+                    let tgts = m["targets"].as_array().cloned().unwrap_or_default();
+                    let ok = tgts.len() == 1
+                        && tgts[0]["instant"] == true
+                        && tgts[0]["format"] == "table"
+                        && ["\"id\"", "\"source\"", "\"target\""]
+                            .iter()
+                            .all(|l| tgts[0]["expr"].as_str().unwrap_or("").contains(l));
+                    if !ok {
+                        p("the node graph's query is not one instant table query making id, source and target".into());
+                    }
+                    let renamed = m["transformations"].as_array().is_some_and(|ts| {
+                        ts.iter().any(|t| {
+                            t["id"] == "organize"
+                                && t["options"]["renameByName"]["Value"] == "mainstat"
+                                && ["id", "source", "target"]
+                                    .iter()
+                                    .all(|f| t["options"]["excludeByName"][f] != true)
+                        })
+                    });
+                    if !renamed {
+                        p("the node graph's transformations do not make the edge fields (Value → mainstat)".into());
+                    }
                 }
             }
             "events.json" => {
@@ -1417,11 +1501,12 @@ const JOB: &str = "net-exporter";
 const TRAFFIC_SECS: u32 = 300;
 
 /// Traffic of namespace A, run inside it: a TCP echo server on 10.207.0.1:7777 for B's
-/// client; a listener with a backlog of 0 that never accepts, behind which connections pile up
-/// (a full accept queue: ListenOverflows, Recv-Q); UDP to a closed port of its own loopback
-/// (NO_SOCKET in A) and to B's port 5555, which B's firewall drops (NETFILTER_DROP in B).
+/// client, which resets (SO_LINGER 0) the connections whose data starts with `r`; a listener
+/// with a backlog of 0 that never accepts, behind which connections pile up (a full accept
+/// queue: ListenOverflows, Recv-Q); UDP to a closed port of its own loopback (NO_SOCKET in A)
+/// and to B's port 5555, which B's firewall drops (NETFILTER_DROP in B).
 const TRAFFIC_A: &str = r#"
-import socket, sys, threading, time
+import socket, struct, sys, threading, time
 deadline = time.time() + float(sys.argv[1])
 srv = socket.socket()
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -1437,7 +1522,10 @@ def serve():
         try:
             c.settimeout(2)
             data = c.recv(65536)
-            c.sendall(data)
+            if data.startswith(b"r"):
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            else:
+                c.sendall(data)
         except OSError:
             pass
         c.close()
@@ -1466,15 +1554,40 @@ while time.time() < deadline:
     time.sleep(0.1)
 "#;
 
-/// Traffic of namespace B: a TCP client of A's echo server, a connection every 50 ms.
+/// Traffic of namespace B (the namespace the variables choose): a TCP client of A's echo
+/// server, a connection every 50 ms, of which every 7th asks A for an RST (an RST received, a
+/// reset failure) and every 5th closes with SO_LINGER 0 (an RST sent); A's firewall drops every
+/// 10th packet to the echo server (retransmits, connect latency); every 10th round also
+/// connects to A's closed port 7779 (refused). A listener of its own on 8888 with a backlog of 0
+/// that never accepts: a connection waits in its accept queue, the SYNs of the others are
+/// dropped (listener drops).
 const TRAFFIC_B: &str = r#"
-import socket, sys, time
+import socket, struct, sys, time
 deadline = time.time() + float(sys.argv[1])
+lst = socket.socket()
+lst.bind(("127.0.0.1", 8888))
+lst.listen(0)
+held = []
+for _ in range(3):
+    h = socket.socket()
+    h.setblocking(False)
+    h.connect_ex(("127.0.0.1", 8888))
+    held.append(h)
+linger0 = struct.pack("ii", 1, 0)
+i = 0
 while time.time() < deadline:
+    i += 1
+    if i % 10 == 0:
+        try:
+            socket.create_connection(("10.207.0.1", 7779), timeout=2).close()
+        except OSError:
+            pass
     try:
         c = socket.create_connection(("10.207.0.1", 7777), timeout=2)
-        c.sendall(b"y" * 2048)
+        c.sendall((b"r" if i % 7 == 0 else b"y") * 2048)
         c.recv(65536)
+        if i % 5 == 0:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger0)
         c.close()
     except OSError:
         pass
@@ -1517,6 +1630,30 @@ fn result_is_empty(data: &Value) -> bool {
     data["result"].as_array().is_some_and(|r| r.is_empty())
 }
 
+/// A node graph's edges from one instant query in table format: every row has `id`, `source`
+/// and `target` labels, `id` is `source -> target`, and `want` (source, target) is among them.
+fn node_graph_edges_problems(data: &Value, want: Option<(&str, &str)>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut edges = Vec::new();
+    for r in data["result"].as_array().into_iter().flatten() {
+        let label = |l: &str| r["metric"][l].as_str().unwrap_or("").to_string();
+        let (id, source, target) = (label("id"), label("source"), label("target"));
+        if source.is_empty() || target.is_empty() || id != format!("{source} -> {target}") {
+            problems.push(format!(
+                "an edge without id, source or target: {}",
+                r["metric"]
+            ));
+        }
+        edges.push((source, target));
+    }
+    if let Some((source, target)) = want
+        && !edges.iter().any(|(s, t)| s == source && t == target)
+    {
+        problems.push(format!("no edge {source} -> {target} among {edges:?}"));
+    }
+    problems
+}
+
 /// Every PromQL query of every panel against a real Prometheus scraping a real agent, with the
 /// variables set from their own queries: each returns data. The rules load, evaluate without
 /// error, and the drop alert goes pending on the planted drops; the agent alerts stay quiet.
@@ -1537,6 +1674,29 @@ fn surfaces_every_panel_query_returns_data_from_a_live_agent() {
     // Removed with the namespace.
     b.run(&[
         "iptables", "-w", "-A", "INPUT", "-p", "udp", "--dport", "5555", "-j", "DROP",
+    ]);
+    // B's packets to A's echo server: every 10th is lost (B retransmits). Removed with A.
+    a.run(&[
+        "iptables",
+        "-w",
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "-s",
+        "10.207.0.2",
+        "--dport",
+        "7777",
+        "-m",
+        "statistic",
+        "--mode",
+        "nth",
+        "--every",
+        "10",
+        "--packet",
+        "0",
+        "-j",
+        "DROP",
     ]);
 
     let sack = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_sack").expect("tcp_sack");
@@ -1582,6 +1742,35 @@ fn surfaces_every_panel_query_returns_data_from_a_live_agent() {
             b.name
         ),
         format!("netexporter_sockbacklog_recvq{{netns=\"{}\"}} > 0", a.name),
+        // The peers of B (Pod peers): each series with a few samples, for the rates.
+        format!(
+            "count_over_time(netexporter_peer_connections_total{{netns=\"{}\",role=\"client\"}}[1m]) >= 5",
+            b.name
+        ),
+        format!(
+            "count_over_time(netexporter_peer_connection_failures_total{{netns=\"{}\",reason=\"refused\"}}[1m]) >= 5",
+            b.name
+        ),
+        format!(
+            "count_over_time(netexporter_peer_retransmits_total{{netns=\"{}\"}}[1m]) >= 5",
+            b.name
+        ),
+        format!(
+            "count_over_time(netexporter_peer_resets_total{{netns=\"{}\"}}[1m]) >= 5",
+            b.name
+        ),
+        format!(
+            "count_over_time(netexporter_peer_rtt_seconds_count{{netns=\"{}\"}}[1m]) >= 5",
+            b.name
+        ),
+        format!(
+            "count_over_time(netexporter_peer_connect_latency_seconds_count{{netns=\"{}\"}}[1m]) >= 5",
+            b.name
+        ),
+        format!(
+            "netexporter_listener_accept_queue{{netns=\"{}\",port=\"8888\"}} > 0",
+            b.name
+        ),
     ];
     let seen = poll(Duration::from_secs(60), || {
         wanted.iter().all(|w| present(w)).then_some(())
@@ -1699,6 +1888,13 @@ fn surfaces_every_panel_query_returns_data_from_a_live_agent() {
                         if !result_has_data(&data) {
                             problems.push(format!("{place}: no data: {}", data["result"]));
                         }
+                        if t.panel_type == "nodeGraph" {
+                            let want =
+                                (pass == "chosen").then_some((b.name.as_str(), "10.207.0.1"));
+                            for m in node_graph_edges_problems(&data, want) {
+                                problems.push(format!("{place}: {m}"));
+                            }
+                        }
                     }
                 }
             }
@@ -1809,6 +2005,10 @@ fn surfaces_variable_substitution() {
     assert_eq!(
         substitute("x $a $ab ${a} ${ab:regex} [[a]] $c [$__range]", &values),
         "x 1 2 1 2 1 $c [1m]"
+    );
+    assert!(
+        var_refs(r#"label_replace(m, "a", "$1 ${2}", "b", "(.*)")"#).is_empty(),
+        "a regular expression's groups are no variables"
     );
     let names: Vec<String> = var_refs("$k8s_node ${netns:pipe}")
         .into_iter()
