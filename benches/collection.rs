@@ -60,6 +60,13 @@ fn main() {
         count: 0,
         sockets: Vec::new(),
     };
+    if std::env::args().any(|a| a == "peers") {
+        for n in PEERS_SIZES {
+            world.grow_to(n);
+            println!("{}", peers_cost(&world));
+        }
+        return;
+    }
     if std::env::args().any(|a| a == "tracing") {
         world.grow_to(TRACING_SIZE);
         for line in tracing_cost(&world) {
@@ -85,6 +92,7 @@ fn main() {
     );
     let mut socket_rows = Vec::new();
     let mut tracing_rows = Vec::new();
+    let mut peers_rows = Vec::new();
     for n in SIZES {
         world.grow_to(n);
         let floor = floor(&world);
@@ -108,6 +116,9 @@ fn main() {
         }
         if n == TRACING_SIZE {
             tracing_rows = tracing_cost(&world);
+        }
+        if PEERS_SIZES.contains(&n) {
+            peers_rows.push(peers_cost(&world));
         }
     }
     println!(
@@ -139,7 +150,61 @@ fn main() {
         println!("{line}");
     }
     println!();
+    println!(
+        "the peers probe's part of a scrape (its programs, the sampling iterator in every namespace, its series), {PEERS_ROUNDS} alternating rounds of {SCRAPES} scrapes each:"
+    );
+    for line in peers_rows {
+        println!("{line}");
+    }
+    println!();
     connection_setup();
+}
+
+/// Sizes at which the peers probe's part is measured, and its rounds (off and on each round).
+const PEERS_SIZES: [usize; 2] = [100, 250];
+const PEERS_ROUNDS: usize = 3;
+
+/// The agent with the peers probe off, then on, in alternating rounds: the median scrape and
+/// the CPU per scrape of each, and their ratios (on / off).
+fn peers_cost(world: &World) -> String {
+    let n = world.count;
+    // One connection in every namespace once the agent runs: each has counted connections,
+    // so each takes its turn at the sampling iterator.
+    let touch = || {
+        for i in 0..world.count {
+            let ns = std::fs::File::open(format!("/run/netns/{}", world.name(i))).expect("netns");
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                    drop(TcpStream::connect("127.0.0.1:8080"));
+                });
+            });
+        }
+    };
+    let off_yaml = "probes:\n  peers:\n    enabled: false\n";
+    let (mut lat, mut cpu) = ([Vec::new(), Vec::new()], [Duration::ZERO, Duration::ZERO]);
+    let mut series = [0, 0];
+    for _ in 0..PEERS_ROUNDS {
+        for (i, extra) in [off_yaml, ""].into_iter().enumerate() {
+            let m = measure_config("auto", extra, &[], None, &touch);
+            lat[i].extend(m.latencies);
+            cpu[i] += m.cpu;
+            series[i] = m.series;
+        }
+    }
+    let [off, on] = [median(&mut lat[0]), median(&mut lat[1])];
+    let per = |c: Duration| c / PEERS_ROUNDS as u32;
+    format!(
+        "{n:>5} netns: scrape off {:.2} ms, on {:.2} ms ({:.2}x); cpu off {:.2} ms, on {:.2} ms ({:.2}x); series off {}, on {}",
+        ms(off),
+        ms(on),
+        ms(on) / ms(off),
+        ms(per(cpu[0])),
+        ms(per(cpu[1])),
+        ms(per(cpu[1])) / ms(per(cpu[0])).max(1e-6),
+        series[0],
+        series[1]
+    )
 }
 
 /// The agent with trace export off, then on towards a counting receiver (gRPC, HTTP/protobuf),
@@ -340,12 +405,25 @@ fn measure(path: &str) -> Measured {
 /// [`measure`] with extra environment for the agent; `spans`: a receiver's span count, to
 /// wait for before stopping the agent until every span of the run has arrived.
 fn measure_with(path: &str, env: &[(&str, &str)], spans: Option<&AtomicU64>) -> Measured {
+    measure_config(path, "", env, spans, &|| {})
+}
+
+/// [`measure_with`] with more of the configuration file (`extra`: YAML after `sources:`).
+fn measure_config(
+    path: &str,
+    extra: &str,
+    env: &[(&str, &str)],
+    spans: Option<&AtomicU64>,
+    after_start: &dyn Fn(),
+) -> Measured {
     let config = std::env::temp_dir().join(format!(
         "net-exporter-bench-{}-{path}.yaml",
         std::process::id()
     ));
-    std::fs::write(&config, format!("sources:\n  socket_path: {path}\n")).expect("write config");
+    std::fs::write(&config, format!("sources:\n  socket_path: {path}\n{extra}"))
+        .expect("write config");
     let agent = Agent::start(&config, env);
+    after_start();
     // Warm-up: the first collection opens every namespace's session (and sweeps them).
     for _ in 0..3 {
         agent.scrape();

@@ -202,6 +202,17 @@ impl PeerCounter {
         Ok(Listener::parse(&out))
     }
 
+    /// The namespaces (inodes) that have counted connections: the keys of the map only.
+    pub fn namespaces(&self) -> Result<std::collections::HashSet<u32>> {
+        let map = self.ebpf.map("peers").context("map peers missing")?;
+        let peers: PerCpuHashMap<_, PeerKey, PeerCounts> = PerCpuHashMap::try_from(map)?;
+        Ok(peers
+            .keys()
+            .filter_map(|k| k.ok())
+            .map(|k| k.netns)
+            .collect())
+    }
+
     /// Every key's latency histograms.
     pub fn timings(&self) -> Result<Vec<(PeerKey, PeerTiming)>> {
         let map = self

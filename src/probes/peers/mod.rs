@@ -68,6 +68,12 @@ pub struct PeersOptions {
     /// counted as `peer="external"`; inside them it stays an address (a Pod of another node
     /// that backs no Service). Empty: no address is called external.
     pub cluster_networks: Vec<IpNet>,
+    /// Time a collection may spend sampling open connections and listeners (`iter/tcp`, one
+    /// walk of the node's TCP hash per namespace, ~2 ms here): namespaces with counted
+    /// connections take turns, each collection going on where the last stopped.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "crate::component::DurationText")]
+    pub sample_budget: Duration,
 }
 
 impl Default for PeersOptions {
@@ -79,6 +85,7 @@ impl Default for PeersOptions {
             histogram_peers: 3,
             listeners_per_namespace: 16,
             cluster_networks: Vec::new(),
+            sample_budget: Duration::from_millis(25),
         }
     }
 }
@@ -260,8 +267,10 @@ struct Read {
     lost: u64,
     /// Kubernetes mode: what the Services and EndpointSlices name, once both are listed.
     directory: Option<Directory>,
-    /// The listeners of each namespace sampled in this collection, by inode.
+    /// The listeners of each namespace as last sampled, by inode.
     listeners: HashMap<u64, Vec<Listener>>,
+    /// The namespace sampled last: the next collection starts after it.
+    cursor: u64,
     /// The last error of sampling a namespace's open connections, said once until it changes.
     sample_error: Option<String>,
 }
@@ -573,7 +582,23 @@ impl Probe for Peers {
         let Some(loaded) = &self.loaded else { return };
         let mut counter = loaded.counter.lock().unwrap_or_else(|e| e.into_inner());
         let mut read = loaded.read.lock().unwrap_or_else(|e| e.into_inner());
-        sample_namespaces(&mut counter, &mut read, collection);
+        // The namespaces with counted connections as of now (keys only: cheap), sampled
+        // before the map is read so that the samples are in this collection.
+        let counted: HashSet<u64> = match counter.namespaces() {
+            Ok(n) => n.into_iter().map(u64::from).collect(),
+            Err(_) => read
+                .entries
+                .iter()
+                .map(|(k, _)| u64::from(k.netns))
+                .collect(),
+        };
+        sample_namespaces(
+            &mut counter,
+            &mut read,
+            collection,
+            &counted,
+            self.options.sample_budget,
+        );
         if let Some((services, slices)) = loaded
             .objects
             .as_ref()
@@ -652,13 +677,35 @@ impl Probe for Peers {
     }
 }
 
-/// Runs the sampling iterator in every namespace of this collection: an RTT sample of each open
-/// connection, the bytes and retransmits it has so far, and the namespace's listeners. A
-/// namespace that vanished since discovery is skipped.
-fn sample_namespaces(counter: &mut PeerCounter, read: &mut Read, collection: &Collection) {
+/// Runs the sampling iterator in the namespaces of this collection that have counted
+/// connections, taking turns within `budget`: an RTT sample of each open connection, the
+/// bytes and retransmits it has so far, and the namespace's listeners (kept until its next
+/// turn). At least one namespace is sampled per collection. A namespace that vanished since
+/// discovery is skipped.
+fn sample_namespaces(
+    counter: &mut PeerCounter,
+    read: &mut Read,
+    collection: &Collection,
+    counted: &HashSet<u64>,
+    budget: Duration,
+) {
+    read.listeners
+        .retain(|inode, _| !collection.is_gone(*inode));
+    let mut turn: Vec<&(u64, Option<std::path::PathBuf>)> = collection
+        .namespaces
+        .iter()
+        .filter(|(inode, _)| counted.contains(inode))
+        .collect();
+    turn.sort_by_key(|(inode, _)| *inode);
+    let start = turn.partition_point(|(inode, _)| *inode <= read.cursor);
+    turn.rotate_left(start);
+    let began = Instant::now();
     let mut error = None;
-    read.listeners.clear();
-    for (inode, path) in &collection.namespaces {
+    for (i, (inode, path)) in turn.into_iter().enumerate() {
+        if i > 0 && began.elapsed() >= budget {
+            break;
+        }
+        read.cursor = *inode;
         let result = match path {
             None => counter.sample(None),
             Some(p) => match std::fs::File::open(p) {

@@ -39,8 +39,11 @@ char LICENSE[] SEC("license") = "GPL";
 #define ETIMEDOUT 110
 #define ECONNREFUSED 111
 
+/* Not preallocated: a preallocated per-CPU hash would hold PEERS_MAX_ENTRIES x CPUs x 80
+ * bytes from the start (126 MB on a 96-CPU node); this one grows with the keys in use. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, PEERS_MAX_ENTRIES);
 	__type(key, struct peer_key);
 	__type(value, struct peer_counts);
