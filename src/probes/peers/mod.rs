@@ -9,13 +9,23 @@
 //! local listening port of a server), the peer and the peer's kind:
 //!
 //! - `loopback`: an address of the namespace's own loopback;
+//! - `workload` / `pod` (Kubernetes mode): a Pod of this node, or a backend listed in an
+//!   EndpointSlice; `service`: a Service's ClusterIP (or the Service a backend serves, when
+//!   its Pod's name does not say its workload);
 //! - `network`: an address inside one of the configured `networks` (the peer is its name);
+//! - `external` (Kubernetes mode, with `cluster_networks`): an address outside the cluster;
 //! - `address`: any other address (the peer is the address itself);
 //! - `other`: the peers past `peers_per_namespace` in that namespace, one series per role.
 //!
 //! Which peer a key is counted under is decided the first time the key is seen and kept while
 //! its namespace lives, so that every series is a counter that never goes back (the budget is
 //! spent on the busiest peers of the first collection that sees them, then first come).
+//!
+//! Beside the counters: connect-latency and RTT histograms per (role, peer), counted into log2
+//! buckets in the kernel and folded here into fourfold ones; and, from a sampling iterator
+//! (`iter/tcp`) run in the namespaces with counted connections within a time budget per
+//! collection, an RTT sample of every open connection, the bytes it moved so far, and each
+//! listening port's accept queue and drops. `docs/peers.md` has the design and its costs.
 
 pub mod bpf;
 
@@ -121,7 +131,7 @@ fn exported(kernel: &[u64; BUCKETS]) -> Vec<u64> {
 }
 
 const METRICS: &[MetricDef] = metrics![
-    counter "netexporter_peer_connections_total" "TCP connections opened with a peer (SYN_SENT or SYN_RECV to ESTABLISHED). Labels: role (client: this namespace connected; server: it accepted), port (the remote port of a client, the local listening port of a server), peer, peer_kind (loopback; workload or pod: a Pod of this node, Kubernetes mode; network; address; other).",
+    counter "netexporter_peer_connections_total" "TCP connections opened with a peer (SYN_SENT or SYN_RECV to ESTABLISHED). Labels: role (client: this namespace connected; server: it accepted), port (the remote port of a client, the local listening port of a server), peer, peer_kind (loopback; workload or pod: a Pod of this node or a Service's backend, Kubernetes mode; service: a Service's ClusterIP; network; external: outside probes.peers.cluster_networks; address; other).",
     counter "netexporter_peer_connection_failures_total" "TCP connections with a peer that failed, by reason: refused (RST answering the SYN), timeout (SYN retries exhausted), reset (RST received on an opened connection), other (an ICMP error, closed while connecting). Labels: those of netexporter_peer_connections_total, and reason. A reason's series appears at its first failure.",
     counter "netexporter_peer_retransmits_total" "TCP segments retransmitted to a peer (the sockets' own total_retrans, as nstat's TcpRetransSegs counts them), counted as they happen. Labels: those of netexporter_peer_connections_total. Appears at the first retransmit.",
     counter "netexporter_peer_resets_total" "TCP RSTs sent to (direction=transmit) and received from (direction=receive) a peer on a connection's socket; RSTs answering packets that found no socket (a closed port) are not per peer. Labels: those of netexporter_peer_connections_total, and direction. Appears at the first RST.",
