@@ -396,4 +396,45 @@ fn otlp_histograms_add_up_to_the_scrape() {
         .collect();
     let scraped: Vec<u64> = buckets.iter().map(|b| b.1).collect();
     assert_eq!(pushed, scraped, "cumulative buckets, pushed and scraped");
+
+    // The port is `server.port` over OTLP (semantic conventions), `port` in the scrape.
+    let last = receiver.metrics();
+    let conns = last
+        .iter()
+        .rev()
+        .find_map(|r| {
+            metrics_by_name(r)
+                .get("netexporter_peer_connections_total")
+                .copied()
+        })
+        .expect("connections pushed");
+    let ours: Vec<BTreeMap<String, String>> = points(conns)
+        .iter()
+        .map(|p| attrs(&p.attributes))
+        .filter(|a| {
+            a.get("netns") == Some(&ns.name) && a.get("role").map(String::as_str) == Some("client")
+        })
+        .collect();
+    assert!(
+        !ours.is_empty(),
+        "no client connections of {} pushed",
+        ns.name
+    );
+    for a in &ours {
+        assert_eq!(
+            a.get("server.port").map(String::as_str),
+            Some("7301"),
+            "{a:?}"
+        );
+        assert!(!a.contains_key("port"), "{a:?}");
+    }
+    assert_eq!(
+        scrape
+            .find(
+                "netexporter_peer_connections_total",
+                &[("netns", &ns.name), ("port", "7301"), ("role", "client")]
+            )
+            .len(),
+        1
+    );
 }

@@ -116,7 +116,7 @@ pub fn report(snapshot: &Snapshot, target: &Target) -> Report {
             .is_some_and(|i| s.values.get(i).copied().flatten().is_some())
         {
             listeners.push(ListenerRow {
-                port: label("port"),
+                port: label("server.port"),
                 queue: value("netexporter_listener_accept_queue"),
                 limit: value("netexporter_listener_accept_queue_limit"),
                 drops: value("netexporter_listener_drops_total"),
@@ -347,13 +347,13 @@ mod tests {
         };
         let db = [
             ("role", "client"),
-            ("port", "5432"),
+            ("server.port", "5432"),
             ("peer", "shop/StatefulSet/db"),
             ("peer_kind", "workload"),
         ];
         let api = [
             ("role", "client"),
-            ("port", "80"),
+            ("server.port", "80"),
             ("peer", "shop/Deployment/api"),
             ("peer_kind", "workload"),
         ];
@@ -371,7 +371,7 @@ mod tests {
                 4,
             ),
             series(
-                &with(&[("port", "8080")]),
+                &with(&[("server.port", "8080")]),
                 "netexporter_listener_accept_queue",
                 2,
             ),

@@ -160,14 +160,31 @@ fn points<T: PromValue>(
     }
 }
 
+/// Attributes named after the OpenTelemetry semantic conventions (what OTLP carries) and the
+/// label each is in the Prometheus format, whose names are the contract; `None`: an attribute
+/// that only OTLP carries (it repeats a label's value, so no series is merged without it).
+const SEMCONV_LABELS: &[(&str, Option<&str>)] = &[
+    ("server.port", Some("port")),
+    ("network.peer.address", None),
+];
+
 /// Labels sorted by name, so that a series renders the same whatever order the SDK kept.
 fn labels<'a>(attrs: impl Iterator<Item = &'a KeyValue>) -> String {
-    let mut attrs: Vec<&KeyValue> = attrs.collect();
-    attrs.sort_by(|a, b| a.key.as_str().cmp(b.key.as_str()));
+    let mut attrs: Vec<(&str, &KeyValue)> = attrs
+        .filter_map(|kv| {
+            let key = kv.key.as_str();
+            match SEMCONV_LABELS.iter().find(|(otel, _)| *otel == key) {
+                Some((_, Some(label))) => Some((*label, kv)),
+                Some((_, None)) => None,
+                None => Some((key, kv)),
+            }
+        })
+        .collect();
+    attrs.sort_by(|a, b| a.0.cmp(b.0));
     let mut s = String::new();
-    for (i, kv) in attrs.into_iter().enumerate() {
+    for (i, (name, kv)) in attrs.into_iter().enumerate() {
         s.push(if i == 0 { '{' } else { ',' });
-        push_label_name(&mut s, kv.key.as_str());
+        push_label_name(&mut s, name);
         s.push_str("=\"");
         match &kv.value {
             Value::String(v) => escape_label_value(&mut s, v.as_str()),
@@ -238,6 +255,16 @@ mod tests {
              x_seconds_sum{peer=\"a\"} 0.0105\n\
              x_seconds_count{peer=\"a\"} 3\n"
         );
+    }
+
+    #[test]
+    fn semantic_convention_attributes_are_the_contracts_labels() {
+        let kv = [
+            KeyValue::new("server.port", "5432"),
+            KeyValue::new("network.peer.address", "10.0.0.7"),
+            KeyValue::new("peer", "10.0.0.7"),
+        ];
+        assert_eq!(labels(kv.iter()), "{peer=\"10.0.0.7\",port=\"5432\"}");
     }
 
     #[test]

@@ -299,10 +299,14 @@ impl Bucket {
     fn labels(&self) -> Vec<(&'static str, String)> {
         let mut l = vec![("role", self.role.to_string())];
         if let Some(p) = self.port {
-            l.push(("port", p.to_string()));
+            l.push(("server.port", p.to_string()));
         }
         l.push(("peer", self.peer.clone()));
         l.push(("peer_kind", self.kind.to_string()));
+        if self.kind == "address" {
+            // OTLP only: the Prometheus format has it as `peer` already.
+            l.push(("network.peer.address", self.peer.clone()));
+        }
         l
     }
 }
@@ -343,7 +347,10 @@ fn listener_series(listeners: &[Listener], budget: &mut Budget, limit: usize) ->
     let n = METRICS.len();
     let mut out = Vec::new();
     for (port, (queue, limit, drops)) in by_port {
-        let label = ("port", port.map_or("other".to_string(), |p| p.to_string()));
+        let label = (
+            "server.port",
+            port.map_or("other".to_string(), |p| p.to_string()),
+        );
         let mut values = vec![None; n];
         values[ACCEPT_QUEUE] = Some(queue);
         values[ACCEPT_QUEUE_LIMIT] = Some(limit);
@@ -850,9 +857,9 @@ mod tests {
             )),
             [
                 "netexporter_peer_connections_total role=client,peer=other,peer_kind=other 2",
-                "netexporter_peer_connections_total role=client,port=80,peer=192.0.2.1,peer_kind=address 5",
-                "netexporter_peer_connections_total role=client,port=80,peer=192.0.2.2,peer_kind=address 9",
-                "netexporter_peer_connections_total role=client,port=443,peer=192.0.2.1,peer_kind=address 1",
+                "netexporter_peer_connections_total role=client,server.port=80,peer=192.0.2.1,peer_kind=address,network.peer.address=192.0.2.1 5",
+                "netexporter_peer_connections_total role=client,server.port=80,peer=192.0.2.2,peer_kind=address,network.peer.address=192.0.2.2 9",
+                "netexporter_peer_connections_total role=client,server.port=443,peer=192.0.2.1,peer_kind=address,network.peer.address=192.0.2.1 1",
                 "netexporter_peer_connections_total role=server,peer=other,peer_kind=other 3",
                 "netexporter_peer_connection_failures_total role=server,peer=other,peer_kind=other,reason=reset 1",
             ]
@@ -883,7 +890,7 @@ mod tests {
             ),
             "{got:#?}"
         );
-        assert!(got.contains(&"netexporter_peer_connections_total role=client,port=22,peer=192.0.2.2,peer_kind=address 1".to_string()), "{got:#?}");
+        assert!(got.contains(&"netexporter_peer_connections_total role=client,server.port=22,peer=192.0.2.2,peer_kind=address,network.peer.address=192.0.2.2 1".to_string()), "{got:#?}");
     }
 
     #[test]
@@ -1031,7 +1038,7 @@ mod tests {
             .iter()
             .flat_map(|s| {
                 s.histograms.iter().map(move |(i, h)| {
-                    assert_eq!(s.label("port"), None, "histograms are per peer");
+                    assert_eq!(s.label("server.port"), None, "histograms are per peer");
                     (
                         format!("{}:{}", s.label("role").unwrap(), s.label("peer").unwrap()),
                         *i,
@@ -1068,7 +1075,7 @@ mod tests {
                 .iter()
                 .map(|s| {
                     let v: Vec<String> = s.values.iter().flatten().map(|v| v.to_string()).collect();
-                    format!("{} {}", s.label("port").unwrap(), v.join(" "))
+                    format!("{} {}", s.label("server.port").unwrap(), v.join(" "))
                 })
                 .collect()
         };
@@ -1114,14 +1121,14 @@ mod tests {
                 false
             )),
             [
-                "netexporter_peer_connections_total role=client,port=80,peer=192.0.2.1,peer_kind=address 1",
-                "netexporter_peer_bytes_total role=client,port=80,peer=192.0.2.1,peer_kind=address,direction=transmit 0",
-                "netexporter_peer_bytes_total role=client,port=80,peer=192.0.2.1,peer_kind=address,direction=receive 0",
-                "netexporter_peer_connections_total role=server,port=8080,peer=192.0.2.2,peer_kind=address 2",
-                "netexporter_peer_retransmits_total role=server,port=8080,peer=192.0.2.2,peer_kind=address 3",
-                "netexporter_peer_resets_total role=server,port=8080,peer=192.0.2.2,peer_kind=address,direction=transmit 1",
-                "netexporter_peer_bytes_total role=server,port=8080,peer=192.0.2.2,peer_kind=address,direction=transmit 1000",
-                "netexporter_peer_bytes_total role=server,port=8080,peer=192.0.2.2,peer_kind=address,direction=receive 20",
+                "netexporter_peer_connections_total role=client,server.port=80,peer=192.0.2.1,peer_kind=address,network.peer.address=192.0.2.1 1",
+                "netexporter_peer_bytes_total role=client,server.port=80,peer=192.0.2.1,peer_kind=address,network.peer.address=192.0.2.1,direction=transmit 0",
+                "netexporter_peer_bytes_total role=client,server.port=80,peer=192.0.2.1,peer_kind=address,network.peer.address=192.0.2.1,direction=receive 0",
+                "netexporter_peer_connections_total role=server,server.port=8080,peer=192.0.2.2,peer_kind=address,network.peer.address=192.0.2.2 2",
+                "netexporter_peer_retransmits_total role=server,server.port=8080,peer=192.0.2.2,peer_kind=address,network.peer.address=192.0.2.2 3",
+                "netexporter_peer_resets_total role=server,server.port=8080,peer=192.0.2.2,peer_kind=address,network.peer.address=192.0.2.2,direction=transmit 1",
+                "netexporter_peer_bytes_total role=server,server.port=8080,peer=192.0.2.2,peer_kind=address,network.peer.address=192.0.2.2,direction=transmit 1000",
+                "netexporter_peer_bytes_total role=server,server.port=8080,peer=192.0.2.2,peer_kind=address,network.peer.address=192.0.2.2,direction=receive 20",
             ]
         );
     }
