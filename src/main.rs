@@ -328,6 +328,9 @@ async fn run_diagnose_pod(
     }
     eprintln!("watching the connections of {target:?} for {window:?} ...");
     tokio::time::sleep(window).await;
+    // The peers probe samples open connections after it reads its maps: a second collection
+    // reads what the first one's samples added (the RTT of connections still open).
+    collector.collect().await;
     let snapshot = collector.collect().await;
     if let Some(failed) = snapshot
         .collectors

@@ -68,23 +68,12 @@ pub const BUCKETS: usize = 21;
 
 /// Mirrors `struct peer_timing` of `peers.h`: bucket i counts values up to 2^(i+4) µs.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerTiming {
     pub connect: [u64; BUCKETS],
     pub connect_sum_us: u64,
     pub rtt: [u64; BUCKETS],
     pub rtt_sum_us: u64,
-}
-
-impl Default for PeerTiming {
-    fn default() -> Self {
-        Self {
-            connect: [0; BUCKETS],
-            connect_sum_us: 0,
-            rtt: [0; BUCKETS],
-            rtt_sum_us: 0,
-        }
-    }
 }
 
 // SAFETY: repr(C), u64 fields and arrays only, no padding, any bit pattern valid.
@@ -200,17 +189,6 @@ impl PeerCounter {
             Ok(out)
         })?;
         Ok(Listener::parse(&out))
-    }
-
-    /// The namespaces (inodes) that have counted connections: the keys of the map only.
-    pub fn namespaces(&self) -> Result<std::collections::HashSet<u32>> {
-        let map = self.ebpf.map("peers").context("map peers missing")?;
-        let peers: PerCpuHashMap<_, PeerKey, PeerCounts> = PerCpuHashMap::try_from(map)?;
-        Ok(peers
-            .keys()
-            .filter_map(|k| k.ok())
-            .map(|k| k.netns)
-            .collect())
     }
 
     /// Every key's latency histograms.

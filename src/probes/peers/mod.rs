@@ -24,8 +24,9 @@
 //! Beside the counters: connect-latency and RTT histograms per (role, peer), counted into log2
 //! buckets in the kernel and folded here into fourfold ones; and, from a sampling iterator
 //! (`iter/tcp`) run in the namespaces with counted connections within a time budget per
-//! collection, an RTT sample of every open connection, the bytes it moved so far, and each
-//! listening port's accept queue and drops. `docs/peers.md` has the design and its costs.
+//! collection, after the maps are read, an RTT sample of every open connection and the bytes it
+//! moved so far (read by the next collection), and each listening port's accept queue and drops
+//! (this collection's). `docs/peers.md` has the design and its costs.
 
 pub mod bpf;
 
@@ -599,23 +600,6 @@ impl Probe for Peers {
         let Some(loaded) = &self.loaded else { return };
         let mut counter = loaded.counter.lock().unwrap_or_else(|e| e.into_inner());
         let mut read = loaded.read.lock().unwrap_or_else(|e| e.into_inner());
-        // The namespaces with counted connections as of now (keys only: cheap), sampled
-        // before the map is read so that the samples are in this collection.
-        let counted: HashSet<u64> = match counter.namespaces() {
-            Ok(n) => n.into_iter().map(u64::from).collect(),
-            Err(_) => read
-                .entries
-                .iter()
-                .map(|(k, _)| u64::from(k.netns))
-                .collect(),
-        };
-        sample_namespaces(
-            &mut counter,
-            &mut read,
-            collection,
-            &counted,
-            self.options.sample_budget,
-        );
         if let Some((services, slices)) = loaded
             .objects
             .as_ref()
@@ -642,6 +626,21 @@ impl Probe for Peers {
             }
             Err(e) => read.error = Some(format!("{e:#}")),
         }
+        // After the read, from its keys (a second walk of the map only for them would cost as
+        // many syscalls as there are keys): what the walks add to the maps (RTT samples,
+        // bytes) is read by the next collection; the listeners they return are this one's.
+        let counted: HashSet<u64> = read
+            .entries
+            .iter()
+            .map(|(k, _)| u64::from(k.netns))
+            .collect();
+        sample_namespaces(
+            &mut counter,
+            &mut read,
+            collection,
+            &counted,
+            self.options.sample_budget,
+        );
         loaded
             .budgets
             .lock()
