@@ -12,6 +12,10 @@
 //! loopback, over gRPC and over HTTP/protobuf, as ratios against off measured in the same run.
 //! `cargo bench --bench collection -- tracing` runs that part alone.
 //!
+//! Then the agent's memory (VmHWM, the peak since start, beside VmRSS) at each size with its BPF
+//! programs on and off (`-- memory` alone), and at 250 namespaces its scrape latency under CPU
+//! limits of 0.1 and 0.25 CPU, with each socket summary path (`-- limits` alone).
+//!
 //! Figures are ratios against a floor measured in the same run: the machines are noisy.
 //! Needs root. Everything it creates is removed at the end (and on panic, by guards).
 
@@ -25,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use net_exporter::probes::tcpsummary;
 use net_exporter::sources::collection::NodeSocket;
+use net_exporter::sources::kernel_btf::KernelBtf;
 use net_exporter::sources::netns::{NetFile, NetnsSession};
 use net_exporter::sources::socket_storage::{SocketPath, SocketSummaries};
 use net_exporter::sources::{Collection, TargetSources};
@@ -67,6 +72,23 @@ fn main() {
         }
         return;
     }
+    if std::env::args().any(|a| a == "memory") {
+        println!("{MEMORY_HEADER}");
+        for n in SIZES {
+            world.grow_to(n);
+            for row in memory(&world) {
+                println!("{row}");
+            }
+        }
+        return;
+    }
+    if std::env::args().any(|a| a == "limits") {
+        world.grow_to(LIMITED_SIZE);
+        for row in cpu_limited(&world) {
+            println!("{row}");
+        }
+        return;
+    }
     if std::env::args().any(|a| a == "tracing") {
         world.grow_to(TRACING_SIZE);
         for line in tracing_cost(&world) {
@@ -93,9 +115,15 @@ fn main() {
     let mut socket_rows = Vec::new();
     let mut tracing_rows = Vec::new();
     let mut peers_rows = Vec::new();
+    let mut memory_rows = Vec::new();
+    let mut limited_rows = Vec::new();
     for n in SIZES {
         world.grow_to(n);
         let floor = floor(&world);
+        memory_rows.extend(memory(&world));
+        if n == LIMITED_SIZE {
+            limited_rows = cpu_limited(&world);
+        }
         for path in ["auto", "sock_diag"] {
             let m = measure(path);
             println!(
@@ -157,8 +185,28 @@ fn main() {
         println!("{line}");
     }
     println!();
+    println!(
+        "memory: the peak since start (VmHWM) and the resident set after {SCRAPES} scrapes (VmRSS), BPF programs on (default) and off:"
+    );
+    println!("{MEMORY_HEADER}");
+    for row in memory_rows {
+        println!("{row}");
+    }
+    println!();
+    println!(
+        "under a CPU limit (CFS quota per 100 ms period, as a Pod's limits.cpu): time to ready, then {LIMITED_SCRAPES} scrapes back to back; Prometheus' default scrape timeout is 10 s:"
+    );
+    for row in limited_rows {
+        println!("{row}");
+    }
+    println!();
     connection_setup();
 }
+
+const MEMORY_HEADER: &str = "netns   bpf  vmhwm_mib  vmrss_mib  hwm/rss";
+/// Size of the CPU-limit runs, and the scrapes of each.
+const LIMITED_SIZE: usize = 250;
+const LIMITED_SCRAPES: usize = 10;
 
 /// Sizes at which the peers probe's part is measured, and its rounds (off and on each round).
 const PEERS_SIZES: [usize; 2] = [100, 250];
@@ -390,6 +438,7 @@ struct Measured {
     cpu: Duration,
     series: usize,
     rss_kib: u64,
+    hwm_kib: u64,
     /// `netexporter_collections_total` at the last scrape.
     collections: u64,
     /// The socket path the agent reported (`netexporter_tcpsummary_info{path}`): `auto` is
@@ -451,6 +500,7 @@ fn measure_config(
             .to_string();
     }
     let rss_kib = agent.rss_kib();
+    let hwm_kib = agent.hwm_kib();
     if let Some(spans) = spans.filter(|_| !env.is_empty()) {
         // Exports run behind the scrapes: their CPU counts once every span has arrived (the
         // batch processor exports a partial batch every OTEL_BSP_SCHEDULE_DELAY).
@@ -474,6 +524,7 @@ fn measure_config(
         cpu,
         series,
         rss_kib,
+        hwm_kib,
         collections,
         path: reported_path,
     }
@@ -503,27 +554,30 @@ fn socket_part(world: &World) -> (Duration, Option<Duration>) {
         }
         diag.push(t.elapsed());
     }
-    let summaries = SocketSummaries::new(SocketPath::Bpf, "/sys/kernel/btf/vmlinux".into());
-    let bpf = summaries.start().ok().map(|()| {
-        use std::os::unix::fs::MetadataExt;
-        let inode = |p: &str| std::fs::metadata(p).map(|m| m.ino()).unwrap_or(0);
-        let mut namespaces = vec![(inode("/proc/self/ns/net"), None)];
-        for i in 0..world.count {
-            let path = format!("/run/netns/{}", world.name(i));
-            namespaces.push((inode(&path), Some(std::path::PathBuf::from(path))));
-        }
-        let socket = NodeSocket::default();
-        let collection = |id| Collection::new(id, namespaces.clone(), true, socket.clone());
-        // Sweep every namespace once (collection 1), then time the passes.
-        summaries.prepare(&collection(1));
-        let mut runs = Vec::new();
-        for c in 0..FLOOR_RUNS as u64 {
-            let t = Instant::now();
-            summaries.prepare(&collection(c + 2));
-            runs.push(t.elapsed());
-        }
-        median(&mut runs)
-    });
+    let summaries = SocketSummaries::new(SocketPath::Bpf);
+    let bpf = summaries
+        .start(&KernelBtf::new("/sys/kernel/btf/vmlinux".into()))
+        .ok()
+        .map(|()| {
+            use std::os::unix::fs::MetadataExt;
+            let inode = |p: &str| std::fs::metadata(p).map(|m| m.ino()).unwrap_or(0);
+            let mut namespaces = vec![(inode("/proc/self/ns/net"), None)];
+            for i in 0..world.count {
+                let path = format!("/run/netns/{}", world.name(i));
+                namespaces.push((inode(&path), Some(std::path::PathBuf::from(path))));
+            }
+            let socket = NodeSocket::default();
+            let collection = |id| Collection::new(id, namespaces.clone(), true, socket.clone());
+            // Sweep every namespace once (collection 1), then time the passes.
+            summaries.prepare(&collection(1));
+            let mut runs = Vec::new();
+            for c in 0..FLOOR_RUNS as u64 {
+                let t = Instant::now();
+                summaries.prepare(&collection(c + 2));
+                runs.push(t.elapsed());
+            }
+            median(&mut runs)
+        });
     (median(&mut diag), bpf)
 }
 
@@ -546,8 +600,8 @@ fn connection_setup() {
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for _ in 0..7 {
         off.push(run());
-        let storage = net_exporter::sources::socket_storage::SocketStorage::load(Path::new(
-            "/sys/kernel/btf/vmlinux",
+        let storage = net_exporter::sources::socket_storage::SocketStorage::load(&KernelBtf::new(
+            "/sys/kernel/btf/vmlinux".into(),
         ));
         if storage.is_err() {
             println!("connection setup: BPF socket storage unavailable");
@@ -740,11 +794,30 @@ struct Agent {
 
 impl Agent {
     fn start(config: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_in(config, env, None)
+    }
+
+    /// [`Agent::start`] inside the cgroup `limit` from its first instruction (a shell joins
+    /// the cgroup and execs the agent), so that start-up is throttled as in a limited Pod.
+    fn start_in(config: &Path, env: &[(&str, &str)], limit: Option<&CpuLimit>) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("port")
             .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_net-exporter"))
+        let agent = env!("CARGO_BIN_EXE_net-exporter");
+        let mut cmd = match limit {
+            Some(l) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(r#"echo $$ > "$0" && shift && exec "$@""#)
+                    .arg(l.procs())
+                    .arg("--")
+                    .arg(agent);
+                c
+            }
+            None => Command::new(agent),
+        };
+        let child = cmd
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--log.level=warn")
             .arg(format!("--config.file={}", config.display()))
@@ -785,11 +858,20 @@ impl Agent {
     }
 
     fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// The peak of the resident set since the agent started (start-up included).
+    fn hwm_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()
             .and_then(|s| {
                 s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
+                    .find(|l| l.starts_with(field))
                     .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
             })
             .unwrap_or(0)
@@ -816,4 +898,157 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
             .map(|(_, b)| b.to_string())
             .unwrap_or_default(),
     ))
+}
+
+/// A CPU limit as Kubernetes sets one: CFS bandwidth, 100 ms periods. cgroup v2's `cpu.max`
+/// where a v2 hierarchy has the cpu controller; else v1's `cpu.cfs_quota_us` (this machine
+/// mounts cgroup v2 without controllers, the cpu controller on v1): the same throttling.
+struct CpuLimit {
+    dir: std::path::PathBuf,
+    /// How it was set, for the table.
+    how: &'static str,
+}
+
+impl CpuLimit {
+    const PERIOD_US: u64 = 100_000;
+
+    fn new(cpus: f64) -> Option<Self> {
+        let name = format!(
+            "netexporter-bench-{}-{}",
+            std::process::id(),
+            (cpus * 1000.0) as u64
+        );
+        let quota = (cpus * Self::PERIOD_US as f64) as u64;
+        for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+            let controllers =
+                std::fs::read_to_string(format!("{root}/cgroup.controllers")).unwrap_or_default();
+            if controllers.split_whitespace().any(|c| c == "cpu") {
+                let _ = std::fs::write(format!("{root}/cgroup.subtree_control"), "+cpu");
+                let dir = Path::new(root).join(&name);
+                std::fs::create_dir(&dir).ok()?;
+                let limit = Self {
+                    dir,
+                    how: "cpu.max",
+                };
+                std::fs::write(
+                    limit.dir.join("cpu.max"),
+                    format!("{quota} {}", Self::PERIOD_US),
+                )
+                .ok()?;
+                return Some(limit);
+            }
+        }
+        let v1 = Path::new("/sys/fs/cgroup/cpu");
+        if !v1.join("cpu.cfs_quota_us").exists() {
+            return None;
+        }
+        let dir = v1.join(&name);
+        std::fs::create_dir(&dir).ok()?;
+        let limit = Self {
+            dir,
+            how: "cfs_quota",
+        };
+        std::fs::write(
+            limit.dir.join("cpu.cfs_period_us"),
+            Self::PERIOD_US.to_string(),
+        )
+        .ok()?;
+        std::fs::write(limit.dir.join("cpu.cfs_quota_us"), quota.to_string()).ok()?;
+        Some(limit)
+    }
+
+    fn procs(&self) -> std::path::PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+
+    /// Periods in which the cgroup was throttled, from its cpu.stat.
+    fn throttled_periods(&self) -> u64 {
+        std::fs::read_to_string(self.dir.join("cpu.stat"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("nr_throttled ")?.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for CpuLimit {
+    fn drop(&mut self) {
+        // The agent has been killed and reaped by then; an empty cgroup can be removed.
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Scrape latency at `world`'s size under CPU limits of 0.1 and 0.25 CPU, with the socket
+/// summary path `auto` (BPF socket storage where the kernel takes it) and `sock_diag`: the
+/// first scrape once ready, then the median and worst of `LIMITED_SCRAPES`, against
+/// Prometheus' default 10 s scrape timeout.
+fn cpu_limited(world: &World) -> Vec<String> {
+    let mut rows = vec![format!(
+        "{:>5} {:>9} {:>6} {:>10} {:>9} {:>10} {:>9} {:>10}",
+        "netns", "path", "cpus", "limit", "ready_s", "median_ms", "worst_ms", "throttled"
+    )];
+    for path in ["auto", "sock_diag"] {
+        for cpus in [0.1, 0.25] {
+            let Some(limit) = CpuLimit::new(cpus) else {
+                rows.push(
+                    "no CPU controller to limit with (cgroup v2 cpu.max or v1 cfs_quota)"
+                        .to_string(),
+                );
+                return rows;
+            };
+            let config = std::env::temp_dir().join(format!(
+                "net-exporter-bench-{}-limited.yaml",
+                std::process::id()
+            ));
+            std::fs::write(&config, format!("sources:\n  socket_path: {path}\n"))
+                .expect("write config");
+            let t = Instant::now();
+            let agent = Agent::start_in(&config, &[], Some(&limit));
+            let ready = t.elapsed();
+            let mut latencies = Vec::new();
+            for _ in 0..LIMITED_SCRAPES {
+                let t = Instant::now();
+                agent.scrape();
+                latencies.push(t.elapsed());
+            }
+            let worst = latencies.iter().max().copied().unwrap_or_default();
+            let throttled = limit.throttled_periods();
+            drop(agent);
+            let _ = std::fs::remove_file(&config);
+            rows.push(format!(
+                "{:>5} {:>9} {:>6.2} {:>10} {:>9.1} {:>10.0} {:>9.0} {:>10}",
+                world.count,
+                path,
+                cpus,
+                limit.how,
+                ready.as_secs_f64(),
+                ms(median(&mut latencies)),
+                ms(worst),
+                throttled
+            ));
+        }
+    }
+    rows
+}
+
+/// The agent's memory with every BPF program (the default) and with none (the drop and peer
+/// counters off, socket summaries by sock_diag): the peak since start (VmHWM, start-up
+/// included) beside the resident set after the scrapes (VmRSS).
+fn memory(world: &World) -> Vec<String> {
+    let no_bpf = "probes:\n  packetloss:\n    enabled: false\n  peers:\n    enabled: false\n";
+    let mut rows = Vec::new();
+    for (bpf, path, extra) in [("on", "auto", ""), ("off", "sock_diag", no_bpf)] {
+        let m = measure_config(path, extra, &[], None, &|| {});
+        rows.push(format!(
+            "{:>5} {:>5} {:>10.1} {:>10.1} {:>8.2}",
+            world.count,
+            bpf,
+            m.hwm_kib as f64 / 1024.0,
+            m.rss_kib as f64 / 1024.0,
+            m.hwm_kib as f64 / m.rss_kib.max(1) as f64
+        ));
+    }
+    rows
 }

@@ -12,10 +12,11 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+
 use std::time::Instant;
 
 use net_exporter::probes::peers::bpf::PeerCounter;
+use net_exporter::sources::kernel_btf::KernelBtf;
 
 const CONNECTIONS: u32 = 3_000;
 const BULK_BYTES: usize = 512 << 20;
@@ -25,7 +26,7 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let btf = Path::new("/sys/kernel/btf/vmlinux");
+    let btf = &KernelBtf::new("/sys/kernel/btf/vmlinux".into());
     if let Err(e) = PeerCounter::load(btf) {
         println!("peer counter benchmark: unavailable: {e:#}");
         return;

@@ -104,3 +104,130 @@ fn bpf_program_statistics_equal_bpftools() {
         "20 connections, two ends: peer_state ran {state} times"
     );
 }
+
+/// The BPF maps the agent's process holds, by name: (id, max_entries), from its fdinfo (the
+/// kernel's own account of each map file descriptor), names from `bpftool map show`.
+fn agent_maps(pid: u32) -> BTreeMap<String, (u64, u64)> {
+    let mut ids = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .flatten()
+    {
+        let is_map = std::fs::read_link(fd.path())
+            .is_ok_and(|l| l.as_os_str().as_encoded_bytes() == b"anon_inode:bpf-map");
+        if !is_map {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        let field = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k)?.trim().parse::<u64>().ok())
+        };
+        if let (Some(id), Some(max)) = (field("map_id:"), field("max_entries:")) {
+            ids.push((id, max));
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (id, max) in ids {
+        let show: Value = serde_json::from_str(&run(&[
+            "bpftool",
+            "map",
+            "show",
+            "id",
+            &id.to_string(),
+            "--json",
+        ]))
+        .expect("bpftool map show json");
+        assert_eq!(show["max_entries"].as_u64(), Some(max), "map {id}: {show}");
+        if let Some(name) = show["name"].as_str() {
+            out.insert(name.to_string(), (id, max));
+        }
+    }
+    out
+}
+
+/// Entries of map `id` as `bpftool map dump` lists them.
+fn bpftool_entries(id: u64) -> u64 {
+    let dump: Value = serde_json::from_str(&run(&[
+        "bpftool",
+        "map",
+        "dump",
+        "id",
+        &id.to_string(),
+        "--json",
+    ]))
+    .expect("bpftool map dump json");
+    dump.as_array().map_or(0, |a| a.len() as u64)
+}
+
+#[test]
+fn bpf_map_fill_equals_bpftools() {
+    require_root();
+    let agent = Agent::start(&[]);
+    // Entries in every map: connections (peers, peer_timings, the socket summary) and a drop
+    // (a datagram to a closed port: NO_SOCKET).
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let _held: Vec<_> = (0..3)
+        .map(|_| {
+            let c = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+            (c, l.accept().expect("accept"))
+        })
+        .collect();
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let _ = u.send_to(b"x", ("127.0.0.1", port));
+
+    let first = agent.scrape();
+    let maps = agent_maps(agent.pid());
+    let mut wanted = vec!["drops", "peers", "peer_timings"];
+    if first
+        .find("netexporter_tcpsummary_info", &[("path", "bpf")])
+        .len()
+        == 1
+    {
+        wanted.push("summary");
+    }
+    let reported: Vec<String> = first
+        .find("netexporter_bpf_map_max_entries", &[])
+        .iter()
+        .filter_map(|s| s.labels.get("map").cloned())
+        .collect();
+    for name in &wanted {
+        let (id, max) = *maps
+            .get(*name)
+            .unwrap_or_else(|| panic!("the agent holds no map {name}: {maps:?}"));
+        // Capacity: what the kernel created.
+        assert_eq!(
+            first.value("netexporter_bpf_map_max_entries", &[("map", name)]),
+            Some(max as f64),
+            "{name}: reported {reported:?}"
+        );
+        // Entries: bpftool's count between two scrapes lies between their values (the maps
+        // change only when a new namespace, peer or drop reason appears, or one goes).
+        let before = agent
+            .scrape()
+            .value("netexporter_bpf_map_entries", &[("map", name)])
+            .expect("entries");
+        let counted = bpftool_entries(id) as f64;
+        let after = agent
+            .scrape()
+            .value("netexporter_bpf_map_entries", &[("map", name)])
+            .expect("entries");
+        assert!(counted >= 1.0, "{name}: bpftool lists no entry");
+        assert!(
+            before.min(after) <= counted && counted <= before.max(after),
+            "{name}: bpftool lists {counted} entries, the agent {before} then {after}"
+        );
+        assert_eq!(
+            first.value("netexporter_bpf_map_uncounted_total", &[("map", name)]),
+            Some(0.0),
+            "{name}: nothing uncounted while far from full"
+        );
+    }
+}

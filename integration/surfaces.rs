@@ -77,6 +77,7 @@ const LABELS: &[&str] = &[
     "direction",
     "le",
     "program",
+    "map",
     "version",
     "exporter",
     "signal",
@@ -474,6 +475,9 @@ const REQUIRED: &[(&str, &str, &[&str])] = &[
             "netexporter_arp_maxentries",
             "netexporter_packetloss_reason",
             "netexporter_events",
+            "netexporter_bpf_map_entries",
+            "netexporter_bpf_map_max_entries",
+            "netexporter_bpf_map_uncounted_total",
         ],
     ),
     (

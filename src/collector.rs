@@ -77,6 +77,8 @@ pub struct Snapshot {
     /// counts their runs now (`kernel.bpf_stats_enabled`).
     pub bpf_programs: Vec<crate::sources::bpf_programs::BpfProgram>,
     pub bpf_stats_enabled: Option<bool>,
+    /// The fill of the agent's BPF maps that can fill up, as this collection read them.
+    pub bpf_maps: Vec<crate::sources::bpf_programs::BpfMapFill>,
 }
 
 /// Reads what a probe saw in one target.
@@ -375,6 +377,8 @@ impl Collector {
         for slot in slots.iter_mut() {
             slot.settle(&self.node);
         }
+        // The probes that load BPF programs have done so: the kernel's BTF is not needed again.
+        self.node.kernel_btf.release();
         let shared = Collection::new(
             collection,
             targets
@@ -445,6 +449,10 @@ impl Collector {
             discovery_error,
             discover_time,
         );
+        let mut bpf_maps: Vec<_> = slots.iter().flat_map(|s| s.probe.bpf_maps()).collect();
+        if let Some(summaries) = self.node.socket_summaries_in_use() {
+            bpf_maps.extend(summaries.bpf_maps());
+        }
         drop(slots);
         drop(assemble_span);
         release_freed_memory();
@@ -464,6 +472,7 @@ impl Collector {
                 .unwrap_or_else(|e| e.into_inner())
                 .bpf_programs(),
             bpf_stats_enabled: crate::sources::bpf_programs::stats_enabled(),
+            bpf_maps,
             ..snapshot
         }
     }
@@ -702,6 +711,7 @@ impl Collector {
             started: None,
             bpf_programs: Vec::new(),
             bpf_stats_enabled: None,
+            bpf_maps: Vec::new(),
         }
     }
 
@@ -726,6 +736,7 @@ impl Collector {
             started: None,
             bpf_programs: state.bpf_programs(),
             bpf_stats_enabled: crate::sources::bpf_programs::stats_enabled(),
+            bpf_maps: Vec::new(),
         }
     }
 }

@@ -74,6 +74,12 @@ pub trait Probe: Send + Sync {
 
     /// Reads this probe's sources for one target. Errors carry the source that failed.
     fn collect(&self, src: &mut TargetSources) -> Result<Vec<Series>>;
+
+    /// Its BPF maps that can fill up, as the last [`Probe::prepare`] read them (the agent's
+    /// self-metrics `netexporter_bpf_map_*`).
+    fn bpf_maps(&self) -> Vec<crate::sources::bpf_programs::BpfMapFill> {
+        Vec::new()
+    }
 }
 
 /// How a probe is made: its name, scope and metrics, its options, its constructor.

@@ -52,7 +52,7 @@ impl Build for SockBacklog {
 impl Probe for SockBacklog {
     fn start(&mut self, node: &Node) -> Result<()> {
         let summaries = node.socket_summaries();
-        summaries.start()?;
+        summaries.start(&node.kernel_btf)?;
         self.summaries = Some(summaries);
         Ok(())
     }

@@ -115,7 +115,7 @@ impl Build for TcpSummary {
 impl Probe for TcpSummary {
     fn start(&mut self, node: &Node) -> Result<()> {
         let summaries = node.socket_summaries();
-        summaries.start()?;
+        summaries.start(&node.kernel_btf)?;
         self.summaries = Some(summaries);
         Ok(())
     }

@@ -12,6 +12,36 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// One of the agent's BPF maps that can fill up, as its last read found it. A full map does not
+/// stop its program: the events it cannot count are counted apart (`uncounted`), so a full map
+/// shows, never silently loses data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BpfMapFill {
+    pub map: &'static str,
+    pub entries: u64,
+    /// Its capacity as the kernel created it (`max_entries`).
+    pub max_entries: u64,
+    /// Events not counted, since the map was created, because it was full.
+    pub uncounted: u64,
+}
+
+impl BpfMapFill {
+    /// `map`'s fill: `entries` as just read, its capacity asked of the kernel.
+    pub fn of(
+        map: &aya::maps::MapData,
+        name: &'static str,
+        entries: usize,
+        uncounted: u64,
+    ) -> Self {
+        Self {
+            map: name,
+            entries: entries as u64,
+            max_entries: map.info().map_or(0, |i| u64::from(i.max_entries())),
+            uncounted,
+        }
+    }
+}
+
 /// One program the agent has loaded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BpfProgram {

@@ -19,6 +19,7 @@ pub mod netns;
 pub mod node;
 
 pub mod ipvs;
+pub mod kernel_btf;
 pub mod routes;
 pub mod socket_storage;
 pub mod sysctl;

@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::kernel_btf::KernelBtf;
 use super::socket_storage::{SocketPath, SocketSummaries};
 
 /// Options of the kernel readers that probes share (`sources:` in the configuration file).
@@ -40,6 +41,9 @@ pub struct Node {
     /// Kubernetes mode: the cluster's Services and EndpointSlices, for the probes that name
     /// addresses (`peers`).
     pub cluster_objects: Option<Arc<crate::inventory::objects::ClusterObjects>>,
+    /// The kernel's BTF for the BPF loaders: parsed once, released after the collection that
+    /// started the probes.
+    pub kernel_btf: KernelBtf,
     socket_summaries: OnceLock<Arc<SocketSummaries>>,
 }
 
@@ -48,6 +52,7 @@ impl Node {
         Self {
             procfs,
             sysfs,
+            kernel_btf: KernelBtf::new(options.btf_path.clone()),
             options,
             kubernetes,
             cluster_objects: None,
@@ -55,14 +60,17 @@ impl Node {
         }
     }
 
+    /// The socket summaries, if a probe has set them up.
+    pub fn socket_summaries_in_use(&self) -> Option<&Arc<SocketSummaries>> {
+        self.socket_summaries.get()
+    }
+
     /// The socket summaries of every namespace (`socket_storage`), shared by the probes that
     /// report them; set up by the first one that starts.
     pub fn socket_summaries(&self) -> Arc<SocketSummaries> {
-        Arc::clone(self.socket_summaries.get_or_init(|| {
-            Arc::new(SocketSummaries::new(
-                self.options.socket_path,
-                self.options.btf_path.clone(),
-            ))
-        }))
+        Arc::clone(
+            self.socket_summaries
+                .get_or_init(|| Arc::new(SocketSummaries::new(self.options.socket_path))),
+        )
     }
 }

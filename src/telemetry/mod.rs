@@ -278,8 +278,17 @@ pub const SELF_METRICS: &[MetricDef] = crate::metrics![
     counter "netexporter_bpf_program_runs_total" "Runs of each BPF program the agent loaded, from the kernel's program statistics (bpftool prog show's run_cnt); they count only while kernel.bpf_stats_enabled is 1. Labels: program.",
     counter "netexporter_bpf_program_run_seconds_total" "Time each BPF program the agent loaded has run, from the kernel's program statistics (bpftool prog show's run_time_ns); counted only while kernel.bpf_stats_enabled is 1. Labels: program.",
     gauge "netexporter_bpf_stats_enabled" "1 while the kernel counts BPF program runs and run time (sysctl kernel.bpf_stats_enabled; costs every BPF program on the node two clock reads per run, so the operator chooses), else 0. Present while the agent holds BPF programs.",
+    gauge "netexporter_bpf_map_entries" "Entries in each of the agent's BPF maps that can fill up, as the last collection read them. Labels: map.",
+    gauge "netexporter_bpf_map_max_entries" "Capacity of each of the agent's BPF maps that can fill up (its max_entries in the kernel). Labels: map.",
+    counter "netexporter_bpf_map_uncounted_total" "Events the agent's BPF programs could not count because the map was full, since the map was created (the program goes on; nothing else is lost). Labels: map.",
     gauge "netexporter_check_available" "1 if an enabled configuration check applies on this node, 0 if not (label reason says why, e.g. a Kubernetes check standalone). Labels: check, reason.",
 ];
+
+fn map_attrs(snap: &Snapshot, m: &crate::sources::bpf_programs::BpfMapFill) -> Vec<KeyValue> {
+    let mut a = snap.node_attrs.clone();
+    a.push(KeyValue::new("map", m.map));
+    a
+}
 
 fn program_attrs(snap: &Snapshot, p: &crate::sources::bpf_programs::BpfProgram) -> Vec<KeyValue> {
     let mut a = snap.node_attrs.clone();
@@ -418,6 +427,30 @@ fn register_self_instruments(
         Box::new(|snap, obs| {
             for p in &snap.bpf_programs {
                 obs.observe(p.runs, &program_attrs(snap, p));
+            }
+        }),
+    );
+    gauge(
+        "netexporter_bpf_map_entries",
+        Box::new(|snap, obs| {
+            for m in &snap.bpf_maps {
+                obs.observe(m.entries, &map_attrs(snap, m));
+            }
+        }),
+    );
+    gauge(
+        "netexporter_bpf_map_max_entries",
+        Box::new(|snap, obs| {
+            for m in &snap.bpf_maps {
+                obs.observe(m.max_entries, &map_attrs(snap, m));
+            }
+        }),
+    );
+    counter(
+        "netexporter_bpf_map_uncounted_total",
+        Box::new(|snap, obs| {
+            for m in &snap.bpf_maps {
+                obs.observe(m.uncounted, &map_attrs(snap, m));
             }
         }),
     );

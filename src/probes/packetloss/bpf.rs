@@ -2,12 +2,14 @@
 //! pruning its map.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::{PerCpuArray, PerCpuHashMap};
+use aya::maps::{IterableMap, PerCpuArray, PerCpuHashMap};
 use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
-use aya::{Btf, Ebpf, EbpfLoader, Endianness};
+use aya::{Btf, Ebpf, EbpfLoader};
+
+use crate::sources::bpf_programs::BpfMapFill;
+use crate::sources::kernel_btf::KernelBtf;
 
 /// The CO-RE object (three entry points) and the no-BTF fallback, built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/packetloss.bpf.o"));
@@ -86,16 +88,15 @@ pub const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracin
 impl DropCounter {
     /// Tries `wanted` (or the whole chain for `Auto`); every failure is returned with its cause
     /// in the error, in order.
-    pub fn load(wanted: AttachMode, btf_path: &Path) -> Result<Self> {
+    pub fn load(wanted: AttachMode, kernel_btf: &KernelBtf) -> Result<Self> {
         let modes: &[AttachMode] = match wanted {
             AttachMode::Auto => &AttachMode::CHAIN,
             ref one => std::slice::from_ref(one),
         };
-        let btf = Btf::parse_file(btf_path, Endianness::default())
-            .with_context(|| format!("kernel BTF {}", btf_path.display()));
+        let btf = kernel_btf.get();
         let mut failures = Vec::new();
         for &mode in modes {
-            match Self::try_mode(mode, btf.as_ref()) {
+            match Self::try_mode(mode, btf.as_deref()) {
                 Ok(ebpf) => {
                     for (m, e) in &failures {
                         tracing::info!(probe = "packetloss", attach = m, error = %e, "attach point unavailable; fell back");
@@ -108,6 +109,20 @@ impl DropCounter {
         }
         let list: Vec<String> = failures.iter().map(|(m, e)| format!("{m}: {e}")).collect();
         bail!("no attach point worked ({})", list.join("; "))
+    }
+
+    /// The benchmark's floor: the program that does nothing (`kfree_skb_floor`), attached
+    /// where `tp_btf` attaches: what the attach point costs before any counting.
+    pub fn load_floor(kernel_btf: &KernelBtf) -> Result<Self> {
+        let btf = kernel_btf.get()?;
+        let mut ebpf = EbpfLoader::new().btf(Some(&*btf)).load(OBJECT)?;
+        let prog: &mut BtfTracePoint = program(&mut ebpf, "kfree_skb_floor")?.try_into()?;
+        prog.load("kfree_skb", &btf)?;
+        prog.attach()?;
+        Ok(Self {
+            ebpf,
+            mode: AttachMode::TpBtf,
+        })
     }
 
     fn try_mode(mode: AttachMode, btf: Result<&Btf, &anyhow::Error>) -> Result<Ebpf> {
@@ -152,8 +167,9 @@ impl DropCounter {
         }
     }
 
-    /// Every counter summed over CPUs, and the drops lost because the map was full.
-    pub fn read(&self) -> Result<(HashMap<DropKey, u64>, u64)> {
+    /// Every counter summed over CPUs, and the map's fill (with the drops lost because it was
+    /// full).
+    pub fn read(&self) -> Result<(HashMap<DropKey, u64>, BpfMapFill)> {
         let map = self.ebpf.map("drops").context("map drops missing")?;
         let drops: PerCpuHashMap<_, DropKey, u64> = PerCpuHashMap::try_from(map)?;
         let mut out = HashMap::new();
@@ -165,7 +181,8 @@ impl DropCounter {
         let map = self.ebpf.map("overflow").context("map overflow missing")?;
         let overflow: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         let lost = overflow.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
-        Ok((out, lost))
+        let fill = BpfMapFill::of(drops.map(), "drops", out.len(), lost);
+        Ok((out, fill))
     }
 
     /// Run time and run count of the attached program, as the kernel accounts them while

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Build, MetricDef, Probe, Scope, Series};
 use crate::metrics;
+use crate::sources::bpf_programs::BpfMapFill;
 use crate::sources::links::links;
 use crate::sources::{Collection, Node, TargetSources};
 pub use bpf::AttachMode;
@@ -87,6 +88,8 @@ struct Counts {
     error: Option<String>,
     by_key: HashMap<DropKey, u64>,
     lost: u64,
+    /// The map's fill as this read found it.
+    fill: Option<BpfMapFill>,
     node_inode: u64,
     /// Node devices whose peer lives in another namespace: ifindex -> the peer's ifindex.
     node_veths: HashMap<u32, u32>,
@@ -109,13 +112,14 @@ impl Loaded {
     /// dump, which may be older): a device with drops in the map that is missing from the dump
     /// is gone, not yet to come.
     fn read(&self, collection: &Collection, counts: &mut Counts) -> Result<()> {
-        let (by_key, lost) = self
+        let (by_key, fill) = self
             .counter
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .read()?;
         counts.by_key = by_key;
-        counts.lost = lost;
+        counts.lost = fill.uncounted;
+        counts.fill = Some(fill);
         if let Some((inode, _)) = collection.namespaces.iter().find(|(_, p)| p.is_none()) {
             counts.node_inode = *inode;
         }
@@ -266,7 +270,7 @@ impl Probe for PacketLoss {
 
     fn start(&mut self, node: &Node) -> Result<()> {
         let btf_path: PathBuf = node.options.btf_path.clone();
-        let counter = DropCounter::load(self.options.attach, &btf_path)?;
+        let counter = DropCounter::load(self.options.attach, &node.kernel_btf)?;
         tracing::info!(
             probe = "packetloss",
             attach = counter.mode.name(),
@@ -279,6 +283,14 @@ impl Probe for PacketLoss {
             counts: Mutex::new(Counts::default()),
         });
         Ok(())
+    }
+
+    fn bpf_maps(&self) -> Vec<BpfMapFill> {
+        let Some(loaded) = &self.loaded else {
+            return Vec::new();
+        };
+        let counts = loaded.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.fill.iter().cloned().collect()
     }
 
     fn prepare(&self, collection: &Collection) {

@@ -93,6 +93,15 @@ int BPF_PROG(kfree_skb_btf, struct sk_buff *skb, void *location, unsigned int re
 	return 0;
 }
 
+/* Not attached by the agent: `make bench` attaches it to measure what the attach point itself
+ * costs (the tracepoint's dispatch to a BPF program that does nothing), the floor under any
+ * counting. */
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(kfree_skb_floor, struct sk_buff *skb, void *location, unsigned int reason)
+{
+	return 0;
+}
+
 /* raw_tp arguments: skb, location, reason (, rx_sk from 6.11). The context is typed as a
  * plain array: `struct bpf_raw_tracepoint_args *` has a flexible array that aya refuses to
  * relocate, which would break the whole object. */

@@ -1,11 +1,12 @@
 //! Loading the peer counter (`peers.bpf.c`) and reading and pruning its map.
 
-use std::path::Path;
-
 use anyhow::{Context, Result};
-use aya::maps::{HashMap as BpfHashMap, PerCpuArray, PerCpuHashMap};
+use aya::maps::{HashMap as BpfHashMap, IterableMap, PerCpuArray, PerCpuHashMap};
 use aya::programs::{BtfTracePoint, Iter};
-use aya::{Btf, Ebpf, EbpfLoader, Endianness};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::sources::bpf_programs::BpfMapFill;
+use crate::sources::kernel_btf::KernelBtf;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/peers.bpf.o"));
 
@@ -136,16 +137,20 @@ const PROGRAMS: [(&str, &str); 4] = [
 /// The iterator that samples open connections (`iter/tcp`), run by user space.
 const SAMPLER: &str = "peer_sample";
 
+/// Slots of `peers_overflow` (`peers.h`): events lost to a full `peers`, and samples lost to a
+/// full `peer_timings`.
+const UNCOUNTED_PEERS: u32 = 0;
+const UNCOUNTED_TIMINGS: u32 = 1;
+
 /// The loaded and attached programs. Dropping it detaches them.
 pub struct PeerCounter {
     ebpf: Ebpf,
 }
 
 impl PeerCounter {
-    pub fn load(btf_path: &Path) -> Result<Self> {
-        let btf = Btf::parse_file(btf_path, Endianness::default())
-            .with_context(|| format!("kernel BTF {}", btf_path.display()))?;
-        let mut ebpf = EbpfLoader::new().btf(Some(&btf)).load(OBJECT)?;
+    pub fn load(kernel_btf: &KernelBtf) -> Result<Self> {
+        let btf = kernel_btf.get()?;
+        let mut ebpf = EbpfLoader::new().btf(Some(&*btf)).load(OBJECT)?;
         for (program, tracepoint) in PROGRAMS {
             let prog: &mut BtfTracePoint = ebpf
                 .program_mut(program)
@@ -191,19 +196,38 @@ impl PeerCounter {
         Ok(Listener::parse(&out))
     }
 
-    /// Every key's latency histograms.
-    pub fn timings(&self) -> Result<Vec<(PeerKey, PeerTiming)>> {
+    /// Every key's latency histograms, and the map's fill (with the samples lost because it
+    /// was full).
+    pub fn timings(&self) -> Result<(Vec<(PeerKey, PeerTiming)>, BpfMapFill)> {
         let map = self
             .ebpf
             .map("peer_timings")
             .context("map peer_timings missing")?;
         let timings: BpfHashMap<_, PeerKey, PeerTiming> = BpfHashMap::try_from(map)?;
         // An entry deleted between listing and reading is skipped, not an error.
-        Ok(timings.iter().filter_map(|e| e.ok()).collect())
+        let out: Vec<_> = timings.iter().filter_map(|e| e.ok()).collect();
+        let fill = BpfMapFill::of(
+            timings.map(),
+            "peer_timings",
+            out.len(),
+            self.uncounted(UNCOUNTED_TIMINGS)?,
+        );
+        Ok((out, fill))
     }
 
-    /// Every key's counters summed over CPUs, and the events lost because the map was full.
-    pub fn read(&self) -> Result<(Vec<(PeerKey, PeerCounts)>, u64)> {
+    /// Events lost because a map was full, summed over CPUs: `slot` says which map.
+    fn uncounted(&self, slot: u32) -> Result<u64> {
+        let map = self
+            .ebpf
+            .map("peers_overflow")
+            .context("map peers_overflow missing")?;
+        let overflow: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        Ok(overflow.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0))
+    }
+
+    /// Every key's counters summed over CPUs, and the map's fill (with the events lost because
+    /// it was full).
+    pub fn read(&self) -> Result<(Vec<(PeerKey, PeerCounts)>, BpfMapFill)> {
         let map = self.ebpf.map("peers").context("map peers missing")?;
         let peers: PerCpuHashMap<_, PeerKey, PeerCounts> = PerCpuHashMap::try_from(map)?;
         let mut out = Vec::new();
@@ -216,13 +240,9 @@ impl PeerCounter {
             }
             out.push((key, sum));
         }
-        let map = self
-            .ebpf
-            .map("peers_overflow")
-            .context("map peers_overflow missing")?;
-        let overflow: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
-        let lost = overflow.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
-        Ok((out, lost))
+        let lost = self.uncounted(UNCOUNTED_PEERS)?;
+        let fill = BpfMapFill::of(peers.map(), "peers", out.len(), lost);
+        Ok((out, fill))
     }
 
     /// The kernel's statistics of all four programs, summed: run time and runs (counted only
@@ -303,6 +323,8 @@ mod tests {
         );
         assert_eq!(std::mem::size_of::<PeerTiming>(), (2 * BUCKETS + 2) * 8);
         assert!(header.contains(&format!("#define PEER_BUCKETS {BUCKETS}")));
+        assert!(header.contains(&format!("#define UNCOUNTED_PEERS {UNCOUNTED_PEERS}")));
+        assert!(header.contains(&format!("#define UNCOUNTED_TIMINGS {UNCOUNTED_TIMINGS}")));
         assert_eq!(
             fields(header, "peer_listener"),
             ["port", "family", "pad", "queue", "limit", "drops"]

@@ -44,6 +44,7 @@ use super::{Build, Histogram, MetricDef, Probe, Scope, Series};
 use crate::inventory::ClusterView;
 use crate::inventory::objects::ClusterObjects;
 use crate::metrics;
+use crate::sources::bpf_programs::BpfMapFill;
 use crate::sources::{Collection, Node, TargetSources};
 use bpf::{BUCKETS, CLIENT, Listener, PeerCounter, PeerCounts, PeerKey, PeerTiming};
 use k8s_openapi::api::core::v1::Service;
@@ -276,6 +277,8 @@ struct Read {
     entries: Vec<(PeerKey, PeerCounts)>,
     timings: HashMap<PeerKey, PeerTiming>,
     lost: u64,
+    /// The maps' fill as the last read found them.
+    fills: Vec<BpfMapFill>,
     /// Kubernetes mode: what the Services and EndpointSlices name, once both are listed.
     directory: Option<Directory>,
     /// The listeners of each namespace as last sampled, by inode.
@@ -582,7 +585,7 @@ impl Probe for Peers {
     }
 
     fn start(&mut self, node: &Node) -> Result<()> {
-        let counter = PeerCounter::load(&node.options.btf_path)?;
+        let counter = PeerCounter::load(&node.kernel_btf)?;
         tracing::info!(probe = "peers", "peer counter attached");
         self.loaded = Some(Loaded {
             counter: Mutex::new(counter),
@@ -592,6 +595,14 @@ impl Probe for Peers {
             objects: node.cluster_objects.clone(),
         });
         Ok(())
+    }
+
+    fn bpf_maps(&self) -> Vec<BpfMapFill> {
+        let Some(loaded) = &self.loaded else {
+            return Vec::new();
+        };
+        let read = loaded.read.lock().unwrap_or_else(|e| e.into_inner());
+        read.fills.clone()
     }
 
     /// Reads the map once, and forgets what belongs to namespaces that are gone: their keys
@@ -608,7 +619,7 @@ impl Probe for Peers {
             read.directory = Some(Directory::new(&services, &slices));
         }
         match counter.read().and_then(|r| Ok((r, counter.timings()?))) {
-            Ok(((mut entries, lost), mut timings)) => {
+            Ok(((mut entries, peers_fill), (mut timings, timings_fill))) => {
                 let gone = |k: &PeerKey| k.netns != 0 && collection.is_gone(u64::from(k.netns));
                 let mut gone_keys: Vec<PeerKey> =
                     entries.iter().map(|(k, _)| *k).filter(gone).collect();
@@ -622,7 +633,8 @@ impl Probe for Peers {
                 read.error = None;
                 read.entries = entries;
                 read.timings = timings.into_iter().collect();
-                read.lost = lost;
+                read.lost = peers_fill.uncounted + timings_fill.uncounted;
+                read.fills = vec![peers_fill, timings_fill];
             }
             Err(e) => read.error = Some(format!("{e:#}")),
         }

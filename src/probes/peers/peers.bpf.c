@@ -49,10 +49,11 @@ struct {
 	__type(value, struct peer_counts);
 } peers SEC(".maps");
 
-/* Events that could not be counted because `peers` was full. */
+/* Events that could not be counted because a map was full: `peers` (slot UNCOUNTED_PEERS) or
+ * `peer_timings` (slot UNCOUNTED_TIMINGS). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u64);
 } peers_overflow SEC(".maps");
@@ -112,7 +113,7 @@ static __always_inline int fill_key(struct peer_key *key, struct sock *sk, __u8 
 static __always_inline struct peer_counts *counts_of(struct peer_key *key)
 {
 	struct peer_counts zero = {}, *v;
-	__u32 slot = 0;
+	__u32 slot = UNCOUNTED_PEERS;
 	__u64 *lost;
 
 	v = bpf_map_lookup_elem(&peers, key);
@@ -160,6 +161,7 @@ static __always_inline void observe(struct peer_key *key, int which, __u64 us)
 		t = bpf_map_lookup_elem(&peer_timings, key);
 	}
 	if (!t) {
+		slot = UNCOUNTED_TIMINGS;
 		lost = bpf_map_lookup_elem(&peers_overflow, &slot);
 		if (lost)
 			*lost += 1;

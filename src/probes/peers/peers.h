@@ -67,4 +67,8 @@ struct peer_listener {
 
 #define PEERS_MAX_ENTRIES 16384
 
+/* Slots of peers_overflow: which map was full. */
+#define UNCOUNTED_PEERS 0
+#define UNCOUNTED_TIMINGS 1
+
 #endif

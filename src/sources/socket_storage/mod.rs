@@ -8,15 +8,18 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::{HashMap as BpfHashMap, Map};
+use aya::maps::{HashMap as BpfHashMap, IterableMap, Map, PerCpuArray};
 use aya::programs::{BtfTracePoint, Iter};
-use aya::{Btf, Ebpf, EbpfLoader, Endianness};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::sources::kernel_btf::KernelBtf;
 
 use super::Collection;
+use super::bpf_programs::BpfMapFill;
 use super::netns::drain_iterator;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/socksummary.bpf.o"));
@@ -55,14 +58,16 @@ pub struct SocketStorage {
     swept: HashSet<u64>,
     /// The last pass's sums, by namespace inode.
     summaries: HashMap<u32, NsSummary>,
+    /// The summary map's fill after the last pass, and whether that pass found it full.
+    fill: Option<BpfMapFill>,
+    overflowed: bool,
 }
 
 impl SocketStorage {
     /// Loads and attaches the tagging tracepoint and loads both iterators.
-    pub fn load(btf_path: &Path) -> Result<Self> {
-        let btf = Btf::parse_file(btf_path, Endianness::default())
-            .with_context(|| format!("kernel BTF {}", btf_path.display()))?;
-        let mut ebpf = EbpfLoader::new().btf(Some(&btf)).load(OBJECT)?;
+    pub fn load(kernel_btf: &KernelBtf) -> Result<Self> {
+        let btf = kernel_btf.get()?;
+        let mut ebpf = EbpfLoader::new().btf(Some(&*btf)).load(OBJECT)?;
         let tp: &mut BtfTracePoint = program(&mut ebpf, "tag_on_state")?.try_into()?;
         tp.load("inet_sock_set_state", &btf)?;
         // Attached before any sweep, so that no socket slips between the two.
@@ -75,6 +80,8 @@ impl SocketStorage {
             ebpf,
             swept: HashSet::new(),
             summaries: HashMap::new(),
+            fill: None,
+            overflowed: false,
         })
     }
 
@@ -121,6 +128,20 @@ impl SocketStorage {
         let map = self.ebpf.map("summary").context("map summary missing")?;
         let summary: BpfHashMap<_, u32, NsSummary> = BpfHashMap::try_from(map)?;
         self.summaries = summary.iter().filter_map(|e| e.ok()).collect();
+        let map = self
+            .ebpf
+            .map("summary_overflow")
+            .context("map summary_overflow missing")?;
+        let overflow: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        let uncounted = overflow.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
+        // A namespace missing from a pass that overflowed may have had sockets: not zeros.
+        self.overflowed = uncounted > self.fill.as_ref().map_or(0, |f| f.uncounted);
+        self.fill = Some(BpfMapFill::of(
+            summary.map(),
+            "summary",
+            self.summaries.len(),
+            uncounted,
+        ));
         Ok(())
     }
 }
@@ -170,14 +191,13 @@ fn iter_create(link: &OwnedFd) -> std::io::Result<File> {
 /// (`tcpsummary`, `sockbacklog`), owned by the [`super::Node`].
 pub struct SocketSummaries {
     wanted: SocketPath,
-    btf_path: PathBuf,
     engine: OnceLock<Engine>,
     /// This collection's results; one pass serves every probe and every target.
     state: Mutex<Prepared>,
 }
 
 enum Engine {
-    Bpf(Mutex<SocketStorage>),
+    Bpf(Box<Mutex<SocketStorage>>),
     /// sock_diag, and why.
     SockDiag(String),
 }
@@ -192,10 +212,9 @@ struct Prepared {
 }
 
 impl SocketSummaries {
-    pub fn new(wanted: SocketPath, btf_path: PathBuf) -> Self {
+    pub fn new(wanted: SocketPath) -> Self {
         Self {
             wanted,
-            btf_path,
             engine: OnceLock::new(),
             state: Mutex::new(Prepared::default()),
         }
@@ -203,22 +222,22 @@ impl SocketSummaries {
 
     /// Loads the BPF path (once, whoever asks first). With `bpf` configured, an error says
     /// why it cannot load; with `auto`, a failure to load is the sock_diag path, logged once.
-    pub fn start(&self) -> Result<()> {
-        match self.engine.get_or_init(|| self.load()) {
+    pub fn start(&self, kernel_btf: &KernelBtf) -> Result<()> {
+        match self.engine.get_or_init(|| self.load(kernel_btf)) {
             Engine::SockDiag(why) if self.wanted == SocketPath::Bpf => bail!("{why}"),
             _ => Ok(()),
         }
     }
 
-    fn load(&self) -> Engine {
+    fn load(&self, kernel_btf: &KernelBtf) -> Engine {
         if self.wanted == SocketPath::SockDiag {
             tracing::info!("socket summaries: sock_diag (configured)");
             return Engine::SockDiag("configured".into());
         }
-        match SocketStorage::load(&self.btf_path) {
+        match SocketStorage::load(kernel_btf) {
             Ok(s) => {
                 tracing::info!("socket summaries: BPF socket storage");
-                Engine::Bpf(Mutex::new(s))
+                Engine::Bpf(Box::new(Mutex::new(s)))
             }
             Err(e) => {
                 let why = format!("BPF socket storage unavailable: {e:#}").replace('\n', " | ");
@@ -274,6 +293,17 @@ impl SocketSummaries {
         }
     }
 
+    /// The summary map's fill after the last pass (BPF path only).
+    pub fn bpf_maps(&self) -> Vec<BpfMapFill> {
+        match self.engine.get() {
+            Some(Engine::Bpf(storage)) => {
+                let storage = storage.lock().unwrap_or_else(|e| e.into_inner());
+                storage.fill.iter().cloned().collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// The BPF summary of namespace `inode` as of the last [`SocketSummaries::prepare`], or
     /// `None` when summaries take the sock_diag path. An error is a failure of the BPF path
     /// for this namespace (or a configured BPF path that could not load).
@@ -286,11 +316,19 @@ impl SocketSummaries {
                 }
                 drop(state);
                 let storage = storage.lock().unwrap_or_else(|e| e.into_inner());
-                Some(Ok(u32::try_from(inode)
+                let summary = u32::try_from(inode)
                     .ok()
                     .and_then(|i| storage.summaries.get(&i))
-                    .copied()
-                    .unwrap_or_default()))
+                    .copied();
+                match summary {
+                    Some(s) => Some(Ok(s)),
+                    None if storage.overflowed => Some(Err(anyhow!(
+                        "the socket summary map was full ({} namespaces): this one's sockets were not summed",
+                        storage.fill.as_ref().map_or(0, |f| f.max_entries)
+                    ))),
+                    // No established or listening socket in this namespace.
+                    None => Some(Ok(NsSummary::default())),
+                }
             }
             Some(Engine::SockDiag(why)) if self.wanted == SocketPath::Bpf => {
                 Some(Err(anyhow!("{why}")))

@@ -33,6 +33,14 @@ struct {
 	__type(value, struct ns_summary);
 } summary SEC(".maps");
 
+/* Sockets not summed because `summary` was full (more namespaces than it holds). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} summary_overflow SEC(".maps");
+
 static __always_inline void tag(struct tcp_sock *tp, __u32 netns)
 {
 	struct sock_tag *t = bpf_sk_storage_get(&sk_tags, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
@@ -83,7 +91,8 @@ int sum_sockets(struct bpf_iter__bpf_sk_storage_map *ctx)
 	struct ns_summary zero = {}, *s;
 	struct tcp_sock *tp;
 	unsigned char state;
-	__u32 netns;
+	__u32 netns, slot = 0;
+	__u64 *lost;
 	__s32 rx;
 
 	if (!sk || !t)
@@ -96,8 +105,12 @@ int sum_sockets(struct bpf_iter__bpf_sk_storage_map *ctx)
 	if (!s) {
 		bpf_map_update_elem(&summary, &netns, &zero, BPF_NOEXIST);
 		s = bpf_map_lookup_elem(&summary, &netns);
-		if (!s)
+		if (!s) {
+			lost = bpf_map_lookup_elem(&summary_overflow, &slot);
+			if (lost)
+				*lost += 1;
 			return 0;
+		}
 	}
 	if (state == TCP_LISTEN) {
 		s->accept_queue += sk->sk_ack_backlog;
