@@ -76,18 +76,34 @@ fn main() {
         .ok()
         .and_then(|_stats| {
             let counter = PeerCounter::load(btf).ok()?;
+            let before = counter.program_stats();
             let (t0, n0) = counter.run_stats();
             let rate = connections_per_second();
             let (t1, n1) = counter.run_stats();
+            let after = counter.program_stats();
             let runs = (n1 - n0) as f64 / f64::from(CONNECTIONS);
             let ns = (t1 - t0).as_nanos() as f64 / f64::from(CONNECTIONS);
-            Some((runs, ns, ns / (1e9 / rate)))
+            let programs: Vec<String> = after
+                .iter()
+                .filter_map(|(name, t, n)| {
+                    let (_, t_before, n_before) = before.iter().find(|(b, _, _)| b == name)?;
+                    let runs = n - n_before;
+                    (runs > 0).then(|| {
+                        let per_event = (*t - *t_before).as_nanos() as f64 / runs as f64;
+                        format!("{name} {per_event:.0} ns/event ({runs} runs)")
+                    })
+                })
+                .collect();
+            Some((runs, ns, ns / (1e9 / rate), programs))
         });
     match per_connection {
-        Some((runs, ns, share)) => println!(
-            "per connection (bpf_stats, their own timing included): {runs:.1} program runs, {ns:.0} ns, {:.2} % of the connection's time",
-            share * 100.0
-        ),
+        Some((runs, ns, share, programs)) => {
+            println!(
+                "per connection (bpf_stats, their own timing included): {runs:.1} program runs, {ns:.0} ns, {:.2} % of the connection's time",
+                share * 100.0
+            );
+            println!("per program: {}", programs.join("; "));
+        }
         None => println!("per connection: bpf_stats unavailable"),
     }
 }

@@ -1031,6 +1031,29 @@ fn kubernetes_peers_are_the_other_pods_workload() {
 /// iptables DNAT rule, as kube-proxy writes them) is counted under the Service; one straight to
 /// a backend of another node (known from the Service's EndpointSlice) under its Deployment;
 /// an address outside `cluster_networks` is `external`.
+/// kube-proxy's rule for a ClusterIP Service: `vip:port` translated to `to`, in `ns`'s OUTPUT
+/// chain.
+fn dnat(ns: &Netns, vip: &str, port: u16, to: &str) {
+    let port = port.to_string();
+    ns.run(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-d",
+        vip,
+        "-p",
+        "tcp",
+        "--dport",
+        &port,
+        "-j",
+        "DNAT",
+        "--to-destination",
+        to,
+    ]);
+}
+
 #[test]
 fn kubernetes_peers_name_services_backends_and_external_addresses() {
     require_root();
@@ -1060,23 +1083,7 @@ fn kubernetes_peers_name_services_backends_and_external_addresses() {
          serve('198.51.100.7', 443)\n";
     let _backend = remote.spawn(&["python3", "-c", script]);
     // kube-proxy's rule for the Service, in the client's namespace (its OUTPUT chain).
-    web.ns().run(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-d",
-        "10.96.50.10",
-        "-p",
-        "tcp",
-        "--dport",
-        "80",
-        "-j",
-        "DNAT",
-        "--to-destination",
-        "10.208.10.2:8080",
-    ]);
+    dnat(web.ns(), "10.96.50.10", 80, "10.208.10.2:8080");
     server.apply(Kind::Pod, deployment_pod(&web, "web", "5d8f7c9b4"));
     server.apply(
         Kind::Service,
@@ -1144,4 +1151,30 @@ fn kubernetes_peers_name_services_backends_and_external_addresses() {
     for (port, peer, kind, n) in want {
         assert_eq!(value(&s, port, peer, kind), Some(n), "{peer}:\n{}", s.text);
     }
+
+    // A Service created while the agent runs is named too: the watch event rebuilds what the
+    // agent names addresses by (it is not rebuilt at every collection).
+    web.ns()
+        .run(&["ip", "route", "add", "10.96.50.11/32", "dev", "eth9"]);
+    dnat(web.ns(), "10.96.50.11", 81, "10.208.10.2:8080");
+    server.apply(
+        Kind::Service,
+        fake_apiserver::service(
+            "shop",
+            "cart",
+            "ClusterIP",
+            Some("10.96.50.11"),
+            &[("http", 81, "TCP", 8080)],
+        ),
+    );
+    let named = |s: &Scrape| value(s, "81", "shop/Service/cart", "service").is_some();
+    // The agent has the Service once a connection to it is named; connections made before
+    // the watch event reached it are counted under the address, so connect until then.
+    let s = wait_for(&agent, &server, "the new Service", DEADLINE, |s| {
+        if !named(s) {
+            connect("10.96.50.11", 81, 1);
+        }
+        named(s)
+    });
+    assert!(named(&s), "{}", s.text);
 }

@@ -291,6 +291,20 @@ impl Collector {
         }
     }
 
+    /// Starts every probe whose prerequisites hold (loading the BPF programs), ahead of the
+    /// first collection: at start-up, before the rest of the agent (its telemetry pipelines,
+    /// its server) takes its memory, so that the loaders' transient parses of the kernel's
+    /// BTF (`sources::kernel_btf`) raise the process' peak as little as they can; the freed heap
+    /// is handed back at once. Probes left unavailable are asked again at each collection.
+    pub fn start_probes(&self) {
+        let mut slots = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        for slot in slots.iter_mut() {
+            slot.settle(&self.node);
+        }
+        drop(slots);
+        release_freed_memory();
+    }
+
     /// Where targets come from (the checks look at the same namespaces).
     pub fn inventory(&self) -> &dyn Inventory {
         self.inventory.as_ref()
@@ -377,8 +391,6 @@ impl Collector {
         for slot in slots.iter_mut() {
             slot.settle(&self.node);
         }
-        // The probes that load BPF programs have done so: the kernel's BTF is not needed again.
-        self.node.kernel_btf.release();
         let shared = Collection::new(
             collection,
             targets

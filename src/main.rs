@@ -404,6 +404,10 @@ async fn run(cfg: Config, server: http::Server, traces: Option<Traces>) -> anyho
     let mut settings = cfg.collector_settings();
     settings.node.cluster_objects = objects.clone();
     let collector = Arc::new(Collector::new(settings, inventory));
+    let starting = Arc::clone(&collector);
+    tokio::task::spawn_blocking(move || starting.start_probes())
+        .await
+        .context("starting the probes")?;
     let enabled: Vec<usize> = collector.enabled().to_vec();
     let export_stats = Arc::new(ExportStats {
         otlp_traces_failures: traces.as_ref().map(Traces::failures),

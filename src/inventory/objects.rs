@@ -5,6 +5,7 @@
 //! and only once a check that applies on this node asks for it. Checks read the stores: in a
 //! steady state the agent makes no list call at all, however often the checks run.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,8 @@ where
 {
     store: Store<K>,
     listing: Arc<Mutex<Listing>>,
+    /// Watch events applied to the store so far: unchanged, the store is unchanged.
+    changes: Arc<AtomicU64>,
 }
 
 /// Every Service and every EndpointSlice of the cluster.
@@ -90,6 +93,13 @@ impl ClusterObjects {
         let listed = |l: &Mutex<Listing>| matches!(*lock(l), Listing::Synced);
         (listed(&services.listing) && listed(&slices.listing))
             .then(|| (services.store.state(), slices.store.state()))
+    }
+
+    /// A number that changes whenever the Services or EndpointSlices do (watch events
+    /// applied to either store): what is derived from them is rebuilt only when it moved.
+    pub fn services_and_slices_version(&self) -> u64 {
+        let (services, slices) = (self.services_watch(), self.slices_watch());
+        services.changes.load(Ordering::Relaxed) + slices.changes.load(Ordering::Relaxed)
     }
 
     fn services_watch(&self) -> &Watched<Service> {
@@ -161,6 +171,8 @@ impl ClusterObjects {
         let (store, mut writer) = reflector::store::<T>();
         let listing = Arc::new(Mutex::new(Listing::Pending));
         let (failed, done) = (Arc::clone(&listing), Arc::clone(&listing));
+        let changes = Arc::new(AtomicU64::new(0));
+        let changed = Arc::clone(&changes);
         let mode = self.mode.clone();
         self.runtime.spawn(async move {
             let up = move |r: Result<(), &watcher::Error>| {
@@ -173,13 +185,18 @@ impl ClusterObjects {
             };
             rewatch(api, cfg, mode, what, watch, up, |ev| {
                 writer.apply_watcher_event(&ev);
+                changed.fetch_add(1, Ordering::Relaxed);
                 if matches!(ev, watcher::Event::InitDone) {
                     *lock(&done) = Listing::Synced;
                 }
             })
             .await;
         });
-        Watched { store, listing }
+        Watched {
+            store,
+            listing,
+            changes,
+        }
     }
 }
 

@@ -1,55 +1,63 @@
-//! The kernel's BTF, parsed once for every BPF program the agent loads, and let go as soon as
-//! they are loaded.
+//! The kernel's BTF for the BPF loaders, parsed so that no two parses are alive at once.
 //!
-//! Every loader (the drop counter, the peer counter, the socket storage) relocates its object
-//! against the kernel's BTF, and a parse of `/sys/kernel/btf/vmlinux` (5-6 MB) holds tens of MiB
-//! of type tables while it lives. Parsed by each loader in turn, the start-up peak was ~36 MiB
-//! above the steady state (`docs/operations.md`, Memory); parsed once and dropped after the
-//! collection that loaded the programs (whose end hands the freed heap back to the kernel), the
-//! peak is one parse and the steady state keeps none of it.
+//! A parse of the kernel's BTF (`/sys/kernel/btf/vmlinux`, 5-6 MB) holds ~23 MiB while it lives
+//! (aya's type tables and the file), and a load needs two: aya's loader parses the kernel BTF
+//! itself when it is created (`EbpfLoader::new`) to relocate the object, and the programs need
+//! a parsed BTF of their own to find their attach points (`BtfTracePoint::load`, `Iter::load`).
+//! Made one after the other, the first dropped before the second is made, the start-up peak
+//! holds one parse, not two; the collection that loaded them then hands the freed heap back to
+//! the kernel (`collector::release_freed_memory`). (aya 0.14 offers no loader that skips its own
+//! parse, nor access to it.)
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
-use aya::{Btf, Endianness};
+use aya::{Btf, Ebpf, EbpfLoader, Endianness};
+
+/// Where aya's loader reads the kernel's BTF from, whatever is configured.
+const AYA_DEFAULT: &str = "/sys/kernel/btf/vmlinux";
 
 pub struct KernelBtf {
     path: PathBuf,
-    parsed: Mutex<Option<Arc<Btf>>>,
 }
 
 impl KernelBtf {
     pub fn new(path: PathBuf) -> Self {
-        Self {
-            path,
-            parsed: Mutex::new(None),
-        }
+        Self { path }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The parsed BTF: parsed at the first ask, then shared until [`Self::release`]. A failed
-    /// parse is not kept: the next ask tries again (the file may appear, e.g. a module loaded).
-    pub fn get(&self) -> Result<Arc<Btf>> {
-        let mut parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(btf) = parsed.as_ref() {
-            return Ok(Arc::clone(btf));
-        }
-        let btf = Arc::new(
-            Btf::parse_file(&self.path, Endianness::default())
-                .with_context(|| format!("kernel BTF {}", self.path.display()))?,
-        );
-        *parsed = Some(Arc::clone(&btf));
-        Ok(btf)
+    /// The kernel's BTF, parsed now (dropped by the caller when its programs are loaded).
+    pub fn parse(&self) -> Result<Btf> {
+        Btf::parse_file(&self.path, Endianness::default())
+            .with_context(|| format!("kernel BTF {}", self.path.display()))
     }
 
-    /// Lets the parsed BTF go: the loaders are done with it. (The collection then hands the
-    /// freed heap back to the kernel: `collector::release_freed_memory`.)
-    pub fn release(&self) {
-        self.parsed.lock().unwrap_or_else(|e| e.into_inner()).take();
+    /// `object` loaded and relocated against the kernel's BTF, and the BTF parsed again for its
+    /// programs' attach points, once the loader's own parse is gone.
+    pub fn load(&self, object: &[u8]) -> Result<(Ebpf, Btf)> {
+        let ebpf = self.load_relocated(object)?;
+        Ok((ebpf, self.parse()?))
+    }
+
+    /// `object` loaded and relocated against the kernel's BTF, for programs whose attach
+    /// points need no BTF of their own (raw tracepoints, tracepoints).
+    pub fn load_relocated(&self, object: &[u8]) -> Result<Ebpf> {
+        // Missing, it is said as such (aya's loader would only fail to relocate).
+        std::fs::metadata(&self.path)
+            .with_context(|| format!("kernel BTF {}", self.path.display()))?;
+        let mut loader = EbpfLoader::new();
+        if self.path == Path::new(AYA_DEFAULT) {
+            return Ok(loader.load(object)?);
+        }
+        // Another file is configured: the loader's parse (of the default path, if any) goes
+        // before ours is made.
+        loader.btf(None);
+        let btf = self.parse()?;
+        Ok(loader.btf(Some(&btf)).load(object)?)
     }
 }
 
@@ -58,33 +66,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_missing_file_is_an_error_naming_it_and_nothing_is_kept() {
+    fn a_missing_file_is_an_error_naming_it() {
         let btf = KernelBtf::new("/nonexistent/vmlinux".into());
         let e = btf
-            .get()
+            .parse()
             .err()
             .map(|e| format!("{e:#}"))
             .unwrap_or_default();
         assert!(e.contains("kernel BTF /nonexistent/vmlinux"), "{e}");
-        assert!(btf.parsed.lock().map(|p| p.is_none()).unwrap_or(false));
-        btf.release();
-    }
-
-    #[test]
-    fn parsed_once_shared_until_released() {
-        let path = Path::new("/sys/kernel/btf/vmlinux");
-        if !path.exists() {
-            return; // a kernel without BTF: the error path is tested above
-        }
-        let btf = KernelBtf::new(path.into());
-        let (a, b) = (btf.get(), btf.get());
-        let (Ok(a), Ok(b)) = (a, b) else {
-            panic!("kernel BTF did not parse")
-        };
-        assert!(Arc::ptr_eq(&a, &b));
-        btf.release();
-        assert!(btf.parsed.lock().map(|p| p.is_none()).unwrap_or(false));
-        let c = btf.get().ok();
-        assert!(c.is_some_and(|c| !Arc::ptr_eq(&a, &c)));
+        let e = btf
+            .load(&[])
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(e.contains("kernel BTF /nonexistent/vmlinux"), "{e}");
     }
 }

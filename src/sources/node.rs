@@ -41,8 +41,7 @@ pub struct Node {
     /// Kubernetes mode: the cluster's Services and EndpointSlices, for the probes that name
     /// addresses (`peers`).
     pub cluster_objects: Option<Arc<crate::inventory::objects::ClusterObjects>>,
-    /// The kernel's BTF for the BPF loaders: parsed once, released after the collection that
-    /// started the probes.
+    /// The kernel's BTF for the BPF loaders.
     pub kernel_btf: KernelBtf,
     socket_summaries: OnceLock<Arc<SocketSummaries>>,
 }

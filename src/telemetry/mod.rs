@@ -138,7 +138,7 @@ impl Telemetry {
         if let Some(events) = events {
             register_event_instruments(&meter, &current, events);
         }
-        Self {
+        let telemetry = Self {
             provider,
             prometheus,
             otlp,
@@ -146,7 +146,19 @@ impl Telemetry {
             histograms,
             gate: Mutex::new(()),
             export_stats,
+        };
+        // The SDK makes each instrument's first table at its series ceiling (4,000 or 16,000
+        // slots, ~256 KiB) and the first observations scatter over all its pages: at 100
+        // namespaces the first scrape made ~33 MiB resident for a moment, the agent's memory
+        // peak (a collect drains an observable instrument's table and regrows it from empty,
+        // so later scrapes never do). One collect now, before anything is observed, drains
+        // them while their pages are still untouched.
+        let empty = Arc::new(Snapshot::default());
+        telemetry.collect(&telemetry.prometheus, Arc::clone(&empty));
+        if let Some(otlp) = &telemetry.otlp {
+            telemetry.collect(otlp, empty);
         }
+        telemetry
     }
 
     /// Collects the Prometheus reader over `snapshot` and renders the text exposition format.

@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use aya::maps::{IterableMap, PerCpuArray, PerCpuHashMap};
 use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
-use aya::{Btf, Ebpf, EbpfLoader};
+use aya::{Ebpf, EbpfLoader};
 
 use crate::sources::bpf_programs::BpfMapFill;
 use crate::sources::kernel_btf::KernelBtf;
@@ -93,10 +93,9 @@ impl DropCounter {
             AttachMode::Auto => &AttachMode::CHAIN,
             ref one => std::slice::from_ref(one),
         };
-        let btf = kernel_btf.get();
         let mut failures = Vec::new();
         for &mode in modes {
-            match Self::try_mode(mode, btf.as_deref()) {
+            match Self::try_mode(mode, kernel_btf) {
                 Ok(ebpf) => {
                     for (m, e) in &failures {
                         tracing::info!(probe = "packetloss", attach = m, error = %e, "attach point unavailable; fell back");
@@ -114,8 +113,7 @@ impl DropCounter {
     /// The benchmark's floor: the program that does nothing (`kfree_skb_floor`), attached
     /// where `tp_btf` attaches: what the attach point costs before any counting.
     pub fn load_floor(kernel_btf: &KernelBtf) -> Result<Self> {
-        let btf = kernel_btf.get()?;
-        let mut ebpf = EbpfLoader::new().btf(Some(&*btf)).load(OBJECT)?;
+        let (mut ebpf, btf) = kernel_btf.load(OBJECT)?;
         let prog: &mut BtfTracePoint = program(&mut ebpf, "kfree_skb_floor")?.try_into()?;
         prog.load("kfree_skb", &btf)?;
         prog.attach()?;
@@ -125,28 +123,24 @@ impl DropCounter {
         })
     }
 
-    fn try_mode(mode: AttachMode, btf: Result<&Btf, &anyhow::Error>) -> Result<Ebpf> {
-        let need_btf = || btf.map_err(|e| anyhow!("{e:#}"));
+    fn try_mode(mode: AttachMode, kernel_btf: &KernelBtf) -> Result<Ebpf> {
         match mode {
             AttachMode::TpBtf => {
-                let btf = need_btf()?;
-                let mut ebpf = EbpfLoader::new().btf(Some(btf)).load(OBJECT)?;
+                let (mut ebpf, btf) = kernel_btf.load(OBJECT)?;
                 let prog: &mut BtfTracePoint = program(&mut ebpf, "kfree_skb_btf")?.try_into()?;
-                prog.load("kfree_skb", btf)?;
+                prog.load("kfree_skb", &btf)?;
                 prog.attach()?;
                 Ok(ebpf)
             }
             AttachMode::RawTracepoint => {
-                let btf = need_btf()?;
-                let mut ebpf = EbpfLoader::new().btf(Some(btf)).load(OBJECT)?;
+                let mut ebpf = kernel_btf.load_relocated(OBJECT)?;
                 let prog: &mut RawTracePoint = program(&mut ebpf, "kfree_skb_raw")?.try_into()?;
                 prog.load()?;
                 prog.attach("kfree_skb")?;
                 Ok(ebpf)
             }
             AttachMode::Tracepoint => {
-                let btf = need_btf()?;
-                let mut ebpf = EbpfLoader::new().btf(Some(btf)).load(OBJECT)?;
+                let mut ebpf = kernel_btf.load_relocated(OBJECT)?;
                 let prog: &mut TracePoint = program(&mut ebpf, "kfree_skb_tp")?.try_into()?;
                 prog.load()?;
                 prog.attach("skb", "kfree_skb")?;

@@ -1,9 +1,9 @@
 //! Loading the peer counter (`peers.bpf.c`) and reading and pruning its map.
 
 use anyhow::{Context, Result};
+use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, IterableMap, PerCpuArray, PerCpuHashMap};
 use aya::programs::{BtfTracePoint, Iter};
-use aya::{Ebpf, EbpfLoader};
 
 use crate::sources::bpf_programs::BpfMapFill;
 use crate::sources::kernel_btf::KernelBtf;
@@ -149,8 +149,7 @@ pub struct PeerCounter {
 
 impl PeerCounter {
     pub fn load(kernel_btf: &KernelBtf) -> Result<Self> {
-        let btf = kernel_btf.get()?;
-        let mut ebpf = EbpfLoader::new().btf(Some(&*btf)).load(OBJECT)?;
+        let (mut ebpf, btf) = kernel_btf.load(OBJECT)?;
         for (program, tracepoint) in PROGRAMS {
             let prog: &mut BtfTracePoint = ebpf
                 .program_mut(program)
@@ -243,6 +242,18 @@ impl PeerCounter {
         let lost = self.uncounted(UNCOUNTED_PEERS)?;
         let fill = BpfMapFill::of(peers.map(), "peers", out.len(), lost);
         Ok((out, fill))
+    }
+
+    /// The kernel's statistics of each program, by name: run time and runs (counted only
+    /// while `kernel.bpf_stats_enabled` is 1).
+    pub fn program_stats(&self) -> Vec<(String, std::time::Duration, u64)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let i = p.info().ok()?;
+                Some((name.to_string(), i.run_time(), i.run_count()))
+            })
+            .collect()
     }
 
     /// The kernel's statistics of all four programs, summed: run time and runs (counted only

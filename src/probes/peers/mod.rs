@@ -279,8 +279,10 @@ struct Read {
     lost: u64,
     /// The maps' fill as the last read found them.
     fills: Vec<BpfMapFill>,
-    /// Kubernetes mode: what the Services and EndpointSlices name, once both are listed.
+    /// Kubernetes mode: what the Services and EndpointSlices name, once both are listed, and
+    /// the version of the watched objects it was built from.
     directory: Option<Directory>,
+    directory_version: Option<u64>,
     /// The listeners of each namespace as last sampled, by inode.
     listeners: HashMap<u64, Vec<Listener>>,
     /// The namespace sampled last: the next collection starts after it.
@@ -611,12 +613,17 @@ impl Probe for Peers {
         let Some(loaded) = &self.loaded else { return };
         let mut counter = loaded.counter.lock().unwrap_or_else(|e| e.into_inner());
         let mut read = loaded.read.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((services, slices)) = loaded
-            .objects
-            .as_ref()
-            .and_then(|o| o.services_and_slices_listed())
-        {
-            read.directory = Some(Directory::new(&services, &slices));
+        // Rebuilt only when a watch event changed the Services or EndpointSlices (a large
+        // cluster's directory costs milliseconds to build). The version is read before the
+        // objects: a change in between is seen again at the next collection, never missed.
+        if let Some(objects) = loaded.objects.as_ref() {
+            let version = objects.services_and_slices_version();
+            if read.directory_version != Some(version)
+                && let Some((services, slices)) = objects.services_and_slices_listed()
+            {
+                read.directory = Some(Directory::new(&services, &slices));
+                read.directory_version = Some(version);
+            }
         }
         match counter.read().and_then(|r| Ok((r, counter.timings()?))) {
             Ok(((mut entries, peers_fill), (mut timings, timings_fill))) => {

@@ -12,9 +12,9 @@ use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, Result, anyhow, bail};
+use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, IterableMap, Map, PerCpuArray};
 use aya::programs::{BtfTracePoint, Iter};
-use aya::{Ebpf, EbpfLoader};
 
 use crate::sources::kernel_btf::KernelBtf;
 
@@ -66,8 +66,7 @@ pub struct SocketStorage {
 impl SocketStorage {
     /// Loads and attaches the tagging tracepoint and loads both iterators.
     pub fn load(kernel_btf: &KernelBtf) -> Result<Self> {
-        let btf = kernel_btf.get()?;
-        let mut ebpf = EbpfLoader::new().btf(Some(&*btf)).load(OBJECT)?;
+        let (mut ebpf, btf) = kernel_btf.load(OBJECT)?;
         let tp: &mut BtfTracePoint = program(&mut ebpf, "tag_on_state")?.try_into()?;
         tp.load("inet_sock_set_state", &btf)?;
         // Attached before any sweep, so that no socket slips between the two.
