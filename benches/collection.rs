@@ -982,21 +982,36 @@ impl Drop for CpuLimit {
 
 /// Scrape latency at `world`'s size under CPU limits of 0.1 and 0.25 CPU, with the socket
 /// summary path `auto` (BPF socket storage where the kernel takes it) and `sock_diag`: the
-/// first scrape once ready, then the median and worst of `LIMITED_SCRAPES`, against
+/// first scrape once ready, then (after two more) the median and worst of `LIMITED_SCRAPES`
+/// and the CPU per scrape, against
 /// Prometheus' default 10 s scrape timeout.
 fn cpu_limited(world: &World) -> Vec<String> {
     let mut rows = vec![format!(
-        "{:>5} {:>9} {:>6} {:>10} {:>9} {:>10} {:>9} {:>10}",
-        "netns", "path", "cpus", "limit", "ready_s", "median_ms", "worst_ms", "throttled"
+        "{:>5} {:>9} {:>6} {:>10} {:>9} {:>9} {:>10} {:>9} {:>10} {:>10}",
+        "netns",
+        "path",
+        "cpus",
+        "limit",
+        "ready_s",
+        "first_ms",
+        "median_ms",
+        "worst_ms",
+        "cpu_ms",
+        "throttled"
     )];
     for path in ["auto", "sock_diag"] {
-        for cpus in [0.1, 0.25] {
-            let Some(limit) = CpuLimit::new(cpus) else {
-                rows.push(
-                    "no CPU controller to limit with (cgroup v2 cpu.max or v1 cfs_quota)"
-                        .to_string(),
-                );
-                return rows;
+        // No limit first: the same scrapes unthrottled, the baseline of the ratios.
+        for cpus in [None, Some(0.1), Some(0.25)] {
+            let limit = match cpus.map(CpuLimit::new) {
+                None => None,
+                Some(Some(l)) => Some(l),
+                Some(None) => {
+                    rows.push(
+                        "no CPU controller to limit with (cgroup v2 cpu.max or v1 cfs_quota)"
+                            .to_string(),
+                    );
+                    return rows;
+                }
             };
             let config = std::env::temp_dir().join(format!(
                 "net-exporter-bench-{}-limited.yaml",
@@ -1005,27 +1020,37 @@ fn cpu_limited(world: &World) -> Vec<String> {
             std::fs::write(&config, format!("sources:\n  socket_path: {path}\n"))
                 .expect("write config");
             let t = Instant::now();
-            let agent = Agent::start_in(&config, &[], Some(&limit));
+            let agent = Agent::start_in(&config, &[], limit.as_ref());
             let ready = t.elapsed();
+            // The first scrape after ready, then (as in the other tables) two more of warm-up.
+            let t = Instant::now();
+            agent.scrape();
+            let first = t.elapsed();
+            agent.scrape();
+            agent.scrape();
             let mut latencies = Vec::new();
+            let cpu_before = agent.cpu_time();
             for _ in 0..LIMITED_SCRAPES {
                 let t = Instant::now();
                 agent.scrape();
                 latencies.push(t.elapsed());
             }
+            let cpu = (agent.cpu_time() - cpu_before) / LIMITED_SCRAPES as u32;
             let worst = latencies.iter().max().copied().unwrap_or_default();
-            let throttled = limit.throttled_periods();
+            let throttled = limit.as_ref().map_or(0, CpuLimit::throttled_periods);
             drop(agent);
             let _ = std::fs::remove_file(&config);
             rows.push(format!(
-                "{:>5} {:>9} {:>6.2} {:>10} {:>9.1} {:>10.0} {:>9.0} {:>10}",
+                "{:>5} {:>9} {:>6} {:>10} {:>9.1} {:>9.0} {:>10.0} {:>9.0} {:>10.0} {:>10}",
                 world.count,
                 path,
-                cpus,
-                limit.how,
+                cpus.map_or_else(|| "-".to_string(), |c| format!("{c:.2}")),
+                limit.as_ref().map_or("none", |l| l.how),
                 ready.as_secs_f64(),
+                ms(first),
                 ms(median(&mut latencies)),
                 ms(worst),
+                ms(cpu),
                 throttled
             ));
         }
