@@ -352,6 +352,58 @@ fn check_node_rise(s0: &Scrape, s1: &Scrape, s2: &Scrape, metric: &str, n: u64) 
 /// N datagrams to a closed port inside a fresh namespace: its NO_SOCKET rises by exactly N;
 /// the node's `nosocket` rises by at least N and by exactly as much as the NO_SOCKET series of
 /// all targets together.
+/// More keys than a CPU's slots (`DROP_SLOTS`, 64): every drop from one CPU, in 80 namespaces,
+/// so that most keys take a slot and the rest (and those whose slot another key holds) the
+/// hash; each namespace still counts exactly what it dropped.
+#[test]
+fn packetloss_more_keys_than_a_cpus_slots_are_counted_exactly() {
+    require_root();
+    const NAMESPACES: u64 = 80;
+    let agent = Agent::start(&[]);
+    let spaces: Vec<Netns> = (0..NAMESPACES).map(|_| Netns::new("nxls")).collect();
+    // Namespace i drops i + 1 datagrams, all sent (and dropped: loopback's backlog is the
+    // sending CPU's) from CPU 0.
+    let paths: Vec<String> = spaces
+        .iter()
+        .map(|ns| format!("/run/netns/{}", ns.name))
+        .collect();
+    std::thread::spawn(move || {
+        let mut cpus = nix::sched::CpuSet::new();
+        cpus.set(0).expect("cpu 0");
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus).expect("pin to cpu 0");
+        for (i, path) in paths.iter().enumerate() {
+            let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+            let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            for _ in 0..=i {
+                assert_eq!(sock.send_to(b"x", "127.0.0.1:9").expect("send"), 1);
+            }
+        }
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    let counted = |s: &Scrape| -> Vec<u64> {
+        spaces
+            .iter()
+            .map(|ns| reason(s, Some(&ns.name), "NO_SOCKET"))
+            .collect()
+    };
+    let want: Vec<u64> = (1..=NAMESPACES).collect();
+    let mut last = Vec::new();
+    for _ in 0..30 {
+        last = counted(&agent.scrape());
+        if last == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(
+        last, want,
+        "NO_SOCKET per namespace, namespace i dropped i + 1"
+    );
+}
+
 #[test]
 fn packetloss_no_socket_in_a_namespace_is_counted_exactly() {
     require_root();

@@ -169,7 +169,7 @@ fn bpf_map_fill_equals_bpftools() {
     require_root();
     let agent = Agent::start(&[]);
     // Entries in every map: connections (peers, peer_timings, the socket summary) and a drop
-    // (a datagram to a closed port: NO_SOCKET).
+    // (a datagram to a closed port: NO_SOCKET; counted in a slot unless it collides).
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let _held: Vec<_> = (0..3)
         .map(|_| {
@@ -219,7 +219,12 @@ fn bpf_map_fill_equals_bpftools() {
             .scrape()
             .value("netexporter_bpf_map_entries", &[("map", name)])
             .expect("entries");
-        assert!(counted >= 1.0, "{name}: bpftool lists no entry");
+        // `drops` is the hash behind the per-CPU slots: a key reaches it only when its slot
+        // is taken by another key, so on a quiet machine it may well be empty.
+        assert!(
+            counted >= 1.0 || *name == "drops",
+            "{name}: bpftool lists no entry"
+        );
         assert!(
             before.min(after) <= counted && counted <= before.max(after),
             "{name}: bpftool lists {counted} entries, the agent {before} then {after}"

@@ -30,6 +30,50 @@ pub struct DropKey {
 // SAFETY: repr(C), four u32 fields, no padding, any bit pattern valid.
 unsafe impl aya::Pod for DropKey {}
 
+impl DropKey {
+    pub fn new(netns: u32, reason: u32, ifindex: u32) -> Self {
+        Self {
+            netns,
+            reason,
+            ifindex,
+            pad: 0,
+        }
+    }
+}
+
+/// Mirrors `DROP_SLOTS` and `struct drop_slot` / `struct drop_slots` of `packetloss.h`.
+pub const DROP_SLOTS: usize = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropSlot {
+    pub netns: u32,
+    pub ifindex: u32,
+    pub pad: u32,
+    pub reason: u32,
+    pub count: u64,
+}
+
+impl DropSlot {
+    fn key(&self) -> DropKey {
+        DropKey::new(self.netns, self.reason, self.ifindex)
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DropSlots {
+    pub slot: [DropSlot; DROP_SLOTS],
+}
+
+// SAFETY: repr(C), u32 and u64 fields in an order without padding, any bit pattern valid.
+unsafe impl aya::Pod for DropSlot {}
+// SAFETY: an array of the above.
+unsafe impl aya::Pod for DropSlots {}
+
+/// A slot as user space keeps track of it: (CPU, slot index).
+type SlotId = (usize, usize);
+
 /// Where the program is attached, in the order tried.
 #[derive(
     Clone,
@@ -80,6 +124,13 @@ impl AttachMode {
 pub struct DropCounter {
     ebpf: Ebpf,
     pub mode: AttachMode,
+    /// Each claimed slot's key and count as the last read found them.
+    slots: HashMap<SlotId, (DropKey, u64)>,
+    /// Slots whose key's namespace or device went: their count then, which the node's retired
+    /// totals hold. A slot keeps its key for good (clearing one would mean rewriting every slot
+    /// of every CPU, losing the adds in between), so only counts above it are new: the same
+    /// key again (a namespace inode or device index reused).
+    retired: HashMap<SlotId, u64>,
 }
 
 /// Tracefs mount points, in the order tried.
@@ -100,7 +151,7 @@ impl DropCounter {
                     for (m, e) in &failures {
                         tracing::info!(probe = "packetloss", attach = m, error = %e, "attach point unavailable; fell back");
                     }
-                    return Ok(Self { ebpf, mode });
+                    return Ok(Self::new(ebpf, mode));
                 }
                 // Verifier logs span many lines; one line keeps the log greppable.
                 Err(e) => failures.push((mode.name(), format!("{e:#}").replace('\n', " | "))),
@@ -117,10 +168,7 @@ impl DropCounter {
         let prog: &mut BtfTracePoint = program(&mut ebpf, "kfree_skb_floor")?.try_into()?;
         prog.load("kfree_skb", &btf)?;
         prog.attach()?;
-        Ok(Self {
-            ebpf,
-            mode: AttachMode::TpBtf,
-        })
+        Ok(Self::new(ebpf, AttachMode::TpBtf))
     }
 
     fn try_mode(mode: AttachMode, kernel_btf: &KernelBtf) -> Result<Ebpf> {
@@ -161,9 +209,41 @@ impl DropCounter {
         }
     }
 
-    /// Every counter summed over CPUs, and the map's fill (with the drops lost because it was
-    /// full).
-    pub fn read(&self) -> Result<(HashMap<DropKey, u64>, BpfMapFill)> {
+    fn new(ebpf: Ebpf, mode: AttachMode) -> Self {
+        Self {
+            ebpf,
+            mode,
+            slots: HashMap::new(),
+            retired: HashMap::new(),
+        }
+    }
+
+    /// Every counter summed over CPUs and over the slots and the hash, and the hash's fill
+    /// (with the drops lost because it was full).
+    pub fn read(&mut self) -> Result<(HashMap<DropKey, u64>, BpfMapFill)> {
+        let mut out = self.read_slots()?;
+        let (hash, fill) = self.read_hash()?;
+        for (k, v) in hash {
+            *out.entry(k).or_default() += v;
+        }
+        Ok((out, fill))
+    }
+
+    /// The slots' counts by key. The slots are read twice and a slot counts only when both
+    /// reads agree on its key: a claim read half-way (its key half written) is left for the
+    /// next read, never counted under a wrong key. (The no-BTF object has no slots.)
+    fn read_slots(&mut self) -> Result<HashMap<DropKey, u64>> {
+        let Some(map) = self.ebpf.map("drop_slots") else {
+            return Ok(HashMap::new());
+        };
+        let slots: PerCpuArray<_, DropSlots> = PerCpuArray::try_from(map)?;
+        let (first, second) = (slots.get(&0, 0)?, slots.get(&0, 0)?);
+        let (counts, seen) = sum_slots(&first, &second, &self.retired);
+        self.slots = seen;
+        Ok(counts)
+    }
+
+    fn read_hash(&self) -> Result<(HashMap<DropKey, u64>, BpfMapFill)> {
         let map = self.ebpf.map("drops").context("map drops missing")?;
         let drops: PerCpuHashMap<_, DropKey, u64> = PerCpuHashMap::try_from(map)?;
         let mut out = HashMap::new();
@@ -188,8 +268,14 @@ impl DropCounter {
             .map(|i| (i.run_time(), i.run_count()))
     }
 
-    /// Removes the entries of `keys` (namespaces that are gone).
+    /// Removes the entries of `keys` (namespaces that are gone) from the hash, and retires
+    /// their slots at the counts the last read found.
     pub fn remove(&mut self, keys: &[DropKey]) {
+        for (id, (key, count)) in &self.slots {
+            if keys.contains(key) {
+                self.retired.insert(*id, *count);
+            }
+        }
         let Some(map) = self.ebpf.map_mut("drops") else {
             return;
         };
@@ -200,6 +286,32 @@ impl DropCounter {
             let _ = drops.remove(k);
         }
     }
+}
+
+/// The slots' counts by key from two reads of every CPU's slots (`first`, then `second`), less
+/// what `retired` slots had counted; and each slot trusted, with its key and count. A slot
+/// counts only when claimed (count above 0, a drop reason) and both reads agree on its key.
+fn sum_slots(
+    first: &[DropSlots],
+    second: &[DropSlots],
+    retired: &HashMap<SlotId, u64>,
+) -> (HashMap<DropKey, u64>, HashMap<SlotId, (DropKey, u64)>) {
+    let (mut counts, mut seen) = (HashMap::new(), HashMap::new());
+    for (cpu, (a, b)) in first.iter().zip(second).enumerate() {
+        for (i, (sa, sb)) in a.slot.iter().zip(&b.slot).enumerate() {
+            if sa.count == 0 || sa.reason == 0 || sa.key() != sb.key() {
+                continue;
+            }
+            let key = sa.key();
+            seen.insert((cpu, i), (key, sa.count));
+            let since = retired.get(&(cpu, i)).copied().unwrap_or(0);
+            let fresh = sa.count.saturating_sub(since);
+            if fresh > 0 {
+                *counts.entry(key).or_default() += fresh;
+            }
+        }
+    }
+    (counts, seen)
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
@@ -247,6 +359,79 @@ mod tests {
             .collect();
         assert_eq!(fields, ["netns", "reason", "ifindex", "pad"]);
         assert_eq!(std::mem::size_of::<DropKey>(), 16);
+        let body = header
+            .split("struct drop_slot {")
+            .nth(1)
+            .and_then(|b| b.split("};").next())
+            .expect("struct drop_slot in packetloss.h");
+        let fields: Vec<&str> = body
+            .lines()
+            .filter_map(|l| l.trim().split_once(' ').map(|(_, f)| f))
+            .map(|f| f.trim_end_matches(';'))
+            .collect();
+        assert_eq!(fields, ["netns", "ifindex", "pad", "reason", "count"]);
+        assert!(header.contains(&format!("#define DROP_SLOTS {DROP_SLOTS}")));
+        assert_eq!(std::mem::size_of::<DropSlot>(), 24);
+        assert_eq!(std::mem::size_of::<DropSlots>(), 24 * DROP_SLOTS);
+    }
+
+    fn slots(set: &[(usize, DropSlot)]) -> DropSlots {
+        let mut s = DropSlots {
+            slot: [DropSlot::default(); DROP_SLOTS],
+        };
+        for (i, slot) in set {
+            s.slot[*i] = *slot;
+        }
+        s
+    }
+
+    fn slot(netns: u32, reason: u32, ifindex: u32, count: u64) -> DropSlot {
+        DropSlot {
+            netns,
+            ifindex,
+            pad: 0,
+            reason,
+            count,
+        }
+    }
+
+    #[test]
+    fn slots_add_up_over_cpus_and_skip_free_and_half_claimed_ones() {
+        let a = slot(7, 2, 3, 5);
+        let cpu0 = slots(&[(1, a), (2, slot(8, 2, 0, 4))]);
+        // A claim on CPU 1, slot 4, seen half-way by the first read (count set, key words
+        // still the free slot's), whole by the second: left for the next read.
+        let torn = slots(&[(9, a), (4, slot(0, 0, 0, 1))]);
+        let whole = slots(&[(9, a), (4, slot(9, 5, 1, 1))]);
+        // A free slot's stale key words (count 0) count nothing.
+        let free = slots(&[(6, slot(9, 5, 1, 0))]);
+        let first = [cpu0, torn, free];
+        let second = [cpu0, whole, free];
+        let (counts, seen) = sum_slots(&first, &second, &HashMap::new());
+        // The same key in a slot of each of two CPUs: added.
+        assert_eq!(counts.get(&DropKey::new(7, 2, 3)), Some(&10));
+        assert_eq!(counts.get(&DropKey::new(8, 2, 0)), Some(&4));
+        assert_eq!(counts.len(), 2, "{counts:?}");
+        assert_eq!(seen.len(), 3);
+        // Also with a differing key (a torn read that caught some new words).
+        let (counts, _) = sum_slots(
+            &[slots(&[(4, slot(9, 5, 0, 1))])],
+            &[slots(&[(4, slot(9, 5, 1, 1))])],
+            &HashMap::new(),
+        );
+        assert!(counts.is_empty());
+    }
+
+    #[test]
+    fn a_retired_slot_counts_only_what_came_after() {
+        let now = [slots(&[(3, slot(7, 2, 3, 12))])];
+        let retired = HashMap::from([((0, 3), 10)]);
+        let (counts, _) = sum_slots(&now, &now, &retired);
+        assert_eq!(counts.get(&DropKey::new(7, 2, 3)), Some(&2));
+        let retired = HashMap::from([((0, 3), 12)]);
+        let (counts, seen) = sum_slots(&now, &now, &retired);
+        assert!(counts.is_empty());
+        assert_eq!(seen.get(&(0, 3)), Some(&(DropKey::new(7, 2, 3), 12)));
     }
 
     #[test]

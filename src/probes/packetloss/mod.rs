@@ -368,33 +368,27 @@ impl Probe for PacketLoss {
 mod tests {
     use super::*;
 
-    fn key(netns: u32, reason: u32, ifindex: u32) -> DropKey {
-        DropKey {
-            netns,
-            reason,
-            ifindex,
-            pad: 0,
-        }
-    }
-
     #[test]
     fn state_of_gone_namespaces_and_node_devices_departs() {
         const NODE: u32 = 4026531840;
         const POD: u32 = 4026532100;
         const GONE_POD: u32 = 4026532200;
         let keys = [
-            key(NODE, 2, 1),     // lo: stays
-            key(NODE, 2, 0),     // no device: stays
-            key(NODE, 5, 7),     // a deleted Pod's host-side veth: goes
-            key(NODE, 5, 9),     // a live veth: stays
-            key(POD, 5, 2),      // a live Pod: stays
-            key(GONE_POD, 5, 2), // a deleted Pod's namespace: goes
-            key(0, 3, 4),        // no namespace known: stays
+            DropKey::new(NODE, 2, 1),     // lo: stays
+            DropKey::new(NODE, 2, 0),     // no device: stays
+            DropKey::new(NODE, 5, 7),     // a deleted Pod's host-side veth: goes
+            DropKey::new(NODE, 5, 9),     // a live veth: stays
+            DropKey::new(POD, 5, 2),      // a live Pod: stays
+            DropKey::new(GONE_POD, 5, 2), // a deleted Pod's namespace: goes
+            DropKey::new(0, 3, 4),        // no namespace known: stays
         ];
         let node_devices: HashSet<u32> = [1, 2, 9, 10].into();
         let gone = departed(keys.iter(), u64::from(NODE), &node_devices, |i| {
             i == u64::from(GONE_POD)
         });
-        assert_eq!(gone, vec![key(NODE, 5, 7), key(GONE_POD, 5, 2)]);
+        assert_eq!(
+            gone,
+            vec![DropKey::new(NODE, 5, 7), DropKey::new(GONE_POD, 5, 2)]
+        );
     }
 }

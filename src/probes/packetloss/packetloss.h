@@ -14,4 +14,21 @@ struct drop_key {
 
 #define DROPS_MAX_ENTRIES 16384
 
+/* The per-CPU cache in front of `drops` (packetloss.bpf.c): one slot holds one key's count on
+ * one CPU for good. `reason` is the last key word a claim writes and `count` is written after
+ * it, so a slot with count 0 is free, whatever its key words say. */
+#define DROP_SLOTS 64
+
+struct drop_slot {
+	__u32 netns;
+	__u32 ifindex;
+	__u32 pad;
+	__u32 reason;
+	__u64 count;
+};
+
+struct drop_slots {
+	struct drop_slot slot[DROP_SLOTS];
+};
+
 #endif
