@@ -26,10 +26,6 @@ impl KernelBtf {
         Self { path }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The kernel's BTF, parsed now (dropped by the caller when its programs are loaded).
     pub fn parse(&self) -> Result<Btf> {
         Btf::parse_file(&self.path, Endianness::default())

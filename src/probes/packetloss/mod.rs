@@ -87,7 +87,6 @@ struct Counts {
     /// Why this collection's counts could not be read, if they could not.
     error: Option<String>,
     by_key: HashMap<DropKey, u64>,
-    lost: u64,
     /// The map's fill as this read found it.
     fill: Option<BpfMapFill>,
     node_inode: u64,
@@ -118,7 +117,6 @@ impl Loaded {
             .unwrap_or_else(|e| e.into_inner())
             .read()?;
         counts.by_key = by_key;
-        counts.lost = fill.uncounted;
         counts.fill = Some(fill);
         if let Some((inode, _)) = collection.namespaces.iter().find(|(_, p)| p.is_none()) {
             counts.node_inode = *inode;
@@ -351,7 +349,7 @@ impl Probe for PacketLoss {
             for (i, s) in sums.iter().enumerate() {
                 legacy[i] = Some(*s);
             }
-            legacy[LOST] = Some(st.lost);
+            legacy[LOST] = Some(st.fill.as_ref().map_or(0, |f| f.uncounted));
             out.push(Series::new(legacy));
             let mode = loaded
                 .counter

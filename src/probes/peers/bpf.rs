@@ -259,11 +259,10 @@ impl PeerCounter {
     /// The kernel's statistics of all four programs, summed: run time and runs (counted only
     /// while `kernel.bpf_stats_enabled` is 1).
     pub fn run_stats(&self) -> (std::time::Duration, u64) {
-        self.ebpf
-            .programs()
-            .filter_map(|(_, p)| p.info().ok())
-            .fold((std::time::Duration::ZERO, 0), |(t, n), i| {
-                (t + i.run_time(), n + i.run_count())
+        self.program_stats()
+            .into_iter()
+            .fold((std::time::Duration::ZERO, 0), |(t, n), (_, pt, pn)| {
+                (t + pt, n + pn)
             })
     }
 

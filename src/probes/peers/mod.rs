@@ -276,8 +276,7 @@ struct Read {
     error: Option<String>,
     entries: Vec<(PeerKey, PeerCounts)>,
     timings: HashMap<PeerKey, PeerTiming>,
-    lost: u64,
-    /// The maps' fill as the last read found them.
+    /// The maps' fill as the last read found them (their uncounted events included).
     fills: Vec<BpfMapFill>,
     /// Kubernetes mode: what the Services and EndpointSlices name, once both are listed, and
     /// the version of the watched objects it was built from.
@@ -640,7 +639,6 @@ impl Probe for Peers {
                 read.error = None;
                 read.entries = entries;
                 read.timings = timings.into_iter().collect();
-                read.lost = peers_fill.uncounted + timings_fill.uncounted;
                 read.fills = vec![peers_fill, timings_fill];
             }
             Err(e) => read.error = Some(format!("{e:#}")),
@@ -704,7 +702,7 @@ impl Probe for Peers {
             out.push(Series::only(
                 METRICS.len(),
                 UNCOUNTED,
-                read.lost,
+                read.fills.iter().map(|f| f.uncounted).sum(),
                 Vec::new(),
             ));
         }
