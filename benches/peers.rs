@@ -8,6 +8,9 @@
 //! The socket-summary path's tagging program shares the `inet_sock_set_state` hook; it is not
 //! loaded here (see `benches/collection.rs` for the socket paths).
 //!
+//! "on" is the default configuration: the translation follower (`net:net_dev_queue`, one run per
+//! packet queued) included.
+//!
 //! Needs root (CAP_BPF, CAP_PERFMON).
 
 use std::io::{Read, Write};
@@ -27,7 +30,7 @@ fn main() {
         return;
     }
     let btf = &KernelBtf::new("/sys/kernel/btf/vmlinux".into());
-    if let Err(e) = PeerCounter::load(btf) {
+    if let Err(e) = PeerCounter::load(btf, true) {
         println!("peer counter benchmark: unavailable: {e:#}");
         return;
     }
@@ -41,7 +44,7 @@ fn main() {
     let mut bulk = Ratios::default();
     for i in 0..PAIRS {
         let arm = |on: bool| {
-            let counter = on.then(|| PeerCounter::load(btf).expect("loaded a moment ago"));
+            let counter = on.then(|| PeerCounter::load(btf, true).expect("loaded a moment ago"));
             let r = (connections_per_second(), bulk_mib_per_second());
             drop(counter);
             r
@@ -75,7 +78,7 @@ fn main() {
     let per_connection = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .ok()
         .and_then(|_stats| {
-            let counter = PeerCounter::load(btf).ok()?;
+            let counter = PeerCounter::load(btf, true).ok()?;
             let before = counter.program_stats();
             let (t0, n0) = counter.run_stats();
             let rate = connections_per_second();

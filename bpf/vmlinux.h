@@ -18,6 +18,7 @@ enum bpf_map_type {
 	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_HASH = 5,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+	BPF_MAP_TYPE_LRU_HASH = 9,
 	BPF_MAP_TYPE_SK_STORAGE = 24,
 };
 
@@ -69,6 +70,7 @@ struct sock_common {
 	volatile unsigned char skc_state;
 	possible_net_t skc_net;
 	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
 	unsigned long skc_flags; /* sk_flags from Linux 6.16 on; struct sock's own before */
 } __attribute__((preserve_access_index));
 
@@ -85,7 +87,16 @@ struct sock {
 	unsigned long sk_flags;
 } __attribute__((preserve_access_index));
 
+struct inet_sock {
+	__be16 inet_sport;
+} __attribute__((preserve_access_index));
+
+struct inet_connection_sock {
+	struct inet_sock icsk_inet;
+} __attribute__((preserve_access_index));
+
 struct tcp_sock {
+	struct inet_connection_sock inet_conn;
 	__u32 rcv_nxt;
 	__u32 copied_seq;
 	__u32 write_seq;
@@ -122,6 +133,41 @@ struct bpf_iter__bpf_sk_storage_map {
 struct sk_buff {
 	struct net_device *dev;
 	struct sock *sk;
+	unsigned long _nfct; /* the packet's conntrack entry | its ctinfo (low 3 bits) */
+} __attribute__((preserve_access_index));
+
+/* Connection tracking, as far as following a translated connection to its backend needs it
+ * (src/probes/peers). CO-RE finds the fields by name, the anonymous ones included. */
+union nf_inet_addr {
+	__u32 all[4];
+} __attribute__((preserve_access_index));
+
+struct nf_conntrack_man {
+	union nf_inet_addr u3;
+	union {
+		__be16 all;
+	} u;
+	__u16 l3num;
+} __attribute__((preserve_access_index));
+
+struct nf_conntrack_tuple {
+	struct nf_conntrack_man src;
+	struct {
+		union nf_inet_addr u3;
+		union {
+			__be16 all;
+		} u;
+		__u8 protonum;
+	} dst;
+} __attribute__((preserve_access_index));
+
+struct nf_conntrack_tuple_hash {
+	struct nf_conntrack_tuple tuple;
+} __attribute__((preserve_access_index));
+
+struct nf_conn {
+	struct nf_conntrack_tuple_hash tuplehash[2];
+	unsigned long status;
 } __attribute__((preserve_access_index));
 
 /* Only its type matters: CO-RE matches an enum field to an enum. Values come from BTF at run

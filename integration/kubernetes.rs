@@ -1028,7 +1028,8 @@ fn kubernetes_peers_are_the_other_pods_workload() {
 }
 
 /// Peers beyond this node's Pods: a connection to a Service's ClusterIP (translated by an
-/// iptables DNAT rule, as kube-proxy writes them) is counted under the Service; one straight to
+/// iptables DNAT rule, as kube-proxy writes them) is counted under the Service, and under the
+/// Service and the backend's workload it was translated to; one straight to
 /// a backend of another node (known from the Service's EndpointSlice) under its Deployment;
 /// an address outside `cluster_networks` is `external`.
 /// kube-proxy's rule for a ClusterIP Service: `vip:port` translated to `to`, in `ns`'s OUTPUT
@@ -1151,6 +1152,25 @@ fn kubernetes_peers_name_services_backends_and_external_addresses() {
     for (port, peer, kind, n) in want {
         assert_eq!(value(&s, port, peer, kind), Some(n), "{peer}:\n{}", s.text);
     }
+    // The connections to the Service, by the backend conntrack translated them to: named by
+    // the backend's workload from the EndpointSlice.
+    let via = s.find(
+        "netexporter_peer_backend_connections_total",
+        &[
+            ("k8s_pod", "web-c"),
+            ("port", "80"),
+            ("peer", "shop/Service/api"),
+            ("peer_kind", "service"),
+            ("backend", "shop/Deployment/api"),
+            ("backend_kind", "workload"),
+        ],
+    );
+    assert_eq!(
+        via.iter().map(|v| v.value as u64).collect::<Vec<_>>(),
+        [VIA_SERVICE],
+        "{}",
+        s.text
+    );
 
     // A Service created while the agent runs is named too: the watch event rebuilds what the
     // agent names addresses by (it is not rebuilt at every collection).

@@ -98,10 +98,15 @@ fn waits_for_quiet(ns: &Netns) {
 /// Connects `n` times (in parallel) to `B_IP:port`; each connection reads until the peer closes
 /// or resets, then closes. Prints the outcome of each.
 fn clients(ns: &Netns, port: u16, n: u64) -> String {
+    clients_to(ns, B_IP, port, n)
+}
+
+/// The same to `addr:port`.
+fn clients_to(ns: &Netns, addr: &str, port: u16, n: u64) -> String {
     let script = format!(
         "import socket, threading\n\
          out = []\n\
-         def one():\n    s = socket.socket()\n    try:\n        s.connect(('{B_IP}', {port}))\n        s.recv(1)\n        out.append('ok')\n    except OSError as e:\n        out.append(e.__class__.__name__)\n    finally:\n        s.close()\n\
+         def one():\n    s = socket.socket()\n    try:\n        s.connect(('{addr}', {port}))\n        s.recv(1)\n        out.append('ok')\n    except OSError as e:\n        out.append(e.__class__.__name__)\n    finally:\n        s.close()\n\
          ts = [threading.Thread(target=one) for _ in range({n})]\n\
          [t.start() for t in ts]; [t.join() for t in ts]\n\
          print(' '.join(sorted(out)))\n"
@@ -549,6 +554,164 @@ fn peers_time_connects_and_sample_the_rtt_of_open_connections() {
 /// A listener whose accept queue is full: its queue and limit are what `ss -ltn` shows (Recv-Q,
 /// Send-Q), and the drops of its port equal the namespace's `TcpExtListenOverflows` delta (and
 /// `TcpExtListenDrops`: nothing else drops there).
+/// A connection to a translated address is counted under the address (as a peer) and under the
+/// backend conntrack sent it to. The topology is kube-proxy's for a Pod: a client namespace C
+/// reaches the "Service" address through a node namespace N, whose PREROUTING DNAT rules send
+/// it on to a backend namespace B; the client's socket never sees the translation, N's
+/// conntrack entry has it. N's own conntrack table (`conntrack -L`) is the independent count.
+#[test]
+fn peers_follow_translated_connections_to_their_backends() {
+    require_root();
+    const VIP: &str = "10.96.99.1";
+    const C_IP: &str = "10.211.0.1";
+    const BACKEND: &str = "10.211.1.2";
+    const DIRECT: u64 = 2;
+    let agent = Agent::start(&[]);
+    let c = Netns::new("nxtc");
+    let n = Netns::new("nxtn");
+    let b = Netns::new("nxtb");
+    let _cn = NsVeth::new(
+        &c,
+        "eth0",
+        &format!("{C_IP}/30"),
+        &n,
+        "eth0",
+        "10.211.0.2/30",
+    );
+    let _nb = NsVeth::new(
+        &n,
+        "eth1",
+        "10.211.1.1/30",
+        &b,
+        "eth0",
+        &format!("{BACKEND}/30"),
+    );
+    c.run(&["ip", "route", "add", "default", "via", "10.211.0.2"]);
+    b.run(&["ip", "route", "add", "default", "via", "10.211.1.1"]);
+    n.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    // Service port 80 -> the backend's open 8080, 81 -> its closed 8081, 82 -> 8082 where SYNs
+    // vanish.
+    for (port, to) in [(80, 8080), (81, 8081), (82, 8082)] {
+        n.run(&[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-d",
+            VIP,
+            "-p",
+            "tcp",
+            "--dport",
+            &port.to_string(),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &format!("{BACKEND}:{to}"),
+        ]);
+    }
+    b.run(&[
+        "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "8082", "-j", "DROP",
+    ]);
+    c.run(&["sysctl", "-qw", "net.ipv4.tcp_syn_retries=1"]);
+    let _open = server_on(&b, BACKEND, 8080, false);
+    waits_for_listener(&b, 8080);
+    agent.scrape();
+
+    let to = |addr: &str, port: u16, n: u64| clients_to(&c, addr, port, n);
+    let outcomes = [
+        (80, OPENED, "ok"),
+        (81, REFUSED, "ConnectionRefusedError"),
+        (82, TIMEOUT, "TimeoutError"),
+    ];
+    for (port, count, want) in outcomes {
+        let got = to(VIP, port, count);
+        assert_eq!(
+            got.trim(),
+            vec![want; count as usize].join(" "),
+            "port {port}"
+        );
+    }
+    // Straight to the backend: not translated, no backend series.
+    assert_eq!(to(BACKEND, 8080, DIRECT).trim(), "ok ok");
+    waits_for_quiet(&c);
+
+    const BACKENDS: &str = "netexporter_peer_backend_connections_total";
+    const BACKEND_FAILS: &str = "netexporter_peer_backend_connection_failures_total";
+    let via = |port: &'static str| {
+        vec![
+            ("role", "client"),
+            ("port", port),
+            ("peer", VIP),
+            ("peer_kind", "address"),
+            ("backend", BACKEND),
+            ("backend_kind", "address"),
+        ]
+    };
+    let with = |mut l: Vec<(&'static str, &'static str)>, reason: &'static str| {
+        l.push(("reason", reason));
+        l
+    };
+    let s = poll(Duration::from_secs(10), || {
+        let s = agent.scrape();
+        (peer_value(&s, BACKEND_FAILS, &c, &with(via("82"), "timeout")) == TIMEOUT).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("no backend series for {}:\n{}", c.name, agent.scrape().text));
+    assert_eq!(
+        peer_value(&s, BACKENDS, &c, &via("80")),
+        OPENED,
+        "{}",
+        s.text
+    );
+    assert_eq!(
+        peer_value(&s, BACKEND_FAILS, &c, &with(via("81"), "refused")),
+        REFUSED
+    );
+    assert_eq!(
+        peer_sum(&s, BACKENDS, &c, &[]),
+        OPENED,
+        "only translated ones"
+    );
+    assert_eq!(
+        peer_sum(&s, BACKEND_FAILS, &c, &[]),
+        REFUSED + TIMEOUT,
+        "{}",
+        s.text
+    );
+    // ... and each also under the address connected to, as before.
+    let client = [
+        ("role", "client"),
+        ("port", "80"),
+        ("peer", VIP),
+        ("peer_kind", "address"),
+    ];
+    assert_eq!(peer_value(&s, CONNS, &c, &client), OPENED);
+    assert_eq!(
+        s.value("netexporter_peers_info", &[("translations", "conntrack")]),
+        Some(1.0),
+        "{}",
+        s.text
+    );
+    // N's conntrack table: the translated connections it saw, by port (entries of opened
+    // connections live on in TIME_WAIT for minutes; refused ones for 10 s, so they are
+    // checked only when still there).
+    let entries = |port: &str| {
+        let out = n.run(&[
+            "conntrack",
+            "-L",
+            "-p",
+            "tcp",
+            "--dst-nat",
+            "--orig-dst",
+            VIP,
+            "--dport",
+            port,
+        ]);
+        out.lines().filter(|l| l.contains("dport=")).count() as u64
+    };
+    assert_eq!(entries("80"), OPENED, "conntrack of {}", n.name);
+}
+
 #[test]
 fn peers_listener_overflows_are_the_ports() {
     let (agent, a, b, _veth) = agent_and_pair("nxpl");
@@ -573,26 +736,33 @@ fn peers_listener_overflows_are_the_ports() {
          print(' '.join(sorted(out)))\n"
     );
     let outcomes = a.run(&["python3", "-c", &script]);
-    // The kernel's counters, read when no drop happens during the scrape.
+    // The kernel's counters, read when no drop happens during the scrape. The listener's
+    // drops are its sk_drops: every overflow of the full accept queue (ListenOverflows) and
+    // any other listen drop (ListenDrops counts both). Usually the two are equal here; a SYN
+    // arriving while the SYN queue is full too is a listen drop but no overflow (seen once
+    // in CI: 26 drops, 25 overflows), so the exact equality is with ListenDrops.
     let port = [("port", "8089")];
     let (s, overflows, drops) = poll(Duration::from_secs(20), || {
         let before = nstat(&b);
         let s = agent.scrape();
         let after = nstat(&b);
-        let overflows = delta(&b0, &after, "TcpExtListenOverflows");
-        (before == after
-            && peer_value(&s, "netexporter_listener_drops_total", &b, &port) == overflows)
-            .then(|| (s, overflows, delta(&b0, &after, "TcpExtListenDrops")))
+        let drops = delta(&b0, &after, "TcpExtListenDrops");
+        (before == after && peer_value(&s, "netexporter_listener_drops_total", &b, &port) == drops)
+            .then(|| (s, delta(&b0, &after, "TcpExtListenOverflows"), drops))
     })
     .unwrap_or_else(|| {
         panic!(
-            "listener drops never equal TcpExtListenOverflows ({}); clients: {outcomes}\n{}",
+            "listener drops never equal TcpExtListenDrops ({}; ListenOverflows {}); clients: {outcomes}\n{}",
+            delta(&b0, &nstat(&b), "TcpExtListenDrops"),
             delta(&b0, &nstat(&b), "TcpExtListenOverflows"),
             agent.scrape().text
         )
     });
     assert!(overflows > 0, "the queue never overflowed: {outcomes}");
-    assert_eq!(drops, overflows, "ListenDrops = ListenOverflows");
+    assert!(
+        overflows <= drops,
+        "overflows {overflows} are among the {drops} drops: {outcomes}"
+    );
     let ss = b.run(&["ss", "-Hltn", "sport = :8089"]);
     let cols: Vec<&str> = ss.split_whitespace().collect();
     let (recv_q, send_q): (u64, u64) = (cols[1].parse().unwrap(), cols[2].parse().unwrap());
@@ -608,7 +778,9 @@ fn peers_listener_overflows_are_the_ports() {
         peer_value(&s, "netexporter_listener_accept_queue_limit", &b, &port),
         send_q
     );
-    eprintln!("12 connects to a listen(2) that never accepts: {outcomes}; {overflows} overflows");
+    eprintln!(
+        "12 connects to a listen(2) that never accepts: {outcomes}; {drops} drops, {overflows} overflows"
+    );
 }
 
 /// `diagnose --pod NETNS`: the namespace's peers from a live window, worst first, with the

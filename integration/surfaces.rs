@@ -74,6 +74,8 @@ const LABELS: &[&str] = &[
     "port",
     "peer",
     "peer_kind",
+    "backend",
+    "backend_kind",
     "direction",
     "le",
     "program",
@@ -512,6 +514,8 @@ const REQUIRED: &[(&str, &str, &[&str])] = &[
         &[
             "netexporter_peer_connections_total",
             "netexporter_peer_connection_failures_total",
+            "netexporter_peer_backend_connections_total",
+            "netexporter_peer_backend_connection_failures_total",
             "netexporter_peer_retransmits_total",
             "netexporter_peer_resets_total",
             "netexporter_peer_bytes_total",
@@ -1582,12 +1586,13 @@ i = 0
 while time.time() < deadline:
     i += 1
     if i % 10 == 0:
-        try:
-            socket.create_connection(("10.207.0.1", 7779), timeout=2).close()
-        except OSError:
-            pass
+        for addr in (("10.207.0.1", 7779), ("10.96.207.1", 81)):
+            try:
+                socket.create_connection(addr, timeout=2).close()
+            except OSError:
+                pass
     try:
-        c = socket.create_connection(("10.207.0.1", 7777), timeout=2)
+        c = socket.create_connection(("10.96.207.1", 80) if i % 3 == 0 else ("10.207.0.1", 7777), timeout=2)
         c.sendall((b"r" if i % 7 == 0 else b"y") * 2048)
         c.recv(65536)
         if i % 5 == 0:
@@ -1703,6 +1708,29 @@ fn surfaces_every_panel_query_returns_data_from_a_live_agent() {
         "DROP",
     ]);
 
+    // A "Service" for B (Pod peers' backends panel): 10.96.207.1:80 translated to A's echo
+    // server, :81 to A's closed 7779, by DNAT rules in B's OUTPUT chain. Removed with B.
+    b.run(&["ip", "route", "add", "10.96.207.1/32", "dev", "eth0"]);
+    for (port, to) in [("80", "10.207.0.1:7777"), ("81", "10.207.0.1:7779")] {
+        b.run(&[
+            "iptables",
+            "-w",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-d",
+            "10.96.207.1",
+            "-p",
+            "tcp",
+            "--dport",
+            port,
+            "-j",
+            "DNAT",
+            "--to-destination",
+            to,
+        ]);
+    }
     let sack = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_sack").expect("tcp_sack");
     let expect = if sack.trim() == "0" { 1 } else { 0 };
     let config = tempfile::Builder::new()
@@ -1753,6 +1781,14 @@ fn surfaces_every_panel_query_returns_data_from_a_live_agent() {
         ),
         format!(
             "count_over_time(netexporter_peer_connection_failures_total{{netns=\"{}\",reason=\"refused\"}}[1m]) >= 5",
+            b.name
+        ),
+        format!(
+            "count_over_time(netexporter_peer_backend_connections_total{{netns=\"{}\"}}[1m]) >= 5",
+            b.name
+        ),
+        format!(
+            "count_over_time(netexporter_peer_backend_connection_failures_total{{netns=\"{}\"}}[1m]) >= 5",
             b.name
         ),
         format!(

@@ -64,6 +64,42 @@ impl PeerCounts {
     }
 }
 
+/// Mirrors `struct peer_backend_key` of `peers.h`: a client's connections to a translated
+/// address (`peer`), by the backend conntrack sent them to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    pub peer: PeerKey,
+    pub backend: [u8; 16],
+    pub backend_port: u16,
+    pub pad: [u8; 6],
+}
+
+// SAFETY: repr(C), 48 bytes without implicit padding (24 + 16 + 2 + 6), any bit pattern valid.
+unsafe impl aya::Pod for BackendKey {}
+
+/// Mirrors `struct peer_backend_counts` of `peers.h`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendCounts {
+    pub opened: u64,
+    pub refused: u64,
+    pub timeout: u64,
+    pub other: u64,
+}
+
+// SAFETY: repr(C), four u64 fields, no padding, any bit pattern valid.
+unsafe impl aya::Pod for BackendCounts {}
+
+impl BackendCounts {
+    pub fn add(&mut self, o: &BackendCounts) {
+        self.opened += o.opened;
+        self.refused += o.refused;
+        self.timeout += o.timeout;
+        self.other += o.other;
+    }
+}
+
 /// `PEER_BUCKETS` of `peers.h`: histogram buckets, the last one unbounded.
 pub const BUCKETS: usize = 21;
 
@@ -134,6 +170,11 @@ const PROGRAMS: [(&str, &str); 4] = [
     ("peer_recv_reset", "tcp_receive_reset"),
 ];
 
+/// The program that remembers where conntrack translated a connection's destination (a
+/// ClusterIP to a backend), and the tracepoint it attaches to. Optional: without it (a kernel
+/// without connection tracking) connections are counted by the address they were made to only.
+const TRANSLATIONS: (&str, &str) = ("peer_translated", "net_dev_queue");
+
 /// The iterator that samples open connections (`iter/tcp`), run by user space.
 const SAMPLER: &str = "peer_sample";
 
@@ -141,14 +182,19 @@ const SAMPLER: &str = "peer_sample";
 /// full `peer_timings`.
 const UNCOUNTED_PEERS: u32 = 0;
 const UNCOUNTED_TIMINGS: u32 = 1;
+const UNCOUNTED_BACKENDS: u32 = 2;
 
 /// The loaded and attached programs. Dropping it detaches them.
 pub struct PeerCounter {
     ebpf: Ebpf,
+    /// Why connections are not followed to their backends, if they are not.
+    translations_error: Option<String>,
 }
 
 impl PeerCounter {
-    pub fn load(kernel_btf: &KernelBtf) -> Result<Self> {
+    /// Loads and attaches the programs; with `follow_translations`, also the one that follows
+    /// connections to a translated address to their backend (one run per packet queued).
+    pub fn load(kernel_btf: &KernelBtf, follow_translations: bool) -> Result<Self> {
         let (mut ebpf, btf) = kernel_btf.load(OBJECT)?;
         for (program, tracepoint) in PROGRAMS {
             let prog: &mut BtfTracePoint = ebpf
@@ -171,7 +217,70 @@ impl PeerCounter {
             let text = format!("{:#}", anyhow::Error::from(e)).replace('\n', " | ");
             anyhow::anyhow!("iter/tcp: {text}")
         })?;
-        Ok(Self { ebpf })
+        let translations_error = if follow_translations {
+            Self::follow_translations(&mut ebpf, &btf)
+                .err()
+                .map(|e| format!("{e:#}").replace('\n', " | "))
+        } else {
+            Some("off (probes.peers.follow_translations)".to_string())
+        };
+        Ok(Self {
+            ebpf,
+            translations_error,
+        })
+    }
+
+    fn follow_translations(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<()> {
+        let (program, tracepoint) = TRANSLATIONS;
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(program)
+            .with_context(|| format!("program {program} missing from the object"))?
+            .try_into()?;
+        prog.load(tracepoint, btf)
+            .with_context(|| format!("load tp_btf/{tracepoint}"))?;
+        prog.attach()
+            .with_context(|| format!("attach tp_btf/{tracepoint}"))?;
+        Ok(())
+    }
+
+    /// Why connections to a translated address are not followed to their backend (`None`:
+    /// they are).
+    pub fn translations_error(&self) -> Option<&str> {
+        self.translations_error.as_deref()
+    }
+
+    /// Every client's connections to a translated address by backend, summed over CPUs, and
+    /// the map's fill.
+    pub fn backends(&self) -> Result<(Vec<(BackendKey, BackendCounts)>, BpfMapFill)> {
+        let map = self
+            .ebpf
+            .map("peer_backends")
+            .context("map peer_backends missing")?;
+        let backends: PerCpuHashMap<_, BackendKey, BackendCounts> = PerCpuHashMap::try_from(map)?;
+        let mut out = Vec::new();
+        for entry in backends.iter() {
+            // An entry deleted between listing and reading is skipped, not an error.
+            let Ok((key, values)) = entry else { continue };
+            let mut sum = BackendCounts::default();
+            for v in values.iter() {
+                sum.add(v);
+            }
+            out.push((key, sum));
+        }
+        let lost = self.uncounted(UNCOUNTED_BACKENDS)?;
+        let fill = BpfMapFill::of(backends.map(), "peer_backends", out.len(), lost);
+        Ok((out, fill))
+    }
+
+    /// Removes the entries of `keys` (namespaces that are gone) from the backends' map.
+    pub fn remove_backends(&mut self, keys: &[BackendKey]) {
+        if let Some(map) = self.ebpf.map_mut("peer_backends")
+            && let Ok(mut backends) = PerCpuHashMap::<_, BackendKey, BackendCounts>::try_from(map)
+        {
+            for k in keys {
+                let _ = backends.remove(k);
+            }
+        }
     }
 
     /// Runs the sampling iterator in the namespace of `ns` (`None`: the agent's own): an RTT
@@ -335,6 +444,17 @@ mod tests {
         assert!(header.contains(&format!("#define PEER_BUCKETS {BUCKETS}")));
         assert!(header.contains(&format!("#define UNCOUNTED_PEERS {UNCOUNTED_PEERS}")));
         assert!(header.contains(&format!("#define UNCOUNTED_TIMINGS {UNCOUNTED_TIMINGS}")));
+        assert!(header.contains(&format!("#define UNCOUNTED_BACKENDS {UNCOUNTED_BACKENDS}")));
+        assert_eq!(
+            fields(header, "peer_backend_key"),
+            ["peer", "backend", "backend_port", "pad"]
+        );
+        assert_eq!(std::mem::size_of::<BackendKey>(), 48);
+        assert_eq!(
+            fields(header, "peer_backend_counts"),
+            ["opened", "refused", "timeout", "other"]
+        );
+        assert_eq!(std::mem::size_of::<BackendCounts>(), 32);
         assert_eq!(
             fields(header, "peer_listener"),
             ["port", "family", "pad", "queue", "limit", "drops"]

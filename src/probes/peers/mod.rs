@@ -46,7 +46,10 @@ use crate::inventory::objects::ClusterObjects;
 use crate::metrics;
 use crate::sources::bpf_programs::BpfMapFill;
 use crate::sources::{Collection, Node, TargetSources};
-use bpf::{BUCKETS, CLIENT, Listener, PeerCounter, PeerCounts, PeerKey, PeerTiming};
+use bpf::{
+    BUCKETS, BackendCounts, BackendKey, CLIENT, Listener, PeerCounter, PeerCounts, PeerKey,
+    PeerTiming,
+};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::sync::Arc;
@@ -86,6 +89,11 @@ pub struct PeersOptions {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "crate::component::DurationText")]
     pub sample_budget: Duration,
+    /// Follow connections to a translated address (a Service's ClusterIP, DNAT by
+    /// kube-proxy) to the backend conntrack sent them to
+    /// (`netexporter_peer_backend_connections_total`). Costs one short BPF program run per
+    /// packet queued to a device.
+    pub follow_translations: bool,
 }
 
 impl Default for PeersOptions {
@@ -98,6 +106,7 @@ impl Default for PeersOptions {
             listeners_per_namespace: 16,
             cluster_networks: Vec::new(),
             sample_budget: Duration::from_millis(25),
+            follow_translations: true,
         }
     }
 }
@@ -113,6 +122,9 @@ const RTT: usize = 7;
 const ACCEPT_QUEUE: usize = 8;
 const ACCEPT_QUEUE_LIMIT: usize = 9;
 const LISTEN_DROPS: usize = 10;
+const BACKEND_CONNECTIONS: usize = 11;
+const BACKEND_FAILURES: usize = 12;
+const INFO: usize = 13;
 
 /// The exported buckets, in seconds: 4^(j+3) microseconds, 64 µs to 4.2 s, and `+Inf` (12
 /// data points a histogram). The kernel counts finer ones (2^(i+4) µs, `peers.h`), two of which
@@ -144,6 +156,9 @@ const METRICS: &[MetricDef] = metrics![
     gauge "netexporter_listener_accept_queue" "Connections that completed the handshake and wait for accept() on a listening port (ss -ltn's Recv-Q), read at each collection. Labels: port (the ports past probes.peers.listeners_per_namespace are summed under other).",
     gauge "netexporter_listener_accept_queue_limit" "The accept queue's limit of a listening port (listen()'s backlog, capped by net.core.somaxconn; ss -ltn's Send-Q). Labels: port.",
     counter "netexporter_listener_drops_total" "SYNs and handshakes a listening port dropped since its socket was opened (the listener's sk_drops: a full accept queue, as nstat's TcpExtListenOverflows counts, and other listen drops, TcpExtListenDrops). Starts again from zero when the port's listener is opened again. Labels: port.",
+    counter "netexporter_peer_backend_connections_total" "TCP connections a client in this namespace opened to an address that conntrack translated (a Service's ClusterIP, by kube-proxy's DNAT rules), by the backend they were sent to; also counted in netexporter_peer_connections_total under the address connected to. Labels: port, peer, peer_kind (the address connected to, as in netexporter_peer_connections_total), backend, backend_kind (the address translated to, named like a peer; other: past probes.peers.peers_per_namespace).",
+    counter "netexporter_peer_backend_connection_failures_total" "TCP connections to a translated address that failed, by backend and reason: refused, timeout, other (as in netexporter_peer_connection_failures_total). Labels: those of netexporter_peer_backend_connections_total, and reason. A reason's series appears at its first failure.",
+    gauge "netexporter_peers_info" "Always 1 (node only); the label translations tells whether connections to a translated address are followed to their backend: conntrack (from the packets' conntrack entries), off (probes.peers.follow_translations is false), or unavailable (the kernel has no connection tracking or refused the program; the agent's log says why).",
 ];
 
 pub struct Peers {
@@ -160,6 +175,9 @@ struct Loaded {
     attached: Instant,
     /// Kubernetes mode: the Services and EndpointSlices that name other addresses.
     objects: Option<Arc<ClusterObjects>>,
+    /// How connections to translated addresses are followed to their backends:
+    /// `conntrack`, `off`, or `unavailable`.
+    translations: &'static str,
 }
 
 /// What the cluster's Services and EndpointSlices say an address is: a Service's ClusterIP,
@@ -276,6 +294,8 @@ struct Read {
     error: Option<String>,
     entries: Vec<(PeerKey, PeerCounts)>,
     timings: HashMap<PeerKey, PeerTiming>,
+    /// Clients' connections to translated addresses, by backend.
+    backends: Vec<(BackendKey, BackendCounts)>,
     /// The maps' fill as the last read found them (their uncounted events included).
     fills: Vec<BpfMapFill>,
     /// Kubernetes mode: what the Services and EndpointSlices name, once both are listed, and
@@ -329,6 +349,124 @@ struct Budget {
     timed: HashSet<(String, &'static str)>,
     /// Listening ports with series of their own.
     ports: HashSet<u16>,
+    /// What each backend key is counted under.
+    backends: HashMap<BackendKey, BackendBucket>,
+    /// (peer, backend) pairs with series of their own.
+    backend_pairs: HashSet<(String, String)>,
+}
+
+/// The series a backend key is counted under: a named (address connected to, backend) pair,
+/// or `other` (both names, no port).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct BackendBucket {
+    port: Option<u16>,
+    peer: String,
+    kind: &'static str,
+    backend: String,
+    backend_kind: &'static str,
+}
+
+impl BackendBucket {
+    fn labels(&self) -> Vec<(&'static str, String)> {
+        let mut l = vec![("role", "client".to_string())];
+        if let Some(p) = self.port {
+            l.push(("server.port", p.to_string()));
+        }
+        l.push(("peer", self.peer.clone()));
+        l.push(("peer_kind", self.kind.to_string()));
+        l.push(("backend", self.backend.clone()));
+        l.push(("backend_kind", self.backend_kind.to_string()));
+        l
+    }
+}
+
+/// A backend key's translated address, in the family of the address connected to.
+fn backend_address(key: &BackendKey) -> IpAddr {
+    address(&PeerKey {
+        addr: key.backend,
+        ..key.peer
+    })
+}
+
+/// One namespace's series of connections to translated addresses, by backend, deciding the
+/// bucket of each key not seen before like [`series_for`] does (the busiest first; pairs past
+/// `peers_per_namespace` are `other`).
+fn backend_series(
+    mine: &[&(BackendKey, BackendCounts)],
+    budget: &mut Budget,
+    options: &PeersOptions,
+    cluster: Option<&ClusterView>,
+    directory: Option<&Directory>,
+    wait: bool,
+) -> Vec<Series> {
+    let mut new: Vec<&&(BackendKey, BackendCounts)> = mine
+        .iter()
+        .filter(|(k, _)| !budget.backends.contains_key(k))
+        .collect();
+    let events = |c: &BackendCounts| c.opened + c.refused + c.timeout + c.other;
+    new.sort_by(|(ka, va), (kb, vb)| events(vb).cmp(&events(va)).then(ka.cmp(kb)));
+    for (key, _) in new {
+        let (Some((peer, kind)), Some((backend, backend_kind))) = (
+            resolve(address(&key.peer), options, cluster, directory, wait),
+            resolve(backend_address(key), options, cluster, directory, wait),
+        ) else {
+            continue;
+        };
+        let pair = (
+            format!("{peer}\n{kind}"),
+            format!("{backend}\n{backend_kind}"),
+        );
+        let bucket = if budget.backend_pairs.contains(&pair)
+            || budget.backend_pairs.len() < options.peers_per_namespace
+        {
+            budget.backend_pairs.insert(pair);
+            BackendBucket {
+                port: Some(key.peer.port),
+                peer,
+                kind,
+                backend,
+                backend_kind,
+            }
+        } else {
+            BackendBucket {
+                port: None,
+                peer: "other".into(),
+                kind: "other",
+                backend: "other".into(),
+                backend_kind: "other",
+            }
+        };
+        budget.backends.insert(*key, bucket);
+    }
+    let mut sums: BTreeMap<&BackendBucket, BackendCounts> = BTreeMap::new();
+    for (key, counts) in mine {
+        if let Some(b) = budget.backends.get(key) {
+            sums.entry(b).or_default().add(counts);
+        }
+    }
+    let n = METRICS.len();
+    let mut out = Vec::new();
+    for (bucket, c) in sums {
+        let labels = bucket.labels();
+        out.push(Series::only(
+            n,
+            BACKEND_CONNECTIONS,
+            c.opened,
+            labels.clone(),
+        ));
+        for (reason, v) in [
+            ("refused", c.refused),
+            ("timeout", c.timeout),
+            ("other", c.other),
+        ] {
+            if v > 0 {
+                let mut l = labels.clone();
+                l.push(("reason", reason.to_string()));
+                out.push(Series::only(n, BACKEND_FAILURES, v, l));
+            }
+        }
+    }
+    out
 }
 
 /// The accept-queue series of one namespace's listeners, summed per port (a port may have a
@@ -586,9 +724,25 @@ impl Probe for Peers {
     }
 
     fn start(&mut self, node: &Node) -> Result<()> {
-        let counter = PeerCounter::load(&node.kernel_btf)?;
+        let counter = PeerCounter::load(&node.kernel_btf, self.options.follow_translations)?;
         tracing::info!(probe = "peers", "peer counter attached");
+        if self.options.follow_translations
+            && let Some(e) = counter.translations_error()
+        {
+            tracing::warn!(
+                probe = "peers",
+                error = %e,
+                "connections to translated addresses (ClusterIPs) are counted by the address \
+                 only, not by backend"
+            );
+        }
+        let translations = match counter.translations_error() {
+            None => "conntrack",
+            Some(_) if !self.options.follow_translations => "off",
+            Some(_) => "unavailable",
+        };
         self.loaded = Some(Loaded {
+            translations,
             counter: Mutex::new(counter),
             read: Mutex::new(Read::default()),
             budgets: Mutex::new(HashMap::new()),
@@ -643,6 +797,27 @@ impl Probe for Peers {
             }
             Err(e) => read.error = Some(format!("{e:#}")),
         }
+        match counter.backends() {
+            Ok((mut backends, fill)) => {
+                let gone: Vec<BackendKey> = backends
+                    .iter()
+                    .map(|(k, _)| *k)
+                    .filter(|k| k.peer.netns != 0 && collection.is_gone(u64::from(k.peer.netns)))
+                    .collect();
+                if !gone.is_empty() {
+                    counter.remove_backends(&gone);
+                    let gone: HashSet<BackendKey> = gone.into_iter().collect();
+                    backends.retain(|(k, _)| !gone.contains(k));
+                }
+                read.backends = backends;
+                if read.error.is_none() {
+                    read.fills.push(fill);
+                }
+            }
+            Err(e) => {
+                read.error.get_or_insert(format!("{e:#}"));
+            }
+        }
         // After the read, from its keys (a second walk of the map only for them would cost as
         // many syscalls as there are keys): what the walks add to the maps (RTT samples,
         // bytes) is read by the next collection; the listeners they return are this one's.
@@ -691,6 +866,19 @@ impl Probe for Peers {
             read.directory.as_ref(),
             loaded.attached.elapsed() < SYNC_WAIT,
         );
+        let backends: Vec<&(BackendKey, BackendCounts)> = read
+            .backends
+            .iter()
+            .filter(|(k, _)| u64::from(k.peer.netns) == inode || (is_node && k.peer.netns == 0))
+            .collect();
+        out.extend(backend_series(
+            &backends,
+            budgets.entry(inode).or_default(),
+            &self.options,
+            cluster,
+            read.directory.as_ref(),
+            loaded.attached.elapsed() < SYNC_WAIT,
+        ));
         if let Some(listeners) = read.listeners.get(&inode) {
             out.extend(listener_series(
                 listeners,
@@ -704,6 +892,12 @@ impl Probe for Peers {
                 UNCOUNTED,
                 read.fills.iter().map(|f| f.uncounted).sum(),
                 Vec::new(),
+            ));
+            out.push(Series::only(
+                METRICS.len(),
+                INFO,
+                1,
+                vec![("translations", loaded.translations.to_string())],
             ));
         }
         Ok(out)
@@ -907,6 +1101,96 @@ mod tests {
             "{got:#?}"
         );
         assert!(got.contains(&"netexporter_peer_connections_total role=client,server.port=22,peer=192.0.2.2,peer_kind=address,network.peer.address=192.0.2.2 1".to_string()), "{got:#?}");
+    }
+
+    #[test]
+    fn translated_connections_are_named_by_service_and_backend_and_fold_past_the_budget() {
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "shop", "name": "api"},
+            "spec": {"clusterIP": "10.96.0.10"}
+        }))
+        .unwrap();
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "shop", "name": "api-x1", "labels": {"kubernetes.io/service-name": "api"}},
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["10.244.7.5"], "targetRef": {"kind": "Pod", "name": "api-7c9d8f6b5d-x2x9k"}},
+                {"addresses": ["10.244.7.6"], "targetRef": {"kind": "Pod", "name": "api-7c9d8f6b5d-b2b9k"}}
+            ]
+        }))
+        .unwrap();
+        let dir = Directory::new(&[Arc::new(service)], &[Arc::new(slice)]);
+        let view = ClusterView {
+            synced: true,
+            ..Default::default()
+        };
+        let backend = |to: &str, port: u16| {
+            let to = key(CLIENT, 0, to);
+            BackendKey {
+                peer: key(CLIENT, 80, "10.96.0.10"),
+                backend: to.addr,
+                backend_port: port,
+                pad: [0; 6],
+            }
+        };
+        let counts = |opened, refused| BackendCounts {
+            opened,
+            refused,
+            ..Default::default()
+        };
+        // Two replicas of one Deployment: one series, their sum.
+        let entries = [
+            (backend("10.244.7.5", 8080), counts(3, 0)),
+            (backend("10.244.7.6", 8080), counts(2, 1)),
+            (backend("10.244.9.9", 8080), counts(1, 0)),
+        ];
+        let mine: Vec<_> = entries.iter().collect();
+        let options = PeersOptions {
+            peers_per_namespace: 1,
+            ..Default::default()
+        };
+        let mut budget = Budget::default();
+        let out = render(&backend_series(
+            &mine,
+            &mut budget,
+            &options,
+            Some(&view),
+            Some(&dir),
+            true,
+        ));
+        let labels = "role=client,server.port=80,peer=shop/Service/api,peer_kind=service,backend=shop/Deployment/api,backend_kind=workload";
+        let other = "role=client,peer=other,peer_kind=other,backend=other,backend_kind=other";
+        assert_eq!(
+            out,
+            [
+                format!("netexporter_peer_backend_connections_total {other} 1"),
+                format!("netexporter_peer_backend_connections_total {labels} 5"),
+                format!(
+                    "netexporter_peer_backend_connection_failures_total {labels},reason=refused 1"
+                ),
+            ]
+        );
+        // Decisions stick: the pair past the budget stays other when it is the busiest.
+        let entries = [
+            (backend("10.244.7.5", 8080), counts(3, 0)),
+            (backend("10.244.9.9", 8080), counts(100, 0)),
+        ];
+        let mine: Vec<_> = entries.iter().collect();
+        let out = render(&backend_series(
+            &mine,
+            &mut budget,
+            &options,
+            Some(&view),
+            Some(&dir),
+            true,
+        ));
+        assert_eq!(
+            out,
+            [
+                format!("netexporter_peer_backend_connections_total {other} 100"),
+                format!("netexporter_peer_backend_connections_total {labels} 3"),
+            ]
+        );
     }
 
     #[test]

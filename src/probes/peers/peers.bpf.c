@@ -13,7 +13,10 @@
  * - Latency histograms, per key: connect latency (a client's SYN_SENT -> ESTABLISHED) and the
  *   socket's smoothed RTT, sampled when an opened connection closes and, while it is open, by
  *   iter/tcp, which user space runs in each namespace once per collection (it also reports
- *   the bytes a long connection has moved so far). */
+ *   the bytes a long connection has moved so far).
+ * - net:net_dev_queue: the first packets of connections whose destination conntrack translated
+ *   (a ClusterIP, by kube-proxy's DNAT rules): the address they were sent to, remembered until
+ *   the client's socket opens or fails, which counts it by that backend as well. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -38,6 +41,12 @@ char LICENSE[] SEC("license") = "GPL";
 #define ECONNRESET 104
 #define ETIMEDOUT 110
 #define ECONNREFUSED 111
+#define IPPROTO_TCP 6
+#define NFPROTO_IPV4 2
+#define NFPROTO_IPV6 10
+#define IP_CT_NEW 2          /* enum ip_conntrack_info: a packet of a connection not yet answered */
+#define NFCT_INFOMASK 7UL
+#define IPS_DST_NAT (1UL << 5) /* enum ip_conntrack_status: the destination was translated */
 
 /* Not preallocated: a preallocated per-CPU hash would hold PEERS_MAX_ENTRIES x CPUs x 80
  * bytes from the start (126 MB on a 96-CPU node); this one grows with the keys in use. */
@@ -49,14 +58,32 @@ struct {
 	__type(value, struct peer_counts);
 } peers SEC(".maps");
 
-/* Events that could not be counted because a map was full: `peers` (slot UNCOUNTED_PEERS) or
- * `peer_timings` (slot UNCOUNTED_TIMINGS). */
+/* Events that could not be counted because a map was full: `peers` (slot UNCOUNTED_PEERS),
+ * `peer_timings` (UNCOUNTED_TIMINGS) or `peer_backends` (UNCOUNTED_BACKENDS). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, __u64);
 } peers_overflow SEC(".maps");
+
+/* Translated connections not yet opened or failed, by their client's side. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, PEER_FLOWS_MAX_ENTRIES);
+	__type(key, struct peer_flow);
+	__type(value, struct peer_translation);
+} peer_flows SEC(".maps");
+
+/* Outcomes of translated connections by backend (slot UNCOUNTED_BACKENDS of peers_overflow
+ * when full). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, PEER_BACKENDS_MAX_ENTRIES);
+	__type(key, struct peer_backend_key);
+	__type(value, struct peer_backend_counts);
+} peer_backends SEC(".maps");
 
 /* Connect latency and RTT histograms by key; one copy shared by all CPUs (atomic adds), and
  * memory only for the keys in use. */
@@ -108,24 +135,102 @@ static __always_inline int fill_key(struct peer_key *key, struct sock *sk, __u8 
 	return -1;
 }
 
+static __always_inline void count_lost(__u32 slot)
+{
+	__u64 *lost = bpf_map_lookup_elem(&peers_overflow, &slot);
+
+	if (lost)
+		*lost += 1;
+}
+
+/* The client's side of a socket's connection, as conntrack's original tuple has it (a
+ * dual-stack socket's IPv4 connection as IPv4); `sport`: its local port, network order. */
+static __always_inline int flow_of(struct peer_flow *f, struct sock *sk, __be16 sport)
+{
+	unsigned short family = sk->__sk_common.skc_family;
+
+	f->sport = sport;
+	f->dport = sk->__sk_common.skc_dport;
+	if (family == AF_INET6) {
+		__u32 d[4];
+
+		bpf_probe_read_kernel(d, 16, &sk->__sk_common.skc_v6_daddr);
+		if (!(d[0] == 0 && d[1] == 0 && d[2] == bpf_htonl(0xffff))) {
+			f->family = 6;
+			__builtin_memcpy(f->daddr, d, 16);
+			bpf_probe_read_kernel(f->saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+			return 0;
+		}
+	} else if (family != AF_INET) {
+		return -1;
+	}
+	__be32 s = sk->__sk_common.skc_rcv_saddr, d4 = sk->__sk_common.skc_daddr;
+
+	f->family = 4;
+	__builtin_memcpy(f->saddr, &s, 4);
+	__builtin_memcpy(f->daddr, &d4, 4);
+	return 0;
+}
+
+#define BACKEND_OPENED 0
+#define BACKEND_REFUSED 1
+#define BACKEND_TIMEOUT 2
+#define BACKEND_OTHER 3
+
+/* A client's connection opened or failed: if its destination was translated, counted by the
+ * backend it was sent to (`peer`: the key it is counted under as a peer). The local port is
+ * inet_sport: a failed connect's socket has lost inet_num (skc_num) by the time the tracepoint
+ * sees it close, inet_sport keeps it. */
+static __always_inline void count_backend(struct sock *sk, struct tcp_sock *tp,
+					  struct peer_key *peer, int outcome)
+{
+	__be16 sport = tp->inet_conn.icsk_inet.inet_sport;
+	struct peer_backend_counts zero = {}, *v;
+	struct peer_backend_key key = {};
+	struct peer_translation *to;
+	struct peer_flow flow = {};
+
+	if (!sport || flow_of(&flow, sk, sport))
+		return;
+	to = bpf_map_lookup_elem(&peer_flows, &flow);
+	if (!to)
+		return;
+	key.peer = *peer;
+	__builtin_memcpy(key.backend, to->addr, 16);
+	key.backend_port = bpf_ntohs(to->port);
+	bpf_map_delete_elem(&peer_flows, &flow);
+	v = bpf_map_lookup_elem(&peer_backends, &key);
+	if (!v) {
+		bpf_map_update_elem(&peer_backends, &key, &zero, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&peer_backends, &key);
+	}
+	if (!v) {
+		count_lost(UNCOUNTED_BACKENDS);
+		return;
+	}
+	if (outcome == BACKEND_OPENED)
+		v->opened += 1;
+	else if (outcome == BACKEND_REFUSED)
+		v->refused += 1;
+	else if (outcome == BACKEND_TIMEOUT)
+		v->timeout += 1;
+	else
+		v->other += 1;
+}
+
 /* This CPU's counters of `key`, created if new; NULL (and the loss counted) when the map is
  * full. No other writer touches this CPU's copy. */
 static __always_inline struct peer_counts *counts_of(struct peer_key *key)
 {
 	struct peer_counts zero = {}, *v;
-	__u32 slot = UNCOUNTED_PEERS;
-	__u64 *lost;
 
 	v = bpf_map_lookup_elem(&peers, key);
 	if (!v) {
 		bpf_map_update_elem(&peers, key, &zero, BPF_NOEXIST);
 		v = bpf_map_lookup_elem(&peers, key);
 	}
-	if (!v) {
-		lost = bpf_map_lookup_elem(&peers_overflow, &slot);
-		if (lost)
-			*lost += 1;
-	}
+	if (!v)
+		count_lost(UNCOUNTED_PEERS);
 	return v;
 }
 
@@ -151,7 +256,6 @@ static __always_inline void observe(struct peer_key *key, int which, __u64 us)
 {
 	struct peer_timing *t = bpf_map_lookup_elem(&peer_timings, key);
 	__u32 slot = 0, b = 0;
-	__u64 *lost;
 
 	if (!t) {
 		struct peer_timing *zero = bpf_map_lookup_elem(&timing_zero, &slot);
@@ -161,10 +265,7 @@ static __always_inline void observe(struct peer_key *key, int which, __u64 us)
 		t = bpf_map_lookup_elem(&peer_timings, key);
 	}
 	if (!t) {
-		slot = UNCOUNTED_TIMINGS;
-		lost = bpf_map_lookup_elem(&peers_overflow, &slot);
-		if (lost)
-			*lost += 1;
+		count_lost(UNCOUNTED_TIMINGS);
 		return;
 	}
 	if (us > 16)
@@ -283,6 +384,8 @@ int BPF_PROG(peer_state, struct sock *sk, int oldstate, int newstate)
 		v = counts_of(&key);
 		if (v)
 			v->opened += 1;
+		if (role == PEER_CLIENT)
+			count_backend(sk, tp, &key, BACKEND_OPENED);
 		/* A client's tag may exist already: its SYN was retransmitted (and reported). The
 		 * byte baselines leave the SYN out. */
 		tag = bpf_sk_storage_get(&peer_tags, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
@@ -312,6 +415,10 @@ int BPF_PROG(peer_state, struct sock *sk, int oldstate, int newstate)
 			else
 				v->other += 1;
 		}
+		count_backend(sk, tp, &key,
+			      err == ECONNREFUSED ? BACKEND_REFUSED :
+			      err == ETIMEDOUT	  ? BACKEND_TIMEOUT :
+						    BACKEND_OTHER);
 	} else if (err == ECONNRESET && tag) {
 		/* Only connections opened while the program ran have a role to count under. */
 		v = counts_of(&tag->key);
@@ -398,6 +505,52 @@ SEC("tp_btf/tcp_receive_reset")
 int BPF_PROG(peer_recv_reset, struct sock *sk)
 {
 	count_reset(sk, 0);
+	return 0;
+}
+
+/* Every packet queued to a device: only the first packets of a TCP connection whose
+ * destination conntrack translated go further (two loads and a compare for the rest). The
+ * packet has passed NAT by now, wherever it was done (the host's PREROUTING for a Pod's
+ * connection, OUTPUT for the node's own); the client's socket, in whichever namespace, finds
+ * the translation by its own side of the connection. */
+SEC("tp_btf/net_dev_queue")
+int BPF_PROG(peer_translated, struct sk_buff *skb)
+{
+	struct peer_translation to = {};
+	struct peer_flow flow = {};
+	unsigned long nfct, status;
+	struct nf_conn *ct;
+	__u16 l3;
+
+	if (!bpf_core_field_exists(skb->_nfct))
+		return 0;
+	nfct = skb->_nfct;
+	if ((nfct & NFCT_INFOMASK) != IP_CT_NEW)
+		return 0;
+	ct = (struct nf_conn *)(nfct & ~NFCT_INFOMASK);
+	if (!ct)
+		return 0;
+	status = BPF_CORE_READ(ct, status);
+	if (!(status & IPS_DST_NAT) || BPF_CORE_READ(ct, tuplehash[0].tuple.dst.protonum) != IPPROTO_TCP)
+		return 0;
+	l3 = BPF_CORE_READ(ct, tuplehash[0].tuple.src.l3num);
+	if (l3 == NFPROTO_IPV4) {
+		flow.family = 4;
+		bpf_core_read(flow.saddr, 4, &ct->tuplehash[0].tuple.src.u3);
+		bpf_core_read(flow.daddr, 4, &ct->tuplehash[0].tuple.dst.u3);
+		bpf_core_read(to.addr, 4, &ct->tuplehash[1].tuple.src.u3);
+	} else if (l3 == NFPROTO_IPV6) {
+		flow.family = 6;
+		bpf_core_read(flow.saddr, 16, &ct->tuplehash[0].tuple.src.u3);
+		bpf_core_read(flow.daddr, 16, &ct->tuplehash[0].tuple.dst.u3);
+		bpf_core_read(to.addr, 16, &ct->tuplehash[1].tuple.src.u3);
+	} else {
+		return 0;
+	}
+	flow.sport = BPF_CORE_READ(ct, tuplehash[0].tuple.src.u.all);
+	flow.dport = BPF_CORE_READ(ct, tuplehash[0].tuple.dst.u.all);
+	to.port = BPF_CORE_READ(ct, tuplehash[1].tuple.src.u.all);
+	bpf_map_update_elem(&peer_flows, &flow, &to, BPF_ANY);
 	return 0;
 }
 

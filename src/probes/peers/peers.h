@@ -65,10 +65,50 @@ struct peer_listener {
 			* queue, and other listen drops), since it was opened */
 };
 
+/* A connection as its first packet left with a translated destination (an iptables DNAT
+ * rule, as kube-proxy writes for a ClusterIP): the client's side, ports and addresses in
+ * network order, IPv4 in the first 4 bytes. */
+struct peer_flow {
+	__u8 family;    /* 4 or 6 */
+	__u8 pad;
+	__be16 sport;
+	__be16 dport;
+	__u16 pad2;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+/* Where conntrack sent it: the address and port it was translated to. */
+struct peer_translation {
+	__u8 addr[16];
+	__be16 port;
+	__u16 pad;
+};
+
+/* Connections of a client to a translated address, by the backend they were sent to. */
+struct peer_backend_key {
+	struct peer_key peer; /* the client's namespace, role client, the address it connected to */
+	__u8 backend[16];     /* the address conntrack translated it to (the family of peer) */
+	__u16 backend_port;   /* host order */
+	__u8 pad[6];
+};
+
+struct peer_backend_counts {
+	__u64 opened;   /* SYN_SENT -> ESTABLISHED */
+	__u64 refused;  /* SYN_SENT -> CLOSE with ECONNREFUSED */
+	__u64 timeout;  /* SYN_SENT -> CLOSE with ETIMEDOUT */
+	__u64 other;    /* SYN_SENT -> CLOSE otherwise */
+};
+
 #define PEERS_MAX_ENTRIES 16384
+/* Translations seen and not yet matched to their socket's outcome: an LRU, since a
+ * translated connection of another host (forwarded through this node) never is. */
+#define PEER_FLOWS_MAX_ENTRIES 8192
+#define PEER_BACKENDS_MAX_ENTRIES 4096
 
 /* Slots of peers_overflow: which map was full. */
 #define UNCOUNTED_PEERS 0
 #define UNCOUNTED_TIMINGS 1
+#define UNCOUNTED_BACKENDS 2
 
 #endif
