@@ -1166,3 +1166,26 @@ impl Hist {
             .collect()
     }
 }
+
+/// kube-proxy's rule for a ClusterIP Service: `vip:port` translated to `to` (`ADDR:PORT`), in
+/// `ns`'s OUTPUT chain (where the node's own connections are translated). Removed with `ns`.
+pub fn dnat(ns: &Netns, vip: &str, port: u16, to: &str) {
+    let port = port.to_string();
+    ns.run(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-d",
+        vip,
+        "-p",
+        "tcp",
+        "--dport",
+        &port,
+        "-j",
+        "DNAT",
+        "--to-destination",
+        to,
+    ]);
+}

@@ -1032,29 +1032,6 @@ fn kubernetes_peers_are_the_other_pods_workload() {
 /// Service and the backend's workload it was translated to; one straight to
 /// a backend of another node (known from the Service's EndpointSlice) under its Deployment;
 /// an address outside `cluster_networks` is `external`.
-/// kube-proxy's rule for a ClusterIP Service: `vip:port` translated to `to`, in `ns`'s OUTPUT
-/// chain.
-fn dnat(ns: &Netns, vip: &str, port: u16, to: &str) {
-    let port = port.to_string();
-    ns.run(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-d",
-        vip,
-        "-p",
-        "tcp",
-        "--dport",
-        &port,
-        "-j",
-        "DNAT",
-        "--to-destination",
-        to,
-    ]);
-}
-
 #[test]
 fn kubernetes_peers_name_services_backends_and_external_addresses() {
     require_root();

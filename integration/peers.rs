@@ -793,6 +793,9 @@ fn peers_diagnose_pod_lists_the_worst_peers_of_a_live_window() {
     let _open = server(&b, 8090, false);
     waits_for_listener(&b, 8090);
     a.run(&["ip", "link", "set", "lo", "up"]);
+    // A "Service" of A's: 10.96.99.2:80 translated to B's open port in A's OUTPUT chain.
+    a.run(&["ip", "route", "add", "10.96.99.2/32", "dev", "eth0"]);
+    dnat(&a, "10.96.99.2", 80, &format!("{B_IP}:8090"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_net-exporter"))
         .args([
             "--mode=standalone",
@@ -831,6 +834,7 @@ fn peers_diagnose_pod_lists_the_worst_peers_of_a_live_window() {
     let loopback_refused = "import socket\n\
          for _ in range(2):\n    try:\n        socket.create_connection(('127.0.0.1', 9))\n    except OSError:\n        pass\n";
     a.run(&["python3", "-c", loopback_refused]);
+    assert_eq!(clients_to(&a, "10.96.99.2", 80, 2).trim(), "ok ok");
     let out = child.wait_with_output().expect("diagnose output");
     let log = reader.join().expect("stderr reader");
     assert!(out.status.success(), "diagnose failed: {log}");
@@ -857,8 +861,15 @@ fn peers_diagnose_pod_lists_the_worst_peers_of_a_live_window() {
         [
             ("client".to_string(), B_IP.to_string(), 4, 3),
             ("client".to_string(), "loopback".to_string(), 0, 2),
+            ("client".to_string(), "10.96.99.2".to_string(), 2, 0),
         ],
         "{report:#}"
     );
     assert_eq!(report["peers"][0]["failures"]["refused"], 3);
+    // The Service's connections, by the backend they reached.
+    let backends = &report["backends"];
+    assert_eq!(backends.as_array().map(Vec::len), Some(1), "{report:#}");
+    assert_eq!(backends[0]["peer"], "10.96.99.2");
+    assert_eq!(backends[0]["backend"], B_IP);
+    assert_eq!(backends[0]["opened"], 2);
 }

@@ -81,10 +81,24 @@ pub struct ListenerRow {
     pub drops: u64,
 }
 
+/// The target's connections to a translated address (a Service's ClusterIP) that went to one
+/// backend, summed over ports.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
+pub struct BackendRow {
+    pub peer: String,
+    pub peer_kind: String,
+    pub backend: String,
+    pub backend_kind: String,
+    pub opened: u64,
+    pub failures: BTreeMap<String, u64>,
+}
+
 #[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
 pub struct Report {
     pub peers: Vec<PeerRow>,
     pub listeners: Vec<ListenerRow>,
+    /// Connections to Services by the backend they reached, worst first.
+    pub backends: Vec<BackendRow>,
 }
 
 /// The target's peers, worst first (failures, then retransmits, then RTT), and its listeners.
@@ -95,6 +109,7 @@ pub fn report(snapshot: &Snapshot, target: &Target) -> Report {
     let metrics = probes::PROBES[p].metrics;
     let index = |name: &str| metrics.iter().position(|m| m.name == name);
     let mut rows: BTreeMap<(String, String), PeerRow> = BTreeMap::new();
+    let mut backends: BTreeMap<(String, String), BackendRow> = BTreeMap::new();
     let mut listeners = Vec::new();
     for s in snapshot.series.get(p).into_iter().flatten() {
         if !target.matches(s) {
@@ -126,6 +141,24 @@ pub fn report(snapshot: &Snapshot, target: &Target) -> Report {
         let (role, peer) = (label("role"), label("peer"));
         if peer.is_empty() {
             continue; // the node's uncounted events
+        }
+        let backend = label("backend");
+        if !backend.is_empty() {
+            let row = backends
+                .entry((peer.clone(), backend.clone()))
+                .or_insert_with(|| BackendRow {
+                    peer,
+                    peer_kind: label("peer_kind"),
+                    backend,
+                    backend_kind: label("backend_kind"),
+                    ..BackendRow::default()
+                });
+            row.opened += value("netexporter_peer_backend_connections_total");
+            let failed = value("netexporter_peer_backend_connection_failures_total");
+            if failed > 0 {
+                *row.failures.entry(label("reason")).or_default() += failed;
+            }
+            continue;
         }
         let row = rows
             .entry((role.clone(), peer.clone()))
@@ -174,7 +207,14 @@ pub fn report(snapshot: &Snapshot, target: &Target) -> Report {
             .then(b.opened.cmp(&a.opened))
     });
     listeners.sort_by(|a, b| b.drops.cmp(&a.drops).then(b.queue.cmp(&a.queue)));
-    Report { peers, listeners }
+    let failed = |r: &BackendRow| r.failures.values().sum::<u64>();
+    let mut backends: Vec<BackendRow> = backends.into_values().collect();
+    backends.sort_by(|a, b| failed(b).cmp(&failed(a)).then(b.opened.cmp(&a.opened)));
+    Report {
+        peers,
+        listeners,
+        backends,
+    }
 }
 
 /// The `q` quantile of a histogram, interpolated linearly inside its bucket as Prometheus'
@@ -208,6 +248,18 @@ fn seconds(v: Option<f64>) -> String {
     }
 }
 
+/// `3 refused, 1 timeout`, or `0`.
+fn failures_text(failures: &BTreeMap<String, u64>) -> String {
+    if failures.is_empty() {
+        return "0".to_string();
+    }
+    failures
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The report as a table, `top` peers at most.
 pub fn table(r: &Report, top: usize) -> String {
     let mut out = String::new();
@@ -219,15 +271,7 @@ pub fn table(r: &Report, top: usize) -> String {
             .iter()
             .take(top)
             .map(|p| {
-                let failed = if p.failures.is_empty() {
-                    "0".to_string()
-                } else {
-                    p.failures
-                        .iter()
-                        .map(|(k, v)| format!("{v} {k}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
+                let failed = failures_text(&p.failures);
                 [
                     p.role.clone(),
                     format!("{} ({})", p.peer, p.peer_kind),
@@ -278,6 +322,16 @@ pub fn table(r: &Report, top: usize) -> String {
         }
         if r.peers.len() > top {
             out.push_str(&format!("... and {} more peers\n", r.peers.len() - top));
+        }
+    }
+    if !r.backends.is_empty() {
+        out.push_str("\nSERVICE -> BACKEND (translated by conntrack)  OPENED  FAILED\n");
+        for b in &r.backends {
+            let failed = failures_text(&b.failures);
+            out.push_str(&format!(
+                "{} ({}) -> {} ({})  {}  {failed}\n",
+                b.peer, b.peer_kind, b.backend, b.backend_kind, b.opened
+            ));
         }
     }
     if !r.listeners.is_empty() {
@@ -375,6 +429,32 @@ mod tests {
                 "netexporter_listener_accept_queue",
                 2,
             ),
+            // Connections to a Service, by backend: a table of their own, not peers.
+            series(
+                &with(&[
+                    ("role", "client"),
+                    ("server.port", "80"),
+                    ("peer", "shop/Service/cart"),
+                    ("peer_kind", "service"),
+                    ("backend", "shop/Deployment/cart"),
+                    ("backend_kind", "workload"),
+                ]),
+                "netexporter_peer_backend_connections_total",
+                6,
+            ),
+            series(
+                &with(&[
+                    ("role", "client"),
+                    ("server.port", "80"),
+                    ("peer", "shop/Service/cart"),
+                    ("peer_kind", "service"),
+                    ("backend", "10.244.9.9"),
+                    ("backend_kind", "address"),
+                    ("reason", "refused"),
+                ]),
+                "netexporter_peer_backend_connection_failures_total",
+                2,
+            ),
             // Another Pod's peer is not in the report.
             series(
                 &[
@@ -417,7 +497,20 @@ mod tests {
         assert!((rtt - (0.004 + 0.012 * 0.99)).abs() < 1e-9, "{rtt}");
         assert_eq!(r.listeners.len(), 1);
         assert_eq!(r.listeners[0].port, "8080");
+        let backends: Vec<(&str, u64, u64)> = r
+            .backends
+            .iter()
+            .map(|b| (b.backend.as_str(), b.opened, b.failures.values().sum()))
+            .collect();
+        assert_eq!(
+            backends,
+            [("10.244.9.9", 0, 2), ("shop/Deployment/cart", 6, 0)]
+        );
         let text = table(&r, 10);
+        assert!(
+            text.contains("shop/Service/cart (service) -> 10.244.9.9 (address)  0  2 refused"),
+            "{text}"
+        );
         assert!(text.contains("3 timeout"), "{text}");
         assert!(text.contains("15.9ms"), "{text}");
         assert_eq!(Target::parse("node"), Target::Node);
