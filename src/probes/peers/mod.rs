@@ -351,8 +351,8 @@ struct Budget {
     ports: HashSet<u16>,
     /// What each backend key is counted under.
     backends: HashMap<BackendKey, BackendBucket>,
-    /// (peer, backend) pairs with series of their own.
-    backend_pairs: HashSet<(String, String)>,
+    /// (peer, backend) pairs with series of their own, each as (name, kind).
+    backend_pairs: HashSet<[(String, &'static str); 2]>,
 }
 
 /// The series a backend key is counted under: a named (address connected to, backend) pair,
@@ -412,10 +412,7 @@ fn backend_series(
         ) else {
             continue;
         };
-        let pair = (
-            format!("{peer}\n{kind}"),
-            format!("{backend}\n{backend_kind}"),
-        );
+        let pair = [(peer.clone(), kind), (backend.clone(), backend_kind)];
         let bucket = if budget.backend_pairs.contains(&pair)
             || budget.backend_pairs.len() < options.peers_per_namespace
         {
@@ -778,9 +775,9 @@ impl Probe for Peers {
                 read.directory_version = Some(version);
             }
         }
+        let gone = |k: &PeerKey| k.netns != 0 && collection.is_gone(u64::from(k.netns));
         match counter.read().and_then(|r| Ok((r, counter.timings()?))) {
             Ok(((mut entries, peers_fill), (mut timings, timings_fill))) => {
-                let gone = |k: &PeerKey| k.netns != 0 && collection.is_gone(u64::from(k.netns));
                 let mut gone_keys: Vec<PeerKey> =
                     entries.iter().map(|(k, _)| *k).filter(gone).collect();
                 gone_keys.extend(timings.iter().map(|(k, _)| *k).filter(gone));
@@ -802,7 +799,7 @@ impl Probe for Peers {
                 let gone: Vec<BackendKey> = backends
                     .iter()
                     .map(|(k, _)| *k)
-                    .filter(|k| k.peer.netns != 0 && collection.is_gone(u64::from(k.peer.netns)))
+                    .filter(|k| gone(&k.peer))
                     .collect();
                 if !gone.is_empty() {
                     counter.remove_backends(&gone);
