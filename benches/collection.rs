@@ -20,7 +20,7 @@
 //! Needs root. Everything it creates is removed at the end (and on panic, by guards).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -211,20 +211,27 @@ const LIMITED_SCRAPES: usize = 10;
 /// Sizes at which the peers probe's part is measured, and its rounds (off and on each round).
 const PEERS_SIZES: [usize; 2] = [100, 250];
 const PEERS_ROUNDS: usize = 3;
+/// Distinct remote addresses each namespace connects to (the "50 peers each").
+const PEERS_PER_NAMESPACE: usize = 50;
 
 /// The agent with the peers probe off, then on, in alternating rounds: the median scrape and
 /// the CPU per scrape of each, and their ratios (on / off).
 fn peers_cost(world: &World) -> String {
     let n = world.count;
-    // One connection in every namespace once the agent runs: each has counted connections,
-    // so each takes its turn at the sampling iterator.
+    // Once the agent runs, every namespace connects to PEERS_PER_NAMESPACE distinct addresses
+    // (127.0.0.2, .3, ...: all of 127/8 is local) and accepts them: each namespace has that
+    // many client peers and its server side, and takes its turn at the sampling iterator.
     let touch = || {
         for i in 0..world.count {
             let ns = std::fs::File::open(format!("/run/netns/{}", world.name(i))).expect("netns");
             std::thread::scope(|s| {
                 s.spawn(|| {
                     nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-                    drop(TcpStream::connect("127.0.0.1:8080"));
+                    let l = TcpListener::bind("0.0.0.0:8081").expect("listen");
+                    for p in 0..PEERS_PER_NAMESPACE {
+                        let c = TcpStream::connect((Ipv4Addr::new(127, 0, 0, 2 + p as u8), 8081));
+                        drop((c, l.accept()));
+                    }
                 });
             });
         }
@@ -243,7 +250,7 @@ fn peers_cost(world: &World) -> String {
     let [off, on] = [median(&mut lat[0]), median(&mut lat[1])];
     let per = |c: Duration| c / PEERS_ROUNDS as u32;
     format!(
-        "{n:>5} netns: scrape off {:.2} ms, on {:.2} ms ({:.2}x); cpu off {:.2} ms, on {:.2} ms ({:.2}x); series off {}, on {}",
+        "{n:>5} netns x {PEERS_PER_NAMESPACE} peers: scrape off {:.2} ms, on {:.2} ms ({:.2}x); cpu off {:.2} ms, on {:.2} ms ({:.2}x); series off {}, on {}",
         ms(off),
         ms(on),
         ms(on) / ms(off),

@@ -6,6 +6,7 @@ mod checks;
 mod churn;
 mod cli;
 mod degraded;
+mod dns;
 mod events_export;
 mod fake_apiserver;
 mod harness;

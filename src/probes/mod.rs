@@ -11,6 +11,7 @@
 
 pub mod arp;
 pub mod conntrack;
+pub mod dns;
 pub mod format;
 pub mod netdev;
 pub mod packetloss;
@@ -47,6 +48,7 @@ pub static PROBES: &[Registration] = &[
     Registration::of::<podip::PodIp>(),
     Registration::of::<udp::Udp>(),
     Registration::of::<peers::Peers>(),
+    Registration::of::<dns::Dns>(),
 ];
 
 /// Looks a probe up by its name.

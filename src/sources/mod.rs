@@ -124,6 +124,15 @@ impl<'a> TargetSources<'a> {
         self.cluster.as_ref()
     }
 
+    /// The namespace's cookie, as BPF programs name it (`bpf_get_netns_cookie`); `None` for
+    /// captured data and kernels before 5.14.
+    pub fn netns_cookie(&self) -> Option<u64> {
+        match &self.kernel {
+            Kernel::Live { session, .. } => session.cookie,
+            Kernel::Captured(_) => None,
+        }
+    }
+
     /// The namespace, to enter it or name it to the kernel (`None` for the node's, the
     /// agent's own, and for captured data).
     pub fn ns_file(&self) -> Option<&std::fs::File> {

@@ -41,6 +41,30 @@ impl NlSocket {
         Ok(Self { socket, seq: 0 })
     }
 
+    /// The cookie of the network namespace the socket belongs to (`SO_NETNS_COOKIE`, Linux
+    /// 5.14): the namespace's identity as BPF programs see it (`bpf_get_netns_cookie`).
+    pub fn netns_cookie(&self) -> io::Result<u64> {
+        use std::os::fd::AsRawFd;
+        // asm-generic's value, which x86 and arm64 use; not exported by the libc crate here.
+        const SO_NETNS_COOKIE: libc::c_int = 71;
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: the option writes at most `len` bytes into `cookie`, which is that large.
+        let r = unsafe {
+            libc::getsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_NETNS_COOKIE,
+                (&mut cookie as *mut u64).cast(),
+                &mut len,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(cookie)
+    }
+
     /// Sends a single (non-dump) request and returns its reply messages.
     pub fn request<M>(&mut self, payload: M) -> Result<Vec<u8>>
     where

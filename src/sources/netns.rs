@@ -67,6 +67,8 @@ pub struct NetnsSession {
     files: [Opened<File>; NetFile::ALL.len()],
     pub(crate) route: Opened<NlSocket>,
     pub(crate) diag: Opened<NlSocket>,
+    /// The namespace's cookie, as BPF programs name it (`None`: the kernel has none to give).
+    pub(crate) cookie: Option<u64>,
 }
 
 impl NetnsSession {
@@ -98,10 +100,12 @@ impl NetnsSession {
             let path: PathBuf = net_dir.join(f.file_name());
             File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))
         };
+        let route = NlSocket::open(NETLINK_ROUTE).map_err(|e| format!("netlink route socket: {e}"));
         Self {
             ns: None,
             files: NetFile::ALL.map(open_file),
-            route: NlSocket::open(NETLINK_ROUTE).map_err(|e| format!("netlink route socket: {e}")),
+            cookie: route.as_ref().ok().and_then(|s| s.netns_cookie().ok()),
+            route,
             diag: NlSocket::open(NETLINK_SOCK_DIAG)
                 .map_err(|e| format!("netlink sock_diag socket: {e}")),
         }

@@ -165,6 +165,7 @@ fn points<T: PromValue>(
 /// that only OTLP carries (it repeats a label's value, so no series is merged without it).
 const SEMCONV_LABELS: &[(&str, Option<&str>)] = &[
     ("server.port", Some("port")),
+    ("network.transport", Some("protocol")),
     ("network.peer.address", None),
 ];
 

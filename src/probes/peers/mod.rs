@@ -183,7 +183,7 @@ struct Loaded {
 /// What the cluster's Services and EndpointSlices say an address is: a Service's ClusterIP,
 /// or a backend Pod (of any node).
 #[derive(Default)]
-struct Directory {
+pub(crate) struct Directory {
     by_addr: HashMap<IpAddr, Named>,
 }
 
@@ -195,7 +195,7 @@ struct Named {
 }
 
 impl Directory {
-    fn new(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Self {
+    pub(crate) fn new(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Self {
         let mut by_addr = HashMap::new();
         for svc in services {
             let (ns, name) = (
@@ -255,6 +255,27 @@ impl Directory {
     }
 }
 
+impl Directory {
+    /// Rebuilds `directory` from the watched objects when a watch event changed the Services
+    /// or EndpointSlices since `version` (a large cluster's directory costs milliseconds to
+    /// build). The version is read before the objects: a change in between is seen again at
+    /// the next collection, never missed.
+    pub(crate) fn refresh(
+        objects: Option<&ClusterObjects>,
+        directory: &mut Option<Directory>,
+        version: &mut Option<u64>,
+    ) {
+        let Some(objects) = objects else { return };
+        let now = objects.services_and_slices_version();
+        if *version != Some(now)
+            && let Some((services, slices)) = objects.services_and_slices_listed()
+        {
+            *directory = Some(Directory::new(&services, &slices));
+            *version = Some(now);
+        }
+    }
+}
+
 /// The workload of a Pod known only by its name (an EndpointSlice names its backends, not
 /// their owners): `NAME-<pod-template-hash>-<5>` is a Deployment's, `NAME-<ordinal>` a
 /// StatefulSet's. `None` when the name says neither.
@@ -285,7 +306,7 @@ fn workload_of_pod_name(pod: &str) -> Option<String> {
 /// How long after the counter is attached an address that may be a Pod waits for the
 /// Kubernetes view to sync before it is named as an address for good: where the API cannot
 /// be reached, connections are still counted (under their addresses), not held back.
-const SYNC_WAIT: Duration = Duration::from_secs(60);
+pub(crate) const SYNC_WAIT: Duration = Duration::from_secs(60);
 
 /// The map as of the last collection.
 #[derive(Default)]
@@ -500,13 +521,19 @@ fn listener_series(listeners: &[Listener], budget: &mut Budget, limit: usize) ->
     out
 }
 
-/// The peer's address; an IPv4-mapped IPv6 address (a dual-stack socket) as IPv4.
+/// The peer's address.
 fn address(key: &PeerKey) -> IpAddr {
-    if key.family == 4 {
-        let [a, b, c, d, ..] = key.addr;
+    ip_of(key.family, key.addr)
+}
+
+/// An address as the BPF programs keep it (family 4 or 6, network order, IPv4 in the first 4
+/// bytes); an IPv4-mapped IPv6 address (a dual-stack socket) as IPv4.
+pub(crate) fn ip_of(family: u8, addr: [u8; 16]) -> IpAddr {
+    if family == 4 {
+        let [a, b, c, d, ..] = addr;
         return IpAddr::V4(Ipv4Addr::new(a, b, c, d));
     }
-    let v6 = Ipv6Addr::from(key.addr);
+    let v6 = Ipv6Addr::from(addr);
     match v6.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),
         None => IpAddr::V6(v6),
@@ -517,7 +544,7 @@ fn address(key: &PeerKey) -> IpAddr {
 /// workload, or itself with `pod_names`); a configured network; else the address itself.
 /// `None` when `wait`ing for a Kubernetes view that is not yet synced and the address is none
 /// of the others: it may be a Pod not known yet, and a decision is kept for good.
-fn resolve(
+pub(crate) fn resolve(
     addr: IpAddr,
     options: &PeersOptions,
     cluster: Option<&ClusterView>,
@@ -763,18 +790,12 @@ impl Probe for Peers {
         let Some(loaded) = &self.loaded else { return };
         let mut counter = loaded.counter.lock().unwrap_or_else(|e| e.into_inner());
         let mut read = loaded.read.lock().unwrap_or_else(|e| e.into_inner());
-        // Rebuilt only when a watch event changed the Services or EndpointSlices (a large
-        // cluster's directory costs milliseconds to build). The version is read before the
-        // objects: a change in between is seen again at the next collection, never missed.
-        if let Some(objects) = loaded.objects.as_ref() {
-            let version = objects.services_and_slices_version();
-            if read.directory_version != Some(version)
-                && let Some((services, slices)) = objects.services_and_slices_listed()
-            {
-                read.directory = Some(Directory::new(&services, &slices));
-                read.directory_version = Some(version);
-            }
-        }
+        let r = &mut *read;
+        Directory::refresh(
+            loaded.objects.as_deref(),
+            &mut r.directory,
+            &mut r.directory_version,
+        );
         let gone = |k: &PeerKey| k.netns != 0 && collection.is_gone(u64::from(k.netns));
         match counter.read().and_then(|r| Ok((r, counter.timings()?))) {
             Ok(((mut entries, peers_fill), (mut timings, timings_fill))) => {

@@ -23,6 +23,7 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_core_read.h>
 #include "peers.h"
+#include "log2_bucket.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -234,19 +235,6 @@ static __always_inline struct peer_counts *counts_of(struct peer_key *key)
 	return v;
 }
 
-static __always_inline __u32 log2_u64(__u64 v)
-{
-	__u32 r = 0;
-
-	if (v >> 32) { v >>= 32; r += 32; }
-	if (v >> 16) { v >>= 16; r += 16; }
-	if (v >> 8) { v >>= 8; r += 8; }
-	if (v >> 4) { v >>= 4; r += 4; }
-	if (v >> 2) { v >>= 2; r += 2; }
-	if (v >> 1) r += 1;
-	return r;
-}
-
 #define CONNECT_LATENCY 0
 #define RTT 1
 
@@ -255,7 +243,7 @@ static __always_inline __u32 log2_u64(__u64 v)
 static __always_inline void observe(struct peer_key *key, int which, __u64 us)
 {
 	struct peer_timing *t = bpf_map_lookup_elem(&peer_timings, key);
-	__u32 slot = 0, b = 0;
+	__u32 slot = 0, b;
 
 	if (!t) {
 		struct peer_timing *zero = bpf_map_lookup_elem(&timing_zero, &slot);
@@ -268,10 +256,7 @@ static __always_inline void observe(struct peer_key *key, int which, __u64 us)
 		count_lost(UNCOUNTED_TIMINGS);
 		return;
 	}
-	if (us > 16)
-		b = log2_u64(us - 1) - 3;
-	if (b >= PEER_BUCKETS)
-		b = PEER_BUCKETS - 1;
+	b = log2_bucket(us, PEER_BUCKETS);
 	if (which == CONNECT_LATENCY) {
 		__sync_fetch_and_add(&t->connect[b], 1);
 		__sync_fetch_and_add(&t->connect_sum_us, us);

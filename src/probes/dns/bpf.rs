@@ -1,0 +1,302 @@
+//! Loading the DNS counter (`dns.bpf.c`), attaching it to a cgroup, reading its maps and
+//! timing out the queries nobody answered.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use aya::maps::{HashMap as BpfHashMap, IterableMap, PerCpuArray, PerCpuHashMap};
+use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::sources::bpf_programs::BpfMapFill;
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dns.bpf.o"));
+
+/// `DNS_TYPES`, `DNS_RCODES` and `DNS_BUCKETS` of `dns.h`.
+pub const TYPES: usize = 5;
+pub const RCODES: usize = 5;
+pub const BUCKETS: usize = 21;
+
+/// Mirrors `struct dns_key` of `dns.h` (a test checks both declare the same fields in the
+/// same order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DnsKey {
+    pub netns: u64,
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub proto: u8,
+    pub pad: [u8; 6],
+}
+
+// SAFETY: repr(C), 32 bytes without implicit padding (8 + 16 + 1 + 1 + 6), any bit pattern
+// valid.
+unsafe impl aya::Pod for DnsKey {}
+
+/// Mirrors `struct dns_counts` of `dns.h`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsCounts {
+    pub queries: [u64; TYPES],
+    pub answers: [u64; RCODES],
+    pub empty: u64,
+    pub late: u64,
+    pub malformed: u64,
+    pub latency: [u64; BUCKETS],
+    pub latency_sum_us: u64,
+}
+
+// SAFETY: repr(C), u64 fields and arrays only, no padding, any bit pattern valid.
+unsafe impl aya::Pod for DnsCounts {}
+
+impl DnsCounts {
+    pub fn add(&mut self, o: &DnsCounts) {
+        let sum = |a: &mut [u64], b: &[u64]| a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        sum(&mut self.queries, &o.queries);
+        sum(&mut self.answers, &o.answers);
+        sum(&mut self.latency, &o.latency);
+        self.empty += o.empty;
+        self.late += o.late;
+        self.malformed += o.malformed;
+        self.latency_sum_us += o.latency_sum_us;
+    }
+
+    /// Queries sent: what the busiest resolvers are ranked by.
+    pub fn total_queries(&self) -> u64 {
+        self.queries.iter().sum()
+    }
+}
+
+/// Mirrors `struct dns_flight` of `dns.h`: a query waiting for its answer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DnsFlight {
+    pub netns: u64,
+    pub resolver: [u8; 16],
+    pub client: [u8; 16],
+    pub resolver_port: u16,
+    pub client_port: u16,
+    pub id: u16,
+    pub family: u8,
+    pub proto: u8,
+}
+
+// SAFETY: repr(C), 48 bytes without implicit padding (8 + 16 + 16 + 2 + 2 + 2 + 1 + 1), any
+// bit pattern valid.
+unsafe impl aya::Pod for DnsFlight {}
+
+impl DnsFlight {
+    /// The counters this query belongs to.
+    pub fn key(&self) -> DnsKey {
+        DnsKey {
+            netns: self.netns,
+            addr: self.resolver,
+            family: self.family,
+            proto: self.proto,
+            pad: [0; 6],
+        }
+    }
+}
+
+/// Slots of `dns_overflow` (`dns.h`).
+const UNCOUNTED_COUNTS: u32 = 0;
+const UNCOUNTED_FLIGHTS: u32 = 1;
+
+/// The programs of `dns.bpf.c` and where they attach.
+const PROGRAMS: [(&str, CgroupSkbAttachType); 2] = [
+    ("dns_egress", CgroupSkbAttachType::Egress),
+    ("dns_ingress", CgroupSkbAttachType::Ingress),
+];
+
+/// The loaded and attached programs. Dropping it detaches them.
+pub struct DnsCounter {
+    ebpf: Ebpf,
+}
+
+impl DnsCounter {
+    /// Loads the programs with `timeout` (an answer later than it is a timeout) and attaches
+    /// them to `cgroup` (a cgroup v2 directory: they see the sockets of every process in it
+    /// and below), beside whatever else is attached there.
+    pub fn load(cgroup: &Path, timeout: Duration) -> Result<Self> {
+        let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+        // No CO-RE relocation in this object: the kernel's BTF need not be parsed.
+        let mut ebpf = EbpfLoader::new()
+            .btf(None)
+            .override_global("timeout_ns", &timeout_ns, true)
+            .load(OBJECT)
+            .context("load dns.bpf.o")?;
+        let dir = std::fs::File::open(cgroup)
+            .with_context(|| format!("open cgroup {}", cgroup.display()))?;
+        for (name, attach) in PROGRAMS {
+            let prog: &mut CgroupSkb = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            prog.load().map_err(|e| {
+                // Verifier logs span many lines; one line keeps the log greppable.
+                let text = format!("{:#}", anyhow::Error::from(e)).replace('\n', " | ");
+                anyhow::anyhow!("cgroup_skb {name}: {text}")
+            })?;
+            // A BPF link (Linux 5.7+, what aya makes here) always sits beside the cgroup's
+            // other programs; its creation takes no flags (AllowMultiple would be EINVAL).
+            prog.attach(dir.as_fd(), attach, CgroupAttachMode::Single)
+                .with_context(|| format!("attach {name} to cgroup {}", cgroup.display()))?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    /// Every key's counters, summed over CPUs, and the map's fill.
+    pub fn read(&self) -> Result<(Vec<(DnsKey, DnsCounts)>, BpfMapFill)> {
+        let map = self
+            .ebpf
+            .map("dns_counts")
+            .context("map dns_counts missing")?;
+        let counts: PerCpuHashMap<_, DnsKey, DnsCounts> = PerCpuHashMap::try_from(map)?;
+        let mut out = Vec::new();
+        for entry in counts.iter() {
+            // An entry deleted between listing and reading is skipped, not an error.
+            let Ok((key, values)) = entry else { continue };
+            let mut sum = DnsCounts::default();
+            for v in values.iter() {
+                sum.add(v);
+            }
+            out.push((key, sum));
+        }
+        let lost = self.uncounted(UNCOUNTED_COUNTS)?;
+        let fill = BpfMapFill::of(counts.map(), "dns_counts", out.len(), lost);
+        Ok((out, fill))
+    }
+
+    /// Takes the queries sent before `now - timeout` (monotonic clock, as
+    /// `bpf_ktime_get_ns`) out of flight: each one taken here is a timeout (an answer that
+    /// comes later finds nothing and is not counted). Returns them, and the flights' fill.
+    pub fn expire(&mut self, timeout: Duration) -> Result<(Vec<DnsFlight>, BpfMapFill)> {
+        let now = monotonic_ns()?;
+        let timeout = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+        let lost = self.uncounted(UNCOUNTED_FLIGHTS)?;
+        let map = self
+            .ebpf
+            .map_mut("dns_flights")
+            .context("map dns_flights missing")?;
+        let mut flights: BpfHashMap<_, DnsFlight, u64> = BpfHashMap::try_from(map)?;
+        let all: Vec<(DnsFlight, u64)> = flights.iter().filter_map(|e| e.ok()).collect();
+        let mut expired = Vec::new();
+        for (flight, sent) in &all {
+            // Only what this call deletes counts: the answer's program may take it first.
+            if now.saturating_sub(*sent) > timeout && flights.remove(flight).is_ok() {
+                expired.push(*flight);
+            }
+        }
+        let fill = BpfMapFill::of(
+            flights.map(),
+            "dns_flights",
+            all.len() - expired.len(),
+            lost,
+        );
+        Ok((expired, fill))
+    }
+
+    /// Removes the entries of `keys` (namespaces that are gone) from the counters' map.
+    pub fn remove(&mut self, keys: &[DnsKey]) {
+        if let Some(map) = self.ebpf.map_mut("dns_counts")
+            && let Ok(mut counts) = PerCpuHashMap::<_, DnsKey, DnsCounts>::try_from(map)
+        {
+            for k in keys {
+                let _ = counts.remove(k);
+            }
+        }
+    }
+
+    /// Events lost because a map was full, summed over CPUs: `slot` says which map.
+    fn uncounted(&self, slot: u32) -> Result<u64> {
+        let map = self
+            .ebpf
+            .map("dns_overflow")
+            .context("map dns_overflow missing")?;
+        let lost: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        Ok(lost.get(&slot, 0)?.iter().sum())
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> Result<u64> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .context("clock_gettime(CLOCK_MONOTONIC)")?;
+    Ok(u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+        + u64::try_from(t.tv_nsec()).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fields of a C struct of `dns.h`, in order.
+    fn c_fields(name: &str) -> Vec<String> {
+        let header = include_str!("dns.h");
+        let start = header
+            .find(&format!("struct {name} {{"))
+            .unwrap_or_else(|| panic!("struct {name} in dns.h"));
+        let body = &header[start..];
+        let body = &body[body.find('{').unwrap_or(0) + 1..body.find("};").unwrap_or(0)];
+        body.lines()
+            .filter_map(|l| {
+                let l = l.split("/*").next()?.trim();
+                let decl = l.strip_suffix(';')?;
+                let field = decl.split_whitespace().last()?;
+                Some(field.split('[').next()?.to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn structs_match_the_header() {
+        assert_eq!(
+            c_fields("dns_key"),
+            ["netns", "addr", "family", "proto", "pad"]
+        );
+        assert_eq!(std::mem::size_of::<DnsKey>(), 32);
+        assert_eq!(
+            c_fields("dns_counts"),
+            [
+                "queries",
+                "answers",
+                "empty",
+                "late",
+                "malformed",
+                "latency",
+                "latency_sum_us"
+            ]
+        );
+        assert_eq!(
+            std::mem::size_of::<DnsCounts>(),
+            (TYPES + RCODES + 3 + BUCKETS + 1) * 8
+        );
+        assert_eq!(
+            c_fields("dns_flight"),
+            [
+                "netns",
+                "resolver",
+                "client",
+                "resolver_port",
+                "client_port",
+                "id",
+                "family",
+                "proto"
+            ]
+        );
+        assert_eq!(std::mem::size_of::<DnsFlight>(), 48);
+        let header = include_str!("dns.h");
+        for (name, value) in [
+            ("DNS_TYPES", TYPES),
+            ("DNS_RCODES", RCODES),
+            ("DNS_BUCKETS", BUCKETS),
+        ] {
+            assert!(
+                header.contains(&format!("#define {name} {value}")),
+                "{name} {value}"
+            );
+        }
+    }
+}
