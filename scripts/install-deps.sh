@@ -21,6 +21,8 @@ have setpriv    || need+=(util-linux)
 # integration/harness.rs asks bpftool whether this kernel loads the socket-summary programs
 # (some machines of this kind refuse map iterators), independently of the agent.
 have bpftool    || need+=(bpftool)
+# integration/dns.rs starts a real resolver; dnsmasq-base is the binary without the service.
+have dnsmasq    || need+=(dnsmasq-base)
 have clang      || need+=(clang)
 have llvm-strip || need+=(llvm)
 [ -e /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
