@@ -54,6 +54,7 @@ bench: deps release
 	$(CARGO) bench --bench collection
 	$(CARGO) bench --bench drops
 	$(CARGO) bench --bench peers
+	$(CARGO) bench --bench dns
 
 ## 100 namespaces with traffic for 10 minutes, scraped every second: RSS and CPU over time.
 soak: deps release

@@ -19,7 +19,11 @@ use std::net::{TcpListener, TcpStream};
 use std::time::Instant;
 
 use net_exporter::probes::peers::bpf::PeerCounter;
+
+#[path = "common/ratios.rs"]
+mod ratios;
 use net_exporter::sources::kernel_btf::KernelBtf;
+use ratios::Ratios;
 
 const CONNECTIONS: u32 = 3_000;
 const BULK_BYTES: usize = 512 << 20;
@@ -49,23 +53,11 @@ fn main() {
             drop(counter);
             r
         };
-        // Alternate which arm goes first, so that a drift of the machine favours neither.
-        let (off, on, again) = if i % 2 == 0 {
-            let off = arm(false);
-            let on = arm(true);
-            (off, on, arm(false))
-        } else {
-            let on = arm(true);
-            let off = arm(false);
-            (off, on, arm(false))
-        };
+        let (off, on, again) = ratios::pair(i, arm);
         conn.add(off.0, on.0, again.0);
         bulk.add(off.1, on.1, again.1);
     }
-    println!(
-        "{:>16} {:>10} {:>8} {:>15} {:>8} {:>15} {:>8}",
-        "workload", "off", "on/off", "(min..max)", "off/off", "(min..max)", "target"
-    );
+    ratios::header();
     conn.print("connections/s", ">= 0.98");
     bulk.print("bulk MiB/s", ">= 0.99");
     println!(
@@ -108,37 +100,6 @@ fn main() {
             println!("per program: {}", programs.join("; "));
         }
         None => println!("per connection: bpf_stats unavailable"),
-    }
-}
-
-#[derive(Default)]
-struct Ratios {
-    off: Vec<f64>,
-    on_off: Vec<f64>,
-    off_off: Vec<f64>,
-}
-
-impl Ratios {
-    fn add(&mut self, off: f64, on: f64, again: f64) {
-        self.off.push(off);
-        self.on_off.push(on / off);
-        self.off_off.push(again / off);
-    }
-
-    fn print(&mut self, name: &str, target: &str) {
-        let spread = |v: &[f64]| {
-            let (lo, hi) = v
-                .iter()
-                .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
-            format!("({lo:.3}..{hi:.3})")
-        };
-        let (on_spread, off_spread) = (spread(&self.on_off), spread(&self.off_off));
-        println!(
-            "{name:>16} {:>10.0} {:>8.3} {on_spread:>15} {:>8.3} {off_spread:>15} {target:>8}",
-            median(&mut self.off),
-            median(&mut self.on_off),
-            median(&mut self.off_off),
-        );
     }
 }
 
@@ -198,9 +159,4 @@ fn bulk_mib_per_second() -> f64 {
     let elapsed = t.elapsed();
     assert_eq!(got, BULK_BYTES, "the sink got everything");
     (BULK_BYTES >> 20) as f64 / elapsed.as_secs_f64()
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }

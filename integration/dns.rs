@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use net_exporter::probes::dns::bpf::DnsCounter;
+
 use crate::harness::*;
 
 const P_IP: &str = "10.212.0.1";
@@ -20,6 +22,8 @@ const DELAY_MS: u64 = 300;
 const LATE_MS: u64 = 1500;
 /// The agent's `probes.dns.timeout`.
 const TIMEOUT: &str = "1s";
+/// Rounds of search-path expansion: two NXDOMAINs, then the name resolved.
+const EXPANDED: u64 = 3;
 
 /// Asks `server` `count` times, each from a new socket with a random id, for `name` of type
 /// `qtype` over `proto` (udp or tcp), waiting `wait` seconds for each answer. Prints, per
@@ -54,6 +58,47 @@ fn delayed_resolver(ns: &Netns) -> Proc {
     ns.spawn(&["python3", "-c", &script])
 }
 
+/// The client namespace P and the resolvers' namespace R, joined by a veth: R has dnsmasq's,
+/// the test resolver's and the silent address (DNS packets to it dropped); nothing runs yet.
+struct Resolvers {
+    p: Netns,
+    r: Netns,
+    veth: NsVeth,
+}
+
+impl Resolvers {
+    fn new(tag: &str) -> Self {
+        let p = Netns::new(&format!("{tag}p"));
+        let r = Netns::new(&format!("{tag}r"));
+        let veth = NsVeth::new(
+            &p,
+            "eth0",
+            &format!("{P_IP}/29"),
+            &r,
+            "eth0",
+            &format!("{DNSMASQ}/29"),
+        );
+        for addr in [DELAYED, SILENT] {
+            r.run(&["ip", "addr", "add", &format!("{addr}/29"), "dev", "eth0"]);
+        }
+        r.run(&[
+            "iptables", "-A", "INPUT", "-d", SILENT, "-p", "udp", "--dport", "53", "-j", "DROP",
+        ]);
+        Self { p, r, veth }
+    }
+}
+
+/// A configuration file with the test's `probes.dns.timeout`.
+fn timeout_config() -> std::path::PathBuf {
+    let config = std::env::temp_dir().join(format!("{}.yaml", unique("dns")));
+    std::fs::write(
+        &config,
+        format!("probes:\n  dns:\n    timeout: {TIMEOUT}\n"),
+    )
+    .expect("config");
+    config
+}
+
 fn value(s: &Scrape, metric: &str, ns: &Netns, labels: &[(&str, &str)]) -> u64 {
     let mut want = vec![("netns", ns.name.as_str())];
     want.extend_from_slice(labels);
@@ -76,22 +121,7 @@ fn series_of(s: &Scrape, ns: &Netns) -> Vec<String> {
 #[test]
 fn dns_queries_answers_timeouts_and_latency_per_resolver() {
     require_root();
-    let p = Netns::new("dnsp");
-    let r = Netns::new("dnsr");
-    let _veth = NsVeth::new(
-        &p,
-        "eth0",
-        &format!("{P_IP}/29"),
-        &r,
-        "eth0",
-        &format!("{DNSMASQ}/29"),
-    );
-    for addr in [DELAYED, SILENT] {
-        r.run(&["ip", "addr", "add", &format!("{addr}/29"), "dev", "eth0"]);
-    }
-    r.run(&[
-        "iptables", "-A", "INPUT", "-d", SILENT, "-p", "udp", "--dport", "53", "-j", "DROP",
-    ]);
+    let Resolvers { p, r, veth: _veth } = Resolvers::new("dns");
     let _dnsmasq = r.spawn(&[
         "dnsmasq",
         "--keep-in-foreground",
@@ -114,12 +144,7 @@ fn dns_queries_answers_timeouts_and_latency_per_resolver() {
             .then_some(())
     })
     .expect("the resolvers answer");
-    let config = std::env::temp_dir().join(format!("{}.yaml", unique("dns")));
-    std::fs::write(
-        &config,
-        format!("probes:\n  dns:\n    timeout: {TIMEOUT}\n"),
-    )
-    .expect("config");
+    let config = timeout_config();
     let agent = Agent::start(&[&format!("--config.file={}", config.display())]);
     let _ = std::fs::remove_file(&config);
 
@@ -135,6 +160,14 @@ fn dns_queries_answers_timeouts_and_latency_per_resolver() {
     assert_eq!(empty, ["0/0"; 2].join(" "));
     let tcp = ask(&p, DNSMASQ, "known.test", 1, "tcp", 2, 2.0);
     assert_eq!(tcp, ["0/1"; 2].join(" "));
+    // Search-path expansion, as a resolver with `search a.test b.test` and ndots tries
+    // `known`: known.a.test and known.b.test are NXDOMAIN, then known.test resolves. Three
+    // times: six NXDOMAINs that are expansion; nothere.test's above are not (never resolved).
+    for _ in 0..EXPANDED {
+        assert_eq!(ask(&p, DNSMASQ, "known.a.test", 1, "udp", 1, 2.0), "3/0");
+        assert_eq!(ask(&p, DNSMASQ, "known.b.test", 1, "udp", 1, 2.0), "3/0");
+        assert_eq!(ask(&p, DNSMASQ, "known.test", 1, "udp", 1, 2.0), "0/1");
+    }
     // The test resolver: SERVFAIL, REFUSED, a PTR and an SRV answered, all after DELAY_MS;
     // and one answered after the timeout.
     let servfail = ask(&p, DELAYED, "servfail.test", 1, "udp", 2, 2.0);
@@ -159,6 +192,7 @@ fn dns_queries_answers_timeouts_and_latency_per_resolver() {
     const EMPTY: &str = "netexporter_dns_empty_answers_total";
     const TIMEOUTS: &str = "netexporter_dns_timeouts_total";
     const MALFORMED: &str = "netexporter_dns_malformed_total";
+    const EXPANSIONS: &str = "netexporter_dns_search_expansions_total";
     let at = |resolver: &'static str, proto: &'static str| {
         vec![
             ("resolver", resolver),
@@ -179,10 +213,15 @@ fn dns_queries_answers_timeouts_and_latency_per_resolver() {
     let udp = at(DNSMASQ, "udp");
     type Labels = Vec<(&'static str, &'static str)>;
     let checks: Vec<(&str, Labels, u64)> = vec![
-        (Q, with(udp.clone(), "type", "A"), 4 + 2),
+        (Q, with(udp.clone(), "type", "A"), 4 + 2 + 3 * EXPANDED),
         (Q, with(udp.clone(), "type", "AAAA"), 3 + 2),
-        (A, with(udp.clone(), "rcode", "NOERROR"), 4 + 3 + 2),
-        (A, with(udp.clone(), "rcode", "NXDOMAIN"), 2),
+        (
+            A,
+            with(udp.clone(), "rcode", "NOERROR"),
+            4 + 3 + 2 + EXPANDED,
+        ),
+        (A, with(udp.clone(), "rcode", "NXDOMAIN"), 2 + 2 * EXPANDED),
+        (EXPANSIONS, udp.clone(), 2 * EXPANDED),
         (EMPTY, udp.clone(), 2),
         (TIMEOUTS, udp.clone(), 0),
         (MALFORMED, udp.clone(), 0),
@@ -228,7 +267,7 @@ fn dns_queries_answers_timeouts_and_latency_per_resolver() {
     );
     assert_eq!(bucket(DELAYED, "0.524288"), 7);
     assert_eq!(bucket(DELAYED, "+Inf"), 7);
-    assert_eq!(bucket(DNSMASQ, "0.065536"), 4 + 3 + 2 + 2);
+    assert_eq!(bucket(DNSMASQ, "0.065536"), 4 + 3 + 2 + 2 + 3 * EXPANDED);
 
     // Malformed packets to dnsmasq: shorter than a header, and a question whose first label
     // claims more bytes than a label may have. Counted as malformed; nothing else moves.
@@ -271,4 +310,301 @@ fn dns_queries_answers_timeouts_and_latency_per_resolver() {
         "{}",
         s.text
     );
+}
+
+/// `diagnose --pod NETNS` over a live window: the resolver that never answers comes first,
+/// with its queries all timeouts, and is reported as not answering; the one that answers has
+/// its answers.
+#[test]
+fn dns_diagnose_pod_reports_a_resolver_that_does_not_answer() {
+    require_root();
+    let Resolvers { p, r, veth: _veth } = Resolvers::new("dnsd");
+    let _delayed = delayed_resolver(&r);
+    poll(Duration::from_secs(10), || {
+        (ask(&p, DELAYED, "known.test", 1, "udp", 1, 1.0) == "0/1").then_some(())
+    })
+    .expect("the test resolver answers");
+    let config = timeout_config();
+    let diagnose = Diagnose::start(&[
+        "--mode=standalone",
+        &format!("--config.file={}", config.display()),
+        "diagnose",
+        "--pod",
+        &p.name,
+        "--window",
+        "5s",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(
+        ask(&p, SILENT, "known.test", 1, "udp", 3, 0.2),
+        "none none none"
+    );
+    assert_eq!(ask(&p, DELAYED, "known.test", 1, "udp", 2, 2.0), "0/1 0/1");
+    let report = diagnose.json();
+    let _ = std::fs::remove_file(&config);
+    let resolvers = &report["resolvers"];
+    assert_eq!(resolvers.as_array().map(Vec::len), Some(2), "{report:#}");
+    assert_eq!(resolvers[0]["resolver"], SILENT, "{report:#}");
+    assert_eq!(resolvers[0]["queries"], 3);
+    assert_eq!(resolvers[0]["timeouts"], 3);
+    assert_eq!(
+        resolvers[0]["problem"],
+        "does not answer: 3 queries timed out, none answered"
+    );
+    assert_eq!(resolvers[1]["resolver"], DELAYED);
+    assert_eq!(resolvers[1]["answers"]["NOERROR"], 2);
+    assert_eq!(resolvers[1]["timeouts"], 0);
+    assert!(resolvers[1]["problem"].is_null());
+}
+
+/// The BPF program's parser against a reference parser written here from RFC 1035 (its
+/// independent twin), on crafted packets run through the kernel (`BPF_PROG_TEST_RUN`, the
+/// programs loaded but attached nowhere, so only these packets reach their maps): queries
+/// well-formed and mutated (truncated anywhere, label lengths past 63 or past the packet,
+/// compression pointers, QDCOUNT other than 1, names past 255 bytes, random bytes), over UDP and
+/// TCP, then answers to some of them. Every packet must be let through, and the counters by
+/// type, rcode and malformed must be the reference's exactly.
+#[test]
+fn dns_program_counts_crafted_packets_as_a_reference_parser_does() {
+    require_root();
+    const PACKETS: usize = 4000;
+    let counter = DnsCounter::load_detached(Duration::from_secs(5)).expect("load");
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut want = Expected::default();
+    for i in 0..PACKETS {
+        let tcp = i % 4 == 3;
+        let message = crafted_query(&mut rng);
+        let client_port = 20_000 + (i % 30_000) as u16;
+        let packet = ipv4(tcp, client_port, 53, &message);
+        assert_eq!(
+            counter.run_egress(&packet).expect("test run"),
+            1,
+            "let through"
+        );
+        let classified = reference_query(&message);
+        want.add_query(tcp, classified);
+        // An answer to every third well-formed query, with a crafted rcode and answer count.
+        if let Query::Type(_) = classified
+            && i % 3 == 0
+        {
+            let mut answer = message.clone();
+            let rcode = (rng.next() % 16) as u8;
+            answer[2] |= 0x80;
+            answer[3] = (answer[3] & 0xf0) | rcode;
+            let records = (rng.next() % 2) as u8;
+            answer[7] = records;
+            let packet = ipv4(tcp, 53, client_port, &answer);
+            assert_eq!(counter.run_ingress(&packet).expect("test run"), 1);
+            want.add_answer(tcp, rcode, records);
+        }
+    }
+    // Short or garbage answers from port 53: malformed if shorter than a header, else matched
+    // to nothing (no query in flight has their id and port) and not counted.
+    for n in [0usize, 1, 11, 12, 40] {
+        let garbage: Vec<u8> = (0..n).map(|_| rng.next() as u8 | 0x80).collect();
+        let packet = ipv4(false, 53, 65_000, &garbage);
+        assert_eq!(counter.run_ingress(&packet).expect("test run"), 1);
+        if n < 12 {
+            want.udp.malformed += 1;
+        }
+    }
+    let (entries, _) = counter.read().expect("read");
+    let mut got = Expected::default();
+    for (key, c) in &entries {
+        assert_eq!(&key.addr[..4], &RESOLVER, "only the crafted resolver");
+        let side = if key.proto == 6 {
+            &mut got.tcp
+        } else {
+            &mut got.udp
+        };
+        side.queries = c.queries;
+        side.answers = c.answers;
+        side.empty = c.empty;
+        side.malformed = c.malformed;
+    }
+    assert_eq!(got.udp, want.udp, "UDP");
+    assert_eq!(got.tcp, want.tcp, "TCP");
+    assert!(want.udp.malformed > 100 && want.udp.queries.iter().sum::<u64>() > 1000);
+}
+
+const CLIENT: [u8; 4] = [192, 0, 2, 1];
+const RESOLVER: [u8; 4] = [192, 0, 2, 53];
+
+/// A deterministic generator: the same packets at every run.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// An ethernet frame (what `BPF_PROG_TEST_RUN` takes) carrying IPv4 and UDP, or TCP with the
+/// message's 2-byte length first.
+fn ipv4(tcp: bool, sport: u16, dport: u16, message: &[u8]) -> Vec<u8> {
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&sport.to_be_bytes());
+    l4.extend_from_slice(&dport.to_be_bytes());
+    if tcp {
+        l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
+        l4.extend_from_slice(&(message.len() as u16).to_be_bytes());
+    } else {
+        l4.extend_from_slice(&((8 + message.len()) as u16).to_be_bytes());
+        l4.extend_from_slice(&[0, 0]);
+    }
+    l4.extend_from_slice(message);
+    let (src, dst) = if dport == 53 {
+        (CLIENT, RESOLVER)
+    } else {
+        (RESOLVER, CLIENT)
+    };
+    let mut p = vec![0u8; 12];
+    p.extend_from_slice(&[0x08, 0x00]); // ethertype IPv4
+    p.extend_from_slice(&[0x45, 0]);
+    p.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 1, 0x40, 0, 64, if tcp { 6 } else { 17 }, 0, 0]);
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(&l4);
+    p
+}
+
+/// A query, well-formed or mutated in one of the ways a parser can be caught out.
+fn crafted_query(rng: &mut XorShift) -> Vec<u8> {
+    let id = (rng.next() as u16).to_be_bytes();
+    let mut m = vec![id[0], id[1], 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    let labels = rng.next() % 6;
+    for _ in 0..labels {
+        let len = 1 + rng.next() % 20;
+        m.push(len as u8);
+        m.extend((0..len).map(|_| b'a' + (rng.next() % 26) as u8));
+    }
+    m.push(0);
+    let qtype = [1u16, 28, 33, 12, 15, 255][(rng.next() % 6) as usize];
+    m.extend_from_slice(&qtype.to_be_bytes());
+    m.extend_from_slice(&[0, 1]);
+    match rng.next() % 10 {
+        0 => {
+            let at = (rng.next() as usize) % (m.len() + 1);
+            m.truncate(at);
+        }
+        1 if m.len() > 12 => m[12] = 64 + (rng.next() % 192) as u8, // > 63, or a pointer
+        2 => m[5] = (rng.next() % 4) as u8,                         // QDCOUNT 0..3
+        3 => {
+            // A name of 63-byte labels past 255 bytes.
+            m.truncate(12);
+            for _ in 0..5 {
+                m.push(63);
+                m.extend(std::iter::repeat_n(b'x', 63));
+            }
+            m.extend_from_slice(&[0, 0, 1, 0, 1]);
+        }
+        4 if m.len() > 12 => m[12] = 60, // a label longer than what follows
+        5 => {
+            let n = (rng.next() % 300) as usize;
+            m.truncate(12);
+            m.extend((0..n).map(|_| rng.next() as u8));
+        }
+        _ => {}
+    }
+    m
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Query {
+    /// The kernel's type slot: A, AAAA, SRV, PTR, other.
+    Type(usize),
+    Malformed,
+    /// An answer's QR bit: not a client's query, not counted.
+    Ignored,
+}
+
+/// RFC 1035, section 4.1: a 12-byte header, QDCOUNT questions; a question is a name (labels of
+/// at most 63 bytes, at most 255 bytes in all, ending with the empty label; a length byte over
+/// 63 is a compression pointer or reserved, neither belongs in a question) then its type and
+/// class.
+fn reference_query(m: &[u8]) -> Query {
+    if m.len() < 12 {
+        return Query::Malformed;
+    }
+    if m[2] & 0x80 != 0 {
+        return Query::Ignored;
+    }
+    if u16::from_be_bytes([m[4], m[5]]) != 1 {
+        return Query::Malformed;
+    }
+    let mut pos = 12;
+    loop {
+        let Some(&len) = m.get(pos) else {
+            return Query::Malformed;
+        };
+        if pos - 12 > 255 {
+            return Query::Malformed;
+        }
+        if len == 0 {
+            break;
+        }
+        if len > 63 {
+            return Query::Malformed;
+        }
+        pos += 1 + len as usize;
+    }
+    // The name with its final empty label: 255 bytes at most.
+    if pos - 12 + 1 > 255 || m.len() < pos + 5 {
+        return Query::Malformed;
+    }
+    Query::Type(match u16::from_be_bytes([m[pos + 1], m[pos + 2]]) {
+        1 => 0,
+        28 => 1,
+        33 => 2,
+        12 => 3,
+        _ => 4,
+    })
+}
+
+#[derive(Default, Debug, PartialEq)]
+struct Side {
+    queries: [u64; 5],
+    answers: [u64; 5],
+    empty: u64,
+    malformed: u64,
+}
+
+#[derive(Default)]
+struct Expected {
+    udp: Side,
+    tcp: Side,
+}
+
+impl Expected {
+    fn side(&mut self, tcp: bool) -> &mut Side {
+        if tcp { &mut self.tcp } else { &mut self.udp }
+    }
+
+    fn add_query(&mut self, tcp: bool, q: Query) {
+        match q {
+            Query::Type(t) => self.side(tcp).queries[t] += 1,
+            Query::Malformed => self.side(tcp).malformed += 1,
+            Query::Ignored => {}
+        }
+    }
+
+    fn add_answer(&mut self, tcp: bool, rcode: u8, records: u8) {
+        let slot = match rcode {
+            0 => 0,
+            3 => 1,
+            2 => 2,
+            5 => 3,
+            _ => 4,
+        };
+        let side = self.side(tcp);
+        side.answers[slot] += 1;
+        if rcode == 0 && records == 0 {
+            side.empty += 1;
+        }
+    }
 }

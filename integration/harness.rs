@@ -1189,3 +1189,47 @@ pub fn dnat(ns: &Netns, vip: &str, port: u16, to: &str) {
         to,
     ]);
 }
+
+/// `net-exporter diagnose --pod ...` running: started, and waited for until its window began
+/// (it says "watching" on stderr), so that what the test does next falls in the window.
+pub struct Diagnose {
+    child: Child,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Diagnose {
+    pub fn start(args: &[&str]) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_net-exporter"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run diagnose");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = std::thread::spawn(move || {
+            let mut log = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.starts_with("watching") {
+                    let _ = tx.send(());
+                }
+                log.push_str(&line);
+                log.push('\n');
+            }
+            log
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("diagnose never started watching");
+        Self { child, stderr }
+    }
+
+    /// Its report (`--output json`), once it has finished successfully.
+    pub fn json(self) -> serde_json::Value {
+        let out = self.child.wait_with_output().expect("diagnose output");
+        let log = self.stderr.join().expect("stderr reader");
+        assert!(out.status.success(), "diagnose failed: {log}");
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+}

@@ -787,8 +787,6 @@ fn peers_listener_overflows_are_the_ports() {
 /// connections and failures the test made in the window.
 #[test]
 fn peers_diagnose_pod_lists_the_worst_peers_of_a_live_window() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
     let (_agent, a, b, _veth) = agent_and_pair("nxpd");
     let _open = server(&b, 8090, false);
     waits_for_listener(&b, 8090);
@@ -796,36 +794,16 @@ fn peers_diagnose_pod_lists_the_worst_peers_of_a_live_window() {
     // A "Service" of A's: 10.96.99.2:80 translated to B's open port in A's OUTPUT chain.
     a.run(&["ip", "route", "add", "10.96.99.2/32", "dev", "eth0"]);
     dnat(&a, "10.96.99.2", 80, &format!("{B_IP}:8090"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_net-exporter"))
-        .args([
-            "--mode=standalone",
-            "diagnose",
-            "--pod",
-            &a.name,
-            "--window",
-            "6s",
-            "--output",
-            "json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run diagnose");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut log = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.starts_with("watching") {
-                let _ = tx.send(());
-            }
-            log.push_str(&line);
-            log.push('\n');
-        }
-        log
-    });
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("diagnose never started watching");
+    let diagnose = Diagnose::start(&[
+        "--mode=standalone",
+        "diagnose",
+        "--pod",
+        &a.name,
+        "--window",
+        "6s",
+        "--output",
+        "json",
+    ]);
     assert_eq!(clients(&a, 8090, 4).trim(), "ok ok ok ok");
     assert_eq!(
         clients(&a, 8091, 3).trim(),
@@ -835,11 +813,7 @@ fn peers_diagnose_pod_lists_the_worst_peers_of_a_live_window() {
          for _ in range(2):\n    try:\n        socket.create_connection(('127.0.0.1', 9))\n    except OSError:\n        pass\n";
     a.run(&["python3", "-c", loopback_refused]);
     assert_eq!(clients_to(&a, "10.96.99.2", 80, 2).trim(), "ok ok");
-    let out = child.wait_with_output().expect("diagnose output");
-    let log = reader.join().expect("stderr reader");
-    assert!(out.status.success(), "diagnose failed: {log}");
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let report = diagnose.json();
     let rows: Vec<(String, String, u64, u64)> = report["peers"]
         .as_array()
         .expect("peers")

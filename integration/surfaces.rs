@@ -76,6 +76,10 @@ const LABELS: &[&str] = &[
     "peer_kind",
     "backend",
     "backend_kind",
+    "resolver",
+    "resolver_kind",
+    "protocol",
+    "rcode",
     "direction",
     "le",
     "program",
@@ -497,6 +501,12 @@ const REQUIRED: &[(&str, &str, &[&str])] = &[
             "netexporter_sock_inuse",
             "netexporter_sock_inuse_udp",
             "netexporter_packetloss_reason",
+            "netexporter_dns_queries_total",
+            "netexporter_dns_answers_total",
+            "netexporter_dns_timeouts_total",
+            "netexporter_dns_empty_answers_total",
+            "netexporter_dns_malformed_total",
+            "netexporter_dns_latency_seconds_bucket",
         ],
     ),
     (
@@ -1538,6 +1548,19 @@ def serve():
             pass
         c.close()
 threading.Thread(target=serve, daemon=True).start()
+dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+dns.bind(("10.207.0.1", 53))
+dns.settimeout(1)
+def resolve():
+    while time.time() < deadline:
+        try:
+            q, peer = dns.recvfrom(512)
+        except OSError:
+            continue
+        # NOERROR without records for odd ids, NXDOMAIN for even ones.
+        rcode = 3 if q[1] % 2 == 0 else 0
+        dns.sendto(q[:2] + struct.pack(">HHHHH", 0x8180 | rcode, 1, 0, 0, 0) + q[12:], peer)
+threading.Thread(target=resolve, daemon=True).start()
 stuck = socket.socket()
 stuck.bind(("127.0.0.1", 7778))
 stuck.listen(0)
@@ -1582,9 +1605,18 @@ for _ in range(3):
     h.connect_ex(("127.0.0.1", 8888))
     held.append(h)
 linger0 = struct.pack("ii", 1, 0)
+query = b"\x00\x00\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03api\x04test\x00\x00\x01\x00\x01"
 i = 0
 while time.time() < deadline:
     i += 1
+    try:
+        r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        r.settimeout(1)
+        r.sendto(struct.pack(">H", i % 65536) + query[2:], ("10.207.0.1", 53))
+        r.recv(512)
+        r.close()
+    except OSError:
+        pass
     if i % 10 == 0:
         for addr in (("10.207.0.1", 7779), ("10.96.207.1", 81)):
             try:
@@ -1809,6 +1841,11 @@ fn surfaces_every_panel_query_returns_data_from_a_live_agent() {
         ),
         format!(
             "netexporter_listener_accept_queue{{netns=\"{}\",port=\"8888\"}} > 0",
+            b.name
+        ),
+        // B's DNS to A's resolver (Pod network, DNS row).
+        format!(
+            "count_over_time(netexporter_dns_latency_seconds_count{{netns=\"{}\"}}[1m]) >= 5",
             b.name
         ),
     ];

@@ -1,5 +1,5 @@
 //! `net-exporter diagnose --pod NAMESPACE/NAME`: one Pod's (or standalone namespace's) worst
-//! peers, from a live window of the `peers` probe. The command loads the probe's programs
+//! peers and its resolvers, from a live window of the `peers` and `dns` probes. The command loads the probe's programs
 //! itself, collects, waits the window and collects again: what it shows is what the Pod's
 //! connections did during the window (connections opened before it began are not tagged,
 //! so only their RTT samples at close and their failures are seen).
@@ -93,12 +93,31 @@ pub struct BackendRow {
     pub failures: BTreeMap<String, u64>,
 }
 
+/// What the target asked one resolver in the window, UDP and TCP summed.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
+pub struct ResolverRow {
+    pub resolver: String,
+    pub resolver_kind: String,
+    pub queries: u64,
+    /// Answers by rcode.
+    pub answers: BTreeMap<String, u64>,
+    pub timeouts: u64,
+    pub malformed: u64,
+    pub search_expansions: u64,
+    /// Seconds; `None` without answers.
+    pub latency_p99: Option<f64>,
+    /// What is wrong with it, if anything: it does not answer, or leaves queries unanswered.
+    pub problem: Option<String>,
+}
+
 #[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
 pub struct Report {
     pub peers: Vec<PeerRow>,
     pub listeners: Vec<ListenerRow>,
     /// Connections to Services by the backend they reached, worst first.
     pub backends: Vec<BackendRow>,
+    /// Its resolvers, worst first (timeouts, then SERVFAIL and REFUSED, then queries).
+    pub resolvers: Vec<ResolverRow>,
 }
 
 /// The target's peers, worst first (failures, then retransmits, then RTT), and its listeners.
@@ -115,18 +134,8 @@ pub fn report(snapshot: &Snapshot, target: &Target) -> Report {
         if !target.matches(s) {
             continue;
         }
-        let label = |k: &str| {
-            s.attrs
-                .iter()
-                .find(|kv| kv.key.as_str() == k)
-                .map(|kv| kv.value.as_str().into_owned())
-                .unwrap_or_default()
-        };
-        let value = |name: &str| {
-            index(name)
-                .and_then(|i| s.values.get(i).copied().flatten())
-                .unwrap_or(0)
-        };
+        let label = |k: &str| label_of(s, k);
+        let value = |name: &str| value_of(s, metrics, name);
         if index("netexporter_listener_accept_queue")
             .is_some_and(|i| s.values.get(i).copied().flatten().is_some())
         {
@@ -214,7 +223,102 @@ pub fn report(snapshot: &Snapshot, target: &Target) -> Report {
         peers,
         listeners,
         backends,
+        resolvers: resolvers(snapshot, target),
     }
+}
+
+/// The target's resolvers from the `dns` probe's series, worst first.
+fn resolvers(snapshot: &Snapshot, target: &Target) -> Vec<ResolverRow> {
+    let Some(p) = probes::PROBES.iter().position(|r| r.name == "dns") else {
+        return Vec::new();
+    };
+    let metrics = probes::PROBES[p].metrics;
+    let mut rows: BTreeMap<String, (ResolverRow, Option<Histogram>)> = BTreeMap::new();
+    for s in snapshot.series.get(p).into_iter().flatten() {
+        if !target.matches(s) {
+            continue;
+        }
+        let label = |k: &str| label_of(s, k);
+        let value = |name: &str| value_of(s, metrics, name);
+        let resolver = label("resolver");
+        if resolver.is_empty() {
+            continue; // the node's uncounted events and info
+        }
+        let (row, latency) = rows.entry(resolver.clone()).or_insert_with(|| {
+            let row = ResolverRow {
+                resolver,
+                resolver_kind: label("resolver_kind"),
+                ..ResolverRow::default()
+            };
+            (row, None)
+        });
+        row.queries += value("netexporter_dns_queries_total");
+        let answered = value("netexporter_dns_answers_total");
+        if answered > 0 {
+            *row.answers.entry(label("rcode")).or_default() += answered;
+        }
+        row.timeouts += value("netexporter_dns_timeouts_total");
+        row.malformed += value("netexporter_dns_malformed_total");
+        row.search_expansions += value("netexporter_dns_search_expansions_total");
+        for (_, h) in &s.histograms {
+            match latency {
+                None => *latency = Some(h.clone()),
+                Some(sum) => {
+                    sum.counts
+                        .iter_mut()
+                        .zip(&h.counts)
+                        .for_each(|(a, b)| *a += b);
+                    sum.sum += h.sum;
+                }
+            }
+        }
+    }
+    let mut out: Vec<ResolverRow> = rows
+        .into_values()
+        .map(|(mut row, latency)| {
+            row.latency_p99 = latency.as_ref().and_then(|h| quantile(0.99, h));
+            let answered: u64 = row.answers.values().sum();
+            row.problem = match (row.timeouts, answered) {
+                (0, _) => None,
+                (t, 0) => Some(format!(
+                    "does not answer: {t} queries timed out, none answered"
+                )),
+                (t, a) => Some(format!("{t} queries timed out, {a} answered")),
+            };
+            row
+        })
+        .collect();
+    let refusals = |r: &ResolverRow| {
+        ["SERVFAIL", "REFUSED"]
+            .iter()
+            .filter_map(|c| r.answers.get(*c))
+            .sum::<u64>()
+    };
+    out.sort_by(|a, b| {
+        b.timeouts
+            .cmp(&a.timeouts)
+            .then(refusals(b).cmp(&refusals(a)))
+            .then(b.queries.cmp(&a.queries))
+    });
+    out
+}
+
+/// Label `k` of a series, or "".
+fn label_of(s: &ObservedSeries, k: &str) -> String {
+    s.attrs
+        .iter()
+        .find(|kv| kv.key.as_str() == k)
+        .map(|kv| kv.value.as_str().into_owned())
+        .unwrap_or_default()
+}
+
+/// The series' value of metric `name` of its probe (`metrics`), or 0.
+fn value_of(s: &ObservedSeries, metrics: &[probes::MetricDef], name: &str) -> u64 {
+    metrics
+        .iter()
+        .position(|m| m.name == name)
+        .and_then(|i| s.values.get(i).copied().flatten())
+        .unwrap_or(0)
 }
 
 /// The `q` quantile of a histogram, interpolated linearly inside its bucket as Prometheus'
@@ -332,6 +436,24 @@ pub fn table(r: &Report, top: usize) -> String {
                 "{} ({}) -> {} ({})  {}  {failed}\n",
                 b.peer, b.peer_kind, b.backend, b.backend_kind, b.opened
             ));
+        }
+    }
+    if !r.resolvers.is_empty() {
+        out.push_str("\nRESOLVER  QUERIES  ANSWERS  TIMEOUTS  LATENCY P99\n");
+        for d in &r.resolvers {
+            out.push_str(&format!(
+                "{} ({})  {}  {}  {}  {}\n",
+                d.resolver,
+                d.resolver_kind,
+                d.queries,
+                failures_text(&d.answers),
+                d.timeouts,
+                seconds(d.latency_p99)
+            ));
+        }
+        for d in r.resolvers.iter().filter(|d| d.problem.is_some()) {
+            let problem = d.problem.as_deref().unwrap_or_default();
+            out.push_str(&format!("! resolver {} {problem}\n", d.resolver));
         }
     }
     if !r.listeners.is_empty() {
@@ -538,5 +660,88 @@ mod tests {
             sum: 0.0,
         };
         assert_eq!(quantile(0.99, &empty), None);
+    }
+
+    #[test]
+    fn a_resolver_that_does_not_answer_is_reported_first() {
+        let p = probes::PROBES.iter().position(|r| r.name == "dns").unwrap();
+        let metrics = probes::PROBES[p].metrics;
+        let dns = |resolver: &str, extra: &[(&str, &str)], metric: &str, value: u64| {
+            let mut values = vec![None; metrics.len()];
+            values[metrics.iter().position(|m| m.name == metric).unwrap()] = Some(value);
+            let mut attrs = vec![
+                KeyValue::new("k8s_namespace", "shop"),
+                KeyValue::new("k8s_pod", "web-1"),
+                KeyValue::new("resolver", resolver.to_string()),
+                KeyValue::new("resolver_kind", "address"),
+                KeyValue::new("network.transport", "udp"),
+            ];
+            attrs.extend(
+                extra
+                    .iter()
+                    .map(|(k, v)| KeyValue::new(k.to_string(), v.to_string())),
+            );
+            ObservedSeries {
+                attrs,
+                values,
+                histograms: Vec::new(),
+            }
+        };
+        let q = "netexporter_dns_queries_total";
+        let a = "netexporter_dns_answers_total";
+        let t = "netexporter_dns_timeouts_total";
+        let mut series = vec![Vec::new(); probes::PROBES.len()];
+        series[p] = vec![
+            dns("10.96.0.10", &[("type", "A")], q, 40),
+            dns("10.96.0.10", &[("rcode", "NOERROR")], a, 30),
+            dns("10.96.0.10", &[("rcode", "SERVFAIL")], a, 8),
+            dns("10.96.0.10", &[], t, 2),
+            dns("192.0.2.53", &[("type", "A")], q, 5),
+            dns("192.0.2.53", &[], t, 5),
+            dns("169.254.20.10", &[("type", "AAAA")], q, 9),
+            dns("169.254.20.10", &[("rcode", "NOERROR")], a, 9),
+            dns("169.254.20.10", &[], t, 0),
+        ];
+        let snapshot = Snapshot {
+            series,
+            ..Default::default()
+        };
+        let r = report(&snapshot, &Target::parse("shop/web-1"));
+        let rows: Vec<(&str, u64, u64, Option<&str>)> = r
+            .resolvers
+            .iter()
+            .map(|d| {
+                let problem = d.problem.as_deref();
+                (d.resolver.as_str(), d.queries, d.timeouts, problem)
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (
+                    "192.0.2.53",
+                    5,
+                    5,
+                    Some("does not answer: 5 queries timed out, none answered")
+                ),
+                (
+                    "10.96.0.10",
+                    40,
+                    2,
+                    Some("2 queries timed out, 38 answered")
+                ),
+                ("169.254.20.10", 9, 0, None),
+            ]
+        );
+        assert_eq!(r.resolvers[1].answers.get("SERVFAIL"), Some(&8));
+        let text = table(&r, 10);
+        assert!(
+            text.contains("! resolver 192.0.2.53 does not answer: 5 queries timed out"),
+            "{text}"
+        );
+        assert!(
+            text.contains("10.96.0.10 (address)  40  30 NOERROR, 8 SERVFAIL  2  -"),
+            "{text}"
+        );
     }
 }

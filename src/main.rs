@@ -305,8 +305,9 @@ async fn synced_inventory(
     Ok((inventory, objects))
 }
 
-/// `diagnose --pod`: the peers probe alone, collected at the start and the end of `window`,
-/// and the target's peers from the second collection.
+/// `diagnose --pod`: the peers and dns probes alone, collected at the start and the end of
+/// `window`, and the target's peers and resolvers from the last collection (a query of the
+/// window's last `probes.dns.timeout` not answered yet is not a timeout yet).
 async fn run_diagnose_pod(
     cfg: Config,
     target: &diagnose::Target,
@@ -317,14 +318,22 @@ async fn run_diagnose_pod(
     let (inventory, objects) = synced_inventory(&cfg).await?;
     let mut settings = cfg.collector_settings();
     settings.node.cluster_objects = objects;
-    settings.probes.retain(|(r, _)| r.name == "peers");
-    if settings.probes.is_empty() {
+    settings
+        .probes
+        .retain(|(r, _)| r.name == "peers" || r.name == "dns");
+    if !settings.probes.iter().any(|(r, _)| r.name == "peers") {
         anyhow::bail!("the peers probe is disabled (probes.peers.enabled, --collector.disable)");
     }
     let collector = Arc::new(Collector::new(settings, inventory));
     let first = collector.collect().await;
     if let Some((_, Some(why))) = first.availability.iter().find(|(p, _)| *p == "peers") {
         anyhow::bail!("the peers probe cannot run on this node: {why}");
+    }
+    // Without DNS (disabled, or no cgroup v2 here) the peers are still worth showing.
+    match first.availability.iter().find(|(p, _)| *p == "dns") {
+        Some((_, Some(why))) => eprintln!("no DNS in this report: {why}"),
+        None => eprintln!("no DNS in this report: the dns probe is disabled"),
+        Some((_, None)) => {}
     }
     eprintln!("watching the connections of {target:?} for {window:?} ...");
     tokio::time::sleep(window).await;

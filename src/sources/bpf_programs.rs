@@ -108,6 +108,17 @@ fn parse(fdinfo: &str) -> Option<BpfProgram> {
     })
 }
 
+/// Each program of `ebpf` by name, with its run time and runs from the kernel's statistics
+/// (counted only while `kernel.bpf_stats_enabled` is 1).
+pub fn program_stats(ebpf: &aya::Ebpf) -> Vec<(String, std::time::Duration, u64)> {
+    ebpf.programs()
+        .filter_map(|(name, p)| {
+            let i = p.info().ok()?;
+            Some((name.to_string(), i.run_time(), i.run_count()))
+        })
+        .collect()
+}
+
 /// `kernel.bpf_stats_enabled`: whether the kernel counts program runs and run time now.
 pub fn stats_enabled() -> Option<bool> {
     std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")

@@ -46,6 +46,7 @@ pub struct DnsCounts {
     pub malformed: u64,
     pub latency: [u64; BUCKETS],
     pub latency_sum_us: u64,
+    pub expansions: u64,
 }
 
 // SAFETY: repr(C), u64 fields and arrays only, no padding, any bit pattern valid.
@@ -61,6 +62,7 @@ impl DnsCounts {
         self.late += o.late;
         self.malformed += o.malformed;
         self.latency_sum_us += o.latency_sum_us;
+        self.expansions += o.expansions;
     }
 
     /// Queries sent: what the busiest resolvers are ranked by.
@@ -100,6 +102,18 @@ impl DnsFlight {
     }
 }
 
+/// Mirrors `struct dns_sent` of `dns.h`: when a query in flight left.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsSent {
+    pub at_ns: u64,
+    pub first_label: u32,
+    pub pad: u32,
+}
+
+// SAFETY: repr(C), 16 bytes without implicit padding, any bit pattern valid.
+unsafe impl aya::Pod for DnsSent {}
+
 /// Slots of `dns_overflow` (`dns.h`).
 const UNCOUNTED_COUNTS: u32 = 0;
 const UNCOUNTED_FLIGHTS: u32 = 1;
@@ -120,6 +134,26 @@ impl DnsCounter {
     /// them to `cgroup` (a cgroup v2 directory: they see the sockets of every process in it
     /// and below), beside whatever else is attached there.
     pub fn load(cgroup: &Path, timeout: Duration) -> Result<Self> {
+        let mut counter = Self::load_detached(timeout)?;
+        let dir = std::fs::File::open(cgroup)
+            .with_context(|| format!("open cgroup {}", cgroup.display()))?;
+        for (name, attach) in PROGRAMS {
+            let prog: &mut CgroupSkb = counter
+                .ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            // A BPF link (Linux 5.7+, what aya makes here) always sits beside the cgroup's
+            // other programs; its creation takes no flags (AllowMultiple would be EINVAL).
+            prog.attach(dir.as_fd(), attach, CgroupAttachMode::Single)
+                .with_context(|| format!("attach {name} to cgroup {}", cgroup.display()))?;
+        }
+        Ok(counter)
+    }
+
+    /// The programs loaded and verified, attached nowhere: they count only the packets given
+    /// to [`DnsCounter::run_egress`] and [`DnsCounter::run_ingress`].
+    pub fn load_detached(timeout: Duration) -> Result<Self> {
         let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
         // No CO-RE relocation in this object: the kernel's BTF need not be parsed.
         let mut ebpf = EbpfLoader::new()
@@ -127,9 +161,7 @@ impl DnsCounter {
             .override_global("timeout_ns", &timeout_ns, true)
             .load(OBJECT)
             .context("load dns.bpf.o")?;
-        let dir = std::fs::File::open(cgroup)
-            .with_context(|| format!("open cgroup {}", cgroup.display()))?;
-        for (name, attach) in PROGRAMS {
+        for (name, _) in PROGRAMS {
             let prog: &mut CgroupSkb = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
@@ -139,12 +171,42 @@ impl DnsCounter {
                 let text = format!("{:#}", anyhow::Error::from(e)).replace('\n', " | ");
                 anyhow::anyhow!("cgroup_skb {name}: {text}")
             })?;
-            // A BPF link (Linux 5.7+, what aya makes here) always sits beside the cgroup's
-            // other programs; its creation takes no flags (AllowMultiple would be EINVAL).
-            prog.attach(dir.as_fd(), attach, CgroupAttachMode::Single)
-                .with_context(|| format!("attach {name} to cgroup {}", cgroup.display()))?;
         }
         Ok(Self { ebpf })
+    }
+
+    /// Runs the egress program once on `frame` (an ethernet frame: the kernel's test run
+    /// takes the IP packet after it), as if a local socket sent it; its return value.
+    pub fn run_egress(&self, frame: &[u8]) -> Result<u32> {
+        self.run(PROGRAMS[0].0, frame)
+    }
+
+    /// [`DnsCounter::run_egress`] for the ingress program: as if a local socket received it.
+    pub fn run_ingress(&self, frame: &[u8]) -> Result<u32> {
+        self.run(PROGRAMS[1].0, frame)
+    }
+
+    fn run(&self, name: &str, frame: &[u8]) -> Result<u32> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let prog: &CgroupSkb = self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()?;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::default()
+        };
+        Ok(prog
+            .test_run(opts)
+            .with_context(|| format!("BPF_PROG_TEST_RUN {name}"))?
+            .return_value)
+    }
+
+    /// Each program's run time and runs from the kernel's statistics (counted only while
+    /// `kernel.bpf_stats_enabled` is 1).
+    pub fn program_stats(&self) -> Vec<(String, Duration, u64)> {
+        crate::sources::bpf_programs::program_stats(&self.ebpf)
     }
 
     /// Every key's counters, summed over CPUs, and the map's fill.
@@ -180,12 +242,12 @@ impl DnsCounter {
             .ebpf
             .map_mut("dns_flights")
             .context("map dns_flights missing")?;
-        let mut flights: BpfHashMap<_, DnsFlight, u64> = BpfHashMap::try_from(map)?;
-        let all: Vec<(DnsFlight, u64)> = flights.iter().filter_map(|e| e.ok()).collect();
+        let mut flights: BpfHashMap<_, DnsFlight, DnsSent> = BpfHashMap::try_from(map)?;
+        let all: Vec<(DnsFlight, DnsSent)> = flights.iter().filter_map(|e| e.ok()).collect();
         let mut expired = Vec::new();
         for (flight, sent) in &all {
             // Only what this call deletes counts: the answer's program may take it first.
-            if now.saturating_sub(*sent) > timeout && flights.remove(flight).is_ok() {
+            if now.saturating_sub(sent.at_ns) > timeout && flights.remove(flight).is_ok() {
                 expired.push(*flight);
             }
         }
@@ -266,13 +328,16 @@ mod tests {
                 "late",
                 "malformed",
                 "latency",
-                "latency_sum_us"
+                "latency_sum_us",
+                "expansions"
             ]
         );
         assert_eq!(
             std::mem::size_of::<DnsCounts>(),
-            (TYPES + RCODES + 3 + BUCKETS + 1) * 8
+            (TYPES + RCODES + 3 + BUCKETS + 2) * 8
         );
+        assert_eq!(c_fields("dns_sent"), ["at_ns", "first_label", "pad"]);
+        assert_eq!(std::mem::size_of::<DnsSent>(), 16);
         assert_eq!(
             c_fields("dns_flight"),
             [

@@ -54,6 +54,15 @@ struct {
 	__type(value, struct dns_sent);
 } dns_flights SEC(".maps");
 
+/* NXDOMAIN answers waiting for a NOERROR to the same first label from the same namespace (then
+ * they were search-path expansion); the oldest make room, unmatched ones are not expansion. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DNS_LABELS_MAX_ENTRIES);
+	__type(key, struct dns_label);
+	__type(value, struct dns_nxdomains);
+} dns_labels SEC(".maps");
+
 /* Events not counted because `dns_counts` (UNCOUNTED_COUNTS) or `dns_flights`
  * (UNCOUNTED_FLIGHTS) was full. */
 struct {
@@ -130,9 +139,10 @@ static __always_inline __u32 rcode_slot(__u8 rcode)
 	}
 }
 
-/* The question's type, from the name at `off` on: -1 when the name does not parse (a label
- * longer than 63 bytes or a compression pointer, a name past 255 bytes or past the packet). */
-static __always_inline int question_type(struct __sk_buff *skb, __u32 off)
+/* The question's type, from the name at `off` on, and a hash of its first label in `first`:
+ * -1 when the name does not parse (a label longer than 63 bytes or a compression pointer, a
+ * name past 255 bytes with its final empty label, or past the packet). */
+static __always_inline int question_type(struct __sk_buff *skb, __u32 off, __u32 *first)
 {
 	struct name_buf *name;
 	__u64 n, pos = 0; /* 64-bit: no zero-extension copies between a check and its use */
@@ -165,8 +175,14 @@ static __always_inline int question_type(struct __sk_buff *skb, __u32 off)
 		return -1;
 	/* Keeps the bound check where the verifier sees it (clang would fold it into the index). */
 	asm volatile("" : "+r"(pos));
-	if (pos > 255)
+	if (pos > 254)
 		return -1;
+	*first = 2166136261u; /* FNV-1a over the first label's length and bytes */
+	for (i = 0; i < 64; i++) {
+		if (i > name->b[0])
+			break;
+		*first = (*first ^ name->b[i]) * 16777619u;
+	}
 	return ((__u16)name->b[pos + 1] << 8) | name->b[pos + 2];
 }
 
@@ -256,7 +272,8 @@ static __always_inline int dns(struct __sk_buff *skb, int egress)
 
 		if (hdr[2] & 0x80)
 			return 1; /* an answer sent to port 53: a server's business, not a client's */
-		qtype = (hdr[4] == 0 && hdr[5] == 1) ? question_type(skb, off + DNS_HEADER) : -1;
+		qtype = (hdr[4] == 0 && hdr[5] == 1) ?
+			question_type(skb, off + DNS_HEADER, &sent.first_label) : -1;
 		c = counts_of(&key);
 		if (!c)
 			return 1;
@@ -281,25 +298,48 @@ static __always_inline int dns(struct __sk_buff *skb, int egress)
 		return 1;
 	{
 		struct dns_sent *sent = bpf_map_lookup_elem(&dns_flights, &flight);
-		__u64 at, us;
+		struct dns_label label = { .netns = key.netns };
+		struct dns_nxdomains *nx;
+		__u8 rcode = hdr[3] & 0x0f;
+		__u64 at, now, us;
 
 		if (!sent)
 			return 1;
 		at = sent->at_ns;
+		label.first_label = sent->first_label;
 		if (bpf_map_delete_elem(&dns_flights, &flight) != 0)
 			return 1;
 		c = counts_of(&key);
 		if (!c)
 			return 1;
-		at = bpf_ktime_get_ns() - at;
-		if (at > timeout_ns) {
+		now = bpf_ktime_get_ns();
+		if (now - at > timeout_ns) {
 			c->late += 1;
 			return 1;
 		}
-		c->answers[rcode_slot(hdr[3] & 0x0f)] += 1;
-		if ((hdr[3] & 0x0f) == 0 && hdr[6] == 0 && hdr[7] == 0)
+		c->answers[rcode_slot(rcode)] += 1;
+		if (rcode == 0 && hdr[6] == 0 && hdr[7] == 0)
 			c->empty += 1;
-		us = at / 1000;
+		/* Search-path expansion: NXDOMAINs for a first label, then a NOERROR for it. */
+		if (rcode == 3 || rcode == 0) {
+			nx = bpf_map_lookup_elem(&dns_labels, &label);
+			if (nx && now - nx->at_ns > timeout_ns) {
+				bpf_map_delete_elem(&dns_labels, &label);
+				nx = NULL;
+			}
+			if (rcode == 3 && nx) {
+				__sync_fetch_and_add(&nx->count, 1);
+				nx->at_ns = now;
+			} else if (rcode == 3) {
+				struct dns_nxdomains first = { .count = 1, .at_ns = now };
+
+				bpf_map_update_elem(&dns_labels, &label, &first, BPF_ANY);
+			} else if (nx) {
+				c->expansions += nx->count;
+				bpf_map_delete_elem(&dns_labels, &label);
+			}
+		}
+		us = (now - at) / 1000;
 		c->latency[log2_bucket(us, DNS_BUCKETS)] += 1;
 		c->latency_sum_us += us;
 	}

@@ -5,6 +5,7 @@
 
 #define DNS_MAX_ENTRIES 4096
 #define DNS_FLIGHTS_MAX_ENTRIES 16384
+#define DNS_LABELS_MAX_ENTRIES 4096
 
 /* Query types and answer codes with counters of their own; the rest is the last slot. */
 #define DNS_TYPES 5   /* A, AAAA, SRV, PTR, other */
@@ -35,6 +36,9 @@ struct dns_counts {
 	__u64 malformed;            /* DNS-port packets that do not parse as a query or answer */
 	__u64 latency[DNS_BUCKETS]; /* query -> answer, of the answers within the timeout */
 	__u64 latency_sum_us;
+	__u64 expansions;           /* NXDOMAIN answers for a name whose first label the namespace
+				     * then resolved (NOERROR) within the timeout: search-path
+				     * expansion */
 };
 
 /* A query waiting for its answer: the client's socket and the query's id. */
@@ -50,7 +54,21 @@ struct dns_flight {
 };
 
 struct dns_sent {
-	__u64 at_ns;     /* bpf_ktime_get_ns() when the query left */
+	__u64 at_ns;       /* bpf_ktime_get_ns() when the query left */
+	__u32 first_label; /* a hash of the question's first label (FNV-1a) */
+	__u32 pad;
+};
+
+/* NXDOMAIN answers of a namespace not yet followed by a NOERROR for the same first label. */
+struct dns_label {
+	__u64 netns;
+	__u32 first_label;
+	__u32 pad;
+};
+
+struct dns_nxdomains {
+	__u64 count;
+	__u64 at_ns;       /* the last one */
 };
 
 #endif

@@ -71,8 +71,9 @@ const EMPTY: usize = 2;
 const TIMEOUTS: usize = 3;
 const MALFORMED: usize = 4;
 const LATENCY: usize = 5;
-const UNCOUNTED: usize = 6;
-const INFO: usize = 7;
+const EXPANSIONS: usize = 6;
+const UNCOUNTED: usize = 7;
+const INFO: usize = 8;
 
 /// The exported buckets, in seconds: twofold from 256 µs to 4.2 s (past the default timeout
 /// nothing is an answer), and `+Inf`. The kernel's bucket i holds values up to 2^(i+4) µs:
@@ -103,6 +104,7 @@ const METRICS: &[MetricDef] = metrics![
     counter "netexporter_dns_timeouts_total" "Queries without an answer within probes.dns.timeout (never answered, or answered later: not counted as answers). Counted when the timeout has passed, at the first collection after it. Labels: resolver, resolver_kind, protocol.",
     counter "netexporter_dns_malformed_total" "Packets to or from port 53 of this namespace's sockets that are not a well-formed query or answer (shorter than a DNS header, a query whose question does not parse); they change no other series. Labels: resolver, resolver_kind, protocol.",
     histogram(&LATENCY_BOUNDS) "netexporter_dns_latency_seconds" "Time from a query leaving the socket to its answer arriving, of the answers within probes.dns.timeout. Buckets double from 256 us to 4.2 s. Labels: resolver, resolver_kind, protocol.",
+    counter "netexporter_dns_search_expansions_total" "NXDOMAIN answers to this namespace for a name whose first label it then resolved (a NOERROR answer) within probes.dns.timeout: the failed tries of search-path expansion (resolv.conf's ndots and search list: api tried as api.NAMESPACE.svc.cluster.local first). An approximation: two different names with the same first label (www.a.example NXDOMAIN, then www.b.example) count too; they are counted under the resolver of the NOERROR. Labels: resolver, resolver_kind, protocol.",
     counter "netexporter_dns_uncounted_total" "Queries and answers not counted because an in-kernel DNS map was full (node only).",
     gauge "netexporter_dns_info" "Always 1 (node only); the label cgroup is the cgroup v2 directory the DNS programs attach to.",
 ];
@@ -266,6 +268,7 @@ fn series_for(
         out.push(Series::only(n, EMPTY, c.empty, labels.clone()));
         out.push(Series::only(n, TIMEOUTS, c.late + expired, labels.clone()));
         out.push(Series::only(n, MALFORMED, c.malformed, labels.clone()));
+        out.push(Series::only(n, EXPANSIONS, c.expansions, labels.clone()));
         if c.latency.iter().any(|v| *v > 0) {
             let h = Histogram {
                 bounds: &LATENCY_BOUNDS,
@@ -545,6 +548,7 @@ mod tests {
             late: 1,
             latency,
             latency_sum_us: 80_000,
+            expansions: 2,
             ..DnsCounts::default()
         };
         let entries = [(key("10.96.0.10", 17), c)];
@@ -581,6 +585,7 @@ mod tests {
                 format!("netexporter_dns_queries_total 1 {l},type=PTR"),
                 format!("netexporter_dns_queries_total 3 {l},type=AAAA"),
                 format!("netexporter_dns_queries_total 5 {l},type=A"),
+                format!("netexporter_dns_search_expansions_total 2 {l}"),
                 format!("netexporter_dns_timeouts_total 3 {l}"),
             ]
         );

@@ -356,13 +356,7 @@ impl PeerCounter {
     /// The kernel's statistics of each program, by name: run time and runs (counted only
     /// while `kernel.bpf_stats_enabled` is 1).
     pub fn program_stats(&self) -> Vec<(String, std::time::Duration, u64)> {
-        self.ebpf
-            .programs()
-            .filter_map(|(name, p)| {
-                let i = p.info().ok()?;
-                Some((name.to_string(), i.run_time(), i.run_count()))
-            })
-            .collect()
+        crate::sources::bpf_programs::program_stats(&self.ebpf)
     }
 
     /// The kernel's statistics of all four programs, summed: run time and runs (counted only
