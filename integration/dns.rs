@@ -26,7 +26,9 @@ const TIMEOUT: &str = "1s";
 const EXPANDED: u64 = 3;
 
 /// Asks `server` `count` times, each from a new socket with a random id, for `name` of type
-/// `qtype` over `proto` (udp or tcp), waiting `wait` seconds for each answer. Prints, per
+/// `qtype` over `proto` (udp: sendto on an unconnected socket, as musl and dig do;
+/// udp-connected: connect then send, as glibc does; tcp), waiting `wait` seconds for each
+/// answer. Prints, per
 /// query, `RCODE/ANCOUNT` or `none`.
 fn ask(
     ns: &Netns,
@@ -40,7 +42,7 @@ fn ask(
     let script = format!(
         "import random, socket, struct\n\
          def recvall(s, n):\n    b = b''\n    while len(b) < n:\n        c = s.recv(n - len(b))\n        if not c: raise OSError('closed')\n        b += c\n    return b\n\
-         def one():\n    q = struct.pack('>HHHHHH', random.randrange(65536), 0x0100, 1, 0, 0, 0)\n    for l in '{name}'.split('.'):\n        q += bytes([len(l)]) + l.encode()\n    q += b'\\0' + struct.pack('>HH', {qtype}, 1)\n    try:\n        if '{proto}' == 'udp':\n            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout({wait})\n            s.sendto(q, ('{server}', 53)); a = s.recv(4096)\n        else:\n            s = socket.create_connection(('{server}', 53), timeout={wait})\n            s.sendall(struct.pack('>H', len(q)) + q)\n            a = recvall(s, struct.unpack('>H', recvall(s, 2))[0])\n        s.close()\n    except OSError:\n        return 'none'\n    return '%d/%d' % (a[3] & 15, struct.unpack('>H', a[6:8])[0])\n\
+         def one():\n    q = struct.pack('>HHHHHH', random.randrange(65536), 0x0100, 1, 0, 0, 0)\n    for l in '{name}'.split('.'):\n        q += bytes([len(l)]) + l.encode()\n    q += b'\\0' + struct.pack('>HH', {qtype}, 1)\n    try:\n        if '{proto}' == 'udp':\n            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout({wait})\n            s.sendto(q, ('{server}', 53)); a = s.recv(4096)\n        elif '{proto}' == 'udp-connected':\n            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout({wait})\n            s.connect(('{server}', 53)); s.send(q); a = s.recv(4096)\n        else:\n            s = socket.create_connection(('{server}', 53), timeout={wait})\n            s.sendall(struct.pack('>H', len(q)) + q)\n            a = recvall(s, struct.unpack('>H', recvall(s, 2))[0])\n        s.close()\n    except OSError:\n        return 'none'\n    return '%d/%d' % (a[3] & 15, struct.unpack('>H', a[6:8])[0])\n\
          print(' '.join(one() for _ in range({count})))\n"
     );
     ns.run(&["python3", "-c", &script]).trim().to_string()
@@ -56,6 +58,25 @@ fn delayed_resolver(ns: &Netns) -> Proc {
          while True:\n    q, peer = s.recvfrom(4096)\n    threading.Thread(target=answer, args=(q, peer)).start()\n"
     );
     ns.spawn(&["python3", "-c", &script])
+}
+
+/// dnsmasq on `DNSMASQ` in `r`: `known.test` (A and AAAA) and `v4only.test` (A) known, any other
+/// name under `test` NXDOMAIN, nothing forwarded.
+fn dnsmasq(r: &Netns) -> Proc {
+    r.spawn(&[
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        &format!("--listen-address={DNSMASQ}"),
+        "--user=root",
+        "--pid-file=",
+        "--local=/test/",
+        "--host-record=known.test,10.1.2.3,fd00::1",
+        "--host-record=v4only.test,10.1.2.4",
+    ])
 }
 
 /// The client namespace P and the resolvers' namespace R, joined by a veth: R has dnsmasq's,
@@ -122,20 +143,7 @@ fn series_of(s: &Scrape, ns: &Netns) -> Vec<String> {
 fn dns_queries_answers_timeouts_and_latency_per_resolver() {
     require_root();
     let Resolvers { p, r, veth: _veth } = Resolvers::new("dns");
-    let _dnsmasq = r.spawn(&[
-        "dnsmasq",
-        "--keep-in-foreground",
-        "--conf-file=/dev/null",
-        "--no-resolv",
-        "--no-hosts",
-        "--bind-interfaces",
-        &format!("--listen-address={DNSMASQ}"),
-        "--user=root",
-        "--pid-file=",
-        "--local=/test/",
-        "--host-record=known.test,10.1.2.3,fd00::1",
-        "--host-record=v4only.test,10.1.2.4",
-    ]);
+    let _dnsmasq = dnsmasq(&r);
     let _delayed = delayed_resolver(&r);
     // Both answer before the agent starts: what the test counts is only what follows.
     poll(Duration::from_secs(10), || {
@@ -310,6 +318,107 @@ fn dns_queries_answers_timeouts_and_latency_per_resolver() {
         "{}",
         s.text
     );
+}
+
+/// NAT in the client's own namespace (kube-proxy's DNAT of a ClusterIP in OUTPUT, as for the
+/// node's own processes) shows the program a query after translation and its answer before:
+/// answers are still matched to their queries. A connected socket (glibc's) is counted under
+/// the address it asked for, the ClusterIP; an unconnected one under the address its packets
+/// went to.
+#[test]
+fn dns_answers_through_nat_in_the_clients_namespace_are_matched() {
+    require_root();
+    const VIP: &str = "10.96.0.10";
+    let Resolvers { p, r, veth: _veth } = Resolvers::new("dnsn");
+    let _dnsmasq = dnsmasq(&r);
+    p.run(&["ip", "route", "add", &format!("{VIP}/32"), "dev", "eth0"]);
+    for proto in ["udp", "tcp"] {
+        p.run(&[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-d",
+            VIP,
+            "-p",
+            proto,
+            "--dport",
+            "53",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &format!("{DNSMASQ}:53"),
+        ]);
+    }
+    poll(Duration::from_secs(10), || {
+        (ask(&p, DNSMASQ, "known.test", 1, "udp", 1, 0.5) == "0/1").then_some(())
+    })
+    .expect("dnsmasq answers");
+    let config = timeout_config();
+    let agent = Agent::start(&[&format!("--config.file={}", config.display())]);
+    let _ = std::fs::remove_file(&config);
+    assert_eq!(
+        ask(&p, VIP, "known.test", 1, "udp-connected", 3, 2.0),
+        "0/1 0/1 0/1"
+    );
+    assert_eq!(ask(&p, VIP, "known.test", 1, "udp", 2, 2.0), "0/1 0/1");
+    assert_eq!(ask(&p, VIP, "known.test", 1, "tcp", 2, 2.0), "0/1 0/1");
+    let at = |resolver: &'static str, proto: &'static str, extra: (&'static str, &'static str)| {
+        vec![
+            ("resolver", resolver),
+            ("resolver_kind", "address"),
+            ("protocol", proto),
+            extra,
+        ]
+    };
+    let want = [
+        (
+            "netexporter_dns_queries_total",
+            at(VIP, "udp", ("type", "A")),
+            3,
+        ),
+        (
+            "netexporter_dns_answers_total",
+            at(VIP, "udp", ("rcode", "NOERROR")),
+            3,
+        ),
+        (
+            "netexporter_dns_queries_total",
+            at(DNSMASQ, "udp", ("type", "A")),
+            2,
+        ),
+        (
+            "netexporter_dns_answers_total",
+            at(DNSMASQ, "udp", ("rcode", "NOERROR")),
+            2,
+        ),
+        (
+            "netexporter_dns_queries_total",
+            at(VIP, "tcp", ("type", "A")),
+            2,
+        ),
+        (
+            "netexporter_dns_answers_total",
+            at(VIP, "tcp", ("rcode", "NOERROR")),
+            2,
+        ),
+    ];
+    // Past the timeout: a query whose answer was not matched would be a timeout by now.
+    std::thread::sleep(Duration::from_secs(2));
+    let s = poll(Duration::from_secs(10), || {
+        let s = agent.scrape();
+        want.iter()
+            .all(|(m, l, n)| value(&s, m, &p, l) == *n)
+            .then_some(s)
+    })
+    .unwrap_or_else(|| panic!("{}", series_of(&agent.scrape(), &p).join("\n")));
+    let timeouts: u64 = s
+        .find("netexporter_dns_timeouts_total", &[("netns", &p.name)])
+        .iter()
+        .map(|x| x.value as u64)
+        .sum();
+    assert_eq!(timeouts, 0, "{}", series_of(&s, &p).join("\n"));
 }
 
 /// `diagnose --pod NETNS` over a live window: the resolver that never answers comes first,

@@ -76,43 +76,44 @@ impl DnsCounts {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DnsFlight {
     pub netns: u64,
-    pub resolver: [u8; 16],
-    pub client: [u8; 16],
-    pub resolver_port: u16,
     pub client_port: u16,
     pub id: u16,
-    pub family: u8,
     pub proto: u8,
+    pub pad: [u8; 3],
 }
 
-// SAFETY: repr(C), 48 bytes without implicit padding (8 + 16 + 16 + 2 + 2 + 2 + 1 + 1), any
-// bit pattern valid.
+// SAFETY: repr(C), 16 bytes without implicit padding (8 + 2 + 2 + 1 + 3), any bit pattern
+// valid.
 unsafe impl aya::Pod for DnsFlight {}
 
-impl DnsFlight {
-    /// The counters this query belongs to.
-    pub fn key(&self) -> DnsKey {
-        DnsKey {
-            netns: self.netns,
-            addr: self.resolver,
-            family: self.family,
-            proto: self.proto,
-            pad: [0; 6],
-        }
-    }
-}
-
-/// Mirrors `struct dns_sent` of `dns.h`: when a query in flight left.
+/// Mirrors `struct dns_sent` of `dns.h`: when a query in flight left, and the resolver it
+/// was counted under.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DnsSent {
     pub at_ns: u64,
     pub first_label: u32,
-    pub pad: u32,
+    pub family: u8,
+    pub pad: [u8; 3],
+    pub resolver: [u8; 16],
 }
 
-// SAFETY: repr(C), 16 bytes without implicit padding, any bit pattern valid.
+// SAFETY: repr(C), 32 bytes without implicit padding (8 + 4 + 1 + 3 + 16), any bit pattern
+// valid.
 unsafe impl aya::Pod for DnsSent {}
+
+impl DnsSent {
+    /// The counters the query was counted under (`flight` is its key).
+    pub fn key(&self, flight: &DnsFlight) -> DnsKey {
+        DnsKey {
+            netns: flight.netns,
+            addr: self.resolver,
+            family: self.family,
+            proto: flight.proto,
+            pad: [0; 6],
+        }
+    }
+}
 
 /// Slots of `dns_overflow` (`dns.h`).
 const UNCOUNTED_COUNTS: u32 = 0;
@@ -234,7 +235,7 @@ impl DnsCounter {
     /// Takes the queries sent before `now - timeout` (monotonic clock, as
     /// `bpf_ktime_get_ns`) out of flight: each one taken here is a timeout (an answer that
     /// comes later finds nothing and is not counted). Returns them, and the flights' fill.
-    pub fn expire(&mut self, timeout: Duration) -> Result<(Vec<DnsFlight>, BpfMapFill)> {
+    pub fn expire(&mut self, timeout: Duration) -> Result<(Vec<DnsKey>, BpfMapFill)> {
         let now = monotonic_ns()?;
         let timeout = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
         let lost = self.uncounted(UNCOUNTED_FLIGHTS)?;
@@ -248,7 +249,7 @@ impl DnsCounter {
         for (flight, sent) in &all {
             // Only what this call deletes counts: the answer's program may take it first.
             if now.saturating_sub(sent.at_ns) > timeout && flights.remove(flight).is_ok() {
-                expired.push(*flight);
+                expired.push(sent.key(flight));
             }
         }
         let fill = BpfMapFill::of(
@@ -336,22 +337,16 @@ mod tests {
             std::mem::size_of::<DnsCounts>(),
             (TYPES + RCODES + 3 + BUCKETS + 2) * 8
         );
-        assert_eq!(c_fields("dns_sent"), ["at_ns", "first_label", "pad"]);
-        assert_eq!(std::mem::size_of::<DnsSent>(), 16);
+        assert_eq!(
+            c_fields("dns_sent"),
+            ["at_ns", "first_label", "family", "pad", "resolver"]
+        );
+        assert_eq!(std::mem::size_of::<DnsSent>(), 32);
         assert_eq!(
             c_fields("dns_flight"),
-            [
-                "netns",
-                "resolver",
-                "client",
-                "resolver_port",
-                "client_port",
-                "id",
-                "family",
-                "proto"
-            ]
+            ["netns", "client_port", "id", "proto", "pad"]
         );
-        assert_eq!(std::mem::size_of::<DnsFlight>(), 48);
+        assert_eq!(std::mem::size_of::<DnsFlight>(), 16);
         let header = include_str!("dns.h");
         for (name, value) in [
             ("DNS_TYPES", TYPES),

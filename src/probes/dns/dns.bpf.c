@@ -28,6 +28,8 @@ char LICENSE[] SEC("license") = "GPL";
 #define ETH_P_IPV6 0x86DD
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
+#define AF_INET 2
+#define AF_INET6 10
 #define DNS_PORT 53
 #define DNS_HEADER 12
 /* A question's name is at most 255 bytes; its type and class follow. */
@@ -195,7 +197,8 @@ static __always_inline int dns(struct __sk_buff *skb, int egress)
 	struct dns_counts *c;
 	__u32 l4, off;
 	__u16 sport, dport;
-	__u8 *local, *remote;
+	struct bpf_sock *sk;
+	__u8 *remote;
 	int alen;
 
 	/* The common path, every packet of every local socket: a few loads and compares. */
@@ -240,14 +243,27 @@ static __always_inline int dns(struct __sk_buff *skb, int egress)
 		if (off - 2 >= skb->len)
 			return 1; /* a segment without payload: the handshake, an ACK */
 	}
-	local = egress ? p + (alen == 4 ? 12 : 8) : p + (alen == 4 ? 16 : 24);
+	/* The resolver: for a query, the address its socket was connected to if it was (the one
+	 * the application asked for: a ClusterIP even when NAT in this namespace translated the
+	 * packet, which egress sees after and ingress before), else the packet's. An answer is
+	 * counted where its query was; this address serves only malformed packets. */
 	remote = egress ? p + (alen == 4 ? 16 : 24) : p + (alen == 4 ? 12 : 8);
-	if (alen == 4) {
+	if (alen == 4)
 		__builtin_memcpy(key.addr, remote, 4);
-		__builtin_memcpy(flight.client, local, 4);
-	} else {
+	else
 		__builtin_memcpy(key.addr, remote, 16);
-		__builtin_memcpy(flight.client, local, 16);
+	sk = egress ? skb->sk : NULL;
+	if (sk)
+		sk = bpf_sk_fullsock(sk);
+	if (sk && alen == 4 && sk->family == AF_INET && sk->dst_ip4) {
+		__u32 dst = sk->dst_ip4;
+
+		__builtin_memcpy(key.addr, &dst, 4);
+	} else if (sk && alen == 16 && sk->family == AF_INET6 &&
+		   (sk->dst_ip6[0] | sk->dst_ip6[1] | sk->dst_ip6[2] | sk->dst_ip6[3])) {
+		__u32 dst[4] = { sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3] };
+
+		__builtin_memcpy(key.addr, dst, 16);
 	}
 	key.netns = bpf_get_netns_cookie(skb);
 	key.proto = proto;
@@ -259,15 +275,12 @@ static __always_inline int dns(struct __sk_buff *skb, int egress)
 		return 1;
 	}
 	flight.netns = key.netns;
-	__builtin_memcpy(flight.resolver, key.addr, 16);
-	flight.resolver_port = bpf_htons(DNS_PORT);
 	flight.client_port = bpf_htons(egress ? sport : dport);
 	__builtin_memcpy(&flight.id, hdr, 2);
-	flight.family = key.family;
 	flight.proto = proto;
 
 	if (egress) {
-		struct dns_sent sent = { .at_ns = bpf_ktime_get_ns() }, *old;
+		struct dns_sent sent = { .at_ns = bpf_ktime_get_ns(), .family = key.family }, *old;
 		int qtype;
 
 		if (hdr[2] & 0x80)
@@ -282,6 +295,7 @@ static __always_inline int dns(struct __sk_buff *skb, int egress)
 			return 1;
 		}
 		c->queries[type_slot(qtype)] += 1;
+		__builtin_memcpy(sent.resolver, key.addr, 16);
 		/* The same id from the same socket again (a retry): the first stays in flight,
 		 * unless it has timed out, which is counted by whoever deletes it. */
 		old = bpf_map_lookup_elem(&dns_flights, &flight);
@@ -307,6 +321,8 @@ static __always_inline int dns(struct __sk_buff *skb, int egress)
 			return 1;
 		at = sent->at_ns;
 		label.first_label = sent->first_label;
+		key.family = sent->family;
+		__builtin_memcpy(key.addr, sent->resolver, 16);
 		if (bpf_map_delete_elem(&dns_flights, &flight) != 0)
 			return 1;
 		c = counts_of(&key);

@@ -41,22 +41,23 @@ struct dns_counts {
 				     * expansion */
 };
 
-/* A query waiting for its answer: the client's socket and the query's id. */
+/* A query waiting for its answer: the client's port and the query's id in its namespace.
+ * No address: NAT in the client's own namespace (a DNAT of a ClusterIP in OUTPUT, for the
+ * node's processes; an SNAT) shows the query after translation and the answer before it. */
 struct dns_flight {
 	__u64 netns;
-	__u8 resolver[16];
-	__u8 client[16];
-	__be16 resolver_port;
 	__be16 client_port;
 	__u16 id;        /* network order */
-	__u8 family;
 	__u8 proto;
+	__u8 pad[3];
 };
 
 struct dns_sent {
 	__u64 at_ns;       /* bpf_ktime_get_ns() when the query left */
 	__u32 first_label; /* a hash of the question's first label (FNV-1a) */
-	__u32 pad;
+	__u8 family;       /* the resolver's, as counted */
+	__u8 pad[3];
+	__u8 resolver[16]; /* the key the query was counted under: its answer is counted there */
 };
 
 /* NXDOMAIN answers of a namespace not yet followed by a NOERROR for the same first label. */

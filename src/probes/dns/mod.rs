@@ -362,8 +362,8 @@ impl Probe for Dns {
                 return;
             }
         };
-        for flight in expired {
-            *read.expired.entry(flight.key()).or_default() += 1;
+        for key in expired {
+            *read.expired.entry(key).or_default() += 1;
         }
         let (mut entries, fill) = match read_now {
             Ok(r) => r,
