@@ -1058,6 +1058,8 @@ fn kubernetes_peers_name_services_backends_and_external_addresses() {
     let script = "import socket, threading\n\
          def serve(addr, port):\n    l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n    l.bind((addr, port)); l.listen(16)\n    while True:\n        c, _ = l.accept(); c.close()\n\
          threading.Thread(target=serve, args=('10.208.10.2', 8080)).start()\n\
+         def resolve():\n    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('10.208.10.2', 53))\n    while True:\n        q, peer = u.recvfrom(512); u.sendto(q[:2] + bytes([0x81, 0x80]) + q[4:], peer)\n\
+         threading.Thread(target=resolve).start()\n\
          serve('198.51.100.7', 443)\n";
     let _backend = remote.spawn(&["python3", "-c", script]);
     // kube-proxy's rule for the Service, in the client's namespace (its OUTPUT chain).
@@ -1174,4 +1176,76 @@ fn kubernetes_peers_name_services_backends_and_external_addresses() {
         named(s)
     });
     assert!(named(&s), "{}", s.text);
+
+    // DNS to the cluster DNS Service (a connected UDP socket, as glibc's, to its ClusterIP,
+    // DNAT'd to a resolver on the other node) is counted under the Service by name.
+    const QUERIES: u64 = 3;
+    web.ns()
+        .run(&["ip", "route", "add", "10.96.0.10/32", "dev", "eth9"]);
+    web.ns().run(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-d",
+        "10.96.0.10",
+        "-p",
+        "udp",
+        "--dport",
+        "53",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        "10.208.10.2:53",
+    ]);
+    server.apply(
+        Kind::Service,
+        fake_apiserver::service(
+            "kube-system",
+            "kube-dns",
+            "ClusterIP",
+            Some("10.96.0.10"),
+            &[("dns", 53, "UDP", 53)],
+        ),
+    );
+    let resolver = [
+        ("k8s_pod", "web-c"),
+        ("resolver", "kube-system/Service/kube-dns"),
+        ("resolver_kind", "service"),
+        ("protocol", "udp"),
+    ];
+    let dns = |s: &Scrape, metric: &str, extra: (&str, &str)| {
+        let mut want = resolver.to_vec();
+        want.push(extra);
+        let found = s.find(metric, &want);
+        (found.len() == 1).then(|| found[0].value as u64)
+    };
+    // Queried once the Service is in the agent's view (the key is named at its first
+    // collection), then QUERIES more.
+    let query = |n: u64| {
+        let s = format!(
+            "import socket\nfor i in range({n}):\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n    s.connect(('10.96.0.10', 53))\n    s.send(bytes([0, i]) + bytes.fromhex('01000001000000000000') + b'\\x03api\\x04shop\\x00\\x00\\x01\\x00\\x01')\n    s.recv(512); s.close()\n"
+        );
+        web.ns().run(&["python3", "-c", &s]);
+    };
+    let s = wait_for(&agent, &server, "the DNS Service", DEADLINE, |s| {
+        let seen = dns(s, "netexporter_dns_queries_total", ("type", "A")).is_some();
+        if !seen {
+            query(1);
+        }
+        seen
+    });
+    let before = dns(&s, "netexporter_dns_queries_total", ("type", "A")).unwrap_or(0);
+    let answered = dns(&s, "netexporter_dns_answers_total", ("rcode", "NOERROR")).unwrap_or(0);
+    query(QUERIES);
+    let s = wait_for(&agent, &server, "the queries", DEADLINE, |s| {
+        dns(s, "netexporter_dns_answers_total", ("rcode", "NOERROR")) == Some(answered + QUERIES)
+    });
+    assert_eq!(
+        dns(&s, "netexporter_dns_queries_total", ("type", "A")),
+        Some(before + QUERIES),
+        "{}",
+        s.text
+    );
 }
