@@ -847,3 +847,50 @@ fn peers_diagnose_pod_lists_the_worst_peers_of_a_live_window() {
     assert_eq!(backends[0]["backend"], B_IP);
     assert_eq!(backends[0]["opened"], 2);
 }
+
+/// Connections to an address of this node's own namespace (a Pod's to its node: the kubelet,
+/// a hostNetwork server, a node-local cache) are counted under the node, by its name.
+#[test]
+fn peers_connections_to_this_node_are_the_node() {
+    require_root();
+    const N: u64 = 3;
+    let agent = Agent::start(&[]);
+    let a = Netns::new("nxnd");
+    let _veth = Veth::new(&a, "10.214.0.1/30", "10.214.0.2/30");
+    let listener = std::net::TcpListener::bind("10.214.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("local address").port();
+    let server = std::thread::spawn(move || {
+        for _ in 0..N {
+            if let Ok((c, _)) = listener.accept() {
+                drop(c);
+            }
+        }
+    });
+    assert_eq!(
+        clients_to(&a, "10.214.0.1", port, N).trim(),
+        vec!["ok"; N as usize].join(" ")
+    );
+    server.join().expect("server");
+    let port = port.to_string();
+    let labels = [
+        ("role", "client"),
+        ("port", port.as_str()),
+        ("peer", "itest-node"),
+        ("peer_kind", "node"),
+    ];
+    let s = poll(Duration::from_secs(10), || {
+        let s = agent.scrape();
+        (peer_value(&s, CONNS, &a, &labels) == N).then_some(s)
+    });
+    assert!(
+        s.is_some(),
+        "{}",
+        agent
+            .scrape()
+            .text
+            .lines()
+            .filter(|l| l.starts_with(CONNS) && l.contains(&a.name))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

@@ -393,12 +393,14 @@ impl Config {
 
     /// The node as probes see it.
     pub fn node(&self) -> Node {
-        Node::new(
+        let mut node = Node::new(
             self.procfs.clone(),
             self.sysfs.clone(),
             self.sources.clone(),
             matches!(self.mode, Mode::Kubernetes(_)),
-        )
+        );
+        node.name = self.node_name.clone();
+        node
     }
 
     /// What the collector runs with: the node and the enabled probes, built from their

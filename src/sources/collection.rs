@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{Result, anyhow};
+use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::LinkMessage;
 
 use super::netlink::NlSocket;
@@ -69,6 +71,35 @@ impl Collection {
     /// (not as of the collection's first request).
     pub fn node_links_now(&self) -> Result<Vec<u8>> {
         self.dump_node_links().map_err(|e| anyhow!("{e}"))
+    }
+
+    /// Every address of the node's (the agent's) namespace, both families, from a fresh
+    /// RTM_GETADDR dump.
+    pub fn node_addresses(&self) -> Result<Vec<std::net::IpAddr>> {
+        let mut socket = self.node_socket.lock().unwrap_or_else(|e| e.into_inner());
+        if socket.is_none() {
+            *socket = Some(
+                NlSocket::open(netlink_sys::protocols::NETLINK_ROUTE)
+                    .map_err(|e| anyhow!("netlink route socket: {e}"))?,
+            );
+        }
+        let Some(s) = socket.as_mut() else {
+            return Err(anyhow!("netlink route socket: not open"));
+        };
+        let mut out = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut msg = AddressMessage::default();
+            msg.header.family = family;
+            let reply = s
+                .dump(RouteNetlinkMessage::GetAddress(msg))
+                .map_err(|e| anyhow!("RTM_GETADDR dump of the node's addresses: {e:#}"))?;
+            out.extend(
+                super::routes::parse_addresses(&reply)?
+                    .into_iter()
+                    .map(|a| a.ip),
+            );
+        }
+        Ok(out)
     }
 
     fn dump_node_links(&self) -> Result<Vec<u8>, String> {

@@ -43,6 +43,8 @@ pub struct Node {
     pub cluster_objects: Option<Arc<crate::inventory::objects::ClusterObjects>>,
     /// The kernel's BTF for the BPF loaders.
     pub kernel_btf: KernelBtf,
+    /// The node's name (`k8s_node`), for the probes that name it as a peer.
+    pub name: String,
     socket_summaries: OnceLock<Arc<SocketSummaries>>,
 }
 
@@ -55,6 +57,7 @@ impl Node {
             options,
             kubernetes,
             cluster_objects: None,
+            name: String::new(),
             socket_summaries: OnceLock::new(),
         }
     }

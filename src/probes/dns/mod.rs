@@ -127,6 +127,8 @@ struct Loaded {
     cgroup: PathBuf,
     attached: Instant,
     objects: Option<Arc<ClusterObjects>>,
+    /// This node's name: what its own addresses are named.
+    node_name: String,
 }
 
 /// When a namespace cookie was last collected (or first found in the map), by collection id.
@@ -328,6 +330,7 @@ impl Probe for Dns {
             cgroup,
             attached: Instant::now(),
             objects: node.cluster_objects.clone(),
+            node_name: node.name.clone(),
         });
         Ok(())
     }
@@ -351,6 +354,7 @@ impl Probe for Dns {
             loaded.objects.as_deref(),
             &mut r.directory,
             &mut r.directory_version,
+            (&loaded.node_name, collection),
         );
         // Before the read: a query timed out now is in this collection's series.
         let expired = counter.expire(self.options.timeout);

@@ -12,6 +12,8 @@
 //! - `workload` / `pod` (Kubernetes mode): a Pod of this node, or a backend listed in an
 //!   EndpointSlice; `service`: a Service's ClusterIP (or the Service a backend serves, when
 //!   its Pod's name does not say its workload);
+//! - `node`: an address of this node's own namespace (its interfaces: the kubelet, a
+//!   hostNetwork Pod, a node-local cache); the peer is the node's name;
 //! - `network`: an address inside one of the configured `networks` (the peer is its name);
 //! - `external` (Kubernetes mode, with `cluster_networks`): an address outside the cluster;
 //! - `address`: any other address (the peer is the address itself);
@@ -145,7 +147,7 @@ fn exported(kernel: &[u64; BUCKETS]) -> Vec<u64> {
 }
 
 const METRICS: &[MetricDef] = metrics![
-    counter "netexporter_peer_connections_total" "TCP connections opened with a peer (SYN_SENT or SYN_RECV to ESTABLISHED). Labels: role (client: this namespace connected; server: it accepted), port (the remote port of a client, the local listening port of a server), peer, peer_kind (loopback; workload or pod: a Pod of this node or a Service's backend, Kubernetes mode; service: a Service's ClusterIP; network; external: outside probes.peers.cluster_networks; address; other).",
+    counter "netexporter_peer_connections_total" "TCP connections opened with a peer (SYN_SENT or SYN_RECV to ESTABLISHED). Labels: role (client: this namespace connected; server: it accepted), port (the remote port of a client, the local listening port of a server), peer, peer_kind (loopback; workload or pod: a Pod of this node or a Service's backend, Kubernetes mode; service: a Service's ClusterIP; node: an address of this node's own namespace, named after the node; network; external: outside probes.peers.cluster_networks; address; other).",
     counter "netexporter_peer_connection_failures_total" "TCP connections with a peer that failed, by reason: refused (RST answering the SYN), timeout (SYN retries exhausted), reset (RST received on an opened connection), other (an ICMP error, closed while connecting). Labels: those of netexporter_peer_connections_total, and reason. A reason's series appears at its first failure.",
     counter "netexporter_peer_retransmits_total" "TCP segments retransmitted to a peer (the sockets' own total_retrans, as nstat's TcpRetransSegs counts them), counted as they happen. Labels: those of netexporter_peer_connections_total. Appears at the first retransmit.",
     counter "netexporter_peer_resets_total" "TCP RSTs sent to (direction=transmit) and received from (direction=receive) a peer on a connection's socket; RSTs answering packets that found no socket (a closed port) are not per peer. Labels: those of netexporter_peer_connections_total, and direction. Appears at the first RST.",
@@ -175,6 +177,8 @@ struct Loaded {
     attached: Instant,
     /// Kubernetes mode: the Services and EndpointSlices that name other addresses.
     objects: Option<Arc<ClusterObjects>>,
+    /// This node's name: what its own addresses are named.
+    node_name: String,
     /// How connections to translated addresses are followed to their backends:
     /// `conntrack`, `off`, or `unavailable`.
     translations: &'static str,
@@ -185,6 +189,11 @@ struct Loaded {
 #[derive(Default)]
 pub(crate) struct Directory {
     by_addr: HashMap<IpAddr, Named>,
+    /// Whether the Services and EndpointSlices were listed (Kubernetes mode): until then an
+    /// address that may be one of theirs waits.
+    listed: bool,
+    /// This node: its name and the addresses of its own namespace.
+    node: Option<(String, HashSet<IpAddr>)>,
 }
 
 /// A directory entry: a Service, or a backend Pod's workload and the Pod itself.
@@ -251,7 +260,11 @@ impl Directory {
                 }
             }
         }
-        Self { by_addr }
+        Self {
+            by_addr,
+            listed: true,
+            node: None,
+        }
     }
 }
 
@@ -260,18 +273,34 @@ impl Directory {
     /// or EndpointSlices since `version` (a large cluster's directory costs milliseconds to
     /// build). The version is read before the objects: a change in between is seen again at
     /// the next collection, never missed.
+    /// And names this node (`name`) by the addresses of its own namespace, read now: a
+    /// namespace's connections to the node (its kubelet, a hostNetwork Pod, a node-local
+    /// cache) are the node's, in both modes. The addresses of other nodes need a Node watch:
+    /// they stay addresses.
     pub(crate) fn refresh(
         objects: Option<&ClusterObjects>,
         directory: &mut Option<Directory>,
         version: &mut Option<u64>,
+        node: (&str, &Collection),
     ) {
-        let Some(objects) = objects else { return };
-        let now = objects.services_and_slices_version();
-        if *version != Some(now)
-            && let Some((services, slices)) = objects.services_and_slices_listed()
-        {
-            *directory = Some(Directory::new(&services, &slices));
-            *version = Some(now);
+        if let Some(objects) = objects {
+            let now = objects.services_and_slices_version();
+            if *version != Some(now)
+                && let Some((services, slices)) = objects.services_and_slices_listed()
+            {
+                *directory = Some(Directory::new(&services, &slices));
+                *version = Some(now);
+            }
+        }
+        let (name, collection) = node;
+        let d = directory.get_or_insert_with(Directory::default);
+        match collection.node_addresses() {
+            Ok(addrs) => {
+                let addrs = addrs.into_iter().filter(|a| !a.is_loopback()).collect();
+                d.node = Some((name.to_string(), addrs));
+            }
+            // Kept as last read: a failed dump names nothing new wrongly.
+            Err(e) => tracing::debug!(error = %format!("{e:#}"), "node addresses"),
         }
     }
 }
@@ -571,6 +600,12 @@ pub(crate) fn resolve(
             _ => (named.workload.clone(), named.kind),
         });
     }
+    if let Some((name, _)) = directory
+        .and_then(|d| d.node.as_ref())
+        .filter(|(_, addrs)| addrs.contains(&addr))
+    {
+        return Some((name.clone(), "node"));
+    }
     let narrowest = options
         .networks
         .iter()
@@ -582,7 +617,10 @@ pub(crate) fn resolve(
     }
     // A Kubernetes address waits while the view or the directory is not in yet.
     let kubernetes = cluster.is_some();
-    if wait && kubernetes && (cluster.is_some_and(|c| !c.synced) || directory.is_none()) {
+    if wait
+        && kubernetes
+        && (cluster.is_some_and(|c| !c.synced) || !directory.is_some_and(|d| d.listed))
+    {
         return None;
     }
     if kubernetes
@@ -772,6 +810,7 @@ impl Probe for Peers {
             budgets: Mutex::new(HashMap::new()),
             attached: Instant::now(),
             objects: node.cluster_objects.clone(),
+            node_name: node.name.clone(),
         });
         Ok(())
     }
@@ -795,6 +834,7 @@ impl Probe for Peers {
             loaded.objects.as_deref(),
             &mut r.directory,
             &mut r.directory_version,
+            (&loaded.node_name, collection),
         );
         let gone = |k: &PeerKey| k.netns != 0 && collection.is_gone(u64::from(k.netns));
         match counter.read().and_then(|r| Ok((r, counter.timings()?))) {
@@ -1279,6 +1319,38 @@ mod tests {
             ),
             None
         );
+        let unlisted = Directory::default();
+        assert_eq!(
+            resolve(
+                "198.51.100.1".parse().unwrap(),
+                &options,
+                Some(&view),
+                Some(&unlisted),
+                true
+            ),
+            None
+        );
+        // This node's own addresses are the node, after Pods and Services (a hostNetwork Pod
+        // has the node's address), before networks.
+        let mut dir = dir;
+        dir.node = Some((
+            "n1".into(),
+            ["10.0.0.4".parse().unwrap(), "fd00::4".parse().unwrap()].into(),
+        ));
+        let with_net = PeersOptions {
+            networks: [("vpc".to_string(), vec!["10.0.0.0/16".parse().unwrap()])].into(),
+            ..options.clone()
+        };
+        let r = |a: &str, o: &PeersOptions| {
+            resolve(a.parse().unwrap(), o, Some(&view), Some(&dir), true).unwrap()
+        };
+        assert_eq!(r("10.0.0.4", &with_net), ("n1".into(), "node"));
+        assert_eq!(r("fd00::4", &with_net), ("n1".into(), "node"));
+        assert_eq!(r("10.0.0.5", &with_net), ("vpc".into(), "network"));
+        assert_eq!(
+            r("10.96.0.10", &with_net),
+            ("shop/Service/api".into(), "service")
+        );
         assert_eq!(
             workload_of_pod_name("web-5d8f7c9b4-abcde"),
             None,
@@ -1472,14 +1544,12 @@ mod tests {
             ..Default::default()
         };
         let options = PeersOptions::default();
+        let listed = Directory {
+            listed: true,
+            ..Directory::default()
+        };
         let r = |a: &str, view: &ClusterView, o: &PeersOptions| {
-            resolve(
-                a.parse().unwrap(),
-                o,
-                Some(view),
-                Some(&Directory::default()),
-                true,
-            )
+            resolve(a.parse().unwrap(), o, Some(view), Some(&listed), true)
         };
         assert_eq!(
             r("10.244.0.5", &view, &options),
