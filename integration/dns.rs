@@ -508,6 +508,23 @@ fn dns_program_counts_crafted_packets_as_a_reference_parser_does() {
             want.add_answer(tcp, rcode, records);
         }
     }
+    // A retry (the same id from the same port while the first is in flight) is a query; the
+    // one answer counts once, and a second copy of it matches nothing.
+    let retried = [
+        0x42, 0x42, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'a', b'p', b'i', 0, 0, 1, 0, 1,
+    ];
+    for _ in 0..2 {
+        let packet = ipv4(false, 61_000, 53, &retried);
+        assert_eq!(counter.run_egress(&packet).expect("test run"), 1);
+        want.add_query(false, reference_query(&retried));
+    }
+    let mut answer = retried;
+    answer[2] |= 0x80;
+    for _ in 0..2 {
+        let packet = ipv4(false, 53, 61_000, &answer);
+        assert_eq!(counter.run_ingress(&packet).expect("test run"), 1);
+    }
+    want.add_answer(false, 0, 0);
     // Short or garbage answers from port 53: malformed if shorter than a header, else matched
     // to nothing (no query in flight has their id and port) and not counted.
     for n in [0usize, 1, 11, 12, 40] {

@@ -281,7 +281,7 @@ static __always_inline int dns(struct __sk_buff *skb, int egress)
 
 	if (egress) {
 		struct dns_sent sent = { .at_ns = bpf_ktime_get_ns(), .family = key.family }, *old;
-		int qtype;
+		int qtype, err;
 
 		if (hdr[2] & 0x80)
 			return 1; /* an answer sent to port 53: a server's business, not a client's */
@@ -296,13 +296,18 @@ static __always_inline int dns(struct __sk_buff *skb, int egress)
 		}
 		c->queries[type_slot(qtype)] += 1;
 		__builtin_memcpy(sent.resolver, key.addr, 16);
+		err = bpf_map_update_elem(&dns_flights, &flight, &sent, BPF_NOEXIST);
 		/* The same id from the same socket again (a retry): the first stays in flight,
 		 * unless it has timed out, which is counted by whoever deletes it. */
-		old = bpf_map_lookup_elem(&dns_flights, &flight);
-		if (old && sent.at_ns - old->at_ns > timeout_ns &&
-		    bpf_map_delete_elem(&dns_flights, &flight) == 0)
-			c->late += 1;
-		if (bpf_map_update_elem(&dns_flights, &flight, &sent, BPF_NOEXIST) == -7 /* E2BIG */)
+		if (err == -17 /* EEXIST */) {
+			old = bpf_map_lookup_elem(&dns_flights, &flight);
+			if (old && sent.at_ns - old->at_ns > timeout_ns &&
+			    bpf_map_delete_elem(&dns_flights, &flight) == 0) {
+				c->late += 1;
+				err = bpf_map_update_elem(&dns_flights, &flight, &sent, BPF_NOEXIST);
+			}
+		}
+		if (err == -7 /* E2BIG */)
 			count_lost(UNCOUNTED_FLIGHTS);
 		return 1;
 	}
