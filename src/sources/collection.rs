@@ -1,6 +1,7 @@
 //! One collection as the probes share it: its number, the namespaces it reads, and the
-//! node's devices, dumped once for every probe that needs them (the node's `netdev` and
-//! `qdisc`, and `packetloss`, which maps the node side of each Pod's veth to its Pod).
+//! node's devices and addresses, dumped once for every probe that needs them (the node's
+//! `netdev` and `qdisc`, and `packetloss`, which maps the node side of each Pod's veth to its
+//! Pod; `peers` and `dns`, which name the node's own addresses).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ pub struct Collection {
     live: HashSet<u64>,
     node_socket: NodeSocket,
     node_links: OnceLock<Result<Arc<Vec<u8>>, String>>,
+    node_addresses: OnceLock<Result<Arc<Vec<std::net::IpAddr>>, String>>,
 }
 
 impl Collection {
@@ -45,6 +47,7 @@ impl Collection {
             complete,
             node_socket,
             node_links: OnceLock::new(),
+            node_addresses: OnceLock::new(),
         }
     }
 
@@ -73,9 +76,20 @@ impl Collection {
         self.dump_node_links().map_err(|e| anyhow!("{e}"))
     }
 
-    /// Every address of the node's (the agent's) namespace, both families, from a fresh
-    /// RTM_GETADDR dump.
-    pub fn node_addresses(&self) -> Result<Vec<std::net::IpAddr>> {
+    /// Every address of the node's (the agent's) namespace, both families, from an
+    /// RTM_GETADDR dump made at the first request of this collection.
+    pub fn node_addresses(&self) -> Result<Arc<Vec<std::net::IpAddr>>> {
+        self.node_addresses
+            .get_or_init(|| {
+                self.dump_node_addresses()
+                    .map(Arc::new)
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .clone()
+            .map_err(|e| anyhow!("{e}"))
+    }
+
+    fn dump_node_addresses(&self) -> Result<Vec<std::net::IpAddr>> {
         let mut socket = self.node_socket.lock().unwrap_or_else(|e| e.into_inner());
         if socket.is_none() {
             *socket = Some(

@@ -296,7 +296,7 @@ impl Directory {
         let d = directory.get_or_insert_with(Directory::default);
         match collection.node_addresses() {
             Ok(addrs) => {
-                let addrs = addrs.into_iter().filter(|a| !a.is_loopback()).collect();
+                let addrs = addrs.iter().filter(|a| !a.is_loopback()).copied().collect();
                 d.node = Some((name.to_string(), addrs));
             }
             // Kept as last read: a failed dump names nothing new wrongly.
