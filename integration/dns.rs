@@ -333,23 +333,7 @@ fn dns_answers_through_nat_in_the_clients_namespace_are_matched() {
     let _dnsmasq = dnsmasq(&r);
     p.run(&["ip", "route", "add", &format!("{VIP}/32"), "dev", "eth0"]);
     for proto in ["udp", "tcp"] {
-        p.run(&[
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "OUTPUT",
-            "-d",
-            VIP,
-            "-p",
-            proto,
-            "--dport",
-            "53",
-            "-j",
-            "DNAT",
-            "--to-destination",
-            &format!("{DNSMASQ}:53"),
-        ]);
+        dnat_proto(&p, proto, VIP, 53, &format!("{DNSMASQ}:53"));
     }
     poll(Duration::from_secs(10), || {
         (ask(&p, DNSMASQ, "known.test", 1, "udp", 1, 0.5) == "0/1").then_some(())

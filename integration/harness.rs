@@ -1170,6 +1170,11 @@ impl Hist {
 /// kube-proxy's rule for a ClusterIP Service: `vip:port` translated to `to` (`ADDR:PORT`), in
 /// `ns`'s OUTPUT chain (where the node's own connections are translated). Removed with `ns`.
 pub fn dnat(ns: &Netns, vip: &str, port: u16, to: &str) {
+    dnat_proto(ns, "tcp", vip, port, to);
+}
+
+/// [`dnat`] for `proto` (tcp or udp).
+pub fn dnat_proto(ns: &Netns, proto: &str, vip: &str, port: u16, to: &str) {
     let port = port.to_string();
     ns.run(&[
         "iptables",
@@ -1180,7 +1185,7 @@ pub fn dnat(ns: &Netns, vip: &str, port: u16, to: &str) {
         "-d",
         vip,
         "-p",
-        "tcp",
+        proto,
         "--dport",
         &port,
         "-j",

@@ -1182,23 +1182,7 @@ fn kubernetes_peers_name_services_backends_and_external_addresses() {
     const QUERIES: u64 = 3;
     web.ns()
         .run(&["ip", "route", "add", "10.96.0.10/32", "dev", "eth9"]);
-    web.ns().run(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-d",
-        "10.96.0.10",
-        "-p",
-        "udp",
-        "--dport",
-        "53",
-        "-j",
-        "DNAT",
-        "--to-destination",
-        "10.208.10.2:53",
-    ]);
+    dnat_proto(web.ns(), "udp", "10.96.0.10", 53, "10.208.10.2:53");
     server.apply(
         Kind::Service,
         fake_apiserver::service(
