@@ -308,7 +308,9 @@ impl Build for Dns {
 impl Probe for Dns {
     fn prerequisites(&self, node: &Node) -> Result<(), String> {
         let cgroup = self.cgroup(&node.sysfs)?;
-        if cgroup.join("cgroup.procs").exists() {
+        // cgroup.controllers is v2's alone: a v1 hierarchy (which has cgroup.procs too)
+        // would only fail later, at attach, with a less telling error.
+        if cgroup.join("cgroup.controllers").exists() {
             Ok(())
         } else {
             Err(format!(
