@@ -29,21 +29,60 @@ const CHECKS: &[&str] = &["NetworkPolicy", "SVCTrafficPolicy", "IPMasqAgentConf"
 const SERVICES: usize = 300;
 const NETWORK_POLICY_MSG: &str = "network policy is configured,please use it carefully.";
 
-/// Each kind the agent watches with these checks, by the path of its requests.
-const WATCHED: &[(&str, &str)] = &[
-    ("pods", "GET /api/v1/pods?"),
-    ("node", "GET /api/v1/nodes?"),
-    ("services", "GET /api/v1/services?"),
+/// A kind the agent watches, by the path of its requests and, where one path serves two
+/// watches (this node's Node, every Node), whether they carry a field selector.
+struct Watched {
+    kind: &'static str,
+    prefix: &'static str,
+    selected: Option<bool>,
+}
+
+impl Watched {
+    const fn new(kind: &'static str, prefix: &'static str) -> Self {
+        Self {
+            kind,
+            prefix,
+            selected: None,
+        }
+    }
+
+    fn asks(&self, line: &str) -> bool {
+        line.starts_with(self.prefix)
+            && self
+                .selected
+                .is_none_or(|s| line.contains("fieldSelector=") == s)
+    }
+
+    fn of<'a>(&self, log: &'a [Logged]) -> Vec<&'a Logged> {
+        log.iter().filter(|r| self.asks(&r.line)).collect()
+    }
+}
+
+/// Each kind the agent watches with these checks.
+const WATCHED: &[Watched] = &[
+    Watched::new("pods", "GET /api/v1/pods?"),
+    Watched {
+        kind: "node",
+        prefix: "GET /api/v1/nodes?",
+        selected: Some(true),
+    },
+    // The peers and dns probes name other nodes' addresses (kubernetes.watch_nodes).
+    Watched {
+        kind: "nodes",
+        prefix: "GET /api/v1/nodes?",
+        selected: Some(false),
+    },
+    Watched::new("services", "GET /api/v1/services?"),
     // The peers probe names Services and the Pods behind them on other nodes.
-    (
+    Watched::new(
         "endpointslices",
         "GET /apis/discovery.k8s.io/v1/endpointslices?",
     ),
-    (
+    Watched::new(
         "networkpolicies",
         "GET /apis/networking.k8s.io/v1/networkpolicies?",
     ),
-    (
+    Watched::new(
         "ip-masq-agent",
         "GET /api/v1/namespaces/kube-system/configmaps?",
     ),
@@ -351,8 +390,8 @@ fn api_requests_of_one_agent_start_steady_restart() {
     let at_start = server.log();
 
     // Start: one watch per kind, its initial state streamed over it; nothing listed.
-    for (kind, prefix) in WATCHED {
-        let asked = of(&at_start, prefix);
+    for w in WATCHED {
+        let (kind, asked) = (w.kind, w.of(&at_start));
         assert_eq!(asked.len(), 1, "{kind}: {asked:#?}");
         assert!(
             !asked[0].is_list() && asked[0].line.contains("sendInitialEvents=true"),
@@ -415,10 +454,10 @@ fn api_requests_of_one_agent_start_steady_restart() {
         let after = &log[at_steady.len()..];
         WATCHED
             .iter()
-            .all(|(_, prefix)| {
-                after.iter().any(|r| {
-                    r.line.starts_with(prefix) && r.line.contains("sendInitialEvents=true")
-                })
+            .all(|w| {
+                after
+                    .iter()
+                    .any(|r| w.asks(&r.line) && r.line.contains("sendInitialEvents=true"))
             })
             .then_some(())
     });
@@ -436,9 +475,9 @@ fn api_requests_of_one_agent_start_steady_restart() {
 
     let per_kind_bytes: Vec<String> = WATCHED
         .iter()
-        .map(|(kind, prefix)| {
-            let b: u64 = of(&at_start, prefix).iter().map(|r| r.bytes).sum();
-            format!("{kind} {b} B")
+        .map(|w| {
+            let b: u64 = w.of(&at_start).iter().map(|r| r.bytes).sum();
+            format!("{} {b} B", w.kind)
         })
         .collect();
     eprintln!(
@@ -474,8 +513,8 @@ fn initial_lists_come_from_the_watch_cache_where_streaming_is_refused() {
     wait_checked(&agent, &server);
     std::thread::sleep(Duration::from_secs(12));
     let log = server.log();
-    for (kind, prefix) in WATCHED {
-        let asked = of(&log, prefix);
+    for w in WATCHED {
+        let (kind, asked) = (w.kind, w.of(&log));
         let refused = asked
             .iter()
             .filter(|r| r.line.contains("sendInitialEvents"))

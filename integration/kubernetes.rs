@@ -1031,13 +1031,15 @@ fn kubernetes_peers_are_the_other_pods_workload() {
 /// iptables DNAT rule, as kube-proxy writes them) is counted under the Service, and under the
 /// Service and the backend's workload it was translated to; one straight to
 /// a backend of another node (known from the Service's EndpointSlice) under its Deployment;
-/// an address outside `cluster_networks` is `external`.
+/// another node's address under that Node's name; an address outside `cluster_networks` is
+/// `external`.
 #[test]
 fn kubernetes_peers_name_services_backends_and_external_addresses() {
     require_root();
     const VIA_SERVICE: u64 = 4;
     const DIRECT: u64 = 3;
     const OUTSIDE: u64 = 2;
+    const TO_NODE: u64 = 5;
     let server = new_server(&[POD_CIDR]);
     let web = PodEnv::new("shop", "web-c", Driver::SystemdV2, 0);
     // A backend on "another node": a namespace the API does not list as a Pod of this node,
@@ -1051,8 +1053,16 @@ fn kubernetes_peers_name_services_backends_and_external_addresses() {
         "eth0",
         "10.208.10.2/30",
     );
-    remote.run(&["ip", "addr", "add", "198.51.100.7/32", "dev", "eth0"]);
-    for dst in ["198.51.100.7/32", "10.96.50.10/32"] {
+    // 10.208.20.5 and .6: two other nodes (their kubelet's port).
+    for addr in ["198.51.100.7/32", "10.208.20.5/32", "10.208.20.6/32"] {
+        remote.run(&["ip", "addr", "add", addr, "dev", "eth0"]);
+    }
+    for dst in [
+        "198.51.100.7/32",
+        "10.96.50.10/32",
+        "10.208.20.5/32",
+        "10.208.20.6/32",
+    ] {
         web.ns().run(&["ip", "route", "add", dst, "dev", "eth9"]);
     }
     let script = "import socket, threading\n\
@@ -1060,6 +1070,7 @@ fn kubernetes_peers_name_services_backends_and_external_addresses() {
          threading.Thread(target=serve, args=('10.208.10.2', 8080)).start()\n\
          def resolve():\n    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('10.208.10.2', 53))\n    while True:\n        q, peer = u.recvfrom(512); u.sendto(q[:2] + bytes([0x81, 0x80]) + q[4:], peer)\n\
          threading.Thread(target=resolve).start()\n\
+         threading.Thread(target=serve, args=('0.0.0.0', 10250)).start()\n\
          serve('198.51.100.7', 443)\n";
     let _backend = remote.spawn(&["python3", "-c", script]);
     // kube-proxy's rule for the Service, in the client's namespace (its OUTPUT chain).
@@ -1084,10 +1095,19 @@ fn kubernetes_peers_name_services_backends_and_external_addresses() {
     );
     slice["endpoints"][0]["targetRef"]["name"] = "api-7c9d8f6b5d-x2x9k".into();
     server.apply(Kind::EndpointSlice, slice);
+    let other_node = |name: &str, ip: &str| {
+        let mut n = fake_apiserver::node(name, &new_uid(), &["10.244.5.0/24"]);
+        n["status"]["addresses"] = serde_json::json!([
+            { "type": "InternalIP", "address": ip },
+            { "type": "Hostname", "address": name },
+        ]);
+        n
+    };
+    server.apply(Kind::Node, other_node("other-node", "10.208.20.5"));
     let config = "probes:\n  peers:\n    cluster_networks: [10.0.0.0/8]\n";
     let agent = start_agent(&server, Some(config));
     wait_for(&agent, &server, "the Pod", DEADLINE, |s| has_pod(s, &web));
-    for port in [8080, 443] {
+    for port in [8080, 443, 10250] {
         let up = poll(Duration::from_secs(10), || {
             remote
                 .run(&["ss", "-Htln", &format!("sport = :{port}")])
@@ -1105,11 +1125,13 @@ fn kubernetes_peers_name_services_backends_and_external_addresses() {
     connect("10.96.50.10", 80, VIA_SERVICE);
     connect("10.208.10.2", 8080, DIRECT);
     connect("198.51.100.7", 443, OUTSIDE);
+    connect("10.208.20.5", 10250, TO_NODE);
     let conns = "netexporter_peer_connections_total";
     let want = [
         ("80", "shop/Service/api", "service", VIA_SERVICE),
         ("8080", "shop/Deployment/api", "workload", DIRECT),
         ("443", "external", "external", OUTSIDE),
+        ("10250", "other-node", "node", TO_NODE),
     ];
     let value = |s: &Scrape, port: &str, peer: &str, kind: &str| {
         let found = s.find(
@@ -1166,16 +1188,36 @@ fn kubernetes_peers_name_services_backends_and_external_addresses() {
             &[("http", 81, "TCP", 8080)],
         ),
     );
-    let named = |s: &Scrape| value(s, "81", "shop/Service/cart", "service").is_some();
-    // The agent has the Service once a connection to it is named; connections made before
-    // the watch event reached it are counted under the address, so connect until then.
-    let s = wait_for(&agent, &server, "the new Service", DEADLINE, |s| {
-        if !named(s) {
-            connect("10.96.50.11", 81, 1);
-        }
-        named(s)
-    });
-    assert!(named(&s), "{}", s.text);
+    // The agent has an object once a connection to its address is named; connections made
+    // before the watch event reached it are counted under the address, so connect until then.
+    let named_after = |what: &str, addr: &str, port: u16, peer: &str, kind: &str| {
+        let named = |s: &Scrape| value(s, &port.to_string(), peer, kind).is_some();
+        let s = wait_for(&agent, &server, what, DEADLINE, |s| {
+            if !named(s) {
+                connect(addr, port, 1);
+            }
+            named(s)
+        });
+        assert!(named(&s), "{what}:\n{}", s.text);
+    };
+    named_after(
+        "the new Service",
+        "10.96.50.11",
+        81,
+        "shop/Service/cart",
+        "service",
+    );
+    // So is a Node that joins: the watch of every Node names its address.
+    server.apply(Kind::Node, other_node("node-3", "10.208.20.6"));
+    named_after("the new Node", "10.208.20.6", 10250, "node-3", "node");
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("GET /api/v1/nodes?") && !r.contains("fieldSelector")),
+        "no watch of every Node: {:#?}",
+        server.requests()
+    );
 
     // DNS to the cluster DNS Service (a connected UDP socket, as glibc's, to its ClusterIP,
     // DNAT'd to a resolver on the other node) is counted under the Service by name.

@@ -39,12 +39,21 @@ pub struct KubernetesOptions {
     /// gate off), and with `false`, initial lists are served from its watch cache
     /// (`resourceVersion=0`). Either way no list reaches etcd.
     pub streaming_lists: bool,
+    /// Watch every Node of the cluster (keeping only their names and addresses) so that the
+    /// peers and dns probes name a connection to another node by that node
+    /// (`peer_kind="node"`). Costs one list of every Node at start and a watch event per
+    /// Node status update (each a whole Node object, about every 5 minutes per Node when
+    /// nothing changes): the API server sends nodes² / 300 s events in all, so above ~500
+    /// nodes turn it off (docs/kubernetes.md). With `false` other nodes' addresses stay
+    /// addresses; this node's own are named either way.
+    pub watch_nodes: bool,
 }
 
 impl Default for KubernetesOptions {
     fn default() -> Self {
         Self {
             streaming_lists: true,
+            watch_nodes: true,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The cluster objects some checks compare the node with: Services, EndpointSlices,
+//! The cluster objects some checks compare the node with, and the peers and dns probes name
+//! addresses by: Services, EndpointSlices, Nodes (their names and addresses only are kept),
 //! NetworkPolicies (their metadata only: the check needs to know that some exist) and the
 //! ip-masq-agent ConfigMap. Each kind is watched once per agent (a reflector: one initial
 //! list, served from the API server's watch cache or streamed over the watch, then a watch),
@@ -10,7 +11,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use futures::TryStreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeStatus, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::core::PartialObjectMeta;
@@ -48,8 +50,14 @@ where
     changes: Arc<AtomicU64>,
 }
 
-/// Every Service and every EndpointSlice of the cluster.
-pub type ServicesAndSlices = (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>);
+/// What peers are named by: every Service, EndpointSlice and (when watched) Node of the
+/// cluster.
+pub struct Directory {
+    pub services: Vec<Arc<Service>>,
+    pub slices: Vec<Arc<EndpointSlice>>,
+    /// Empty when Nodes are not watched (`kubernetes.watch_nodes: false`).
+    pub nodes: Vec<Arc<Node>>,
+}
 
 /// The cluster objects, each kind watched from its first request on.
 pub struct ClusterObjects {
@@ -58,19 +66,30 @@ pub struct ClusterObjects {
     runtime: tokio::runtime::Handle,
     services: OnceLock<Watched<Service>>,
     slices: OnceLock<Watched<EndpointSlice>>,
+    /// Whether the Nodes are watched at all (`kubernetes.watch_nodes`).
+    watch_nodes: bool,
+    nodes: OnceLock<Watched<Node>>,
     policies: OnceLock<Watched<PartialObjectMeta<NetworkPolicy>>>,
     masq: OnceLock<Watched<ConfigMap>>,
 }
 
 impl ClusterObjects {
     /// Watches start on `runtime` (the agent's) when first asked for.
-    pub fn new(client: Client, mode: ListMode, runtime: tokio::runtime::Handle) -> Self {
+    /// `watch_nodes`: whether [`Self::directory_listed`] includes every Node.
+    pub fn new(
+        client: Client,
+        mode: ListMode,
+        runtime: tokio::runtime::Handle,
+        watch_nodes: bool,
+    ) -> Self {
         Self {
             client,
             mode,
             runtime,
             services: OnceLock::new(),
             slices: OnceLock::new(),
+            watch_nodes,
+            nodes: OnceLock::new(),
             policies: OnceLock::new(),
             masq: OnceLock::new(),
         }
@@ -86,20 +105,46 @@ impl ClusterObjects {
         ready(self.slices_watch(), "EndpointSlices")
     }
 
-    /// The Services and EndpointSlices once both are listed, without waiting (for a
+    /// The Services, EndpointSlices and Nodes once all are listed, without waiting (for a
     /// collection: `None` until then); their watches start at the first call.
-    pub fn services_and_slices_listed(&self) -> Option<ServicesAndSlices> {
+    pub fn directory_listed(&self) -> Option<Directory> {
         let (services, slices) = (self.services_watch(), self.slices_watch());
+        let nodes = self.nodes_watch();
         let listed = |l: &Mutex<Listing>| matches!(*lock(l), Listing::Synced);
-        (listed(&services.listing) && listed(&slices.listing))
-            .then(|| (services.store.state(), slices.store.state()))
+        (listed(&services.listing)
+            && listed(&slices.listing)
+            && nodes.is_none_or(|n| listed(&n.listing)))
+        .then(|| Directory {
+            services: services.store.state(),
+            slices: slices.store.state(),
+            nodes: nodes.map(|n| n.store.state()).unwrap_or_default(),
+        })
     }
 
-    /// A number that changes whenever the Services or EndpointSlices do (watch events
-    /// applied to either store): what is derived from them is rebuilt only when it moved.
-    pub fn services_and_slices_version(&self) -> u64 {
+    /// A number that changes whenever the Services, EndpointSlices or Nodes do (watch
+    /// events applied to a store): what is derived from them is rebuilt only when it moved.
+    pub fn directory_version(&self) -> u64 {
         let (services, slices) = (self.services_watch(), self.slices_watch());
-        services.changes.load(Ordering::Relaxed) + slices.changes.load(Ordering::Relaxed)
+        let nodes = self.nodes_watch();
+        services.changes.load(Ordering::Relaxed)
+            + slices.changes.load(Ordering::Relaxed)
+            + nodes.map_or(0, |n| n.changes.load(Ordering::Relaxed))
+    }
+
+    /// Every Node, trimmed to its name and addresses as it arrives: a Node object is mostly
+    /// status (images, conditions, capacity), tens of KiB each, none of which names a peer.
+    fn nodes_watch(&self) -> Option<&Watched<Node>> {
+        if !self.watch_nodes {
+            return None;
+        }
+        Some(self.nodes.get_or_init(|| {
+            self.start(
+                Api::all(self.client.clone()),
+                watcher::Config::default(),
+                "nodes",
+                |api, cfg| watcher::watcher(api, cfg).map_ok(|ev| ev.modify(trim_node)),
+            )
+        }))
     }
 
     fn services_watch(&self) -> &Watched<Service> {
@@ -198,6 +243,25 @@ impl ClusterObjects {
             changes,
         }
     }
+}
+
+/// Keeps of a Node what names it as a peer: its name and addresses.
+fn trim_node(node: &mut Node) {
+    let addresses = node.status.take().and_then(|s| s.addresses);
+    let meta = std::mem::take(&mut node.metadata);
+    *node = Node {
+        metadata: kube::api::ObjectMeta {
+            name: meta.name,
+            uid: meta.uid,
+            resource_version: meta.resource_version,
+            ..Default::default()
+        },
+        spec: None,
+        status: Some(NodeStatus {
+            addresses,
+            ..Default::default()
+        }),
+    };
 }
 
 /// The objects of `w` once its first list is in, waiting for it at most

@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Build, Histogram, MetricDef, Probe, Scope, Series};
 use crate::inventory::ClusterView;
-use crate::inventory::objects::ClusterObjects;
+use crate::inventory::objects::{self, ClusterObjects};
 use crate::metrics;
 use crate::sources::bpf_programs::BpfMapFill;
 use crate::sources::{Collection, Node, TargetSources};
@@ -52,8 +52,6 @@ use bpf::{
     BUCKETS, BackendCounts, BackendKey, CLIENT, Listener, PeerCounter, PeerCounts, PeerKey,
     PeerTiming,
 };
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::sync::Arc;
 
 /// `probes.peers`.
@@ -147,7 +145,7 @@ fn exported(kernel: &[u64; BUCKETS]) -> Vec<u64> {
 }
 
 const METRICS: &[MetricDef] = metrics![
-    counter "netexporter_peer_connections_total" "TCP connections opened with a peer (SYN_SENT or SYN_RECV to ESTABLISHED). Labels: role (client: this namespace connected; server: it accepted), port (the remote port of a client, the local listening port of a server), peer, peer_kind (loopback; workload or pod: a Pod of this node or a Service's backend, Kubernetes mode; service: a Service's ClusterIP; node: an address of this node's own namespace, named after the node; network; external: outside probes.peers.cluster_networks; address; other).",
+    counter "netexporter_peer_connections_total" "TCP connections opened with a peer (SYN_SENT or SYN_RECV to ESTABLISHED). Labels: role (client: this namespace connected; server: it accepted), port (the remote port of a client, the local listening port of a server), peer, peer_kind (loopback; workload or pod: a Pod of this node or a Service's backend, Kubernetes mode; service: a Service's ClusterIP; node: an address of a node, named after it: this node's own namespace, or, Kubernetes mode, another Node's InternalIP or ExternalIP; network; external: outside probes.peers.cluster_networks; address; other).",
     counter "netexporter_peer_connection_failures_total" "TCP connections with a peer that failed, by reason: refused (RST answering the SYN), timeout (SYN retries exhausted), reset (RST received on an opened connection), other (an ICMP error, closed while connecting). Labels: those of netexporter_peer_connections_total, and reason. A reason's series appears at its first failure.",
     counter "netexporter_peer_retransmits_total" "TCP segments retransmitted to a peer (the sockets' own total_retrans, as nstat's TcpRetransSegs counts them), counted as they happen. Labels: those of netexporter_peer_connections_total. Appears at the first retransmit.",
     counter "netexporter_peer_resets_total" "TCP RSTs sent to (direction=transmit) and received from (direction=receive) a peer on a connection's socket; RSTs answering packets that found no socket (a closed port) are not per peer. Labels: those of netexporter_peer_connections_total, and direction. Appears at the first RST.",
@@ -184,8 +182,8 @@ struct Loaded {
     translations: &'static str,
 }
 
-/// What the cluster's Services and EndpointSlices say an address is: a Service's ClusterIP,
-/// or a backend Pod (of any node).
+/// What the cluster's Services, EndpointSlices and Nodes say an address is: a Service's
+/// ClusterIP, a backend Pod (of any node), or a Node.
 #[derive(Default)]
 pub(crate) struct Directory {
     by_addr: HashMap<IpAddr, Named>,
@@ -196,7 +194,7 @@ pub(crate) struct Directory {
     node: Option<(String, HashSet<IpAddr>)>,
 }
 
-/// A directory entry: a Service, or a backend Pod's workload and the Pod itself.
+/// A directory entry: a Service, a Node, or a backend Pod's workload and the Pod itself.
 struct Named {
     workload: String,
     pod: Option<String>,
@@ -204,9 +202,9 @@ struct Named {
 }
 
 impl Directory {
-    pub(crate) fn new(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Self {
+    pub(crate) fn new(objects: &objects::Directory) -> Self {
         let mut by_addr = HashMap::new();
-        for svc in services {
+        for svc in &objects.services {
             let (ns, name) = (
                 svc.metadata.namespace.as_deref().unwrap_or_default(),
                 svc.metadata.name.as_deref().unwrap_or_default(),
@@ -227,7 +225,24 @@ impl Directory {
                 );
             }
         }
-        for slice in slices {
+        // Before the backends: a hostNetwork Pod's endpoint address is its node's, and names
+        // the node, not that Pod's workload.
+        for node in &objects.nodes {
+            let name = node.metadata.name.clone().unwrap_or_default();
+            let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+            for a in addresses.into_iter().flatten() {
+                if matches!(a.type_.as_str(), "InternalIP" | "ExternalIP")
+                    && let Ok(ip) = a.address.parse::<IpAddr>()
+                {
+                    by_addr.entry(ip).or_insert_with(|| Named {
+                        workload: name.clone(),
+                        pod: None,
+                        kind: "node",
+                    });
+                }
+            }
+        }
+        for slice in &objects.slices {
             let ns = slice.metadata.namespace.as_deref().unwrap_or_default();
             let service = slice
                 .metadata
@@ -275,8 +290,7 @@ impl Directory {
     /// the next collection, never missed.
     /// And names this node (`name`) by the addresses of its own namespace, read now: a
     /// namespace's connections to the node (its kubelet, a hostNetwork Pod, a node-local
-    /// cache) are the node's, in both modes. The addresses of other nodes need a Node watch:
-    /// they stay addresses.
+    /// cache) are the node's, in both modes. Other nodes are named from the Node watch.
     pub(crate) fn refresh(
         objects: Option<&ClusterObjects>,
         directory: &mut Option<Directory>,
@@ -284,11 +298,11 @@ impl Directory {
         node: (&str, &Collection),
     ) {
         if let Some(objects) = objects {
-            let now = objects.services_and_slices_version();
+            let now = objects.directory_version();
             if *version != Some(now)
-                && let Some((services, slices)) = objects.services_and_slices_listed()
+                && let Some(listed) = objects.directory_listed()
             {
-                *directory = Some(Directory::new(&services, &slices));
+                *directory = Some(Directory::new(&listed));
                 *version = Some(now);
             }
         }
@@ -594,17 +608,17 @@ pub(crate) fn resolve(
             (format!("{}/{}", pod.namespace, pod.workload), "workload")
         });
     }
-    if let Some(named) = directory.and_then(|d| d.by_addr.get(&addr)) {
-        return Some(match (&named.pod, options.pod_names) {
-            (Some(pod), true) => (pod.clone(), "pod"),
-            _ => (named.workload.clone(), named.kind),
-        });
-    }
     if let Some((name, _)) = directory
         .and_then(|d| d.node.as_ref())
         .filter(|(_, addrs)| addrs.contains(&addr))
     {
         return Some((name.clone(), "node"));
+    }
+    if let Some(named) = directory.and_then(|d| d.by_addr.get(&addr)) {
+        return Some(match (&named.pod, options.pod_names) {
+            (Some(pod), true) => (pod.clone(), "pod"),
+            _ => (named.workload.clone(), named.kind),
+        });
     }
     let narrowest = options
         .networks
@@ -1019,6 +1033,20 @@ fn sample_namespaces(
 mod tests {
     use super::*;
     use bpf::SERVER;
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+    fn directory(
+        service: Service,
+        slice: EndpointSlice,
+        node: Option<k8s_openapi::api::core::v1::Node>,
+    ) -> Directory {
+        Directory::new(&objects::Directory {
+            services: vec![Arc::new(service)],
+            slices: vec![Arc::new(slice)],
+            nodes: node.into_iter().map(Arc::new).collect(),
+        })
+    }
 
     fn key(role: u8, port: u16, addr: &str) -> PeerKey {
         let ip: IpAddr = addr.parse().unwrap();
@@ -1177,7 +1205,7 @@ mod tests {
             ]
         }))
         .unwrap();
-        let dir = Directory::new(&[Arc::new(service)], &[Arc::new(slice)]);
+        let dir = directory(service, slice, None);
         let view = ClusterView {
             synced: true,
             ..Default::default()
@@ -1264,11 +1292,22 @@ mod tests {
             "endpoints": [
                 {"addresses": ["10.244.7.5"], "targetRef": {"kind": "Pod", "name": "api-7c9d8f6b5d-x2x9k"}},
                 {"addresses": ["10.244.8.6"], "targetRef": {"kind": "Pod", "name": "db-0"}},
-                {"addresses": ["10.244.9.7"], "targetRef": {"kind": "Pod", "name": "handmade"}}
+                {"addresses": ["10.244.9.7"], "targetRef": {"kind": "Pod", "name": "handmade"}},
+                {"addresses": ["10.0.1.7"], "targetRef": {"kind": "Pod", "name": "agent-x7k2p"}}
             ]
         }))
         .unwrap();
-        let dir = Directory::new(&[Arc::new(service)], &[Arc::new(slice)]);
+        // Another node; a hostNetwork Pod on it backs the Service from the node's address.
+        let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n2"},
+            "status": {"addresses": [
+                {"type": "InternalIP", "address": "10.0.1.7"},
+                {"type": "ExternalIP", "address": "203.0.113.7"},
+                {"type": "Hostname", "address": "n2"}
+            ]}
+        }))
+        .unwrap();
+        let dir = directory(service, slice, Some(node));
         let view = ClusterView {
             synced: true,
             ..Default::default()
@@ -1301,6 +1340,10 @@ mod tests {
             ..options.clone()
         };
         assert_eq!(r("10.244.9.7", &by_pod), ("shop/handmade".into(), "pod"));
+        // Another node by its internal and external addresses, also where a hostNetwork Pod
+        // backs a Service from it.
+        assert_eq!(r("10.0.1.7", &options), ("n2".into(), "node"));
+        assert_eq!(r("203.0.113.7", &options), ("n2".into(), "node"));
         // Inside the cluster's ranges but unknown: an address; outside: external.
         assert_eq!(r("10.244.3.3", &options), ("10.244.3.3".into(), "address"));
         assert_eq!(r("198.51.100.1", &options), ("external".into(), "external"));
