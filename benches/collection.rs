@@ -219,17 +219,24 @@ const PEERS_PER_NAMESPACE: usize = 50;
 fn peers_cost(world: &World) -> String {
     let n = world.count;
     // Once the agent runs, every namespace connects to PEERS_PER_NAMESPACE distinct addresses
-    // (127.0.0.2, .3, ...: all of 127/8 is local) and accepts them: each namespace has that
-    // many client peers and its server side, and takes its turn at the sampling iterator.
+    // and accepts them: each namespace has that many client peers and as many server peers,
+    // and takes its turn at the sampling iterator. The addresses are 10.77.0.2, .3, ...,
+    // made local by one `local` route (not 127/8: every loopback address is one peer,
+    // `loopback`); a connection to a local address comes from that address, so the accepting
+    // side sees the same 50.
     let touch = || {
         for i in 0..world.count {
             let ns = std::fs::File::open(format!("/run/netns/{}", world.name(i))).expect("netns");
             std::thread::scope(|s| {
                 s.spawn(|| {
                     nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                    // A child forked by this thread is in its namespace.
+                    let local = ["route", "replace", "local", "10.77.0.0/25", "dev", "lo"];
+                    let ok = std::process::Command::new("ip").args(local).status();
+                    assert!(ok.is_ok_and(|s| s.success()), "ip route {local:?}");
                     let l = TcpListener::bind("0.0.0.0:8081").expect("listen");
                     for p in 0..PEERS_PER_NAMESPACE {
-                        let c = TcpStream::connect((Ipv4Addr::new(127, 0, 0, 2 + p as u8), 8081));
+                        let c = TcpStream::connect((Ipv4Addr::new(10, 77, 0, 2 + p as u8), 8081));
                         drop((c, l.accept()));
                     }
                 });

@@ -632,3 +632,104 @@ fn reconnects_after_an_api_outage_are_jittered() {
         assert!(up.is_some(), "agent not back:\n{}", a.log_text());
     }
 }
+
+/// The cost of `kubernetes.watch_all_pods`: a cluster with 5,000 real-shaped Pods on other
+/// nodes (the CoreDNS replica of `tests/fixtures/kubernetes/pod.json`, renamed): one watch
+/// more, the bytes it receives, and the agent's memory with and without it (each Pod is
+/// trimmed to what names it as it arrives). Prints the figures of `docs/kubernetes.md`.
+#[test]
+fn every_pod_watched_is_one_watch_and_trimmed_in_memory() {
+    require_root();
+    const PODS: usize = 5000;
+    let server = cluster();
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/kubernetes/pod.json"
+    );
+    let template: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("pod fixture")).expect("json");
+    // What the Pods weigh as JSON: the watch has streamed them all once it received that.
+    let mut weight = 0;
+    for i in 0..PODS {
+        let mut p = template.clone();
+        let ip = format!("10.213.{}.{}", i / 250, i % 250 + 1);
+        p["metadata"]["name"] = format!("coredns-7c65d6cfc9-{i:05}").into();
+        p["metadata"]["uid"] = new_uid().into();
+        p["spec"]["nodeName"] = format!("worker-{}", i % 50).into();
+        p["status"]["podIP"] = ip.clone().into();
+        p["status"]["podIPs"] = serde_json::json!([{ "ip": ip }]);
+        weight += p.to_string().len() as u64;
+        server.apply(Kind::Pod, p);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let every_pod = Watched {
+        kind: "every pod",
+        prefix: "GET /api/v1/pods?",
+        selected: Some(false),
+    };
+    let mut figures = Vec::new();
+    for all in [false, true] {
+        let cfg = dir.path().join(format!("all-{all}.yaml"));
+        let checks = std::fs::read_to_string(config(dir.path())).expect("config");
+        std::fs::write(
+            &cfg,
+            format!("kubernetes:\n  watch_all_pods: {all}\n{checks}"),
+        )
+        .expect("write config");
+        let before = server.log().len();
+        let agent = start_agent(&server, dir.path(), "", &cfg.display().to_string());
+        wait_checked(&agent, &server);
+        // The peers probe asks for the directory at each collection; the watch streams every
+        // Pod once, then settles (bookmarks only: this fake sends one per second per watch).
+        let bytes = || -> u64 {
+            every_pod
+                .of(&server.log()[before..])
+                .iter()
+                .map(|r| r.bytes)
+                .sum()
+        };
+        let mut last = u64::MAX;
+        let settled = poll(Duration::from_secs(60), || {
+            agent.scrape();
+            std::thread::sleep(Duration::from_secs(1));
+            let now = bytes();
+            let done = now.saturating_sub(last) < 1024 && (!all || now >= weight);
+            last = now;
+            done.then_some(now)
+        });
+        let received = settled.expect("the Pods watch did not settle");
+        let watches = every_pod.of(&server.log()[before..]).len();
+        assert_eq!(watches, usize::from(all), "watches of every Pod, all={all}");
+        for _ in 0..3 {
+            agent.scrape();
+        }
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("agent status");
+        let kib = |k: &str| -> u64 {
+            status
+                .lines()
+                .find(|l| l.starts_with(k))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                .unwrap_or(0)
+        };
+        figures.push((all, received, kib("VmRSS:"), kib("VmHWM:")));
+    }
+    let (_, received, rss_off, hwm_off) = figures[0];
+    assert_eq!(
+        received, 0,
+        "Pods of other nodes received without watch_all_pods"
+    );
+    let (_, received, rss_on, hwm_on) = figures[1];
+    eprintln!(
+        "watch_all_pods with {PODS} Pods of other nodes: watch received {received} bytes \
+         ({} per Pod); agent VmRSS {rss_off} -> {rss_on} KiB ({:+} KiB, {:+.0} bytes per Pod), \
+         VmHWM {hwm_off} -> {hwm_on} KiB",
+        received / PODS as u64,
+        rss_on as i64 - rss_off as i64,
+        (rss_on as f64 - rss_off as f64) * 1024.0 / PODS as f64,
+    );
+    assert!(
+        received >= weight,
+        "{received} bytes for {PODS} Pods of {weight} bytes"
+    );
+}

@@ -1031,7 +1031,8 @@ fn kubernetes_peers_are_the_other_pods_workload() {
 /// iptables DNAT rule, as kube-proxy writes them) is counted under the Service, and under the
 /// Service and the backend's workload it was translated to; one straight to
 /// a backend of another node (known from the Service's EndpointSlice) under its Deployment;
-/// another node's address under that Node's name; an address outside `cluster_networks` is
+/// another node's address under that Node's name; a Pod of another node that backs no Service
+/// under its controller (`kubernetes.watch_all_pods`); an address outside `cluster_networks` is
 /// `external`.
 #[test]
 fn kubernetes_peers_name_services_backends_and_external_addresses() {
@@ -1040,6 +1041,7 @@ fn kubernetes_peers_name_services_backends_and_external_addresses() {
     const DIRECT: u64 = 3;
     const OUTSIDE: u64 = 2;
     const TO_NODE: u64 = 5;
+    const TO_POD: u64 = 6;
     let server = new_server(&[POD_CIDR]);
     let web = PodEnv::new("shop", "web-c", Driver::SystemdV2, 0);
     // A backend on "another node": a namespace the API does not list as a Pod of this node,
@@ -1053,16 +1055,17 @@ fn kubernetes_peers_name_services_backends_and_external_addresses() {
         "eth0",
         "10.208.10.2/30",
     );
-    // 10.208.20.5 and .6: two other nodes (their kubelet's port).
-    for addr in ["198.51.100.7/32", "10.208.20.5/32", "10.208.20.6/32"] {
-        remote.run(&["ip", "addr", "add", addr, "dev", "eth0"]);
-    }
-    for dst in [
+    // 10.208.20.5 and .6: two other nodes (their kubelet's port); .7 a Pod of another node
+    // that backs no Service.
+    for addr in [
         "198.51.100.7/32",
-        "10.96.50.10/32",
         "10.208.20.5/32",
         "10.208.20.6/32",
+        "10.208.20.7/32",
     ] {
+        remote.run(&["ip", "addr", "add", addr, "dev", "eth0"]);
+    }
+    for dst in ["198.51.100.7/32", "10.96.50.10/32", "10.208.20.0/29"] {
         web.ns().run(&["ip", "route", "add", dst, "dev", "eth9"]);
     }
     let script = "import socket, threading\n\
@@ -1104,7 +1107,20 @@ fn kubernetes_peers_name_services_backends_and_external_addresses() {
         n
     };
     server.apply(Kind::Node, other_node("other-node", "10.208.20.5"));
-    let config = "probes:\n  peers:\n    cluster_networks: [10.0.0.0/8]\n";
+    let mut worker = fake_apiserver::pod(
+        "batch",
+        "worker-x2x9k",
+        &new_uid(),
+        "other-node",
+        false,
+        Some("10.208.20.7"),
+    );
+    worker["metadata"]["ownerReferences"] = serde_json::json!([{
+        "apiVersion": "apps/v1", "kind": "DaemonSet", "name": "worker",
+        "uid": new_uid(), "controller": true, "blockOwnerDeletion": true,
+    }]);
+    server.apply(Kind::Pod, worker);
+    let config = "kubernetes:\n  watch_all_pods: true\nprobes:\n  peers:\n    cluster_networks: [10.0.0.0/8]\n";
     let agent = start_agent(&server, Some(config));
     wait_for(&agent, &server, "the Pod", DEADLINE, |s| has_pod(s, &web));
     for port in [8080, 443, 10250] {
@@ -1126,12 +1142,14 @@ fn kubernetes_peers_name_services_backends_and_external_addresses() {
     connect("10.208.10.2", 8080, DIRECT);
     connect("198.51.100.7", 443, OUTSIDE);
     connect("10.208.20.5", 10250, TO_NODE);
+    connect("10.208.20.7", 10250, TO_POD);
     let conns = "netexporter_peer_connections_total";
     let want = [
         ("80", "shop/Service/api", "service", VIA_SERVICE),
         ("8080", "shop/Deployment/api", "workload", DIRECT),
         ("443", "external", "external", OUTSIDE),
         ("10250", "other-node", "node", TO_NODE),
+        ("10250", "batch/DaemonSet/worker", "workload", TO_POD),
     ];
     let value = |s: &Scrape, port: &str, peer: &str, kind: &str| {
         let found = s.find(

@@ -217,7 +217,7 @@ async fn inventory(
                 client.clone(),
                 mode.clone(),
                 tokio::runtime::Handle::current(),
-                cfg.kubernetes.watch_nodes,
+                &cfg.kubernetes,
             );
             (
                 Box::new(kubernetes::Kubernetes::start(

@@ -47,6 +47,13 @@ pub struct KubernetesOptions {
     /// nodes turn it off (docs/kubernetes.md). With `false` other nodes' addresses stay
     /// addresses; this node's own are named either way.
     pub watch_nodes: bool,
+    /// Watch every Pod of the cluster (keeping only what names each: namespace, name,
+    /// controller, addresses) so that the peers and dns probes name a Pod of another node
+    /// by its workload even when it backs no Service. Off by default: every agent then
+    /// receives every Pod change of the cluster (docs/kubernetes.md gives the cost: ~1.3 KB of
+    /// memory per Pod, every Pod's whole object on the wire); without it such a Pod stays an
+    /// address.
+    pub watch_all_pods: bool,
 }
 
 impl Default for KubernetesOptions {
@@ -54,6 +61,7 @@ impl Default for KubernetesOptions {
         Self {
             streaming_lists: true,
             watch_nodes: true,
+            watch_all_pods: false,
         }
     }
 }
@@ -209,7 +217,7 @@ impl Inventory for Kubernetes {
     }
 }
 
-fn pod_info(p: &Pod) -> Option<PodInfo> {
+pub(crate) fn pod_info(p: &Pod) -> Option<PodInfo> {
     let meta = &p.metadata;
     let status = p.status.as_ref();
     let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("");

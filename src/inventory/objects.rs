@@ -1,18 +1,20 @@
 //! The cluster objects some checks compare the node with, and the peers and dns probes name
 //! addresses by: Services, EndpointSlices, Nodes (their names and addresses only are kept),
+//! optionally every Pod (what names its workload and its addresses only),
 //! NetworkPolicies (their metadata only: the check needs to know that some exist) and the
 //! ip-masq-agent ConfigMap. Each kind is watched once per agent (a reflector: one initial
 //! list, served from the API server's watch cache or streamed over the watch, then a watch),
 //! and only once a check that applies on this node asks for it. Checks read the stores: in a
 //! steady state the agent makes no list call at all, however often the checks run.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
 use futures::TryStreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeStatus, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeStatus, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::core::PartialObjectMeta;
@@ -20,7 +22,8 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client};
 
-use super::kubernetes::{ListMode, rewatch};
+use super::PodInfo;
+use super::kubernetes::{ListMode, pod_info, rewatch};
 
 /// How long a check waits for a kind's first list when it asks for it the first time.
 pub const FIRST_LIST_WAIT: Duration = Duration::from_secs(15);
@@ -29,8 +32,9 @@ pub const FIRST_LIST_WAIT: Duration = Duration::from_secs(15);
 pub const IP_MASQ_AGENT: (&str, &str) = ("kube-system", "ip-masq-agent");
 
 /// Where the first list of a kind stands.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 enum Listing {
+    #[default]
     Pending,
     /// The last attempt failed (and the next is on its way, after a backoff).
     Failed(String),
@@ -50,6 +54,17 @@ where
     changes: Arc<AtomicU64>,
 }
 
+/// Every Pod of the cluster (`kubernetes.watch_all_pods`) as what names it. A map of its own
+/// rather than a reflector store: a `Pod` value takes ~2 KiB however little of it is kept
+/// (its spec and status structs are inline), and a cluster has many.
+#[derive(Default)]
+struct AllPods {
+    /// By UID.
+    pods: Arc<Mutex<HashMap<String, Arc<PodInfo>>>>,
+    listing: Arc<Mutex<Listing>>,
+    changes: Arc<AtomicU64>,
+}
+
 /// What peers are named by: every Service, EndpointSlice and (when watched) Node of the
 /// cluster.
 pub struct Directory {
@@ -57,6 +72,8 @@ pub struct Directory {
     pub slices: Vec<Arc<EndpointSlice>>,
     /// Empty when Nodes are not watched (`kubernetes.watch_nodes: false`).
     pub nodes: Vec<Arc<Node>>,
+    /// Every Pod of the cluster with `kubernetes.watch_all_pods`, else empty.
+    pub pods: Vec<Arc<PodInfo>>,
 }
 
 /// The cluster objects, each kind watched from its first request on.
@@ -69,18 +86,21 @@ pub struct ClusterObjects {
     /// Whether the Nodes are watched at all (`kubernetes.watch_nodes`).
     watch_nodes: bool,
     nodes: OnceLock<Watched<Node>>,
+    /// Whether every Pod is watched (`kubernetes.watch_all_pods`).
+    watch_all_pods: bool,
+    pods: OnceLock<AllPods>,
     policies: OnceLock<Watched<PartialObjectMeta<NetworkPolicy>>>,
     masq: OnceLock<Watched<ConfigMap>>,
 }
 
 impl ClusterObjects {
     /// Watches start on `runtime` (the agent's) when first asked for.
-    /// `watch_nodes`: whether [`Self::directory_listed`] includes every Node.
+    /// `watch`: whether [`Self::directory_listed`] includes every Node, and every Pod.
     pub fn new(
         client: Client,
         mode: ListMode,
         runtime: tokio::runtime::Handle,
-        watch_nodes: bool,
+        watch: &super::kubernetes::KubernetesOptions,
     ) -> Self {
         Self {
             client,
@@ -88,8 +108,10 @@ impl ClusterObjects {
             runtime,
             services: OnceLock::new(),
             slices: OnceLock::new(),
-            watch_nodes,
+            watch_nodes: watch.watch_nodes,
             nodes: OnceLock::new(),
+            watch_all_pods: watch.watch_all_pods,
+            pods: OnceLock::new(),
             policies: OnceLock::new(),
             masq: OnceLock::new(),
         }
@@ -109,15 +131,19 @@ impl ClusterObjects {
     /// collection: `None` until then); their watches start at the first call.
     pub fn directory_listed(&self) -> Option<Directory> {
         let (services, slices) = (self.services_watch(), self.slices_watch());
-        let nodes = self.nodes_watch();
+        let (nodes, pods) = (self.nodes_watch(), self.pods_watch());
         let listed = |l: &Mutex<Listing>| matches!(*lock(l), Listing::Synced);
         (listed(&services.listing)
             && listed(&slices.listing)
-            && nodes.is_none_or(|n| listed(&n.listing)))
+            && nodes.is_none_or(|n| listed(&n.listing))
+            && pods.is_none_or(|p| listed(&p.listing)))
         .then(|| Directory {
             services: services.store.state(),
             slices: slices.store.state(),
             nodes: nodes.map(|n| n.store.state()).unwrap_or_default(),
+            pods: pods
+                .map(|p| lock(&p.pods).values().cloned().collect())
+                .unwrap_or_default(),
         })
     }
 
@@ -125,10 +151,11 @@ impl ClusterObjects {
     /// events applied to a store): what is derived from them is rebuilt only when it moved.
     pub fn directory_version(&self) -> u64 {
         let (services, slices) = (self.services_watch(), self.slices_watch());
-        let nodes = self.nodes_watch();
+        let (nodes, pods) = (self.nodes_watch(), self.pods_watch());
         services.changes.load(Ordering::Relaxed)
             + slices.changes.load(Ordering::Relaxed)
             + nodes.map_or(0, |n| n.changes.load(Ordering::Relaxed))
+            + pods.map_or(0, |p| p.changes.load(Ordering::Relaxed))
     }
 
     /// Every Node, trimmed to its name and addresses as it arrives: a Node object is mostly
@@ -144,6 +171,57 @@ impl ClusterObjects {
                 "nodes",
                 |api, cfg| watcher::watcher(api, cfg).map_ok(|ev| ev.modify(trim_node)),
             )
+        }))
+    }
+
+    /// Every Pod of the cluster, kept as what names it ([`PodInfo`], its labels dropped).
+    fn pods_watch(&self) -> Option<&AllPods> {
+        if !self.watch_all_pods {
+            return None;
+        }
+        Some(self.pods.get_or_init(|| {
+            let all = AllPods::default();
+            let (pods, listing) = (Arc::clone(&all.pods), Arc::clone(&all.listing));
+            let changes = Arc::clone(&all.changes);
+            let (client, mode) = (self.client.clone(), self.mode.clone());
+            self.runtime.spawn(async move {
+                // A relist builds up here; the view it replaces stays in use until `InitDone`.
+                let mut relist = HashMap::new();
+                let info = |p: &Pod| {
+                    pod_info(p).map(|mut i| {
+                        i.labels.clear();
+                        (i.uid.clone(), Arc::new(i))
+                    })
+                };
+                let up = failure_recorder(Arc::clone(&listing));
+                rewatch(
+                    Api::<Pod>::all(client),
+                    watcher::Config::default(),
+                    mode,
+                    "all pods",
+                    watcher::watcher,
+                    up,
+                    |ev| {
+                        changes.fetch_add(1, Ordering::Relaxed);
+                        match ev {
+                            watcher::Event::Init => relist.clear(),
+                            watcher::Event::InitApply(p) => relist.extend(info(&p)),
+                            watcher::Event::InitDone => {
+                                *lock(&pods) = std::mem::take(&mut relist);
+                                *lock(&listing) = Listing::Synced;
+                            }
+                            watcher::Event::Apply(p) => lock(&pods).extend(info(&p)),
+                            watcher::Event::Delete(p) => {
+                                if let Some(uid) = &p.metadata.uid {
+                                    lock(&pods).remove(uid);
+                                }
+                            }
+                        }
+                    },
+                )
+                .await;
+            });
+            all
         }))
     }
 
@@ -220,14 +298,7 @@ impl ClusterObjects {
         let changed = Arc::clone(&changes);
         let mode = self.mode.clone();
         self.runtime.spawn(async move {
-            let up = move |r: Result<(), &watcher::Error>| {
-                if let Err(e) = r {
-                    let mut l = lock(&failed);
-                    if !matches!(*l, Listing::Synced) {
-                        *l = Listing::Failed(e.to_string());
-                    }
-                }
-            };
+            let up = failure_recorder(failed);
             rewatch(api, cfg, mode, what, watch, up, |ev| {
                 writer.apply_watcher_event(&ev);
                 changed.fetch_add(1, Ordering::Relaxed);
@@ -241,6 +312,19 @@ impl ClusterObjects {
             store,
             listing,
             changes,
+        }
+    }
+}
+
+/// What a watch reports to `up`: its error, as why the first list failed (kept until one
+/// succeeds).
+fn failure_recorder(listing: Arc<Mutex<Listing>>) -> impl Fn(Result<(), &watcher::Error>) {
+    move |r| {
+        if let Err(e) = r {
+            let mut l = lock(&listing);
+            if !matches!(*l, Listing::Synced) {
+                *l = Listing::Failed(e.to_string());
+            }
         }
     }
 }
@@ -287,6 +371,64 @@ where
     }
 }
 
-fn lock(l: &Mutex<Listing>) -> std::sync::MutexGuard<'_, Listing> {
+fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     l.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
+        let path = format!(
+            "{}/tests/fixtures/kubernetes/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn size<T: serde::Serialize>(object: &T) -> usize {
+        serde_json::to_vec(object).unwrap().len()
+    }
+
+    /// A real-shaped Pod (a kubeadm cluster's CoreDNS replica) as the Pod watch keeps it.
+    #[test]
+    fn a_pod_of_the_cluster_is_named_by_its_controller() {
+        let full: Pod = fixture("pod.json");
+        let info = pod_info(&full).unwrap();
+        assert_eq!(
+            (info.namespace.as_str(), info.name.as_str()),
+            ("kube-system", "coredns-7c65d6cfc9-x8m2k")
+        );
+        assert_eq!(info.workload, "Deployment/coredns");
+        assert_eq!(
+            info.ips,
+            ["10.244.1.17".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert!(!info.host_network);
+        // On the host network, finished: both facts are kept.
+        let mut other = full.clone();
+        other.spec.as_mut().unwrap().host_network = Some(true);
+        other.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        let info = pod_info(&other).unwrap();
+        assert!(info.host_network);
+        assert!(info.ips.is_empty(), "a finished Pod's address is free");
+    }
+
+    #[test]
+    fn a_trimmed_node_keeps_its_name_and_addresses() {
+        let full: Node = fixture("node.json");
+        let mut trimmed = full.clone();
+        trim_node(&mut trimmed);
+        assert_eq!(trimmed.metadata.name.as_deref(), Some("worker-2"));
+        let addresses = |n: &Node| n.status.as_ref().and_then(|s| s.addresses.clone());
+        assert_eq!(addresses(&trimmed), addresses(&full));
+        assert!(addresses(&trimmed).is_some_and(|a| a.len() == 3));
+        assert!(
+            size(&trimmed) * 8 < size(&full),
+            "{} of {} bytes kept",
+            size(&trimmed),
+            size(&full)
+        );
+    }
 }

@@ -225,6 +225,21 @@ impl Directory {
                 );
             }
         }
+        // Every Pod (`kubernetes.watch_all_pods`), by its controller: before the backends,
+        // whose workload is only guessed from their names. A finished Pod's address is back in
+        // the pool; a hostNetwork Pod's is its node's.
+        for pod in objects.pods.iter().filter(|p| !p.host_network) {
+            for ip in &pod.ips {
+                by_addr.insert(
+                    *ip,
+                    Named {
+                        workload: format!("{}/{}", pod.namespace, pod.workload),
+                        pod: Some(format!("{}/{}", pod.namespace, pod.name)),
+                        kind: "workload",
+                    },
+                );
+            }
+        }
         // Before the backends: a hostNetwork Pod's endpoint address is its node's, and names
         // the node, not that Pod's workload.
         for node in &objects.nodes {
@@ -1045,6 +1060,7 @@ mod tests {
             services: vec![Arc::new(service)],
             slices: vec![Arc::new(slice)],
             nodes: node.into_iter().map(Arc::new).collect(),
+            pods: Vec::new(),
         })
     }
 
@@ -1277,6 +1293,92 @@ mod tests {
                 format!("netexporter_peer_backend_connections_total {labels} 3"),
             ]
         );
+    }
+
+    /// With every Pod watched: a Pod of another node by its controller, before what its
+    /// name or the Service it backs say; not a hostNetwork one, not a finished one.
+    #[test]
+    fn pods_of_other_nodes_are_named_by_their_controller_when_every_pod_is_watched() {
+        let pod = |name: &str, ip: &str, owner: Option<(&str, &str)>, extra: serde_json::Value| {
+            let mut j = serde_json::json!({
+                "metadata": {"namespace": "batch", "name": name, "uid": name},
+                "spec": {"containers": []},
+                "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
+            });
+            if let Some((kind, owner)) = owner {
+                j["metadata"]["ownerReferences"] = serde_json::json!([
+                    {"apiVersion": "apps/v1", "kind": kind, "name": owner, "uid": "u", "controller": true}
+                ]);
+            }
+            json_merge(&mut j, extra);
+            let pod = serde_json::from_value::<k8s_openapi::api::core::v1::Pod>(j).unwrap();
+            Arc::new(crate::inventory::kubernetes::pod_info(&pod).unwrap())
+        };
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "batch", "name": "q-x1", "labels": {"kubernetes.io/service-name": "q"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.7.9"], "targetRef": {"kind": "Pod", "name": "handmade"}}]
+        }))
+        .unwrap();
+        let dir = Directory::new(&objects::Directory {
+            services: Vec::new(),
+            slices: vec![Arc::new(slice)],
+            nodes: Vec::new(),
+            pods: vec![
+                pod(
+                    "worker-x2x9k",
+                    "10.244.7.5",
+                    Some(("DaemonSet", "worker")),
+                    serde_json::json!({}),
+                ),
+                pod(
+                    "handmade",
+                    "10.244.7.9",
+                    Some(("Job", "reindex-29170680")),
+                    serde_json::json!({}),
+                ),
+                pod(
+                    "agent",
+                    "10.0.1.7",
+                    Some(("DaemonSet", "agent")),
+                    serde_json::json!({"spec": {"hostNetwork": true}}),
+                ),
+                pod(
+                    "done",
+                    "10.244.7.8",
+                    Some(("Job", "once")),
+                    serde_json::json!({"status": {"phase": "Succeeded"}}),
+                ),
+            ],
+        });
+        let view = ClusterView {
+            synced: true,
+            ..Default::default()
+        };
+        let options = PeersOptions::default();
+        let r = |a: &str| resolve(a.parse().unwrap(), &options, Some(&view), Some(&dir), true);
+        assert_eq!(
+            r("10.244.7.5"),
+            Some(("batch/DaemonSet/worker".into(), "workload"))
+        );
+        // The Pod's controller, not the Service its EndpointSlice names it by.
+        assert_eq!(
+            r("10.244.7.9"),
+            Some(("batch/CronJob/reindex".into(), "workload"))
+        );
+        assert_eq!(r("10.0.1.7"), Some(("10.0.1.7".into(), "address")));
+        assert_eq!(r("10.244.7.8"), Some(("10.244.7.8".into(), "address")));
+    }
+
+    fn json_merge(into: &mut serde_json::Value, from: serde_json::Value) {
+        match (into, from) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (k, v) in b {
+                    json_merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (a, b) => *a = b,
+        }
     }
 
     #[test]
