@@ -910,6 +910,42 @@ fn standalone_stays_the_default() {
     );
 }
 
+/// A direct link between two Pods' namespaces (the /30 at `net`), each reaching the other's
+/// Pod IP over it from its own Pod IP (the node does not forward here), and a server on
+/// `server`'s Pod IP at `port` that accepts and closes, listening when this returns.
+fn link_and_serve(client: &PodEnv, server: &PodEnv, net: &str, port: u16) -> (NsVeth, Proc) {
+    let base: std::net::Ipv4Addr = net.parse().expect("an IPv4 /30");
+    let at = |i: u32| format!("{}/30", std::net::Ipv4Addr::from(u32::from(base) + i));
+    let link = NsVeth::new(client.ns(), "eth9", &at(1), server.ns(), "eth9", &at(2));
+    for (from, to) in [(client, server), (server, client)] {
+        from.ns().run(&[
+            "ip",
+            "route",
+            "add",
+            &format!("{}/32", to.ip),
+            "dev",
+            "eth9",
+            "src",
+            &from.ip,
+        ]);
+    }
+    let script = format!(
+        "import socket\nl = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         l.bind(('{}', {port})); l.listen(16)\nwhile True:\n    c, _ = l.accept(); c.close()\n",
+        server.ip
+    );
+    let proc = server.ns().spawn(&["python3", "-c", &script]);
+    let up = poll(Duration::from_secs(10), || {
+        server
+            .ns()
+            .run(&["ss", "-Htln", &format!("sport = :{port}")])
+            .contains(&port.to_string())
+            .then_some(())
+    });
+    assert!(up.is_some(), "no listener in {}", server.name);
+    (link, proc)
+}
+
 /// A Pod owned by a ReplicaSet of a Deployment, as the API server returns it.
 fn deployment_pod(pod: &PodEnv, deployment: &str, hash: &str) -> Value {
     let mut j = pod.json(NODE);
@@ -934,47 +970,13 @@ fn kubernetes_peers_are_the_other_pods_workload() {
     let server = new_server(&[POD_CIDR]);
     let web = PodEnv::new("shop", "web-a", Driver::SystemdV2, 0);
     let dns = PodEnv::new("kube-system", "coredns-b", Driver::CgroupfsV2, 0);
-    // A direct link between the two Pods, each reaching the other's Pod IP over it from its
-    // own Pod IP (the node does not forward here).
-    let _link = NsVeth::new(
-        web.ns(),
-        "eth9",
-        "10.208.9.1/30",
-        dns.ns(),
-        "eth9",
-        "10.208.9.2/30",
-    );
-    for (from, to) in [(&web, &dns), (&dns, &web)] {
-        from.ns().run(&[
-            "ip",
-            "route",
-            "add",
-            &format!("{}/32", to.ip),
-            "dev",
-            "eth9",
-            "src",
-            &from.ip,
-        ]);
-    }
-    let script = format!(
-        "import socket\nl = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-         l.bind(('{}', 5353)); l.listen(16)\nwhile True:\n    c, _ = l.accept(); c.close()\n",
-        dns.ip
-    );
-    let _server_proc = dns.ns().spawn(&["python3", "-c", &script]);
+    let _served = link_and_serve(&web, &dns, "10.208.9.0", 5353);
     server.apply(Kind::Pod, deployment_pod(&web, "web", "5d8f7c9b4"));
     server.apply(Kind::Pod, deployment_pod(&dns, "coredns", "7db6d8ff4d"));
     let agent = start_agent(&server, None);
     wait_for(&agent, &server, "both Pods", DEADLINE, |s| {
         has_pod(s, &web) && has_pod(s, &dns)
     });
-    let up = poll(Duration::from_secs(10), || {
-        dns.ns()
-            .run(&["ss", "-Htln", "sport = :5353"])
-            .contains("5353")
-            .then_some(())
-    });
-    assert!(up.is_some(), "no listener in {}", dns.name);
 
     let connect = format!(
         "import socket\nfor _ in range({N}):\n    s = socket.create_connection(('{}', 5353)); s.recv(1); s.close()\n",
@@ -1025,6 +1027,80 @@ fn kubernetes_peers_are_the_other_pods_workload() {
         s.text
     );
     assert_eq!(value(&s, &server_side), Some(N as f64));
+}
+
+/// A Pod IP reused by another workload: the connections made before stay with the first
+/// workload's series (which ends there: it never counts the new Pod's), those made after go
+/// to the new one's; exact.
+#[test]
+fn kubernetes_peers_follow_a_reused_pod_ip_to_its_new_workload() {
+    require_root();
+    const BEFORE: u64 = 4;
+    const AFTER: u64 = 3;
+    let server = new_server(&[POD_CIDR]);
+    let web = PodEnv::new("shop", "web-r", Driver::SystemdV2, 0);
+    let db = PodEnv::new("shop", "db-r", Driver::CgroupfsV2, 0);
+    let _served = link_and_serve(&web, &db, "10.208.9.4", 5432);
+    server.apply(Kind::Pod, deployment_pod(&web, "web", "5d8f7c9b4"));
+    server.apply(Kind::Pod, deployment_pod(&db, "postgres", "7db6d8ff4d"));
+    let agent = start_agent(&server, None);
+    wait_for(&agent, &server, "both Pods", DEADLINE, |s| {
+        has_pod(s, &web) && has_pod(s, &db)
+    });
+    let connect = |n: u64| {
+        let s = format!(
+            "import socket\nfor _ in range({n}):\n    s = socket.create_connection(('{}', 5432)); s.recv(1); s.close()\n",
+            db.ip
+        );
+        web.ns().run(&["python3", "-c", &s]);
+    };
+    let to = |s: &Scrape, peer: &str| {
+        let found = s.find(
+            "netexporter_peer_connections_total",
+            &[
+                ("k8s_pod", "web-r"),
+                ("role", "client"),
+                ("port", "5432"),
+                ("peer", peer),
+                ("peer_kind", "workload"),
+            ],
+        );
+        (found.len() == 1).then(|| found[0].value as u64)
+    };
+    connect(BEFORE);
+    let s = wait_for(&agent, &server, "the first workload", DEADLINE, |s| {
+        to(s, "shop/Deployment/postgres") == Some(BEFORE)
+    });
+    assert_eq!(
+        to(&s, "shop/Deployment/postgres"),
+        Some(BEFORE),
+        "{}",
+        s.text
+    );
+
+    // The Pod is replaced in the API by a StatefulSet's Pod with the same IP (its old
+    // processes serve on: the kernel sees the same address).
+    assert!(server.delete(Kind::Pod, "shop", "db-r"));
+    let mut reused = fake_apiserver::pod("shop", "cache-0", &new_uid(), NODE, false, Some(&db.ip));
+    reused["metadata"]["ownerReferences"] = serde_json::json!([{
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "name": "cache",
+        "uid": new_uid(), "controller": true, "blockOwnerDeletion": true,
+    }]);
+    server.apply(Kind::Pod, reused);
+    // The collection that first sees the new name moves the key: the new workload's series
+    // appears at 0, and the first one's, whose only key it was, ends at what it had (no
+    // other key keeps it: its value never grows with the new Pod's connections).
+    let s = wait_for(&agent, &server, "the key moved", DEADLINE, |s| {
+        to(s, "shop/StatefulSet/cache").is_some()
+    });
+    assert_eq!(to(&s, "shop/StatefulSet/cache"), Some(0), "{}", s.text);
+    assert_eq!(to(&s, "shop/Deployment/postgres"), None, "{}", s.text);
+    connect(AFTER);
+    let s = wait_for(&agent, &server, "the connections after", DEADLINE, |s| {
+        to(s, "shop/StatefulSet/cache") == Some(AFTER)
+    });
+    assert_eq!(to(&s, "shop/StatefulSet/cache"), Some(AFTER), "{}", s.text);
+    assert_eq!(to(&s, "shop/Deployment/postgres"), None, "{}", s.text);
 }
 
 /// Peers beyond this node's Pods: a connection to a Service's ClusterIP (translated by an

@@ -62,6 +62,22 @@ impl PeerCounts {
     pub fn events(&self) -> u64 {
         self.opened + self.refused + self.timeout + self.reset + self.other
     }
+
+    /// What was counted since `base` (an earlier read of the same key).
+    pub fn since(&self, base: &PeerCounts) -> PeerCounts {
+        PeerCounts {
+            opened: self.opened.saturating_sub(base.opened),
+            refused: self.refused.saturating_sub(base.refused),
+            timeout: self.timeout.saturating_sub(base.timeout),
+            reset: self.reset.saturating_sub(base.reset),
+            other: self.other.saturating_sub(base.other),
+            retransmits: self.retransmits.saturating_sub(base.retransmits),
+            resets_sent: self.resets_sent.saturating_sub(base.resets_sent),
+            resets_received: self.resets_received.saturating_sub(base.resets_received),
+            bytes_sent: self.bytes_sent.saturating_sub(base.bytes_sent),
+            bytes_received: self.bytes_received.saturating_sub(base.bytes_received),
+        }
+    }
 }
 
 /// Mirrors `struct peer_backend_key` of `peers.h`: a client's connections to a translated
@@ -124,6 +140,18 @@ impl PeerTiming {
         }
         self.connect_sum_us += o.connect_sum_us;
         self.rtt_sum_us += o.rtt_sum_us;
+    }
+
+    /// What was counted since `base` (an earlier read of the same key).
+    pub fn since(&self, base: &PeerTiming) -> PeerTiming {
+        let mut out = *self;
+        for i in 0..BUCKETS {
+            out.connect[i] = self.connect[i].saturating_sub(base.connect[i]);
+            out.rtt[i] = self.rtt[i].saturating_sub(base.rtt[i]);
+        }
+        out.connect_sum_us = self.connect_sum_us.saturating_sub(base.connect_sum_us);
+        out.rtt_sum_us = self.rtt_sum_us.saturating_sub(base.rtt_sum_us);
+        out
     }
 }
 

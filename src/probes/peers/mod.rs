@@ -177,9 +177,38 @@ struct Loaded {
     objects: Option<Arc<ClusterObjects>>,
     /// This node's name: what its own addresses are named.
     node_name: String,
+    /// The cluster view of this collection (held: its address cannot be reused meanwhile)
+    /// and a number that changes with the Pods it names.
+    cluster_seen: Mutex<Option<(Arc<ClusterView>, u64)>>,
     /// How connections to translated addresses are followed to their backends:
     /// `conntrack`, `off`, or `unavailable`.
     translations: &'static str,
+}
+
+impl Loaded {
+    /// A number that changes with the Pods the cluster view names (computed once per view:
+    /// every namespace of a collection shares it).
+    fn cluster_version(&self, cluster: Option<&Arc<ClusterView>>) -> u64 {
+        let Some(cluster) = cluster else { return 0 };
+        let mut seen = self.cluster_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((held, version)) = &*seen
+            && Arc::ptr_eq(held, cluster)
+        {
+            return *version;
+        }
+        let pods: Vec<_> = (cluster.pods.iter())
+            .map(|p| (&p.uid, &p.ips, &p.workload, p.host_network))
+            .collect();
+        let version = fingerprint(&pods);
+        *seen = Some((Arc::clone(cluster), version));
+        version
+    }
+}
+
+/// A hash of `v` (for telling whether something changed, not kept anywhere).
+fn fingerprint(v: &impl std::hash::Hash) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(v)
 }
 
 /// What the cluster's Services, EndpointSlices and Nodes say an address is: a Service's
@@ -383,6 +412,9 @@ struct Read {
     directory_version: Option<u64>,
     /// The listeners of each namespace as last sampled, by inode.
     listeners: HashMap<u64, Vec<Listener>>,
+    /// What names addresses outside the cluster view (the directory and this node's
+    /// addresses), as a number that changes with it.
+    naming_version: u64,
     /// The namespace sampled last: the next collection starts after it.
     cursor: u64,
     /// The last error of sampling a namespace's open connections, said once until it changes.
@@ -420,6 +452,17 @@ impl Bucket {
 #[derive(Default)]
 struct Budget {
     buckets: HashMap<PeerKey, Bucket>,
+    /// The name each key was decided under (also for keys folded into `other`).
+    names: HashMap<PeerKey, (String, &'static str)>,
+    /// A key that moved to another name (its address reused by another Pod, or named only
+    /// later) counts from its read at the move on: that read.
+    offsets: HashMap<PeerKey, (PeerCounts, PeerTiming)>,
+    /// What keys that moved away had counted under a bucket: kept in its series while the
+    /// bucket has keys, so that it never goes back.
+    retired: HashMap<Bucket, PeerCounts>,
+    retired_timed: HashMap<Bucket, PeerTiming>,
+    /// The naming generation the names were last checked against.
+    generation: Option<u64>,
     /// Peers with series of their own: (peer, kind).
     named: HashSet<(String, &'static str)>,
     /// The histograms a key is counted under: its bucket without the port, or `other`.
@@ -661,6 +704,51 @@ pub(crate) fn resolve(
     Some((addr.to_string(), "address"))
 }
 
+/// Moves the keys whose address now names another Pod, Service, node or network than the one
+/// they were decided under (a Pod IP reused by another workload; an address named only
+/// later): what a key counted until now stays in its old series (`retired`), what it counts
+/// from now on goes to the new name (`offsets`), so that no counter goes back. An address
+/// that names nothing any more (its Pod deleted, the IP not reused) keeps its name: its
+/// connections were that Pod's.
+fn rename_moved(
+    mine: &[&(PeerKey, PeerCounts)],
+    timings: &HashMap<PeerKey, PeerTiming>,
+    budget: &mut Budget,
+    options: &PeersOptions,
+    cluster: Option<&ClusterView>,
+    directory: Option<&Directory>,
+) {
+    for (key, counts) in mine {
+        let Some(was) = budget.names.get(key) else {
+            continue;
+        };
+        let Some(now) = resolve(address(key), options, cluster, directory, false) else {
+            continue;
+        };
+        if now == *was || matches!(now.1, "address" | "external") {
+            continue;
+        }
+        let timing = timings.get(key).copied().unwrap_or_default();
+        let (base, base_timing) = budget.offsets.get(key).copied().unwrap_or_default();
+        if let Some(b) = budget.buckets.remove(key) {
+            budget
+                .retired
+                .entry(b)
+                .or_default()
+                .add(&counts.since(&base));
+        }
+        if let Some(b) = budget.timed_buckets.remove(key) {
+            budget
+                .retired_timed
+                .entry(b)
+                .or_default()
+                .add(&timing.since(&base_timing));
+        }
+        budget.offsets.insert(*key, (*counts, timing));
+        budget.names.remove(key);
+    }
+}
+
 /// One namespace's series from the map's entries of that namespace (`mine`), deciding the
 /// bucket of each key not seen before (`budget` keeps the decisions).
 #[allow(clippy::too_many_arguments)]
@@ -672,7 +760,12 @@ fn series_for(
     cluster: Option<&ClusterView>,
     directory: Option<&Directory>,
     wait: bool,
+    generation: u64,
 ) -> Vec<Series> {
+    if budget.generation != Some(generation) {
+        budget.generation = Some(generation);
+        rename_moved(mine, timings, budget, options, cluster, directory);
+    }
     let mut new: Vec<&&(PeerKey, PeerCounts)> = mine
         .iter()
         .filter(|(k, _)| !budget.buckets.contains_key(k))
@@ -690,6 +783,7 @@ fn series_for(
             continue;
         };
         let named = (peer.clone(), kind);
+        let named_now = named.clone();
         let other = Bucket {
             role,
             port: None,
@@ -720,17 +814,37 @@ fn series_for(
             };
         budget.buckets.insert(*key, bucket);
         budget.timed_buckets.insert(*key, timed);
+        budget.names.insert(*key, named_now);
     }
     let mut sums: BTreeMap<&Bucket, PeerCounts> = BTreeMap::new();
     let mut timed: BTreeMap<&Bucket, PeerTiming> = BTreeMap::new();
     for (key, counts) in mine {
+        let offset = budget.offsets.get(key);
         if let Some(b) = budget.buckets.get(key) {
-            sums.entry(b).or_default().add(counts);
+            let c = offset.map_or(*counts, |(o, _)| counts.since(o));
+            sums.entry(b).or_default().add(&c);
         }
         if let (Some(b), Some(t)) = (budget.timed_buckets.get(key), timings.get(key)) {
-            timed.entry(b).or_default().add(t);
+            let t = offset.map_or(*t, |(_, o)| t.since(o));
+            timed.entry(b).or_default().add(&t);
         }
     }
+    // What moved away stays in a bucket's series while the bucket has keys; a bucket left
+    // without any has no series, and forgets it.
+    budget.retired.retain(|b, r| match sums.get_mut(b) {
+        Some(s) => {
+            s.add(r);
+            true
+        }
+        None => false,
+    });
+    budget.retired_timed.retain(|b, r| match timed.get_mut(b) {
+        Some(t) => {
+            t.add(r);
+            true
+        }
+        None => false,
+    });
     let n = METRICS.len();
     let mut out = Vec::new();
     for (bucket, t) in timed {
@@ -840,6 +954,7 @@ impl Probe for Peers {
             attached: Instant::now(),
             objects: node.cluster_objects.clone(),
             node_name: node.name.clone(),
+            cluster_seen: Mutex::new(None),
         });
         Ok(())
     }
@@ -865,6 +980,14 @@ impl Probe for Peers {
             &mut r.directory_version,
             (&loaded.node_name, collection),
         );
+        r.naming_version = {
+            let mut node: Vec<&IpAddr> = (r.directory.as_ref())
+                .and_then(|d| d.node.as_ref())
+                .map(|(_, a)| a.iter().collect())
+                .unwrap_or_default();
+            node.sort();
+            fingerprint(&(r.directory_version, node))
+        };
         let gone = |k: &PeerKey| k.netns != 0 && collection.is_gone(u64::from(k.netns));
         match counter.read().and_then(|r| Ok((r, counter.timings()?))) {
             Ok(((mut entries, peers_fill), (mut timings, timings_fill))) => {
@@ -942,6 +1065,7 @@ impl Probe for Peers {
             .iter()
             .filter(|(k, _)| u64::from(k.netns) == inode || (is_node && k.netns == 0))
             .collect();
+        let generation = fingerprint(&(loaded.cluster_version(src.cluster()), read.naming_version));
         let mut budgets = loaded.budgets.lock().unwrap_or_else(|e| e.into_inner());
         let cluster = src.cluster().map(|c| c.as_ref());
         let mut out = series_for(
@@ -952,6 +1076,7 @@ impl Probe for Peers {
             cluster,
             read.directory.as_ref(),
             loaded.attached.elapsed() < SYNC_WAIT,
+            generation,
         );
         let backends: Vec<&(BackendKey, BackendCounts)> = read
             .backends
@@ -1165,7 +1290,8 @@ mod tests {
                 &options,
                 None,
                 None,
-                false
+                false,
+                0
             )),
             [
                 "netexporter_peer_connections_total role=client,peer=other,peer_kind=other 2",
@@ -1194,6 +1320,7 @@ mod tests {
             None,
             None,
             false,
+            0,
         ));
         assert!(
             got.contains(
@@ -1568,6 +1695,7 @@ mod tests {
             None,
             None,
             false,
+            0,
         );
         let histograms: Vec<(String, usize, u64, f64)> = out
             .iter()
@@ -1653,7 +1781,8 @@ mod tests {
                 &options,
                 None,
                 None,
-                false
+                false,
+                0
             )),
             [
                 "netexporter_peer_connections_total role=client,server.port=80,peer=192.0.2.1,peer_kind=address,network.peer.address=192.0.2.1 1",
@@ -1733,6 +1862,130 @@ mod tests {
         assert_eq!(
             r("127.0.0.1", &view, &options),
             Some(("loopback".into(), "loopback"))
+        );
+    }
+
+    /// A Pod IP reused by another workload: what the key counted before stays with the old
+    /// workload, what it counts after goes to the new one; neither series goes back. A Pod
+    /// deleted without reuse keeps its name.
+    #[test]
+    fn a_reused_address_moves_to_its_new_workload_and_no_counter_goes_back() {
+        let pod = |uid: &str, ip: &str, workload: &str| crate::inventory::PodInfo {
+            uid: uid.into(),
+            namespace: "shop".into(),
+            name: uid.into(),
+            host_network: false,
+            ips: vec![ip.parse().unwrap()],
+            excluded: false,
+            labels: Default::default(),
+            workload: workload.into(),
+        };
+        let view = |pods: Vec<crate::inventory::PodInfo>| ClusterView {
+            pods,
+            synced: true,
+            ..Default::default()
+        };
+        let listed = Directory {
+            listed: true,
+            ..Directory::default()
+        };
+        let options = PeersOptions::default();
+        let mut budget = Budget::default();
+        // A key's cumulative reads: connections opened, RTT samples and their sum (us).
+        type Read = (PeerKey, u64, u64, u64);
+        let mut collect = |reads: &[Read], v: &ClusterView, generation| {
+            let entries: Vec<(PeerKey, PeerCounts)> =
+                reads.iter().map(|(k, n, ..)| (*k, opened(*n))).collect();
+            let mine: Vec<_> = entries.iter().collect();
+            let timings: HashMap<PeerKey, PeerTiming> = (reads.iter())
+                .map(|(k, _, samples, sum)| {
+                    let mut t = PeerTiming::default();
+                    t.rtt[3] = *samples;
+                    t.rtt_sum_us = *sum;
+                    (*k, t)
+                })
+                .collect();
+            let out = series_for(
+                &mine,
+                &timings,
+                &mut budget,
+                &options,
+                Some(v),
+                Some(&listed),
+                false,
+                generation,
+            );
+            let (timed, plain): (Vec<Series>, Vec<Series>) =
+                out.into_iter().partition(|s| !s.histograms.is_empty());
+            let mut lines: Vec<String> = render(&plain)
+                .into_iter()
+                .filter_map(|l| {
+                    let l = l.strip_prefix(
+                        "netexporter_peer_connections_total role=client,server.port=80,peer=shop/",
+                    )?;
+                    Some(l.replace(",peer_kind=workload", ""))
+                })
+                .collect();
+            lines.extend(timed.iter().filter_map(|s| {
+                let (_, h) = s.histograms.first()?;
+                let peer = &s.labels.iter().find(|(k, _)| *k == "peer")?.1;
+                Some(format!("rtt {peer} {} {}", h.count(), h.sum))
+            }));
+            lines.sort();
+            lines
+        };
+        let (a, b) = (key(CLIENT, 80, "10.244.1.5"), key(CLIENT, 80, "10.244.1.6"));
+        let both_a = view(vec![
+            pod("a1", "10.244.1.5", "Deployment/a"),
+            pod("a2", "10.244.1.6", "Deployment/a"),
+        ]);
+        assert_eq!(
+            collect(&[(a, 3, 1, 100), (b, 1, 1, 100)], &both_a, 1),
+            ["Deployment/a 4", "rtt shop/Deployment/a 2 0.0002"]
+        );
+        // a1 deleted, its IP given to b1 of Deployment/b. The collection that first sees the
+        // new name moves the key: what it counted until this read stays with a.
+        let reused = view(vec![
+            pod("b1", "10.244.1.5", "Deployment/b"),
+            pod("a2", "10.244.1.6", "Deployment/a"),
+        ]);
+        assert_eq!(
+            collect(&[(a, 5, 2, 400), (b, 1, 1, 100)], &reused, 2),
+            [
+                "Deployment/a 6",
+                "Deployment/b 0",
+                "rtt shop/Deployment/a 3 0.0005"
+            ]
+        );
+        // From then on the key counts for b; a keeps what it had, plus its other key's.
+        assert_eq!(
+            collect(&[(a, 7, 3, 700), (b, 2, 2, 300)], &reused, 2),
+            [
+                "Deployment/a 7",
+                "Deployment/b 2",
+                "rtt shop/Deployment/a 4 0.0007",
+                "rtt shop/Deployment/b 1 0.0003"
+            ]
+        );
+        // a2 deleted, its address not reused: its key keeps naming a (its connections were
+        // a2's); a checked naming (generation 3) changes nothing else.
+        let gone = view(vec![pod("b1", "10.244.1.5", "Deployment/b")]);
+        assert_eq!(
+            collect(&[(a, 8, 3, 700), (b, 3, 2, 300)], &gone, 3),
+            [
+                "Deployment/a 8",
+                "Deployment/b 3",
+                "rtt shop/Deployment/a 4 0.0007",
+                "rtt shop/Deployment/b 1 0.0003"
+            ]
+        );
+        // b1 deleted and its address given back to a Pod of a: the key moves back; a's
+        // series never goes back (what a had from the key is still in it), b's has no key
+        // left and goes.
+        let back = view(vec![pod("a3", "10.244.1.5", "Deployment/a")]);
+        assert_eq!(
+            collect(&[(a, 9, 3, 700), (b, 3, 2, 300)], &back, 4),
+            ["Deployment/a 8", "rtt shop/Deployment/a 4 0.0007"]
         );
     }
 }
