@@ -2,15 +2,14 @@
 //! the OpenTelemetry SDK cannot take as they are: it has no observable histogram, and its data
 //! types cannot be built from outside.
 //!
-//! - Prometheus: rendered straight from the snapshot, exact.
+//! - Prometheus: rendered straight from the snapshot, exact (as every probe metric is).
 //! - OTLP: replayed into synchronous histograms, which the readers keep with delta temporality
 //!   (`Temporality::LowMemory`: the observable counters stay cumulative). Each push records
 //!   what every series gained since the last push that arrived, as values inside the right
 //!   buckets whose total is the gained sum (see [`replay`]), so buckets, count and sum arrive
 //!   exact. A failed push is recorded again (with what came since) at the next one; a series
 //!   gone from the snapshot is forgotten. Its cost is one `record` per value counted since the
-//!   last push, and only with OTLP on. (The Prometheus reader sees the records too, and
-//!   ignores them: its encoder renders from the snapshot.)
+//!   last push, and only with OTLP on.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -18,46 +17,25 @@ use std::sync::Mutex;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram as OtelHistogram, Meter};
 
-use super::prometheus::{Family, histogram_lines};
-use crate::collector::Snapshot;
+use super::prometheus::histogram_lines;
+use crate::collector::{ObservedSeries, Snapshot};
 use crate::probes::{self, Histogram, Kind};
 
-/// The Prometheus families of every histogram metric of `snapshot`, sorted by name, their
-/// series by labels.
-pub fn families(snapshot: &Snapshot) -> Vec<Family> {
-    let mut out: Vec<Family> = Vec::new();
-    for (p, list) in snapshot.series.iter().enumerate() {
-        let Some(probe) = probes::PROBES.get(p) else {
-            continue;
-        };
-        for (m, def) in probe.metrics.iter().enumerate() {
-            if def.kind != Kind::Histogram {
-                continue;
-            }
-            let mut series: Vec<(String, &[KeyValue], &Histogram)> = list
+/// The Prometheus lines of histogram metric `m` of one probe's `series`, sorted by labels.
+pub fn lines(series: &[ObservedSeries], m: usize, out: &mut Vec<(String, String)>) {
+    let mut list: Vec<(String, &[KeyValue], &Histogram)> = series
+        .iter()
+        .flat_map(|s| {
+            s.histograms
                 .iter()
-                .flat_map(|s| {
-                    s.histograms
-                        .iter()
-                        .filter(|(i, _)| *i == m)
-                        .map(|(_, h)| (key(&s.attrs), s.attrs.as_slice(), h))
-                })
-                .collect();
-            series.sort_by(|a, b| a.0.cmp(&b.0));
-            let mut lines = Vec::new();
-            for (_, attrs, h) in series {
-                histogram_lines(attrs, h, &mut lines);
-            }
-            out.push(Family {
-                name: def.name,
-                help: def.help,
-                kind: "histogram",
-                lines,
-            });
-        }
+                .filter(|(i, _)| *i == m)
+                .map(|(_, h)| (key(&s.attrs), s.attrs.as_slice(), h))
+        })
+        .collect();
+    list.sort_by(|a, b| a.0.cmp(&b.0));
+    for (_, attrs, h) in list {
+        histogram_lines(attrs, h, out);
     }
-    out.sort_by(|a, b| a.name.cmp(b.name));
-    out
 }
 
 /// A series' identity across snapshots: its attributes, sorted.

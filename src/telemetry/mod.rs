@@ -1,7 +1,8 @@
-//! How a collection becomes OpenTelemetry data: one MeterProvider whose observable
-//! instruments read the current [`Snapshot`], and one `ManualReader` per exporter (Prometheus
-//! pull, OTLP push). Each export sets the snapshot, collects its reader and encodes the result;
-//! the kernel is never read from a callback.
+//! How a collection becomes telemetry. `/metrics` renders the probes' series straight from the
+//! [`Snapshot`] (`prometheus::probe_families`) and the agent's own metrics from a small
+//! MeterProvider; the OTLP push has a MeterProvider of its own whose observable instruments
+//! read the current snapshot, the probes' included. Each export sets the snapshot, collects its
+//! reader and encodes the result; the kernel is never read from a callback.
 
 pub mod export;
 pub mod histograms;
@@ -26,12 +27,34 @@ use opentelemetry_sdk::metrics::{
 use crate::collector::Snapshot;
 use crate::probes::{self, Kind, MetricDef};
 
-/// Series ceilings per instrument (the SDK's default is 2000; past the ceiling it folds series
-/// into one `otel.metric.overflow` series). The SDK preallocates each instrument's map to its
+/// Series ceilings per instrument of the OTLP push (the SDK's default is 2000; past the
+/// ceiling it folds series into one `otel.metric.overflow` series; `/metrics` has no such
+/// ceiling, only `collection.max_series`). The SDK preallocates each instrument's map to its
 /// ceiling, so they are sized to what a family can reach: Pod-scope families have one series
-/// per namespace (4000 namespaces), netdev one per interface of every namespace.
+/// per namespace (4000 namespaces), netdev one per interface of every namespace, the peers',
+/// listeners' and DNS resolvers' families many per namespace (docs/peers.md's arithmetic:
+/// ~39,000 at a 250-Pod node's defaults).
 pub const POD_SERIES_LIMIT: usize = 4_000;
 pub const NETDEV_SERIES_LIMIT: usize = 16_000;
+pub const PEER_SERIES_LIMIT: usize = 65_536;
+
+/// The OTLP push's series ceiling of the instrument `name`.
+fn series_limit(name: &str) -> usize {
+    if name.starts_with("netexporter_netdev_") {
+        NETDEV_SERIES_LIMIT
+    } else if [
+        "netexporter_peer_",
+        "netexporter_listener_",
+        "netexporter_dns_",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
+    {
+        PEER_SERIES_LIMIT
+    } else {
+        POD_SERIES_LIMIT
+    }
+}
 
 /// Exporter failure counts, shown as `netexporter_export_failures_total`.
 #[derive(Default, Debug)]
@@ -79,9 +102,11 @@ impl MetricReader for SharedReader {
 }
 
 pub struct Telemetry {
+    /// The agent's own metrics for `/metrics`.
     provider: SdkMeterProvider,
     prometheus: SharedReader,
-    otlp: Option<SharedReader>,
+    /// Everything, for the OTLP push (when on).
+    otlp: Option<(SdkMeterProvider, SharedReader)>,
     current: Arc<RwLock<Arc<Snapshot>>>,
     /// The kernel's histograms over OTLP (OTLP push on and a histogram metric enabled).
     histograms: Option<histograms::Replay>,
@@ -93,7 +118,7 @@ pub struct Telemetry {
 
 impl Telemetry {
     /// `enabled`: indices into [`probes::PROBES`] of the probes to register instruments for;
-    /// `otlp_push`: whether a second reader is wanted for the OTLP push.
+    /// `otlp_push`: whether a second provider is wanted for the OTLP push.
     pub fn new(
         resource: Resource,
         otlp_push: bool,
@@ -110,34 +135,39 @@ impl Telemetry {
                     .build(),
             ))
         };
-        let prometheus = reader();
-        let otlp = otlp_push.then(reader);
-        let mut builder = SdkMeterProvider::builder()
-            .with_resource(resource)
-            .with_reader(prometheus.clone())
-            .with_view(|i: &opentelemetry_sdk::metrics::Instrument| {
-                let limit = if i.name().starts_with("netexporter_netdev_") {
-                    NETDEV_SERIES_LIMIT
-                } else {
-                    POD_SERIES_LIMIT
-                };
-                Stream::builder().with_cardinality_limit(limit).build().ok()
-            });
-        if let Some(r) = &otlp {
-            builder = builder.with_reader(r.clone());
-        }
-        let provider = builder.build();
         let current = Arc::new(RwLock::new(Arc::new(Snapshot::default())));
+        let prometheus = reader();
+        let provider = SdkMeterProvider::builder()
+            .with_resource(resource.clone())
+            .with_reader(prometheus.clone())
+            .build();
         let meter = provider.meter("net-exporter");
-        let histograms = otlp
-            .is_some()
-            .then(|| histograms::Replay::new(&meter, enabled))
-            .flatten();
-        register_probe_instruments(&meter, &current, enabled);
         register_self_instruments(&meter, &current, &export_stats);
-        if let Some(events) = events {
-            register_event_instruments(&meter, &current, events);
+        if let Some(events) = &events {
+            register_event_instruments(&meter, &current, Arc::clone(events));
         }
+        let mut histograms = None;
+        let otlp = otlp_push.then(|| {
+            let otlp = reader();
+            let provider = SdkMeterProvider::builder()
+                .with_resource(resource)
+                .with_reader(otlp.clone())
+                .with_view(|i: &opentelemetry_sdk::metrics::Instrument| {
+                    Stream::builder()
+                        .with_cardinality_limit(series_limit(i.name()))
+                        .build()
+                        .ok()
+                })
+                .build();
+            let meter = provider.meter("net-exporter");
+            histograms = histograms::Replay::new(&meter, enabled);
+            register_probe_instruments(&meter, &current, enabled);
+            register_self_instruments(&meter, &current, &export_stats);
+            if let Some(events) = events {
+                register_event_instruments(&meter, &current, events);
+            }
+            (provider, otlp)
+        });
         let telemetry = Self {
             provider,
             prometheus,
@@ -147,23 +177,24 @@ impl Telemetry {
             gate: Mutex::new(()),
             export_stats,
         };
-        // The SDK makes each instrument's first table at its series ceiling (4,000 or 16,000
-        // slots, ~256 KiB) and the first observations scatter over all its pages: at 100
-        // namespaces the first scrape made ~33 MiB resident for a moment, the agent's memory
-        // peak (a collect drains an observable instrument's table and regrows it from empty,
-        // so later scrapes never do). One collect now, before anything is observed, drains
-        // them while their pages are still untouched.
+        // The SDK makes each instrument's first table at its series ceiling (4,000 or more
+        // slots, ~256 KiB and up) and the first observations scatter over all its pages: at
+        // 100 namespaces the first scrape made ~33 MiB resident for a moment, the agent's
+        // memory peak (a collect drains an observable instrument's table and regrows it from
+        // empty, so later collects never do). One collect now, before anything is observed,
+        // drains them while their pages are still untouched.
         let empty = Arc::new(Snapshot::default());
         telemetry.collect(&telemetry.prometheus, Arc::clone(&empty));
-        if let Some(otlp) = &telemetry.otlp {
+        if let Some((_, otlp)) = &telemetry.otlp {
             telemetry.collect(otlp, empty);
         }
         telemetry
     }
 
-    /// Collects the Prometheus reader over `snapshot` and renders the text exposition format.
+    /// Renders `snapshot` in the text exposition format: the probes' series from the snapshot
+    /// itself, the agent's own from the Prometheus reader collected over it.
     pub fn render_prometheus(&self, snapshot: Arc<Snapshot>) -> String {
-        let families = histograms::families(&snapshot);
+        let families = prometheus::probe_families(&snapshot);
         let rm = self.collect(&self.prometheus, snapshot);
         prometheus::encode(&rm, families)
     }
@@ -171,7 +202,7 @@ impl Telemetry {
     /// Collects the OTLP reader over `snapshot` (`None` when OTLP push is off). Tell
     /// [`Telemetry::otlp_arrived`] how the push went.
     pub fn collect_otlp(&self, snapshot: Arc<Snapshot>) -> Option<ResourceMetrics> {
-        let reader = self.otlp.as_ref()?;
+        let (_, reader) = self.otlp.as_ref()?;
         if let Some(h) = &self.histograms {
             h.record(&snapshot);
         }
@@ -197,8 +228,11 @@ impl Telemetry {
     }
 
     pub fn shutdown(&self) {
-        if let Err(e) = self.provider.shutdown() {
-            tracing::debug!(error = %e, "meter provider shutdown");
+        let otlp = self.otlp.as_ref().map(|(p, _)| p);
+        for provider in std::iter::once(&self.provider).chain(otlp) {
+            if let Err(e) = provider.shutdown() {
+                tracing::debug!(error = %e, "meter provider shutdown");
+            }
         }
     }
 }
