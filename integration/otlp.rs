@@ -178,12 +178,12 @@ fn check_push(protocol: Protocol, via_env: bool) {
                 spec.name, ns.name
             ));
         }
-        let mut want: BTreeSet<&str> = ["k8s_node", "netns"].into();
+        let mut want: BTreeSet<&str> = ["k8s.node.name", "netns"].into();
         want.extend(spec.extra_labels());
         for p in &mine {
             let a = attrs(&p.attributes);
             let keys: BTreeSet<&str> = a.keys().map(String::as_str).collect();
-            if keys != want || a["k8s_node"] != "itest-node" {
+            if keys != want || a["k8s.node.name"] != "itest-node" {
                 problems.push(format!("{}: attributes {a:?}", spec.name));
             }
             let _ = value(p);

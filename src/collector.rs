@@ -26,6 +26,11 @@ use crate::probes::{self, Probe, Registration, Scope};
 use crate::sources::collection::NodeSocket;
 use crate::sources::netns::NetnsSession;
 use crate::sources::{Collection, Node, TargetSources};
+use crate::telemetry::prometheus;
+
+/// The attribute naming the node on every series: its semantic-convention name (OTLP); the
+/// Prometheus format calls it `k8s_node`.
+pub const NODE_ATTRIBUTE: &str = "k8s.node.name";
 
 /// The `tracing` target of a collection's spans (`docs/tracing.md`).
 pub const TRACE: &str = "net_exporter::trace";
@@ -61,7 +66,8 @@ pub struct Snapshot {
     pub collectors: Vec<CollectorStatus>,
     /// Every enabled probe, and why it is unavailable on this node (`None`: available).
     pub availability: Vec<(&'static str, Option<String>)>,
-    /// Attributes every node-level self-metric carries (`k8s_node`).
+    /// Attributes every node-level self-metric carries (`k8s.node.name`: `k8s_node` in the
+    /// Prometheus format).
     pub node_attrs: Vec<KeyValue>,
     pub targets: u64,
     /// Series (data points) of the last collection, and those left out past the ceiling since
@@ -615,7 +621,7 @@ impl Collector {
         let mut netns_failures: Vec<String> = discovery_error.into_iter().collect();
         let mut sessions = HashMap::new();
         let mut targets = 0;
-        let node_attrs = vec![KeyValue::new("k8s_node", self.node_name.clone())];
+        let node_attrs = vec![KeyValue::new(NODE_ATTRIBUTE, self.node_name.clone())];
         let (mut series_total, mut dropped, mut dropped_targets) = (0usize, 0usize, 0usize);
 
         for r in results {
@@ -636,7 +642,7 @@ impl Collector {
                 .iter()
                 .map(|(k, v)| {
                     KeyValue::new(
-                        *k,
+                        prometheus::attribute_name(k),
                         Value::String(StringValue::from(Arc::<str>::from(v.as_str()))),
                     )
                 })
@@ -739,7 +745,7 @@ impl Collector {
             series: vec![Vec::new(); probes::PROBES.len()],
             collectors,
             availability: availability(&slots),
-            node_attrs: vec![KeyValue::new("k8s_node", self.node_name.clone())],
+            node_attrs: vec![KeyValue::new(NODE_ATTRIBUTE, self.node_name.clone())],
             targets: 0,
             series_count: 0,
             series_dropped_total: state.series_dropped_total,

@@ -39,11 +39,11 @@ impl Target {
         };
         match self {
             Self::Pod { namespace, name } => {
-                attr("k8s_namespace").as_deref() == Some(namespace)
-                    && attr("k8s_pod").as_deref() == Some(name)
+                attr("k8s.namespace.name").as_deref() == Some(namespace)
+                    && attr("k8s.pod.name").as_deref() == Some(name)
             }
             Self::Netns(n) => attr("netns").as_deref() == Some(n),
-            Self::Node => attr("netns").is_none() && attr("k8s_pod").is_none(),
+            Self::Node => attr("netns").is_none() && attr("k8s.pod.name").is_none(),
         }
     }
 }
@@ -500,7 +500,7 @@ mod tests {
         } else {
             values[i] = Some(value);
         }
-        let mut attrs = vec![KeyValue::new("k8s_node", "n1")];
+        let mut attrs = vec![KeyValue::new("k8s.node.name", "n1")];
         attrs.extend(
             labels
                 .iter()
@@ -515,7 +515,7 @@ mod tests {
 
     #[test]
     fn the_pods_peers_worst_first_and_its_listeners() {
-        let pod = [("k8s_namespace", "shop"), ("k8s_pod", "web-1")];
+        let pod = [("k8s.namespace.name", "shop"), ("k8s.pod.name", "web-1")];
         let with = |extra: &[(&'static str, &'static str)]| {
             let mut l = pod.to_vec();
             l.extend_from_slice(extra);
@@ -580,8 +580,8 @@ mod tests {
             // Another Pod's peer is not in the report.
             series(
                 &[
-                    ("k8s_namespace", "shop"),
-                    ("k8s_pod", "web-2"),
+                    ("k8s.namespace.name", "shop"),
+                    ("k8s.pod.name", "web-2"),
                     db[0],
                     db[1],
                     db[2],
@@ -670,8 +670,8 @@ mod tests {
             let mut values = vec![None; metrics.len()];
             values[metrics.iter().position(|m| m.name == metric).unwrap()] = Some(value);
             let mut attrs = vec![
-                KeyValue::new("k8s_namespace", "shop"),
-                KeyValue::new("k8s_pod", "web-1"),
+                KeyValue::new("k8s.namespace.name", "shop"),
+                KeyValue::new("k8s.pod.name", "web-1"),
                 KeyValue::new("resolver", resolver.to_string()),
                 KeyValue::new("resolver_kind", "address"),
                 KeyValue::new("network.transport", "udp"),

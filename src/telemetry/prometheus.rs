@@ -226,10 +226,22 @@ fn points<T: PromValue>(
 /// label each is in the Prometheus format, whose names are the contract; `None`: an attribute
 /// that only OTLP carries (it repeats a label's value, so no series is merged without it).
 const SEMCONV_LABELS: &[(&str, Option<&str>)] = &[
+    ("k8s.node.name", Some("k8s_node")),
+    ("k8s.namespace.name", Some("k8s_namespace")),
+    ("k8s.pod.name", Some("k8s_pod")),
     ("server.port", Some("port")),
     ("network.transport", Some("protocol")),
     ("network.peer.address", None),
 ];
+
+/// The attribute name (OTLP) of the Prometheus label `label`: its semantic-convention name
+/// where [`SEMCONV_LABELS`] has one, else the label itself.
+pub fn attribute_name(label: &'static str) -> &'static str {
+    SEMCONV_LABELS
+        .iter()
+        .find(|(_, l)| *l == Some(label))
+        .map_or(label, |(otel, _)| otel)
+}
 
 /// Labels sorted by name, so that a series renders the same whatever order the SDK kept.
 fn labels<'a>(attrs: impl Iterator<Item = &'a KeyValue>) -> String {
@@ -323,11 +335,25 @@ mod tests {
     #[test]
     fn semantic_convention_attributes_are_the_contracts_labels() {
         let kv = [
+            KeyValue::new("k8s.pod.name", "web-1"),
             KeyValue::new("server.port", "5432"),
             KeyValue::new("network.peer.address", "10.0.0.7"),
+            KeyValue::new("k8s.node.name", "n1"),
             KeyValue::new("peer", "10.0.0.7"),
+            KeyValue::new("k8s.namespace.name", "shop"),
+            KeyValue::new("network.transport", "udp"),
         ];
-        assert_eq!(labels(kv.iter()), "{peer=\"10.0.0.7\",port=\"5432\"}");
+        assert_eq!(
+            labels(kv.iter()),
+            "{k8s_namespace=\"shop\",k8s_node=\"n1\",k8s_pod=\"web-1\",peer=\"10.0.0.7\",port=\"5432\",protocol=\"udp\"}"
+        );
+        for label in ["k8s_node", "k8s_namespace", "k8s_pod", "port", "protocol"] {
+            let otel = attribute_name(label);
+            assert_ne!(otel, label);
+            let kv = [KeyValue::new(otel, "x")];
+            assert_eq!(labels(kv.iter()), format!("{{{label}=\"x\"}}"));
+        }
+        assert_eq!(attribute_name("netns"), "netns");
     }
 
     #[test]
@@ -351,8 +377,10 @@ mod tests {
             })
             .unwrap();
         let def = &crate::probes::PROBES[p].metrics[m];
-        let mut snapshot = Snapshot::default();
-        snapshot.series = vec![Vec::new(); crate::probes::PROBES.len()];
+        let mut snapshot = Snapshot {
+            series: vec![Vec::new(); crate::probes::PROBES.len()],
+            ..Default::default()
+        };
         for i in 0..5000u64 {
             let mut values = vec![None; crate::probes::PROBES[p].metrics.len()];
             values[m] = Some(i);
