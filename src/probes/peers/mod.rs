@@ -221,6 +221,8 @@ pub(crate) struct Directory {
     listed: bool,
     /// This node: its name and the addresses of its own namespace.
     node: Option<(String, HashSet<IpAddr>)>,
+    /// A number that changes with what `by_addr` names.
+    content: u64,
 }
 
 /// A directory entry: a Service, a Node, or a backend Pod's workload and the Pod itself.
@@ -319,10 +321,16 @@ impl Directory {
                 }
             }
         }
+        // What it names, whatever the order of the map: a watch event that changed no name
+        // (a Node's status, an EndpointSlice's readiness) leaves it, and the keys unchecked.
+        let content = by_addr.iter().fold(0u64, |acc, (addr, n)| {
+            acc.wrapping_add(fingerprint(&(addr, &n.workload, &n.pod, n.kind)))
+        });
         Self {
             by_addr,
             listed: true,
             node: None,
+            content,
         }
     }
 }
@@ -986,7 +994,8 @@ impl Probe for Peers {
                 .map(|(_, a)| a.iter().collect())
                 .unwrap_or_default();
             node.sort();
-            fingerprint(&(r.directory_version, node))
+            let content = r.directory.as_ref().map(|d| (d.listed, d.content));
+            fingerprint(&(content, node))
         };
         let gone = |k: &PeerKey| k.netns != 0 && collection.is_gone(u64::from(k.netns));
         match counter.read().and_then(|r| Ok((r, counter.timings()?))) {
