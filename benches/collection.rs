@@ -1091,7 +1091,7 @@ fn cpu_limited(world: &World) -> Vec<String> {
 /// counters off, socket summaries by sock_diag): the peak since start (VmHWM, start-up
 /// included) beside the resident set after the scrapes (VmRSS).
 fn memory(world: &World) -> Vec<String> {
-    let no_bpf = "probes:\n  packetloss:\n    enabled: false\n  peers:\n    enabled: false\n";
+    let no_bpf = "probes:\n  packetloss:\n    enabled: false\n  peers:\n    enabled: false\n  dns:\n    enabled: false\n";
     let mut rows = Vec::new();
     for (bpf, path, extra) in [("on", "auto", ""), ("off", "sock_diag", no_bpf)] {
         let m = measure_config(path, extra, &[], None, &|| {});
