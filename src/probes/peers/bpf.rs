@@ -114,6 +114,16 @@ impl BackendCounts {
         self.timeout += o.timeout;
         self.other += o.other;
     }
+
+    /// What was counted since `base` (an earlier read of the same key).
+    pub fn since(&self, base: &BackendCounts) -> BackendCounts {
+        BackendCounts {
+            opened: self.opened.saturating_sub(base.opened),
+            refused: self.refused.saturating_sub(base.refused),
+            timeout: self.timeout.saturating_sub(base.timeout),
+            other: self.other.saturating_sub(base.other),
+        }
+    }
 }
 
 /// `PEER_BUCKETS` of `peers.h`: histogram buckets, the last one unbounded.

@@ -483,6 +483,12 @@ struct Budget {
     backends: HashMap<BackendKey, BackendBucket>,
     /// (peer, backend) pairs with series of their own, each as (name, kind).
     backend_pairs: HashSet<[(String, &'static str); 2]>,
+    /// The (peer, backend) names each backend key was decided under; its offset and the
+    /// retired counts once it moved, as for the peers' keys.
+    backend_names: HashMap<BackendKey, [(String, &'static str); 2]>,
+    backend_offsets: HashMap<BackendKey, BackendCounts>,
+    backend_retired: HashMap<BackendBucket, BackendCounts>,
+    backend_generation: Option<u64>,
 }
 
 /// The series a backend key is counted under: a named (address connected to, backend) pair,
@@ -518,6 +524,58 @@ fn backend_address(key: &BackendKey) -> IpAddr {
     })
 }
 
+/// Adds what keys that moved away had counted to their old buckets' `sums`: kept while a
+/// bucket has keys (its series never goes back), forgotten once it has none (its series ends).
+fn add_retired<B: Eq + std::hash::Hash + Ord, C>(
+    retired: &mut HashMap<B, C>,
+    sums: &mut BTreeMap<&B, C>,
+    add: fn(&mut C, &C),
+) {
+    retired.retain(|b, r| match sums.get_mut(b) {
+        Some(s) => {
+            add(s, r);
+            true
+        }
+        None => false,
+    });
+}
+
+/// [`rename_moved`] for the backend keys: a key moves when the address connected to or the
+/// backend comes to name something else.
+fn rename_moved_backends(
+    mine: &[&(BackendKey, BackendCounts)],
+    budget: &mut Budget,
+    options: &PeersOptions,
+    cluster: Option<&ClusterView>,
+    directory: Option<&Directory>,
+) {
+    let named = |addr| {
+        resolve(addr, options, cluster, directory, false)
+            .filter(|(_, kind)| !matches!(*kind, "address" | "external"))
+    };
+    for (key, counts) in mine {
+        let Some([peer, backend]) = budget.backend_names.get(key) else {
+            continue;
+        };
+        let moved = |was: &(String, &'static str), now: Option<(String, &'static str)>| {
+            now.is_some_and(|now| now != *was)
+        };
+        if !moved(peer, named(address(&key.peer))) && !moved(backend, named(backend_address(key))) {
+            continue;
+        }
+        let base = budget.backend_offsets.get(key).copied().unwrap_or_default();
+        if let Some(b) = budget.backends.remove(key) {
+            budget
+                .backend_retired
+                .entry(b)
+                .or_default()
+                .add(&counts.since(&base));
+        }
+        budget.backend_offsets.insert(*key, *counts);
+        budget.backend_names.remove(key);
+    }
+}
+
 /// One namespace's series of connections to translated addresses, by backend, deciding the
 /// bucket of each key not seen before like [`series_for`] does (the busiest first; pairs past
 /// `peers_per_namespace` are `other`).
@@ -528,7 +586,12 @@ fn backend_series(
     cluster: Option<&ClusterView>,
     directory: Option<&Directory>,
     wait: bool,
+    generation: u64,
 ) -> Vec<Series> {
+    if budget.backend_generation != Some(generation) {
+        budget.backend_generation = Some(generation);
+        rename_moved_backends(mine, budget, options, cluster, directory);
+    }
     let mut new: Vec<&&(BackendKey, BackendCounts)> = mine
         .iter()
         .filter(|(k, _)| !budget.backends.contains_key(k))
@@ -543,6 +606,7 @@ fn backend_series(
             continue;
         };
         let pair = [(peer.clone(), kind), (backend.clone(), backend_kind)];
+        budget.backend_names.insert(*key, pair.clone());
         let bucket = if budget.backend_pairs.contains(&pair)
             || budget.backend_pairs.len() < options.peers_per_namespace
         {
@@ -568,9 +632,11 @@ fn backend_series(
     let mut sums: BTreeMap<&BackendBucket, BackendCounts> = BTreeMap::new();
     for (key, counts) in mine {
         if let Some(b) = budget.backends.get(key) {
-            sums.entry(b).or_default().add(counts);
+            let c = (budget.backend_offsets.get(key)).map_or(*counts, |o| counts.since(o));
+            sums.entry(b).or_default().add(&c);
         }
     }
+    add_retired(&mut budget.backend_retired, &mut sums, BackendCounts::add);
     let n = METRICS.len();
     let mut out = Vec::new();
     for (bucket, c) in sums {
@@ -837,22 +903,8 @@ fn series_for(
             timed.entry(b).or_default().add(&t);
         }
     }
-    // What moved away stays in a bucket's series while the bucket has keys; a bucket left
-    // without any has no series, and forgets it.
-    budget.retired.retain(|b, r| match sums.get_mut(b) {
-        Some(s) => {
-            s.add(r);
-            true
-        }
-        None => false,
-    });
-    budget.retired_timed.retain(|b, r| match timed.get_mut(b) {
-        Some(t) => {
-            t.add(r);
-            true
-        }
-        None => false,
-    });
+    add_retired(&mut budget.retired, &mut sums, PeerCounts::add);
+    add_retired(&mut budget.retired_timed, &mut timed, PeerTiming::add);
     let n = METRICS.len();
     let mut out = Vec::new();
     for (bucket, t) in timed {
@@ -1099,6 +1151,7 @@ impl Probe for Peers {
             cluster,
             read.directory.as_ref(),
             loaded.attached.elapsed() < SYNC_WAIT,
+            generation,
         ));
         if let Some(listeners) = read.listeners.get(&inode) {
             out.extend(listener_series(
@@ -1395,6 +1448,7 @@ mod tests {
             Some(&view),
             Some(&dir),
             true,
+            0,
         ));
         let labels = "role=client,server.port=80,peer=shop/Service/api,peer_kind=service,backend=shop/Deployment/api,backend_kind=workload";
         let other = "role=client,peer=other,peer_kind=other,backend=other,backend_kind=other";
@@ -1421,12 +1475,79 @@ mod tests {
             Some(&view),
             Some(&dir),
             true,
+            0,
         ));
         assert_eq!(
             out,
             [
                 format!("netexporter_peer_backend_connections_total {other} 100"),
                 format!("netexporter_peer_backend_connections_total {labels} 3"),
+            ]
+        );
+        // The backend 10.244.7.6 reused by a Pod of another workload (this node's, so the
+        // cluster view names it): its key moves; the Deployment's series keeps what it had.
+        let reused = ClusterView {
+            synced: true,
+            pods: vec![crate::inventory::PodInfo {
+                uid: "u".into(),
+                namespace: "shop".into(),
+                name: "cache-0".into(),
+                host_network: false,
+                ips: vec!["10.244.7.6".parse().unwrap()],
+                excluded: false,
+                labels: Default::default(),
+                workload: "StatefulSet/cache".into(),
+            }],
+            ..Default::default()
+        };
+        let mut budget = Budget::default();
+        let run = |entries: &[(BackendKey, BackendCounts)],
+                   view: &ClusterView,
+                   generation,
+                   budget: &mut Budget| {
+            let mine: Vec<_> = entries.iter().collect();
+            let options = PeersOptions::default();
+            render(&backend_series(
+                &mine,
+                budget,
+                &options,
+                Some(view),
+                Some(&dir),
+                true,
+                generation,
+            ))
+        };
+        let first = [
+            (backend("10.244.7.5", 8080), counts(3, 0)),
+            (backend("10.244.7.6", 8080), counts(2, 0)),
+        ];
+        assert_eq!(
+            run(&first, &view, 1, &mut budget),
+            [format!(
+                "netexporter_peer_backend_connections_total {labels} 5"
+            )]
+        );
+        let later = [
+            (backend("10.244.7.5", 8080), counts(3, 0)),
+            (backend("10.244.7.6", 8080), counts(4, 0)),
+        ];
+        let cache = "role=client,server.port=80,peer=shop/Service/api,peer_kind=service,backend=shop/StatefulSet/cache,backend_kind=workload";
+        assert_eq!(
+            run(&later, &reused, 2, &mut budget),
+            [
+                format!("netexporter_peer_backend_connections_total {labels} 7"),
+                format!("netexporter_peer_backend_connections_total {cache} 0"),
+            ]
+        );
+        let after = [
+            (backend("10.244.7.5", 8080), counts(3, 0)),
+            (backend("10.244.7.6", 8080), counts(5, 0)),
+        ];
+        assert_eq!(
+            run(&after, &reused, 2, &mut budget),
+            [
+                format!("netexporter_peer_backend_connections_total {labels} 7"),
+                format!("netexporter_peer_backend_connections_total {cache} 1"),
             ]
         );
     }
