@@ -26,7 +26,6 @@ use crate::probes::{self, Probe, Registration, Scope};
 use crate::sources::collection::NodeSocket;
 use crate::sources::netns::NetnsSession;
 use crate::sources::{Collection, Node, TargetSources};
-use crate::telemetry::prometheus;
 
 /// The attribute naming the node on every series: its semantic-convention name (OTLP); the
 /// Prometheus format calls it `k8s_node`.
@@ -642,7 +641,7 @@ impl Collector {
                 .iter()
                 .map(|(k, v)| {
                     KeyValue::new(
-                        prometheus::attribute_name(k),
+                        probes::attribute_name(k),
                         Value::String(StringValue::from(Arc::<str>::from(v.as_str()))),
                     )
                 })

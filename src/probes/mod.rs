@@ -246,6 +246,27 @@ macro_rules! metrics {
     (@kind histogram) => { $crate::probes::Kind::Histogram };
 }
 
+/// Attributes named after the OpenTelemetry semantic conventions (what OTLP carries) and the
+/// label each is in the Prometheus format, whose names are the contract; `None`: an attribute
+/// that only OTLP carries (it repeats a label's value, so no series is merged without it).
+pub const SEMCONV_LABELS: &[(&str, Option<&str>)] = &[
+    ("k8s.node.name", Some("k8s_node")),
+    ("k8s.namespace.name", Some("k8s_namespace")),
+    ("k8s.pod.name", Some("k8s_pod")),
+    ("server.port", Some("port")),
+    ("network.transport", Some("protocol")),
+    ("network.peer.address", None),
+];
+
+/// The attribute name (OTLP) of the Prometheus label `label`: its semantic-convention name
+/// where [`SEMCONV_LABELS`] has one, else the label itself.
+pub fn attribute_name(label: &'static str) -> &'static str {
+    SEMCONV_LABELS
+        .iter()
+        .find(|(_, l)| *l == Some(label))
+        .map_or(label, |(otel, _)| otel)
+}
+
 /// One set of values from a probe for one target: `values[i]` belongs to `METRICS[i]`.
 /// `None` means the running kernel does not have that counter (the series is left out, never
 /// reported as a made-up zero). `labels` are the extra labels of multi-series probes

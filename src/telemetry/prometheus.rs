@@ -14,7 +14,7 @@ use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, Metric, MetricData, ResourceMetrics};
 
 use crate::collector::Snapshot;
-use crate::probes::{self, Kind};
+use crate::probes::{self, Kind, SEMCONV_LABELS};
 
 /// A metric family rendered apart from the SDK's data (the probes').
 pub struct Family {
@@ -222,27 +222,6 @@ fn points<T: PromValue>(
     }
 }
 
-/// Attributes named after the OpenTelemetry semantic conventions (what OTLP carries) and the
-/// label each is in the Prometheus format, whose names are the contract; `None`: an attribute
-/// that only OTLP carries (it repeats a label's value, so no series is merged without it).
-const SEMCONV_LABELS: &[(&str, Option<&str>)] = &[
-    ("k8s.node.name", Some("k8s_node")),
-    ("k8s.namespace.name", Some("k8s_namespace")),
-    ("k8s.pod.name", Some("k8s_pod")),
-    ("server.port", Some("port")),
-    ("network.transport", Some("protocol")),
-    ("network.peer.address", None),
-];
-
-/// The attribute name (OTLP) of the Prometheus label `label`: its semantic-convention name
-/// where [`SEMCONV_LABELS`] has one, else the label itself.
-pub fn attribute_name(label: &'static str) -> &'static str {
-    SEMCONV_LABELS
-        .iter()
-        .find(|(_, l)| *l == Some(label))
-        .map_or(label, |(otel, _)| otel)
-}
-
 /// Labels sorted by name, so that a series renders the same whatever order the SDK kept.
 fn labels<'a>(attrs: impl Iterator<Item = &'a KeyValue>) -> String {
     let mut attrs: Vec<(&str, &KeyValue)> = attrs
@@ -348,12 +327,12 @@ mod tests {
             "{k8s_namespace=\"shop\",k8s_node=\"n1\",k8s_pod=\"web-1\",peer=\"10.0.0.7\",port=\"5432\",protocol=\"udp\"}"
         );
         for label in ["k8s_node", "k8s_namespace", "k8s_pod", "port", "protocol"] {
-            let otel = attribute_name(label);
+            let otel = crate::probes::attribute_name(label);
             assert_ne!(otel, label);
             let kv = [KeyValue::new(otel, "x")];
             assert_eq!(labels(kv.iter()), format!("{{{label}=\"x\"}}"));
         }
-        assert_eq!(attribute_name("netns"), "netns");
+        assert_eq!(crate::probes::attribute_name("netns"), "netns");
     }
 
     #[test]
