@@ -449,10 +449,70 @@ fn lock(s: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A map of Pods by UID that follows a Pod watch, holding what `keep` takes of each Pod. A
+/// relist builds up aside; the map it replaces stays in use until the relist's `InitDone`.
+pub(crate) struct PodFollower<V, F> {
+    keep: F,
+    relist: BTreeMap<String, V>,
+}
+
+impl<V: PartialEq, F: Fn(&Pod) -> Option<V>> PodFollower<V, F> {
+    pub(crate) fn new(keep: F) -> Self {
+        Self {
+            keep,
+            relist: BTreeMap::new(),
+        }
+    }
+
+    /// Applies `ev` to `pods`; whether what `pods` holds changed (a Pod's status update that
+    /// changes nothing kept is no change: on a busy cluster most events are such).
+    pub(crate) fn apply(&mut self, ev: Event<Pod>, pods: &mut BTreeMap<String, V>) -> bool {
+        match ev {
+            Event::Init => {
+                self.relist.clear();
+                false
+            }
+            Event::InitApply(p) => {
+                if let Some((uid, kept)) = self.kept(&p) {
+                    self.relist.insert(uid, kept);
+                }
+                false
+            }
+            Event::InitDone => {
+                let relisted = std::mem::take(&mut self.relist);
+                let changed = relisted != *pods;
+                *pods = relisted;
+                changed
+            }
+            Event::Apply(p) => match self.kept(&p) {
+                Some((uid, kept)) if pods.get(&uid) != Some(&kept) => {
+                    pods.insert(uid, kept);
+                    true
+                }
+                Some(_) => false,
+                // Nothing kept of it any more (e.g. it lost its UID): as if deleted.
+                None => Self::remove(&p, pods),
+            },
+            Event::Delete(p) => Self::remove(&p, pods),
+        }
+    }
+
+    fn kept(&self, p: &Pod) -> Option<(String, V)> {
+        let uid = p.metadata.uid.clone()?;
+        Some((uid, (self.keep)(p)?))
+    }
+
+    fn remove(p: &Pod, pods: &mut BTreeMap<String, V>) -> bool {
+        p.metadata
+            .uid
+            .as_ref()
+            .is_some_and(|uid| pods.remove(uid).is_some())
+    }
+}
+
 async fn watch_pods(client: Client, node: String, shared: Arc<Mutex<Shared>>, mode: ListMode) {
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-    // A relist builds up here; the view it replaces stays in use until its `InitDone`.
-    let mut listing: BTreeMap<String, PodInfo> = BTreeMap::new();
+    let mut pods = PodFollower::new(pod_info);
     let up_shared = Arc::clone(&shared);
     rewatch(
         Api::<Pod>::all(client),
@@ -461,27 +521,11 @@ async fn watch_pods(client: Client, node: String, shared: Arc<Mutex<Shared>>, mo
         "pods",
         watcher::watcher,
         move |r| lock(&up_shared).pods_ok = r.is_ok(),
-        |ev| match (ev, &mut *lock(&shared)) {
-            (Event::Init, _) => listing.clear(),
-            (Event::InitApply(p), _) => {
-                if let Some(info) = pod_info(&p) {
-                    listing.insert(info.uid.clone(), info);
-                }
-            }
-            (Event::InitDone, s) => {
-                s.pods = std::mem::take(&mut listing);
-                s.pods_synced = true;
-            }
-            (Event::Apply(p), s) => {
-                if let Some(info) = pod_info(&p) {
-                    s.pods.insert(info.uid.clone(), info);
-                }
-            }
-            (Event::Delete(p), s) => {
-                if let Some(uid) = &p.metadata.uid {
-                    s.pods.remove(uid);
-                }
-            }
+        |ev| {
+            let done = matches!(ev, Event::InitDone);
+            let s = &mut *lock(&shared);
+            pods.apply(ev, &mut s.pods);
+            s.pods_synced |= done;
         },
     )
     .await;

@@ -7,7 +7,7 @@
 //! and only once a check that applies on this node asks for it. Checks read the stores: in a
 //! steady state the agent makes no list call at all, however often the checks run.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client};
 
 use super::PodInfo;
-use super::kubernetes::{ListMode, pod_info, rewatch};
+use super::kubernetes::{ListMode, PodFollower, pod_info, rewatch};
 
 /// How long a check waits for a kind's first list when it asks for it the first time.
 pub const FIRST_LIST_WAIT: Duration = Duration::from_secs(15);
@@ -60,7 +60,7 @@ where
 #[derive(Default)]
 struct AllPods {
     /// By UID.
-    pods: Arc<Mutex<HashMap<String, Arc<PodInfo>>>>,
+    pods: Arc<Mutex<BTreeMap<String, Arc<PodInfo>>>>,
     listing: Arc<Mutex<Listing>>,
     changes: Arc<AtomicU64>,
 }
@@ -170,6 +170,7 @@ impl ClusterObjects {
                 watcher::Config::default(),
                 "nodes",
                 |api, cfg| watcher::watcher(api, cfg).map_ok(|ev| ev.modify(trim_node)),
+                PartialEq::eq,
             )
         }))
     }
@@ -185,14 +186,12 @@ impl ClusterObjects {
             let changes = Arc::clone(&all.changes);
             let (client, mode) = (self.client.clone(), self.mode.clone());
             self.runtime.spawn(async move {
-                // A relist builds up here; the view it replaces stays in use until `InitDone`.
-                let mut relist = HashMap::new();
-                let info = |p: &Pod| {
+                let mut follower = PodFollower::new(|p: &Pod| {
                     pod_info(p).map(|mut i| {
                         i.labels.clear();
-                        (i.uid.clone(), Arc::new(i))
+                        Arc::new(i)
                     })
-                };
+                });
                 let up = failure_recorder(Arc::clone(&listing));
                 rewatch(
                     Api::<Pod>::all(client),
@@ -202,20 +201,12 @@ impl ClusterObjects {
                     watcher::watcher,
                     up,
                     |ev| {
-                        changes.fetch_add(1, Ordering::Relaxed);
-                        match ev {
-                            watcher::Event::Init => relist.clear(),
-                            watcher::Event::InitApply(p) => relist.extend(info(&p)),
-                            watcher::Event::InitDone => {
-                                *lock(&pods) = std::mem::take(&mut relist);
-                                *lock(&listing) = Listing::Synced;
-                            }
-                            watcher::Event::Apply(p) => lock(&pods).extend(info(&p)),
-                            watcher::Event::Delete(p) => {
-                                if let Some(uid) = &p.metadata.uid {
-                                    lock(&pods).remove(uid);
-                                }
-                            }
+                        let done = matches!(ev, watcher::Event::InitDone);
+                        if follower.apply(ev, &mut lock(&pods)) {
+                            changes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if done {
+                            *lock(&listing) = Listing::Synced;
                         }
                     },
                 )
@@ -232,6 +223,7 @@ impl ClusterObjects {
                 watcher::Config::default(),
                 "services",
                 watcher::watcher,
+                PartialEq::eq,
             )
         })
     }
@@ -243,6 +235,7 @@ impl ClusterObjects {
                 watcher::Config::default(),
                 "endpointslices",
                 watcher::watcher,
+                PartialEq::eq,
             )
         })
     }
@@ -257,6 +250,7 @@ impl ClusterObjects {
                 watcher::Config::default(),
                 "networkpolicies",
                 watcher::watcher,
+                |a, b| a.metadata == b.metadata,
             )
         });
         ready(w, "NetworkPolicies").map(|v| v.len())
@@ -271,19 +265,22 @@ impl ClusterObjects {
                 watcher::Config::default().fields(&format!("metadata.name={name}")),
                 "configmap ip-masq-agent",
                 watcher::watcher,
+                PartialEq::eq,
             )
         });
         Ok(ready(w, "the ip-masq-agent ConfigMap")?.into_iter().next())
     }
 
     /// Starts the reflector of one kind: `watch` (a full watcher or one of metadata) of `api`
-    /// into a store, relisting after errors (see `kubernetes::rewatch`).
+    /// into a store, relisting after errors (see `kubernetes::rewatch`). An update that is
+    /// `same` as the object stored is not counted as a change.
     fn start<K, T, S>(
         &self,
         api: Api<K>,
         cfg: watcher::Config,
         what: &'static str,
         watch: fn(Api<K>, watcher::Config) -> S,
+        same: fn(&T, &T) -> bool,
     ) -> Watched<T>
     where
         K: kube::Resource + Clone + Send + 'static,
@@ -297,11 +294,23 @@ impl ClusterObjects {
         let changes = Arc::new(AtomicU64::new(0));
         let changed = Arc::clone(&changes);
         let mode = self.mode.clone();
+        let kept = store.clone();
         self.runtime.spawn(async move {
             let up = failure_recorder(failed);
             rewatch(api, cfg, mode, what, watch, up, |ev| {
+                // An update equal to what the store holds (a trimmed Node whose status moved
+                // no address) is no change: what is derived from the store is not rebuilt.
+                let same = match &ev {
+                    watcher::Event::Apply(o) => kept
+                        .get(&reflector::ObjectRef::from_obj(o))
+                        .is_some_and(|old| same(&old, o)),
+                    watcher::Event::Init | watcher::Event::InitApply(_) => true,
+                    _ => false,
+                };
                 writer.apply_watcher_event(&ev);
-                changed.fetch_add(1, Ordering::Relaxed);
+                if !same {
+                    changed.fetch_add(1, Ordering::Relaxed);
+                }
                 if matches!(ev, watcher::Event::InitDone) {
                     *lock(&done) = Listing::Synced;
                 }
@@ -334,10 +343,10 @@ fn trim_node(node: &mut Node) {
     let addresses = node.status.take().and_then(|s| s.addresses);
     let meta = std::mem::take(&mut node.metadata);
     *node = Node {
+        // Nor its UID or resourceVersion: the store keys by name, and without them a status
+        // update that moves no address leaves an equal Node (no change to count).
         metadata: kube::api::ObjectMeta {
             name: meta.name,
-            uid: meta.uid,
-            resource_version: meta.resource_version,
             ..Default::default()
         },
         spec: None,
@@ -429,6 +438,75 @@ mod tests {
             "{} of {} bytes kept",
             size(&trimmed),
             size(&full)
+        );
+    }
+
+    /// A Node's periodic status report (its conditions' heartbeat, a new resourceVersion)
+    /// leaves the trimmed Node equal: no change for the peers to rebuild their directory for.
+    #[test]
+    fn a_node_status_report_that_moves_no_address_is_no_change() {
+        let full: Node = fixture("node.json");
+        let mut reported = full.clone();
+        reported.metadata.resource_version = Some("999999".into());
+        let status = reported.status.as_mut().unwrap();
+        status.conditions.as_mut().unwrap()[0].last_heartbeat_time = None;
+        let (mut a, mut b) = (full.clone(), reported.clone());
+        trim_node(&mut a);
+        trim_node(&mut b);
+        assert_eq!(a, b);
+        // An address that moves is a change.
+        let mut moved = reported;
+        moved.status.as_mut().unwrap().addresses.as_mut().unwrap()[0].address = "192.0.2.99".into();
+        trim_node(&mut moved);
+        assert_ne!(a, moved);
+    }
+
+    /// The every-Pod watch counts a change only when what it keeps of a Pod changed: a status
+    /// update (a container restarted) is not one; a new address, a deletion and a relist that
+    /// differs are.
+    #[test]
+    fn the_pod_watch_counts_only_changes_of_what_it_keeps() {
+        use watcher::Event;
+        let pod: Pod = fixture("pod.json");
+        let mut follower = PodFollower::new(pod_info);
+        let mut pods = BTreeMap::new();
+        for ev in [Event::Init, Event::InitApply(pod.clone())] {
+            assert!(!follower.apply(ev, &mut pods));
+        }
+        assert!(pods.is_empty(), "a relist replaces the map at its end only");
+        assert!(follower.apply(Event::InitDone, &mut pods));
+        assert_eq!(pods.len(), 1);
+
+        let mut restarted = pod.clone();
+        restarted.metadata.resource_version = Some("999999".into());
+        let status = restarted.status.as_mut().unwrap();
+        status.container_statuses.as_mut().unwrap()[0].restart_count += 1;
+        assert!(!follower.apply(Event::Apply(restarted.clone()), &mut pods));
+
+        let mut moved = restarted;
+        moved.status.as_mut().unwrap().pod_ips.as_mut().unwrap()[0].ip = "10.244.1.99".into();
+        assert!(follower.apply(Event::Apply(moved.clone()), &mut pods));
+        assert_eq!(
+            pods.values().next().unwrap().ips[0].to_string(),
+            "10.244.1.99"
+        );
+
+        // A relist that finds the same Pods changes nothing; one that misses one does.
+        for ev in [Event::Init, Event::InitApply(moved.clone())] {
+            follower.apply(ev, &mut pods);
+        }
+        assert!(!follower.apply(Event::InitDone, &mut pods));
+        follower.apply(Event::Init, &mut pods);
+        assert!(follower.apply(Event::InitDone, &mut pods));
+        assert!(pods.is_empty());
+
+        pods.insert("x".into(), pod_info(&moved).unwrap());
+        let mut gone = moved;
+        gone.metadata.uid = Some("x".into());
+        assert!(follower.apply(Event::Delete(gone.clone()), &mut pods));
+        assert!(
+            !follower.apply(Event::Delete(gone), &mut pods),
+            "already gone"
         );
     }
 }

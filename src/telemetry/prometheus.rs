@@ -91,8 +91,7 @@ pub fn probe_families(snapshot: &Snapshot) -> Vec<Family> {
                         }
                     }
                     lines.sort_unstable();
-                    // Two series with one label set would make the exposition invalid.
-                    lines.dedup_by(|a, b| a.0 == b.0);
+                    drop_duplicates(def.name, &mut lines);
                     if def.kind == Kind::Counter {
                         "counter"
                     } else {
@@ -114,6 +113,31 @@ pub fn probe_families(snapshot: &Snapshot) -> Vec<Family> {
     }
     out.sort_by(|a, b| a.name.cmp(b.name));
     out
+}
+
+/// Keeps one of several series with one label set (two would make the exposition invalid),
+/// and says so: no probe makes them, so one is a bug to report, not a series to lose quietly.
+fn drop_duplicates(family: &str, lines: &mut Vec<(String, String)>) {
+    let before = lines.len();
+    let mut first_duplicate = None;
+    lines.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same && first_duplicate.is_none() {
+            first_duplicate = Some(later.0.clone());
+        }
+        same
+    });
+    if let Some(labels) = first_duplicate {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                family,
+                labels = %labels,
+                dropped = before - lines.len(),
+                "two series with one label set: kept one (a bug; this is said once)"
+            );
+        });
+    }
 }
 
 fn write_family(
