@@ -720,8 +720,18 @@ fn peers_listener_overflows_are_the_ports() {
          l = socket.socket(); l.bind(('{B_IP}', 8089)); l.listen(2)\n\
          time.sleep(600)\n"
     );
-    let _listener = b.spawn(&["python3", "-c", &listener]);
+    let listener = b.spawn(&["python3", "-c", &listener]);
     waits_for_listener(&b, 8089);
+    // A second listener of the port (IPv6 only), which stays when the first closes.
+    let v6 = "import socket, time\n\
+         l = socket.socket(socket.AF_INET6); l.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)\n\
+         l.bind(('::', 8089)); l.listen(5)\n\
+         time.sleep(600)\n";
+    let _v6 = b.spawn(&["python3", "-c", v6]);
+    let both = poll(Duration::from_secs(10), || {
+        (b.run(&["ss", "-Htln", "sport = :8089"]).lines().count() == 2).then_some(())
+    });
+    assert!(both.is_some(), "no IPv6 listener on 8089");
     // A handshake that finds the queue full is answered with an RST (no SYN-ACK retries keep
     // it dropping); A gives up a SYN after one retry.
     b.run(&["sysctl", "-qw", "net.ipv4.tcp_abort_on_overflow=1"]);
@@ -763,9 +773,24 @@ fn peers_listener_overflows_are_the_ports() {
         overflows <= drops,
         "overflows {overflows} are among the {drops} drops: {outcomes}"
     );
-    let ss = b.run(&["ss", "-Hltn", "sport = :8089"]);
-    let cols: Vec<&str> = ss.split_whitespace().collect();
-    let (recv_q, send_q): (u64, u64) = (cols[1].parse().unwrap(), cols[2].parse().unwrap());
+    // The port's two listeners, summed.
+    let queues = || {
+        let ss = b.run(&["ss", "-Hltn", "sport = :8089"]);
+        let sum = |col: usize| -> u64 {
+            ss.lines()
+                .map(|l| {
+                    l.split_whitespace()
+                        .nth(col)
+                        .unwrap()
+                        .parse::<u64>()
+                        .unwrap()
+                })
+                .sum()
+        };
+        (sum(1), sum(2), ss.lines().count(), ss.clone())
+    };
+    let (recv_q, send_q, listeners, ss) = queues();
+    assert_eq!(listeners, 2, "{ss}");
     assert_eq!(
         peer_value(&s, "netexporter_listener_accept_queue", &b, &port),
         recv_q,
@@ -777,6 +802,20 @@ fn peers_listener_overflows_are_the_ports() {
     assert_eq!(
         peer_value(&s, "netexporter_listener_accept_queue_limit", &b, &port),
         send_q
+    );
+    // The listener that dropped closes; the port still has one, so its series lives on, and
+    // the drops stay in it: a counter never goes back.
+    drop(listener);
+    let s = poll(Duration::from_secs(20), || {
+        let s = agent.scrape();
+        (peer_value(&s, "netexporter_listener_accept_queue_limit", &b, &port) == 5).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("the closed listener still counted: {}", queues().3));
+    assert_eq!(queues().2, 1);
+    assert_eq!(
+        peer_value(&s, "netexporter_listener_drops_total", &b, &port),
+        drops,
+        "a closed listener's drops left its port's count"
     );
     eprintln!(
         "12 connects to a listen(2) that never accepts: {outcomes}; {drops} drops, {overflows} overflows"

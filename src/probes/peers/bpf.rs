@@ -174,11 +174,13 @@ pub struct Listener {
     pub queue: u32,
     pub limit: u32,
     pub drops: u32,
+    /// The socket's cookie (unique while the kernel runs): which listener this is.
+    pub cookie: u64,
 }
 
 impl Listener {
     /// `sizeof(struct peer_listener)`.
-    pub const SIZE: usize = 16;
+    pub const SIZE: usize = 24;
 
     /// The listeners of one iterator's output (records of `SIZE` bytes, native order).
     pub fn parse(bytes: &[u8]) -> Vec<Listener> {
@@ -191,6 +193,9 @@ impl Listener {
                 queue: u32_at(r, 4),
                 limit: u32_at(r, 8),
                 drops: u32_at(r, 12),
+                cookie: u64::from_ne_bytes([
+                    r[16], r[17], r[18], r[19], r[20], r[21], r[22], r[23],
+                ]),
             })
             .collect()
     }
@@ -489,7 +494,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<BackendCounts>(), 32);
         assert_eq!(
             fields(header, "peer_listener"),
-            ["port", "family", "pad", "queue", "limit", "drops"]
+            ["port", "family", "pad", "queue", "limit", "drops", "cookie"]
         );
         let mut record = Vec::new();
         record.extend_from_slice(&8080u16.to_ne_bytes());
@@ -497,6 +502,7 @@ mod tests {
         for v in [3u32, 128, 7] {
             record.extend_from_slice(&v.to_ne_bytes());
         }
+        record.extend_from_slice(&0x0102_0304_0506_0708u64.to_ne_bytes());
         assert_eq!(record.len(), Listener::SIZE);
         assert_eq!(
             Listener::parse(&record),
@@ -505,7 +511,8 @@ mod tests {
                 family: 6,
                 queue: 3,
                 limit: 128,
-                drops: 7
+                drops: 7,
+                cookie: 0x0102_0304_0506_0708,
             }]
         );
         assert!(

@@ -155,7 +155,7 @@ const METRICS: &[MetricDef] = metrics![
     histogram(&LATENCY_BOUNDS) "netexporter_peer_rtt_seconds" "Smoothed round-trip time (the socket's srtt, as ss -ti shows it) of connections with a peer: one sample per open connection per collection, and one when a connection closes. Buckets grow fourfold from 64 us to 4.2 s. Labels: role, peer, peer_kind; the peers past probes.peers.histogram_peers are peer=other.",
     gauge "netexporter_listener_accept_queue" "Connections that completed the handshake and wait for accept() on a listening port (ss -ltn's Recv-Q), read at each collection. Labels: port (the ports past probes.peers.listeners_per_namespace are summed under other).",
     gauge "netexporter_listener_accept_queue_limit" "The accept queue's limit of a listening port (listen()'s backlog, capped by net.core.somaxconn; ss -ltn's Send-Q). Labels: port.",
-    counter "netexporter_listener_drops_total" "SYNs and handshakes a listening port dropped since its socket was opened (the listener's sk_drops: a full accept queue, as nstat's TcpExtListenOverflows counts, and other listen drops, TcpExtListenDrops). Starts again from zero when the port's listener is opened again. Labels: port.",
+    counter "netexporter_listener_drops_total" "SYNs and handshakes a listening port dropped (its listeners' sk_drops: a full accept queue, as nstat's TcpExtListenOverflows counts, and other listen drops, TcpExtListenDrops). A listener that closes leaves its drops in the count while the port has another; a port without listeners at a collection ends its series, which starts again from zero. Labels: port.",
     counter "netexporter_peer_backend_connections_total" "TCP connections a client in this namespace opened to an address that conntrack translated (a Service's ClusterIP, by kube-proxy's DNAT rules), by the backend they were sent to; also counted in netexporter_peer_connections_total under the address connected to. Labels: port, peer, peer_kind (the address connected to, as in netexporter_peer_connections_total), backend, backend_kind (the address translated to, named like a peer; other: past probes.peers.peers_per_namespace).",
     counter "netexporter_peer_backend_connection_failures_total" "TCP connections to a translated address that failed, by backend and reason: refused, timeout, other (as in netexporter_peer_connection_failures_total). Labels: those of netexporter_peer_backend_connections_total, and reason. A reason's series appears at its first failure.",
     gauge "netexporter_peers_info" "Always 1 (node only); the label translations tells whether connections to a translated address are followed to their backend: conntrack (from the packets' conntrack entries), off (probes.peers.follow_translations is false), or unavailable (the kernel has no connection tracking or refused the program; the agent's log says why).",
@@ -479,6 +479,13 @@ struct Budget {
     timed: HashSet<(String, &'static str)>,
     /// Listening ports with series of their own.
     ports: HashSet<u16>,
+    /// Each listener last sampled (by socket cookie): its port's series (`None`: `other`) and
+    /// its drops then.
+    listeners: HashMap<u64, (Option<u16>, u32)>,
+    /// The drops of listeners that closed, kept in their port's series while it has
+    /// listeners: a port's or `other`'s sum of several listeners never goes back when one
+    /// of them closes.
+    retired_drops: HashMap<Option<u16>, u64>,
     /// What each backend key is counted under.
     backends: HashMap<BackendKey, BackendBucket>,
     /// (peer, backend) pairs with series of their own, each as (name, kind).
@@ -663,7 +670,8 @@ fn backend_series(
 }
 
 /// The accept-queue series of one namespace's listeners, summed per port (a port may have a
-/// listener per family or address); ports past the budget are summed under `other`.
+/// listener per family or address); ports past the budget are summed under `other`. The
+/// drops of a listener that closed stay in its series while the series lives.
 fn listener_series(listeners: &[Listener], budget: &mut Budget, limit: usize) -> Vec<Series> {
     let mut by_port: BTreeMap<Option<u16>, (u64, u64, u64)> = BTreeMap::new();
     let mut ports: Vec<u16> = listeners.iter().map(|l| l.port).collect();
@@ -673,13 +681,23 @@ fn listener_series(listeners: &[Listener], budget: &mut Budget, limit: usize) ->
             budget.ports.insert(p);
         }
     }
+    let mut sampled = HashMap::with_capacity(listeners.len());
     for l in listeners {
         let port = budget.ports.contains(&l.port).then_some(l.port);
         let sum = by_port.entry(port).or_default();
         sum.0 += u64::from(l.queue);
         sum.1 += u64::from(l.limit);
         sum.2 += u64::from(l.drops);
+        sampled.insert(l.cookie, (port, l.drops));
     }
+    for (cookie, (port, drops)) in std::mem::replace(&mut budget.listeners, sampled) {
+        if !budget.listeners.contains_key(&cookie) {
+            *budget.retired_drops.entry(port).or_default() += u64::from(drops);
+        }
+    }
+    budget
+        .retired_drops
+        .retain(|port, _| by_port.contains_key(port));
     let n = METRICS.len();
     let mut out = Vec::new();
     for (port, (queue, limit, drops)) in by_port {
@@ -690,7 +708,7 @@ fn listener_series(listeners: &[Listener], budget: &mut Budget, limit: usize) ->
         let mut values = vec![None; n];
         values[ACCEPT_QUEUE] = Some(queue);
         values[ACCEPT_QUEUE_LIMIT] = Some(limit);
-        values[LISTEN_DROPS] = Some(drops);
+        values[LISTEN_DROPS] = Some(drops + budget.retired_drops.get(&port).copied().unwrap_or(0));
         out.push(Series::labelled(label, values));
     }
     out
@@ -1855,12 +1873,13 @@ mod tests {
 
     #[test]
     fn listeners_sum_per_port_and_ports_past_the_budget_are_other() {
-        let l = |port, queue, drops| Listener {
+        let l = |cookie, port, queue, drops| Listener {
             port,
             family: 4,
             queue,
             limit: 128,
             drops,
+            cookie,
         };
         let mut budget = Budget::default();
         let render = |series: Vec<Series>| -> Vec<String> {
@@ -1872,17 +1891,38 @@ mod tests {
                 })
                 .collect()
         };
-        let first = [l(8080, 1, 0), l(8080, 2, 5), l(22, 0, 0), l(9090, 0, 1)];
+        let first = [
+            l(1, 8080, 1, 0),
+            l(2, 8080, 2, 5),
+            l(3, 22, 0, 0),
+            l(4, 9090, 0, 1),
+            l(5, 9091, 0, 2),
+        ];
         assert_eq!(
             render(listener_series(&first, &mut budget, 2)),
-            ["other 0 128 1", "22 0 128 0", "8080 3 256 5"]
+            ["other 0 256 3", "22 0 128 0", "8080 3 256 5"]
         );
-        // A port seen first keeps its series; a new one is other.
-        let later = [l(8080, 0, 6), l(22, 0, 0), l(1, 4, 0)];
+        // A port seen first keeps its series; a new one is other. A listener that closed
+        // (2 of 8080, 4 of other) leaves its drops in its series: neither goes back.
+        let later = [
+            l(1, 8080, 0, 1),
+            l(3, 22, 0, 0),
+            l(6, 1, 4, 0),
+            l(5, 9091, 0, 2),
+        ];
         assert_eq!(
             render(listener_series(&later, &mut budget, 2)),
-            ["other 4 128 0", "22 0 128 0", "8080 0 128 6"]
+            ["other 4 256 3", "22 0 128 0", "8080 0 128 6"]
         );
+        // A port whose listeners were all replaced keeps its series and its count; a series
+        // without listeners ends (opened again later, it starts from zero).
+        let last = [l(7, 8080, 0, 0)];
+        assert_eq!(
+            render(listener_series(&last, &mut budget, 2)),
+            ["8080 0 128 6"]
+        );
+        assert!(render(listener_series(&[], &mut budget, 2)).is_empty());
+        assert!(budget.retired_drops.is_empty() && budget.listeners.is_empty());
     }
 
     #[test]

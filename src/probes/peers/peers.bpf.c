@@ -567,6 +567,7 @@ int peer_sample(struct bpf_iter__tcp *ctx)
 		l.queue = sk->sk_ack_backlog;
 		l.limit = sk->sk_max_ack_backlog;
 		l.drops = sk->sk_drops.counter;
+		l.cookie = bpf_get_socket_cookie(sk);
 		bpf_seq_write(ctx->meta->seq, &l, sizeof(l));
 		return 0;
 	}

@@ -63,6 +63,8 @@ struct peer_listener {
 	__u32 limit;   /* the accept queue's limit (sk_max_ack_backlog: listen()'s backlog) */
 	__u32 drops;   /* SYNs and handshakes dropped by the listener (sk_drops: a full accept
 			* queue, and other listen drops), since it was opened */
+	__u64 cookie;  /* the socket's cookie: which listener this is, so that user space keeps
+			* the drops of one that closed in its port's counter */
 };
 
 /* A connection as its first packet left with a translated destination (an iptables DNAT
