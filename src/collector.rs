@@ -677,7 +677,8 @@ impl Collector {
                             &base
                         };
                         series[slot.index].extend(list.into_iter().map(|s| {
-                            let mut attrs = attrs_base.clone();
+                            let mut attrs = Vec::with_capacity(attrs_base.len() + s.labels.len());
+                            attrs.extend_from_slice(attrs_base);
                             attrs.extend(s.labels.into_iter().map(|(k, v)| KeyValue::new(k, v)));
                             ObservedSeries {
                                 attrs,

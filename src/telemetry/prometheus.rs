@@ -72,7 +72,9 @@ pub fn probe_families(snapshot: &Snapshot) -> Vec<Family> {
         let Some(probe) = probes::PROBES.get(p) else {
             continue;
         };
-        let rendered: Vec<Option<String>> = list
+        // Most series have one value (the peers' all do): its labels move into its line,
+        // and only a series with several values has them copied.
+        let mut rendered: Vec<Option<String>> = list
             .iter()
             .map(|s| {
                 s.values
@@ -81,13 +83,25 @@ pub fn probe_families(snapshot: &Snapshot) -> Vec<Family> {
                     .then(|| labels(s.attrs.iter()))
             })
             .collect();
+        let last: Vec<Option<usize>> = list
+            .iter()
+            .map(|s| s.values.iter().rposition(Option::is_some))
+            .collect();
         for (m, def) in probe.metrics.iter().enumerate() {
             let mut lines = Vec::new();
             let kind = match def.kind {
                 Kind::Counter | Kind::Gauge => {
-                    for (s, l) in list.iter().zip(&rendered) {
-                        if let (Some(Some(v)), Some(l)) = (s.values.get(m), l) {
-                            lines.push((l.clone(), v.to_string()));
+                    for ((s, l), last) in list.iter().zip(&mut rendered).zip(&last) {
+                        let Some(Some(v)) = s.values.get(m) else {
+                            continue;
+                        };
+                        let l = if *last == Some(m) {
+                            l.take()
+                        } else {
+                            l.clone()
+                        };
+                        if let Some(l) = l {
+                            lines.push((l, v.to_string()));
                         }
                     }
                     lines.sort_unstable();
@@ -259,7 +273,7 @@ fn labels<'a>(attrs: impl Iterator<Item = &'a KeyValue>) -> String {
         })
         .collect();
     attrs.sort_by(|a, b| a.0.cmp(b.0));
-    let mut s = String::new();
+    let mut s = String::with_capacity(128);
     for (i, (name, kv)) in attrs.into_iter().enumerate() {
         s.push(if i == 0 { '{' } else { ',' });
         push_label_name(&mut s, name);
@@ -285,6 +299,10 @@ fn push_label_name(s: &mut String, name: &str) {
 }
 
 fn escape_label_value(s: &mut String, v: &str) {
+    if !v.contains(['\\', '"', '\n']) {
+        s.push_str(v);
+        return;
+    }
     for c in v.chars() {
         match c {
             '\\' => s.push_str("\\\\"),

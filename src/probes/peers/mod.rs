@@ -1080,6 +1080,8 @@ impl Probe for Peers {
                     timings.retain(|(k, _)| !gone_keys.contains(k));
                 }
                 read.error = None;
+                // By namespace, so that each namespace's collection finds its own in a range.
+                entries.sort_unstable_by_key(|(k, _)| k.netns);
                 read.entries = entries;
                 read.timings = timings.into_iter().collect();
                 read.fills = vec![peers_fill, timings_fill];
@@ -1098,6 +1100,7 @@ impl Probe for Peers {
                     let gone: HashSet<BackendKey> = gone.into_iter().collect();
                     backends.retain(|(k, _)| !gone.contains(k));
                 }
+                backends.sort_unstable_by_key(|(k, _)| k.peer.netns);
                 read.backends = backends;
                 if read.error.is_none() {
                     read.fills.push(fill);
@@ -1139,11 +1142,8 @@ impl Probe for Peers {
         if let Some(e) = &read.error {
             return Err(anyhow!("{e}"));
         }
-        let mine: Vec<&(PeerKey, PeerCounts)> = read
-            .entries
-            .iter()
-            .filter(|(k, _)| u64::from(k.netns) == inode || (is_node && k.netns == 0))
-            .collect();
+        let mine: Vec<&(PeerKey, PeerCounts)> =
+            of_namespace(&read.entries, inode, is_node, |k| k.netns).collect();
         let generation = fingerprint(&(loaded.cluster_version(src.cluster()), read.naming_version));
         let mut budgets = loaded.budgets.lock().unwrap_or_else(|e| e.into_inner());
         let cluster = src.cluster().map(|c| c.as_ref());
@@ -1157,11 +1157,8 @@ impl Probe for Peers {
             loaded.attached.elapsed() < SYNC_WAIT,
             generation,
         );
-        let backends: Vec<&(BackendKey, BackendCounts)> = read
-            .backends
-            .iter()
-            .filter(|(k, _)| u64::from(k.peer.netns) == inode || (is_node && k.peer.netns == 0))
-            .collect();
+        let backends: Vec<&(BackendKey, BackendCounts)> =
+            of_namespace(&read.backends, inode, is_node, |k| k.peer.netns).collect();
         out.extend(backend_series(
             &backends,
             budgets.entry(inode).or_default(),
@@ -1194,6 +1191,23 @@ impl Probe for Peers {
         }
         Ok(out)
     }
+}
+
+/// The entries of namespace `inode` in `entries` (sorted by namespace), and for the node's
+/// own also those of namespace 0 (counted where the namespace was not known).
+fn of_namespace<K, V>(
+    entries: &[(K, V)],
+    inode: u64,
+    is_node: bool,
+    netns: impl Fn(&K) -> u32,
+) -> impl Iterator<Item = &(K, V)> {
+    let range = |n: u64| {
+        let start = entries.partition_point(|(k, _)| u64::from(netns(k)) < n);
+        let end = entries.partition_point(|(k, _)| u64::from(netns(k)) <= n);
+        &entries[start..end]
+    };
+    let unknown = if is_node && inode != 0 { range(0) } else { &[] };
+    range(inode).iter().chain(unknown)
 }
 
 /// Runs the sampling iterator in the namespaces of this collection that have counted
@@ -1869,6 +1883,22 @@ mod tests {
                 ("server:192.0.2.1".to_string(), RTT, 4, 0.0002),
             ]
         );
+    }
+
+    #[test]
+    fn a_namespace_finds_its_keys_and_the_node_also_those_of_no_namespace() {
+        let entries: Vec<(u32, char)> = vec![(0, 'a'), (3, 'b'), (5, 'c'), (5, 'd'), (7, 'e')];
+        let of = |inode, is_node| -> String {
+            of_namespace(&entries, inode, is_node, |k| *k)
+                .map(|(_, v)| *v)
+                .collect()
+        };
+        assert_eq!(of(5, false), "cd");
+        assert_eq!(of(3, true), "ba");
+        assert_eq!(of(3, false), "b");
+        assert_eq!(of(4, false), "");
+        assert_eq!(of(7, false), "e");
+        assert_eq!(of(u64::from(u32::MAX) + 1, false), "");
     }
 
     #[test]
