@@ -65,6 +65,25 @@ impl DnsCounts {
         self.expansions += o.expansions;
     }
 
+    /// What was counted since `base` (an earlier read of the same key).
+    pub fn since(&self, base: &DnsCounts) -> DnsCounts {
+        let less = |a: &mut [u64], b: &[u64]| {
+            a.iter_mut()
+                .zip(b)
+                .for_each(|(x, y)| *x = x.saturating_sub(*y))
+        };
+        let mut d = *self;
+        less(&mut d.queries, &base.queries);
+        less(&mut d.answers, &base.answers);
+        less(&mut d.latency, &base.latency);
+        d.empty = d.empty.saturating_sub(base.empty);
+        d.late = d.late.saturating_sub(base.late);
+        d.malformed = d.malformed.saturating_sub(base.malformed);
+        d.latency_sum_us = d.latency_sum_us.saturating_sub(base.latency_sum_us);
+        d.expansions = d.expansions.saturating_sub(base.expansions);
+        d
+    }
+
     /// Queries sent: what the busiest resolvers are ranked by.
     pub fn total_queries(&self) -> u64 {
         self.queries.iter().sum()

@@ -23,7 +23,7 @@ use ipnet::IpNet;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::peers::{Directory, PeersOptions, SYNC_WAIT, ip_of, resolve};
+use super::peers::{Directory, NamingVersion, PeersOptions, SYNC_WAIT, ip_of, renamed, resolve};
 use super::{Build, Histogram, MetricDef, Probe, Scope, Series};
 use crate::inventory::ClusterView;
 use crate::inventory::objects::ClusterObjects;
@@ -129,6 +129,8 @@ struct Loaded {
     objects: Option<Arc<ClusterObjects>>,
     /// This node's name: what its own addresses are named.
     node_name: String,
+    /// What the names of this collection depend on.
+    naming: NamingVersion,
 }
 
 /// When a namespace cookie was last collected (or first found in the map), by collection id.
@@ -154,8 +156,57 @@ struct Read {
 /// back).
 #[derive(Default)]
 struct Budget {
+    /// What each key is counted under: its resolver's name, or `other`.
     buckets: HashMap<DnsKey, (String, &'static str)>,
     named: HashSet<(String, &'static str)>,
+    /// The name each key was decided under (also for keys folded into `other`).
+    names: HashMap<DnsKey, (String, &'static str)>,
+    /// A key whose address came to name another resolver (a Pod IP reused) counts from its
+    /// read at the move on: that read, and its timeouts then.
+    offsets: HashMap<DnsKey, (DnsCounts, u64)>,
+    /// What keys that moved away had counted under a series (name, kind, protocol): kept
+    /// while the series has keys, so that it never goes back.
+    retired: HashMap<(String, &'static str, &'static str), (DnsCounts, u64)>,
+    /// The naming generation the names were last checked against.
+    generation: Option<u64>,
+}
+
+fn protocol(key: &DnsKey) -> &'static str {
+    if key.proto == 6 { "tcp" } else { "udp" }
+}
+
+/// Moves the keys whose address names another resolver now than when they were decided,
+/// as the peers probe does (`peers::rename_moved`): what a key counted until now stays in
+/// its old series, what it counts from now on goes to the new name. An address that names
+/// nothing any more keeps its name.
+fn rename_moved(
+    mine: &[&(DnsKey, DnsCounts)],
+    expired: &HashMap<DnsKey, u64>,
+    budget: &mut Budget,
+    naming: &PeersOptions,
+    cluster: Option<&ClusterView>,
+    directory: Option<&Directory>,
+) {
+    for (key, counts) in mine {
+        let Some(was) = budget.names.get(key) else {
+            continue;
+        };
+        if !renamed(address(key), was, (naming, cluster, directory)) {
+            continue;
+        }
+        let timeouts = expired.get(key).copied().unwrap_or(0);
+        let (base, base_timeouts) = budget.offsets.get(key).copied().unwrap_or_default();
+        if let Some((name, kind)) = budget.buckets.remove(key) {
+            let retired = budget
+                .retired
+                .entry((name, kind, protocol(key)))
+                .or_default();
+            retired.0.add(&counts.since(&base));
+            retired.1 += timeouts.saturating_sub(base_timeouts);
+        }
+        budget.offsets.insert(*key, (*counts, timeouts));
+        budget.names.remove(key);
+    }
 }
 
 /// Collections a namespace's keys stay in the map after it was last collected: a namespace
@@ -212,8 +263,13 @@ fn series_for(
     options: &DnsOptions,
     naming: &PeersOptions,
     view: (Option<&ClusterView>, Option<&Directory>, bool),
+    generation: u64,
 ) -> Vec<Series> {
     let (cluster, directory, wait) = view;
+    if budget.generation != Some(generation) {
+        budget.generation = Some(generation);
+        rename_moved(mine, expired, budget, naming, cluster, directory);
+    }
     let mut new: Vec<&&(DnsKey, DnsCounts)> = mine
         .iter()
         .filter(|(k, _)| !budget.buckets.contains_key(k))
@@ -229,21 +285,46 @@ fn series_for(
             || budget.named.len() < options.resolvers_per_namespace
         {
             budget.named.insert(named.clone());
-            named
+            named.clone()
         } else {
             ("other".to_string(), "other")
         };
         budget.buckets.insert(*key, bucket);
+        budget.names.insert(*key, named);
     }
-    let protocol = |k: &DnsKey| if k.proto == 6 { "tcp" } else { "udp" };
     let mut sums: BTreeMap<(&str, &str, &str), (DnsCounts, u64)> = BTreeMap::new();
     for (key, counts) in mine {
         if let Some((name, kind)) = budget.buckets.get(key) {
             let sum = sums.entry((name, kind, protocol(key))).or_default();
-            sum.0.add(counts);
-            sum.1 += expired.get(key).copied().unwrap_or(0);
+            let timeouts = expired.get(key).copied().unwrap_or(0);
+            match budget.offsets.get(key) {
+                Some((base, base_timeouts)) => {
+                    sum.0.add(&counts.since(base));
+                    sum.1 += timeouts.saturating_sub(*base_timeouts);
+                }
+                None => {
+                    sum.0.add(counts);
+                    sum.1 += timeouts;
+                }
+            }
         }
     }
+    // Few: a linear search (the map's keys borrow from the budget).
+    budget
+        .retired
+        .retain(|(name, kind, proto), (counts, timeouts)| {
+            let series = sums
+                .iter_mut()
+                .find(|((n, k, p), _)| *n == name.as_str() && k == kind && p == proto);
+            match series {
+                Some((_, sum)) => {
+                    sum.0.add(counts);
+                    sum.1 += *timeouts;
+                    true
+                }
+                None => false,
+            }
+        });
     let n = METRICS.len();
     let mut out = Vec::new();
     for ((name, kind, proto), (c, expired)) in sums {
@@ -333,6 +414,7 @@ impl Probe for Dns {
             attached: Instant::now(),
             objects: node.cluster_objects.clone(),
             node_name: node.name.clone(),
+            naming: NamingVersion::default(),
         });
         Ok(())
     }
@@ -358,6 +440,7 @@ impl Probe for Dns {
             &mut r.directory_version,
             (&loaded.node_name, collection),
         );
+        loaded.naming.directory_changed(r.directory.as_ref());
         // Before the read: a query timed out now is in this collection's series.
         let expired = counter.expire(self.options.timeout);
         let read_now = counter.read();
@@ -455,6 +538,7 @@ impl Probe for Dns {
                 read.directory.as_ref(),
                 loaded.attached.elapsed() < SYNC_WAIT,
             ),
+            loaded.naming.of(src.cluster()),
         );
         if is_node {
             out.push(Series::only(
@@ -576,6 +660,7 @@ mod tests {
             &options,
             &naming,
             (None, None, false),
+            0,
         );
         let l = "resolver=cluster-dns,resolver_kind=network,network.transport=udp";
         assert_eq!(
@@ -621,6 +706,7 @@ mod tests {
             &options,
             &naming,
             (None, None, false),
+            0,
         );
         let queries: Vec<String> = render(&out)
             .into_iter()
@@ -647,6 +733,7 @@ mod tests {
             &options,
             &naming,
             (None, None, false),
+            0,
         );
         let queries: Vec<String> = render(&out)
             .into_iter()
@@ -706,5 +793,98 @@ mod tests {
         .err()
         .map(|e| e.to_string());
         assert_eq!(e.as_deref(), Some("timeout must be more than 0"));
+    }
+
+    /// A resolver Pod replaced by another workload's with the same IP: the queries counted
+    /// until the collection that sees it stay with the old resolver (kept while its series
+    /// has other keys), those after count under the new; timeouts too. No counter goes back.
+    #[test]
+    fn a_reused_resolver_address_moves_to_its_new_workload() {
+        let pod = |uid: &str, ip: &str, workload: &str| crate::inventory::PodInfo {
+            uid: uid.into(),
+            namespace: "dns".into(),
+            name: uid.into(),
+            host_network: false,
+            ips: vec![ip.parse().unwrap()],
+            excluded: false,
+            labels: Default::default(),
+            workload: workload.into(),
+        };
+        let view = |pods| ClusterView {
+            pods,
+            synced: true,
+            ..Default::default()
+        };
+        let (options, naming) = (DnsOptions::default(), PeersOptions::default());
+        let mut budget = Budget::default();
+        let (moved, stays) = (key("10.244.1.5", 17), key("10.244.1.6", 17));
+        // Each key's cumulative (queries, timeouts).
+        let mut collect = |reads: [(u64, u64); 2], v: &ClusterView, generation| {
+            let entries: Vec<(DnsKey, DnsCounts)> = [moved, stays]
+                .into_iter()
+                .zip(reads)
+                .map(|(k, (q, _))| {
+                    let c = DnsCounts {
+                        queries: [q, 0, 0, 0, 0],
+                        ..DnsCounts::default()
+                    };
+                    (k, c)
+                })
+                .collect();
+            let mine: Vec<_> = entries.iter().collect();
+            let expired: HashMap<DnsKey, u64> =
+                [moved, stays].into_iter().zip(reads.map(|r| r.1)).collect();
+            let out = series_for(
+                &mine,
+                &expired,
+                &mut budget,
+                &options,
+                &naming,
+                (Some(v), None, false),
+                generation,
+            );
+            render(&out)
+                .into_iter()
+                .filter(|l| l.contains("queries") || l.contains("timeouts"))
+                .map(|l| {
+                    l.replace("netexporter_dns_", "")
+                        .replace(",resolver_kind=workload,network.transport=udp", "")
+                })
+                .collect::<Vec<_>>()
+        };
+        let a = view(vec![
+            pod("a1", "10.244.1.5", "Deployment/a"),
+            pod("a2", "10.244.1.6", "Deployment/a"),
+        ]);
+        assert_eq!(
+            collect([(5, 1), (3, 0)], &a, 1),
+            [
+                "queries_total 8 resolver=dns/Deployment/a,type=A",
+                "timeouts_total 1 resolver=dns/Deployment/a",
+            ]
+        );
+        // a1 deleted, its IP given to b1: the first collection that sees it leaves what the
+        // key counted until this read with a (7 + 3, 2 timeouts); b counts from here.
+        let reused = view(vec![
+            pod("b1", "10.244.1.5", "StatefulSet/b"),
+            pod("a2", "10.244.1.6", "Deployment/a"),
+        ]);
+        assert_eq!(
+            collect([(7, 2), (3, 0)], &reused, 2),
+            [
+                "queries_total 10 resolver=dns/Deployment/a,type=A",
+                "timeouts_total 0 resolver=dns/StatefulSet/b",
+                "timeouts_total 2 resolver=dns/Deployment/a",
+            ]
+        );
+        assert_eq!(
+            collect([(9, 3), (4, 0)], &reused, 2),
+            [
+                "queries_total 11 resolver=dns/Deployment/a,type=A",
+                "queries_total 2 resolver=dns/StatefulSet/b,type=A",
+                "timeouts_total 1 resolver=dns/StatefulSet/b",
+                "timeouts_total 2 resolver=dns/Deployment/a",
+            ]
+        );
     }
 }

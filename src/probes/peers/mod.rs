@@ -177,31 +177,58 @@ struct Loaded {
     objects: Option<Arc<ClusterObjects>>,
     /// This node's name: what its own addresses are named.
     node_name: String,
-    /// The cluster view of this collection (held: its address cannot be reused meanwhile)
-    /// and a number that changes with the Pods it names.
-    cluster_seen: Mutex<Option<(Arc<ClusterView>, u64)>>,
+    /// What the names of this collection depend on.
+    naming: NamingVersion,
     /// How connections to translated addresses are followed to their backends:
     /// `conntrack`, `off`, or `unavailable`.
     translations: &'static str,
 }
 
-impl Loaded {
-    /// A number that changes with the Pods the cluster view names (computed once per view:
-    /// every namespace of a collection shares it).
-    fn cluster_version(&self, cluster: Option<&Arc<ClusterView>>) -> u64 {
-        let Some(cluster) = cluster else { return 0 };
+/// A number that changes whenever what names addresses may have (the Pods of the cluster
+/// view, the directory's content, this node's addresses): the peers' and dns' keys check
+/// their names again only then.
+#[derive(Default)]
+pub(crate) struct NamingVersion {
+    /// The cluster view of this collection (held: its address cannot be reused meanwhile)
+    /// and the fingerprint of the Pods it names.
+    cluster_seen: Mutex<Option<(Arc<ClusterView>, u64)>>,
+    /// The directory's, set at each collection's preparation.
+    directory: std::sync::atomic::AtomicU64,
+}
+
+impl NamingVersion {
+    /// At each collection's preparation, from its directory.
+    pub(crate) fn directory_changed(&self, directory: Option<&Directory>) {
+        let mut node: Vec<&IpAddr> = directory
+            .and_then(|d| d.node.as_ref())
+            .map(|(_, a)| a.iter().collect())
+            .unwrap_or_default();
+        node.sort();
+        let content = directory.map(|d| (d.listed, d.content));
+        let version = fingerprint(&(content, node));
+        (self.directory).store(version, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The version for a namespace's collection (the cluster view's fingerprint is computed
+    /// once per view: every namespace of a collection shares it).
+    pub(crate) fn of(&self, cluster: Option<&Arc<ClusterView>>) -> u64 {
+        let directory = self.directory.load(std::sync::atomic::Ordering::Relaxed);
+        let Some(cluster) = cluster else {
+            return fingerprint(&(0u64, directory));
+        };
         let mut seen = self.cluster_seen.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((held, version)) = &*seen
-            && Arc::ptr_eq(held, cluster)
-        {
-            return *version;
-        }
-        let pods: Vec<_> = (cluster.pods.iter())
-            .map(|p| (&p.uid, &p.ips, &p.workload, p.host_network))
-            .collect();
-        let version = fingerprint(&pods);
-        *seen = Some((Arc::clone(cluster), version));
-        version
+        let pods = match &*seen {
+            Some((held, version)) if Arc::ptr_eq(held, cluster) => *version,
+            _ => {
+                let pods: Vec<_> = (cluster.pods.iter())
+                    .map(|p| (&p.uid, &p.ips, &p.workload, p.host_network))
+                    .collect();
+                let version = fingerprint(&pods);
+                *seen = Some((Arc::clone(cluster), version));
+                version
+            }
+        };
+        fingerprint(&(pods, directory))
     }
 }
 
@@ -420,9 +447,6 @@ struct Read {
     directory_version: Option<u64>,
     /// The listeners of each namespace as last sampled, by inode.
     listeners: HashMap<u64, Vec<Listener>>,
-    /// What names addresses outside the cluster view (the directory and this node's
-    /// addresses), as a number that changes with it.
-    naming_version: u64,
     /// The namespace sampled last: the next collection starts after it.
     cursor: u64,
     /// The last error of sampling a namespace's open connections, said once until it changes.
@@ -556,18 +580,13 @@ fn rename_moved_backends(
     cluster: Option<&ClusterView>,
     directory: Option<&Directory>,
 ) {
-    let named = |addr| {
-        resolve(addr, options, cluster, directory, false)
-            .filter(|(_, kind)| !matches!(*kind, "address" | "external"))
-    };
+    let view = (options, cluster, directory);
     for (key, counts) in mine {
         let Some([peer, backend]) = budget.backend_names.get(key) else {
             continue;
         };
-        let moved = |was: &(String, &'static str), now: Option<(String, &'static str)>| {
-            now.is_some_and(|now| now != *was)
-        };
-        if !moved(peer, named(address(&key.peer))) && !moved(backend, named(backend_address(key))) {
+        if !renamed(address(&key.peer), peer, view) && !renamed(backend_address(key), backend, view)
+        {
             continue;
         }
         let base = budget.backend_offsets.get(key).copied().unwrap_or_default();
@@ -814,10 +833,7 @@ fn rename_moved(
         let Some(was) = budget.names.get(key) else {
             continue;
         };
-        let Some(now) = resolve(address(key), options, cluster, directory, false) else {
-            continue;
-        };
-        if now == *was || matches!(now.1, "address" | "external") {
+        if !renamed(address(key), was, (options, cluster, directory)) {
             continue;
         }
         let timing = timings.get(key).copied().unwrap_or_default();
@@ -839,6 +855,18 @@ fn rename_moved(
         budget.offsets.insert(*key, (*counts, timing));
         budget.names.remove(key);
     }
+}
+
+/// Whether `addr`, decided as `was`, names something else now: another Pod, Service, node
+/// or network. An address that names nothing any more (its Pod deleted, the IP not reused)
+/// keeps its name: its connections were that Pod's.
+pub(crate) fn renamed(
+    addr: IpAddr,
+    was: &(String, &'static str),
+    (options, cluster, directory): (&PeersOptions, Option<&ClusterView>, Option<&Directory>),
+) -> bool {
+    resolve(addr, options, cluster, directory, false)
+        .is_some_and(|now| now != *was && !matches!(now.1, "address" | "external"))
 }
 
 /// One namespace's series from the map's entries of that namespace (`mine`), deciding the
@@ -1032,7 +1060,7 @@ impl Probe for Peers {
             attached: Instant::now(),
             objects: node.cluster_objects.clone(),
             node_name: node.name.clone(),
-            cluster_seen: Mutex::new(None),
+            naming: NamingVersion::default(),
         });
         Ok(())
     }
@@ -1058,15 +1086,7 @@ impl Probe for Peers {
             &mut r.directory_version,
             (&loaded.node_name, collection),
         );
-        r.naming_version = {
-            let mut node: Vec<&IpAddr> = (r.directory.as_ref())
-                .and_then(|d| d.node.as_ref())
-                .map(|(_, a)| a.iter().collect())
-                .unwrap_or_default();
-            node.sort();
-            let content = r.directory.as_ref().map(|d| (d.listed, d.content));
-            fingerprint(&(content, node))
-        };
+        loaded.naming.directory_changed(r.directory.as_ref());
         let gone = |k: &PeerKey| k.netns != 0 && collection.is_gone(u64::from(k.netns));
         match counter.read().and_then(|r| Ok((r, counter.timings()?))) {
             Ok(((mut entries, peers_fill), (mut timings, timings_fill))) => {
@@ -1144,7 +1164,7 @@ impl Probe for Peers {
         }
         let mine: Vec<&(PeerKey, PeerCounts)> =
             of_namespace(&read.entries, inode, is_node, |k| k.netns).collect();
-        let generation = fingerprint(&(loaded.cluster_version(src.cluster()), read.naming_version));
+        let generation = loaded.naming.of(src.cluster());
         let mut budgets = loaded.budgets.lock().unwrap_or_else(|e| e.into_inner());
         let cluster = src.cluster().map(|c| c.as_ref());
         let mut out = series_for(
