@@ -1,0 +1,500 @@
+//! The kernel's BTF cut down to what one BPF object can ask of it, every type keeping its id.
+//!
+//! aya relocates an object against a parsed BTF (`aya::Btf`), and parsed whole the kernel's
+//! (126,622 types, 5.5 MB here) holds ~23 MiB while it lives: the agent's start-up memory peak,
+//! which the DaemonSet's limit must hold. An object asks only a few hundred of those types:
+//! - its CO-RE relocations find target types by name (the name of a local type, its `___flavor`
+//!   left out) and walk their members through embedded structs, unions and arrays to a field,
+//!   whose type they compare by kind (a pointer is compared as a pointer, never followed);
+//! - its `tp_btf/X` and `iter/X` programs attach by the id of `btf_trace_X` / `bpf_iter_X`.
+//!
+//! So the kept types are those named like a type of the object's own BTF or an attach point,
+//! and every type they reach without passing through a pointer; every other id holds a nameless
+//! placeholder (a 12-byte forward declaration that matches no name), so ids stay the kernel's.
+//! Relocations that compare whole types through pointers (`bpf_core_type_*`) would need the
+//! pointed-to types too: an object with one is refused, and the caller parses the BTF whole.
+//!
+//! Hand-written because no crate filters BTF: aya parses all of it, and libbpf's
+//! `btf__*` API would bring a C library for this alone. The format is the kernel's
+//! (Documentation/bpf/btf.rst); only its framing is read here, never interpreted further.
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::{Context, Result, bail, ensure};
+use object::{Object, ObjectSection};
+
+const MAGIC: u16 = 0xeb9f;
+const HEADER_LEN: usize = 24;
+const RECORD_LEN: usize = 12;
+
+const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_FWD: u32 = 7;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_FLOAT: u32 = 16;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+/// CO-RE relocation kinds that compare whole types (`TYPE_ID_LOCAL`, `TYPE_ID_TARGET`,
+/// `TYPE_EXISTS`, `TYPE_SIZE`, `TYPE_MATCHES`), following pointers.
+const WHOLE_TYPE_RELOCATIONS: [u32; 5] = [6, 7, 8, 9, 12];
+
+/// The kernel's BTF (`kernel`, raw) holding only what `object` (an ELF BPF object) can ask.
+pub fn for_object(kernel: &[u8], object: &[u8]) -> Result<Vec<u8>> {
+    let names = asked_names(object)?;
+    let kernel = Types::parse(kernel).context("kernel BTF")?;
+    Ok(kernel.keep(&names))
+}
+
+/// The names an object may look up in the kernel's BTF.
+fn asked_names(object: &[u8]) -> Result<HashSet<Vec<u8>>> {
+    let elf = object::File::parse(object).context("BPF object")?;
+    let section = |name: &str| -> Result<&[u8]> {
+        elf.section_by_name(name)
+            .with_context(|| format!("BPF object has no {name} section"))?
+            .data()
+            .with_context(|| format!("BPF object's {name} section"))
+    };
+    let btf = Types::parse(section(".BTF")?).context("BPF object's BTF")?;
+    if let Some(ext) = elf.section_by_name(".BTF.ext") {
+        let ext = ext.data().context("BPF object's .BTF.ext section")?;
+        if let Some(kind) = relocation_kinds(ext)?
+            .into_iter()
+            .find(|k| WHOLE_TYPE_RELOCATIONS.contains(k))
+        {
+            bail!("the object compares whole types (CO-RE relocation kind {kind})");
+        }
+    }
+    let mut names = HashSet::new();
+    for id in 1..=btf.count() {
+        let name = flavorless(btf.name(id)?);
+        if !name.is_empty() {
+            names.insert(name.to_vec());
+        }
+    }
+    for section in elf.sections() {
+        let Ok(name) = section.name() else { continue };
+        let attach = [("tp_btf/", "btf_trace_"), ("iter/", "bpf_iter_")]
+            .into_iter()
+            .find_map(|(prefix, kernel)| Some(format!("{kernel}{}", name.strip_prefix(prefix)?)));
+        if let Some(attach) = attach {
+            names.insert(attach.into_bytes());
+        }
+    }
+    Ok(names)
+}
+
+/// The kinds of the CO-RE relocations in a `.BTF.ext` section.
+fn relocation_kinds(ext: &[u8]) -> Result<Vec<u32>> {
+    let header_len = u32_at(ext, 4)? as usize;
+    // Older compilers wrote no relocation part (a 24-byte header).
+    if header_len < 32 {
+        return Ok(Vec::new());
+    }
+    let start = header_len + u32_at(ext, 24)? as usize;
+    let end = start + u32_at(ext, 28)? as usize;
+    let part = ext
+        .get(start..end)
+        .context(".BTF.ext relocations out of bounds")?;
+    if part.is_empty() {
+        return Ok(Vec::new());
+    }
+    let record = u32_at(part, 0)? as usize;
+    ensure!(record >= 16, ".BTF.ext relocation record of {record} bytes");
+    let mut kinds = Vec::new();
+    let mut at = 4;
+    while at < part.len() {
+        let count = u32_at(part, at + 4)? as usize;
+        at += 8;
+        for _ in 0..count {
+            kinds.push(u32_at(part, at + 12)?);
+            at += record;
+        }
+    }
+    Ok(kinds)
+}
+
+/// A type's name without the `___flavor` that local definitions may carry (CO-RE matches the
+/// rest).
+fn flavorless(name: &[u8]) -> &[u8] {
+    name.windows(3)
+        .position(|w| w == b"___")
+        .map_or(name, |at| &name[..at])
+}
+
+fn u32_at(data: &[u8], at: usize) -> Result<u32> {
+    let bytes = data
+        .get(at..at + 4)
+        .with_context(|| format!("truncated at byte {at}"))?;
+    Ok(u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+}
+
+/// Raw BTF: its type records, found by id, and its strings.
+struct Types<'a> {
+    types: &'a [u8],
+    strings: &'a [u8],
+    /// Where the record of type `id` starts in `types`, at `id - 1` (id 0 is `void`).
+    starts: Vec<u32>,
+}
+
+impl<'a> Types<'a> {
+    fn parse(data: &'a [u8]) -> Result<Self> {
+        let magic = data.get(..2).context("truncated header")?;
+        ensure!(
+            u16::from_ne_bytes([magic[0], magic[1]]) == MAGIC,
+            "not BTF of this machine's byte order"
+        );
+        let header_len = u32_at(data, 4)? as usize;
+        ensure!(header_len >= HEADER_LEN, "header of {header_len} bytes");
+        let part = |off: usize| -> Result<&'a [u8]> {
+            let start = header_len + u32_at(data, off)? as usize;
+            let end = start + u32_at(data, off + 4)? as usize;
+            data.get(start..end)
+                .with_context(|| format!("section {start}..{end} out of bounds"))
+        };
+        let types = part(8)?;
+        let strings = part(16)?;
+        let mut starts = Vec::new();
+        let mut at = 0;
+        while at < types.len() {
+            starts.push(at as u32);
+            let id = starts.len();
+            let info = u32_at(types, at + 4).with_context(|| format!("type {id}"))?;
+            let vlen = (info & 0xffff) as usize;
+            let extra = match kind(info) {
+                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
+                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+                KIND_ARRAY => 12,
+                KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
+                KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
+                other => bail!("type {id} is of unknown kind {other}"),
+            };
+            at += RECORD_LEN + extra;
+            ensure!(at <= types.len(), "type {id} runs past the type section");
+        }
+        Ok(Self {
+            types,
+            strings,
+            starts,
+        })
+    }
+
+    fn count(&self) -> u32 {
+        self.starts.len() as u32
+    }
+
+    /// The record of type `id` (1..=count): its 12-byte header and what follows it.
+    fn record(&self, id: u32) -> &'a [u8] {
+        let start = self.starts[id as usize - 1] as usize;
+        let end = self
+            .starts
+            .get(id as usize)
+            .map_or(self.types.len(), |&s| s as usize);
+        &self.types[start..end]
+    }
+
+    fn string(&self, offset: u32) -> Result<&'a [u8]> {
+        let rest = self
+            .strings
+            .get(offset as usize..)
+            .with_context(|| format!("string offset {offset} out of bounds"))?;
+        let len = rest
+            .iter()
+            .position(|&b| b == 0)
+            .with_context(|| format!("string at {offset} not terminated"))?;
+        Ok(&rest[..len])
+    }
+
+    fn name(&self, id: u32) -> Result<&'a [u8]> {
+        self.string(u32_at(self.record(id), 0)?)
+    }
+
+    /// The types `id` refers to, each with whether it is reached through a pointer.
+    fn referenced(&self, id: u32, mut each: impl FnMut(u32, bool)) {
+        let record = self.record(id);
+        let word = |at: usize| u32_at(record, at).unwrap_or(0);
+        let info = word(4);
+        let vlen = (info & 0xffff) as usize;
+        match kind(info) {
+            KIND_PTR => each(word(8), true),
+            KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG
+            | KIND_FUNC | KIND_VAR | KIND_DECL_TAG => each(word(8), false),
+            KIND_ARRAY => {
+                each(word(12), false);
+                each(word(16), false);
+            }
+            KIND_STRUCT | KIND_UNION => (0..vlen).for_each(|i| each(word(16 + 12 * i), false)),
+            KIND_DATASEC => (0..vlen).for_each(|i| each(word(12 + 12 * i), false)),
+            KIND_FUNC_PROTO => {
+                each(word(8), false);
+                (0..vlen).for_each(|i| each(word(16 + 8 * i), false));
+            }
+            _ => {}
+        }
+    }
+
+    /// This BTF with only the types named in `names` (flavor left out) and those they reach
+    /// other than through a pointer; the others become nameless placeholders.
+    fn keep(&self, names: &HashSet<Vec<u8>>) -> Vec<u8> {
+        let count = self.count();
+        let mut kept = vec![false; count as usize + 1];
+        let mut pending = Vec::new();
+        for id in 1..=count {
+            if self
+                .name(id)
+                .is_ok_and(|name| !name.is_empty() && names.contains(flavorless(name)))
+            {
+                kept[id as usize] = true;
+                pending.push(id);
+            }
+        }
+        while let Some(id) = pending.pop() {
+            self.referenced(id, |target, through_pointer| {
+                if let Some(seen) = kept.get_mut(target as usize)
+                    && target != 0
+                    && !through_pointer
+                    && !*seen
+                {
+                    *seen = true;
+                    pending.push(target);
+                }
+            });
+        }
+
+        let mut strings = Strings::default();
+        let mut types = Vec::new();
+        for id in 1..=count {
+            if !kept[id as usize] {
+                let placeholder = KIND_FWD << 24;
+                types.extend_from_slice(&0u32.to_ne_bytes());
+                types.extend_from_slice(&placeholder.to_ne_bytes());
+                types.extend_from_slice(&0u32.to_ne_bytes());
+                continue;
+            }
+            let record = self.record(id);
+            let start = types.len();
+            types.extend_from_slice(record);
+            let info = u32_at(record, 4).unwrap_or(0);
+            let vlen = (info & 0xffff) as usize;
+            // Where names sit in the record: its own, then its members', enumerators' or
+            // parameters'.
+            let member_names = match kind(info) {
+                KIND_STRUCT | KIND_UNION => (0..vlen).map(|i| 12 + 12 * i).collect(),
+                KIND_ENUM | KIND_FUNC_PROTO => (0..vlen).map(|i| 12 + 8 * i).collect(),
+                KIND_ENUM64 => (0..vlen).map(|i| 12 + 12 * i).collect(),
+                _ => Vec::new(),
+            };
+            for at in std::iter::once(0).chain(member_names) {
+                let name = u32_at(record, at)
+                    .and_then(|offset| self.string(offset))
+                    .unwrap_or_default();
+                let offset = strings.add(name);
+                types[start + at..start + at + 4].copy_from_slice(&offset.to_ne_bytes());
+            }
+        }
+
+        let strings = strings.bytes;
+        let mut out = Vec::with_capacity(HEADER_LEN + types.len() + strings.len());
+        out.extend_from_slice(&MAGIC.to_ne_bytes());
+        out.extend_from_slice(&[1, 0]); // version 1, no flags
+        for word in [
+            HEADER_LEN as u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            out.extend_from_slice(&word.to_ne_bytes());
+        }
+        out.extend_from_slice(&types);
+        out.extend_from_slice(&strings);
+        out
+    }
+}
+
+fn kind(info: u32) -> u32 {
+    (info >> 24) & 0x1f
+}
+
+/// A BTF string section being written: each string once, the empty one at offset 0.
+struct Strings<'a> {
+    bytes: Vec<u8>,
+    offsets: HashMap<&'a [u8], u32>,
+}
+
+impl Default for Strings<'_> {
+    fn default() -> Self {
+        Self {
+            bytes: vec![0],
+            offsets: HashMap::from([(&b""[..], 0)]),
+        }
+    }
+}
+
+impl<'a> Strings<'a> {
+    fn add(&mut self, s: &'a [u8]) -> u32 {
+        *self.offsets.entry(s).or_insert_with(|| {
+            let offset = self.bytes.len() as u32;
+            self.bytes.extend_from_slice(s);
+            self.bytes.push(0);
+            offset
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A BTF of `types` (name, kind, `size_or_type`, what follows the header as words) with
+    /// names put in its string section.
+    fn btf(types: &[(&str, u32, u32, &[u32])], member_names: &[&str]) -> Vec<u8> {
+        let mut strings = vec![0u8];
+        let mut offset_of = |s: &str| -> u32 {
+            if s.is_empty() {
+                return 0;
+            }
+            let at = strings.len() as u32;
+            strings.extend_from_slice(s.as_bytes());
+            strings.push(0);
+            at
+        };
+        let member_offsets: Vec<u32> = member_names.iter().map(|n| offset_of(n)).collect();
+        let mut records = Vec::new();
+        for (name, kind, size_or_type, rest) in types {
+            let vlen = match *kind {
+                KIND_STRUCT => rest.len() / 3,
+                _ => 0,
+            } as u32;
+            for word in [offset_of(name), kind << 24 | vlen, *size_or_type] {
+                records.extend_from_slice(&word.to_ne_bytes());
+            }
+            for (i, word) in rest.iter().enumerate() {
+                // A member's name word holds an index into `member_names`.
+                let word = if *kind == KIND_STRUCT && i % 3 == 0 {
+                    member_offsets[*word as usize]
+                } else {
+                    *word
+                };
+                records.extend_from_slice(&word.to_ne_bytes());
+            }
+        }
+        let mut out = MAGIC.to_ne_bytes().to_vec();
+        out.extend_from_slice(&[1, 0]);
+        let len = records.len() as u32;
+        for word in [24, 0, len, len, strings.len() as u32] {
+            out.extend_from_slice(&word.to_ne_bytes());
+        }
+        out.extend(records);
+        out.extend(strings);
+        out
+    }
+
+    #[test]
+    fn named_types_and_what_they_embed_are_kept_with_their_ids_pointees_are_not() {
+        // 1 int; 2 struct sock { int a; struct net *net; struct inner in; void *v; };
+        // 3 ptr -> 4 struct net { int x; }; 5 struct inner { int y; }; 6 struct other;
+        // 7 ptr -> void; 8 struct bad { ... *99 } (a reference past the end).
+        let kernel = btf(
+            &[
+                ("int", KIND_INT, 4, &[32]),
+                (
+                    "sock",
+                    KIND_STRUCT,
+                    24,
+                    &[0, 1, 0, 1, 3, 64, 2, 5, 128, 3, 7, 160],
+                ),
+                ("", KIND_PTR, 4, &[]),
+                ("net", KIND_STRUCT, 4, &[4, 1, 0]),
+                ("", KIND_STRUCT, 4, &[5, 1, 0]),
+                ("other", KIND_STRUCT, 4, &[6, 1, 0]),
+                ("", KIND_PTR, 0, &[]),
+                ("bad", KIND_STRUCT, 4, &[7, 99, 0]),
+            ],
+            &["a", "net", "in", "v", "x", "y", "z", "w"],
+        );
+        let names: HashSet<Vec<u8>> = [b"sock".to_vec(), b"bad".to_vec()].into();
+        let parsed = Types::parse(&kernel).unwrap_or_else(|e| panic!("{e:#}"));
+        let bytes = parsed.keep(&names);
+        let lean = Types::parse(&bytes).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(lean.count(), 8, "ids kept");
+        let name = |id| String::from_utf8_lossy(lean.name(id).unwrap_or_default()).into_owned();
+        let kinds: Vec<u32> = (1..=8)
+            .map(|id| kind(u32_at(lean.record(id), 4).unwrap_or(0)))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                KIND_INT,
+                KIND_STRUCT,
+                KIND_PTR,
+                KIND_FWD,
+                KIND_STRUCT,
+                KIND_FWD,
+                KIND_PTR,
+                KIND_STRUCT
+            ]
+        );
+        assert_eq!(name(2), "sock");
+        assert_eq!(name(4), "", "a pointee is a nameless placeholder");
+        assert_eq!(name(6), "");
+        // Members keep their names and types.
+        let members: Vec<(String, u32)> = (0..4)
+            .map(|i| {
+                let r = lean.record(2);
+                let n = lean
+                    .string(u32_at(r, 12 + 12 * i).unwrap_or(0))
+                    .unwrap_or_default();
+                (
+                    String::from_utf8_lossy(n).into_owned(),
+                    u32_at(r, 16 + 12 * i).unwrap_or(0),
+                )
+            })
+            .collect();
+        assert_eq!(
+            members,
+            [
+                ("a".into(), 1),
+                ("net".into(), 3),
+                ("in".into(), 5),
+                ("v".into(), 7)
+            ]
+        );
+        // And aya reads it.
+        let aya = aya::Btf::parse(&bytes, aya::Endianness::default());
+        assert!(aya.is_ok(), "{aya:?}");
+    }
+
+    #[test]
+    fn a_flavor_is_left_out_of_names() {
+        assert_eq!(flavorless(b"sock___old"), b"sock");
+        assert_eq!(flavorless(b"sock"), b"sock");
+        assert_eq!(flavorless(b"___x"), b"");
+    }
+
+    #[test]
+    fn an_unknown_kind_or_a_short_record_is_an_error() {
+        let unknown = btf(&[("int", 31, 4, &[])], &[]);
+        let e = Types::parse(&unknown).err().map(|e| format!("{e:#}"));
+        assert_eq!(e.as_deref(), Some("type 1 is of unknown kind 31"));
+        let mut short = btf(&[("s", KIND_STRUCT, 4, &[0, 1, 0])], &["m"]);
+        // The struct claims two members but holds one.
+        let info_at = 24 + 4;
+        short[info_at] = 2;
+        let e = Types::parse(&short).err().map(|e| format!("{e:#}"));
+        assert!(e.as_deref().is_some_and(|e| e.contains("type 1")), "{e:?}");
+    }
+}
