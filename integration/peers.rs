@@ -362,9 +362,14 @@ fn peers_count_connections_and_failures_per_peer_port_and_role() {
             ns.name
         );
     }
+    // Which of A's packets fall on the dropped positions depends on timing: a pure ACK
+    // lost costs no retransmit, a data segment costs A one, an ACK of B's answer may cost B
+    // one. Some are lost either way.
     assert!(
-        peer_value(&s, RETRANS, &a, &client("8085")) > 0,
-        "A lost nothing?"
+        peer_sum(&s, RETRANS, &a, &[("port", "8085")])
+            + peer_sum(&s, RETRANS, &b, &[("port", "8085")])
+            > 0,
+        "nothing lost on the lossy port?"
     );
     assert_eq!(peer_value(&s, RETRANS, &a, &client("8084")), 0);
     // Each timed-out connect retried its SYN (how often is the kernel's business: twice here

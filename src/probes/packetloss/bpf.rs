@@ -164,9 +164,9 @@ impl DropCounter {
     /// The benchmark's floor: the program that does nothing (`kfree_skb_floor`), attached
     /// where `tp_btf` attaches: what the attach point costs before any counting.
     pub fn load_floor(kernel_btf: &KernelBtf) -> Result<Self> {
-        let (mut ebpf, btf) = kernel_btf.load(OBJECT)?;
+        let (mut ebpf, attach) = kernel_btf.load(OBJECT)?;
         let prog: &mut BtfTracePoint = program(&mut ebpf, "kfree_skb_floor")?.try_into()?;
-        prog.load("kfree_skb", &btf)?;
+        attach.tracepoint(prog, "kfree_skb")?;
         prog.attach()?;
         Ok(Self::new(ebpf, AttachMode::TpBtf))
     }
@@ -174,9 +174,9 @@ impl DropCounter {
     fn try_mode(mode: AttachMode, kernel_btf: &KernelBtf) -> Result<Ebpf> {
         match mode {
             AttachMode::TpBtf => {
-                let (mut ebpf, btf) = kernel_btf.load(OBJECT)?;
+                let (mut ebpf, attach) = kernel_btf.load(OBJECT)?;
                 let prog: &mut BtfTracePoint = program(&mut ebpf, "kfree_skb_btf")?.try_into()?;
-                prog.load("kfree_skb", &btf)?;
+                attach.tracepoint(prog, "kfree_skb")?;
                 prog.attach()?;
                 Ok(ebpf)
             }

@@ -6,7 +6,7 @@ use aya::maps::{HashMap as BpfHashMap, IterableMap, PerCpuArray, PerCpuHashMap};
 use aya::programs::{BtfTracePoint, Iter};
 
 use crate::sources::bpf_programs::BpfMapFill;
-use crate::sources::kernel_btf::KernelBtf;
+use crate::sources::kernel_btf::{AttachPoints, KernelBtf};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/peers.bpf.o"));
 
@@ -238,13 +238,13 @@ impl PeerCounter {
     /// Loads and attaches the programs; with `follow_translations`, also the one that follows
     /// connections to a translated address to their backend (one run per packet queued).
     pub fn load(kernel_btf: &KernelBtf, follow_translations: bool) -> Result<Self> {
-        let (mut ebpf, btf) = kernel_btf.load(OBJECT)?;
+        let (mut ebpf, attach) = kernel_btf.load(OBJECT)?;
         for (program, tracepoint) in PROGRAMS {
             let prog: &mut BtfTracePoint = ebpf
                 .program_mut(program)
                 .with_context(|| format!("program {program} missing from the object"))?
                 .try_into()?;
-            prog.load(tracepoint, &btf).map_err(|e| {
+            attach.tracepoint(prog, tracepoint).map_err(|e| {
                 // Verifier logs span many lines; one line keeps the log greppable.
                 let text = format!("{:#}", anyhow::Error::from(e)).replace('\n', " | ");
                 anyhow::anyhow!("tp_btf/{tracepoint}: {text}")
@@ -256,12 +256,12 @@ impl PeerCounter {
             .program_mut(SAMPLER)
             .with_context(|| format!("program {SAMPLER} missing from the object"))?
             .try_into()?;
-        sampler.load("tcp", &btf).map_err(|e| {
+        attach.iter(sampler, "tcp").map_err(|e| {
             let text = format!("{:#}", anyhow::Error::from(e)).replace('\n', " | ");
             anyhow::anyhow!("iter/tcp: {text}")
         })?;
         let translations_error = if follow_translations {
-            Self::follow_translations(&mut ebpf, &btf)
+            Self::follow_translations(&mut ebpf, &attach)
                 .err()
                 .map(|e| format!("{e:#}").replace('\n', " | "))
         } else {
@@ -273,13 +273,14 @@ impl PeerCounter {
         })
     }
 
-    fn follow_translations(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<()> {
+    fn follow_translations(ebpf: &mut Ebpf, attach: &AttachPoints) -> Result<()> {
         let (program, tracepoint) = TRANSLATIONS;
         let prog: &mut BtfTracePoint = ebpf
             .program_mut(program)
             .with_context(|| format!("program {program} missing from the object"))?
             .try_into()?;
-        prog.load(tracepoint, btf)
+        attach
+            .tracepoint(prog, tracepoint)
             .with_context(|| format!("load tp_btf/{tracepoint}"))?;
         prog.attach()
             .with_context(|| format!("attach tp_btf/{tracepoint}"))?;

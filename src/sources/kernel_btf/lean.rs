@@ -1,18 +1,20 @@
-//! The kernel's BTF cut down to what one BPF object can ask of it, every type keeping its id.
+//! The kernel's BTF cut down to what one BPF object can ask of it.
 //!
 //! aya relocates an object against a parsed BTF (`aya::Btf`), and parsed whole the kernel's
-//! (126,622 types, 5.5 MB here) holds ~23 MiB while it lives: the agent's start-up memory peak,
-//! which the DaemonSet's limit must hold. An object asks only a few hundred of those types:
+//! (126,622 types, 5.5 MB here) holds ~23 MiB while it lives: it was the agent's start-up
+//! memory peak, which the DaemonSet's limit must hold. An object asks only a few hundred of
+//! those types:
 //! - its CO-RE relocations find target types by name (the name of a local type, its `___flavor`
 //!   left out) and walk their members through embedded structs, unions and arrays to a field,
 //!   whose type they compare by kind (a pointer is compared as a pointer, never followed);
-//! - its `tp_btf/X` and `iter/X` programs attach by the id of `btf_trace_X` / `bpf_iter_X`.
+//! - its `tp_btf/X` and `iter/X` programs attach by the kernel's id of `btf_trace_X` /
+//!   `bpf_iter_X`.
 //!
-//! So the kept types are those named like a type of the object's own BTF or an attach point,
-//! and every type they reach without passing through a pointer; every other id holds a nameless
-//! placeholder (a 12-byte forward declaration that matches no name), so ids stay the kernel's.
-//! Relocations that compare whole types through pointers (`bpf_core_type_*`) would need the
-//! pointed-to types too: an object with one is refused, and the caller parses the BTF whole.
+//! So the BTF made here holds the types named like a type of the object's own BTF and every
+//! type they reach other than through a pointer, numbered anew (a pointer to a type left out
+//! points to `void`), and the attach points' ids are looked up here, in the kernel's numbering.
+//! Relocations that compare whole types through pointers or use ids (`bpf_core_type_*`) would
+//! need more: an object with one is refused, and the caller parses the BTF whole.
 //!
 //! Hand-written because no crate filters BTF: aya parses all of it, and libbpf's
 //! `btf__*` API would bring a C library for this alone. The format is the kernel's
@@ -21,6 +23,7 @@
 use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context, Result, bail, ensure};
+use aya_obj::btf::BtfKind;
 use object::{Object, ObjectSection};
 
 const MAGIC: u16 = 0xeb9f;
@@ -51,15 +54,62 @@ const KIND_ENUM64: u32 = 19;
 /// `TYPE_EXISTS`, `TYPE_SIZE`, `TYPE_MATCHES`), following pointers.
 const WHOLE_TYPE_RELOCATIONS: [u32; 5] = [6, 7, 8, 9, 12];
 
-/// The kernel's BTF (`kernel`, raw) holding only what `object` (an ELF BPF object) can ask.
-pub fn for_object(kernel: &[u8], object: &[u8]) -> Result<Vec<u8>> {
-    let names = asked_names(object)?;
+/// What an object asks of the kernel's BTF, answered.
+pub struct Lean {
+    /// Raw BTF: the types the object's relocations can reach.
+    pub btf: Vec<u8>,
+    /// The kernel's ids of the attach points (`btf_trace_X`, `bpf_iter_X`) of its programs.
+    pub attach: HashMap<String, u32>,
+}
+
+/// The kernel's BTF (`kernel`, raw) cut down to what `object` (an ELF BPF object) can ask.
+pub fn for_object(kernel: &[u8], object: &[u8]) -> Result<Lean> {
+    let asked = asked(object)?;
     let kernel = Types::parse(kernel).context("kernel BTF")?;
-    Ok(kernel.keep(&names))
+    let mut attach = HashMap::new();
+    for (name, kind) in &asked.attach {
+        let id = kernel
+            .id_of(name.as_bytes(), *kind as u32)
+            .with_context(|| format!("kernel BTF has no {name}"))?;
+        attach.insert(name.clone(), id);
+    }
+    Ok(Lean {
+        btf: kernel.keep(&asked.types),
+        attach,
+    })
 }
 
 /// The names an object may look up in the kernel's BTF.
-fn asked_names(object: &[u8]) -> Result<HashSet<Vec<u8>>> {
+struct Asked {
+    /// Names of types, their flavors left out.
+    types: HashSet<Vec<u8>>,
+    /// Attach points: a kernel type's name and kind.
+    attach: Vec<(String, BtfKind)>,
+}
+
+/// The kernel types that `object`'s programs attach to, by their sections' names (an object
+/// that cannot be read has none).
+pub fn attach_points(object: &[u8]) -> Vec<(String, BtfKind)> {
+    let Ok(elf) = object::File::parse(object) else {
+        return Vec::new();
+    };
+    elf.sections()
+        .filter_map(|section| attach_point(section.name().ok()?))
+        .collect()
+}
+
+fn attach_point(section: &str) -> Option<(String, BtfKind)> {
+    [
+        ("tp_btf/", "btf_trace_", BtfKind::Typedef),
+        ("iter/", "bpf_iter_", BtfKind::Func),
+    ]
+    .into_iter()
+    .find_map(|(prefix, kernel, kind)| {
+        Some((format!("{kernel}{}", section.strip_prefix(prefix)?), kind))
+    })
+}
+
+fn asked(object: &[u8]) -> Result<Asked> {
     let elf = object::File::parse(object).context("BPF object")?;
     let section = |name: &str| -> Result<&[u8]> {
         elf.section_by_name(name)
@@ -77,23 +127,17 @@ fn asked_names(object: &[u8]) -> Result<HashSet<Vec<u8>>> {
             bail!("the object compares whole types (CO-RE relocation kind {kind})");
         }
     }
-    let mut names = HashSet::new();
+    let mut types = HashSet::new();
     for id in 1..=btf.count() {
         let name = flavorless(btf.name(id)?);
         if !name.is_empty() {
-            names.insert(name.to_vec());
+            types.insert(name.to_vec());
         }
     }
-    for section in elf.sections() {
-        let Ok(name) = section.name() else { continue };
-        let attach = [("tp_btf/", "btf_trace_"), ("iter/", "bpf_iter_")]
-            .into_iter()
-            .find_map(|(prefix, kernel)| Some(format!("{kernel}{}", name.strip_prefix(prefix)?)));
-        if let Some(attach) = attach {
-            names.insert(attach.into_bytes());
-        }
-    }
-    Ok(names)
+    Ok(Asked {
+        types,
+        attach: attach_points(object),
+    })
 }
 
 /// The kinds of the CO-RE relocations in a `.BTF.ext` section.
@@ -222,32 +266,35 @@ impl<'a> Types<'a> {
         self.string(u32_at(self.record(id), 0)?)
     }
 
-    /// The types `id` refers to, each with whether it is reached through a pointer.
-    fn referenced(&self, id: u32, mut each: impl FnMut(u32, bool)) {
-        let record = self.record(id);
-        let word = |at: usize| u32_at(record, at).unwrap_or(0);
-        let info = word(4);
+    /// Where the record of `id` holds type ids (byte offsets), each with whether it is a
+    /// pointer's.
+    fn type_fields(&self, id: u32) -> Vec<(usize, bool)> {
+        let info = u32_at(self.record(id), 4).unwrap_or(0);
         let vlen = (info & 0xffff) as usize;
         match kind(info) {
-            KIND_PTR => each(word(8), true),
+            KIND_PTR => vec![(8, true)],
             KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG
-            | KIND_FUNC | KIND_VAR | KIND_DECL_TAG => each(word(8), false),
-            KIND_ARRAY => {
-                each(word(12), false);
-                each(word(16), false);
-            }
-            KIND_STRUCT | KIND_UNION => (0..vlen).for_each(|i| each(word(16 + 12 * i), false)),
-            KIND_DATASEC => (0..vlen).for_each(|i| each(word(12 + 12 * i), false)),
-            KIND_FUNC_PROTO => {
-                each(word(8), false);
-                (0..vlen).for_each(|i| each(word(16 + 8 * i), false));
-            }
-            _ => {}
+            | KIND_FUNC | KIND_VAR | KIND_DECL_TAG => vec![(8, false)],
+            KIND_ARRAY => vec![(12, false), (16, false)],
+            KIND_STRUCT | KIND_UNION => (0..vlen).map(|i| (16 + 12 * i, false)).collect(),
+            KIND_DATASEC => (0..vlen).map(|i| (12 + 12 * i, false)).collect(),
+            KIND_FUNC_PROTO => std::iter::once((8, false))
+                .chain((0..vlen).map(|i| (16 + 8 * i, false)))
+                .collect(),
+            _ => Vec::new(),
         }
     }
 
-    /// This BTF with only the types named in `names` (flavor left out) and those they reach
-    /// other than through a pointer; the others become nameless placeholders.
+    /// The id of the type named `name` of kind `kind`.
+    fn id_of(&self, name: &[u8], kind_wanted: u32) -> Option<u32> {
+        (1..=self.count()).find(|&id| {
+            u32_at(self.record(id), 4).is_ok_and(|info| kind(info) == kind_wanted)
+                && self.name(id).is_ok_and(|n| n == name)
+        })
+    }
+
+    /// A BTF of the types named in `names` (flavor left out) and those they reach other than
+    /// through a pointer, in their order, numbered from 1.
     fn keep(&self, names: &HashSet<Vec<u8>>) -> Vec<u8> {
         let count = self.count();
         let mut kept = vec![false; count as usize + 1];
@@ -262,7 +309,8 @@ impl<'a> Types<'a> {
             }
         }
         while let Some(id) = pending.pop() {
-            self.referenced(id, |target, through_pointer| {
+            for (at, through_pointer) in self.type_fields(id) {
+                let target = u32_at(self.record(id), at).unwrap_or(0);
                 if let Some(seen) = kept.get_mut(target as usize)
                     && target != 0
                     && !through_pointer
@@ -271,38 +319,45 @@ impl<'a> Types<'a> {
                     *seen = true;
                     pending.push(target);
                 }
-            });
+            }
+        }
+        // The new ids: 0 (`void`) for a type left out, reached only through pointers.
+        let mut renumbered = vec![0u32; count as usize + 1];
+        let mut next = 1;
+        for id in 1..=count {
+            if kept[id as usize] {
+                renumbered[id as usize] = next;
+                next += 1;
+            }
         }
 
         let mut strings = Strings::default();
         let mut types = Vec::new();
-        for id in 1..=count {
-            if !kept[id as usize] {
-                let placeholder = KIND_FWD << 24;
-                types.extend_from_slice(&0u32.to_ne_bytes());
-                types.extend_from_slice(&placeholder.to_ne_bytes());
-                types.extend_from_slice(&0u32.to_ne_bytes());
-                continue;
-            }
+        for id in (1..=count).filter(|&id| kept[id as usize]) {
             let record = self.record(id);
             let start = types.len();
             types.extend_from_slice(record);
+            let mut put = |at: usize, word: u32| {
+                types[start + at..start + at + 4].copy_from_slice(&word.to_ne_bytes())
+            };
+            for (at, _) in self.type_fields(id) {
+                let target = u32_at(record, at).unwrap_or(0) as usize;
+                put(at, renumbered.get(target).copied().unwrap_or(0));
+            }
             let info = u32_at(record, 4).unwrap_or(0);
             let vlen = (info & 0xffff) as usize;
             // Where names sit in the record: its own, then its members', enumerators' or
             // parameters'.
             let member_names = match kind(info) {
-                KIND_STRUCT | KIND_UNION => (0..vlen).map(|i| 12 + 12 * i).collect(),
+                KIND_STRUCT | KIND_UNION | KIND_ENUM64 => (0..vlen).map(|i| 12 + 12 * i).collect(),
                 KIND_ENUM | KIND_FUNC_PROTO => (0..vlen).map(|i| 12 + 8 * i).collect(),
-                KIND_ENUM64 => (0..vlen).map(|i| 12 + 12 * i).collect(),
                 _ => Vec::new(),
             };
             for at in std::iter::once(0).chain(member_names) {
                 let name = u32_at(record, at)
                     .and_then(|offset| self.string(offset))
                     .unwrap_or_default();
-                let offset = strings.add(name);
-                types[start + at..start + at + 4].copy_from_slice(&offset.to_ne_bytes());
+                put(at, strings.add(name));
             }
         }
 
@@ -404,7 +459,7 @@ mod tests {
     }
 
     #[test]
-    fn named_types_and_what_they_embed_are_kept_with_their_ids_pointees_are_not() {
+    fn named_types_and_what_they_embed_are_kept_and_renumbered_pointees_are_not() {
         // 1 int; 2 struct sock { int a; struct net *net; struct inner in; void *v; };
         // 3 ptr -> 4 struct net { int x; }; 5 struct inner { int y; }; 6 struct other;
         // 7 ptr -> void; 8 struct bad { ... *99 } (a reference past the end).
@@ -430,37 +485,33 @@ mod tests {
         let parsed = Types::parse(&kernel).unwrap_or_else(|e| panic!("{e:#}"));
         let bytes = parsed.keep(&names);
         let lean = Types::parse(&bytes).unwrap_or_else(|e| panic!("{e:#}"));
-        assert_eq!(lean.count(), 8, "ids kept");
-        let name = |id| String::from_utf8_lossy(lean.name(id).unwrap_or_default()).into_owned();
-        let kinds: Vec<u32> = (1..=8)
-            .map(|id| kind(u32_at(lean.record(id), 4).unwrap_or(0)))
-            .collect();
+        // int, sock, the pointer to net, inner, the pointer to void, bad: renumbered 1-6.
+        let word = |id, at| u32_at(lean.record(id), at).unwrap_or(u32::MAX);
+        let kinds: Vec<u32> = (1..=lean.count()).map(|id| kind(word(id, 4))).collect();
         assert_eq!(
             kinds,
             [
                 KIND_INT,
                 KIND_STRUCT,
                 KIND_PTR,
-                KIND_FWD,
                 KIND_STRUCT,
-                KIND_FWD,
                 KIND_PTR,
                 KIND_STRUCT
             ]
         );
-        assert_eq!(name(2), "sock");
-        assert_eq!(name(4), "", "a pointee is a nameless placeholder");
-        assert_eq!(name(6), "");
-        // Members keep their names and types.
+        let name = |id| String::from_utf8_lossy(lean.name(id).unwrap_or_default()).into_owned();
+        assert_eq!(
+            [name(1), name(2), name(4), name(6)],
+            ["int", "sock", "", "bad"]
+        );
+        assert_eq!(word(3, 8), 0, "a pointer to a type left out points to void");
+        // Members keep their names, their types renumbered.
         let members: Vec<(String, u32)> = (0..4)
             .map(|i| {
-                let r = lean.record(2);
-                let n = lean
-                    .string(u32_at(r, 12 + 12 * i).unwrap_or(0))
-                    .unwrap_or_default();
+                let n = lean.string(word(2, 12 + 12 * i)).unwrap_or_default();
                 (
                     String::from_utf8_lossy(n).into_owned(),
-                    u32_at(r, 16 + 12 * i).unwrap_or(0),
+                    word(2, 16 + 12 * i),
                 )
             })
             .collect();
@@ -469,13 +520,17 @@ mod tests {
             [
                 ("a".into(), 1),
                 ("net".into(), 3),
-                ("in".into(), 5),
-                ("v".into(), 7)
+                ("in".into(), 4),
+                ("v".into(), 5)
             ]
         );
+        assert_eq!(word(6, 16), 0, "a reference past the end becomes void");
         // And aya reads it.
         let aya = aya::Btf::parse(&bytes, aya::Endianness::default());
         assert!(aya.is_ok(), "{aya:?}");
+        // Ids of attach points are the input's.
+        assert_eq!(parsed.id_of(b"other", KIND_STRUCT), Some(6));
+        assert_eq!(parsed.id_of(b"other", KIND_TYPEDEF), None);
     }
 
     #[test]

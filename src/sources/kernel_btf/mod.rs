@@ -1,27 +1,51 @@
 //! The kernel's BTF for the BPF loaders: for each object only the types it can ask for.
 //!
 //! Parsed whole, the kernel's BTF (`/sys/kernel/btf/vmlinux`, 5-6 MB) holds ~23 MiB while it
-//! lives (aya's type tables and the file): it was the agent's start-up memory peak. Each object
-//! is given instead a BTF of the kernel's types that it names, with their ids ([`lean`]), made
-//! from the file and dropped with it before aya parses the result; one parse serves both the
-//! relocation and the programs' attach points (`BtfTracePoint::load`, `Iter::load`). aya's
-//! loader no longer parses the whole file of its own accord (the patch in `vendor/aya`).
+//! lives (aya's 72-byte record for each of its ~126,000 types, the file, the strings): it was
+//! the agent's start-up memory peak. Each object is given instead a BTF of the kernel's types
+//! that it names and what they embed ([`lean`], a few hundred types), and its programs' attach
+//! points by the kernel's ids, looked up in the file: aya never parses the whole of it (its
+//! loader's own parse made lazy by the patch in `vendor/aya`, and attach points loaded by id).
 //! Should the cut-down BTF not be made (an object that compares whole types, a kind of type
 //! this code does not know), the object is loaded against the whole BTF and the agent says so:
 //! more memory at start, nothing else lost.
 
 mod lean;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
-use aya::{Btf, Ebpf, EbpfLoader, Endianness};
+use aya::programs::{BtfTracePoint, Iter, ProgramError};
+use aya::{Btf, BtfError, Ebpf, EbpfLoader, Endianness};
 
 pub struct KernelBtf {
     path: PathBuf,
     /// Whether a whole parse was already reported (said once, not per object).
     said_whole: AtomicBool,
+}
+
+/// The kernel's ids of an object's attach points (`btf_trace_X`, `bpf_iter_X`).
+pub struct AttachPoints(HashMap<String, u32>);
+
+impl AttachPoints {
+    /// Loads a `tp_btf` program on the tracepoint `name`.
+    pub fn tracepoint(&self, prog: &mut BtfTracePoint, name: &str) -> Result<(), ProgramError> {
+        prog.load_by_btf_id(self.id(format!("btf_trace_{name}"))?)
+    }
+
+    /// Loads an `iter` program on the iterator `name`.
+    pub fn iter(&self, prog: &mut Iter, name: &str) -> Result<(), ProgramError> {
+        prog.load_by_btf_id(self.id(format!("bpf_iter_{name}"))?)
+    }
+
+    fn id(&self, type_name: String) -> Result<u32, ProgramError> {
+        match self.0.get(&type_name) {
+            Some(&id) => Ok(id),
+            None => Err(BtfError::UnknownBtfTypeName { type_name }.into()),
+        }
+    }
 }
 
 impl KernelBtf {
@@ -32,15 +56,16 @@ impl KernelBtf {
         }
     }
 
-    /// The kernel's BTF as `object` needs it: only the types it can ask for, or, when those
-    /// cannot be told, all of it.
-    pub fn for_object(&self, object: &[u8]) -> Result<Btf> {
+    /// The kernel's BTF as `object` needs it (only the types it can ask for, or, when those
+    /// cannot be told, all of it) and its attach points.
+    fn for_object(&self, object: &[u8]) -> Result<(Btf, AttachPoints)> {
         let context = || format!("kernel BTF {}", self.path.display());
         let kernel = std::fs::read(&self.path).with_context(context)?;
         let whole = match lean::for_object(&kernel, object) {
             Ok(lean) => {
                 drop(kernel);
-                return Btf::parse(&lean, Endianness::default()).with_context(context);
+                let btf = Btf::parse(&lean.btf, Endianness::default()).with_context(context)?;
+                return Ok((btf, AttachPoints(lean.attach)));
             }
             Err(e) => e,
         };
@@ -51,15 +76,22 @@ impl KernelBtf {
                 "BPF objects are loaded against the kernel's whole BTF (~23 MiB more at start)"
             );
         }
-        Btf::parse(&kernel, Endianness::default()).with_context(context)
+        let btf = Btf::parse(&kernel, Endianness::default()).with_context(context)?;
+        let attach = lean::attach_points(object)
+            .into_iter()
+            .filter_map(|(name, kind)| {
+                let id = btf.id_by_type_name_kind(&name, kind).ok()?;
+                Some((name, id))
+            })
+            .collect();
+        Ok((btf, AttachPoints(attach)))
     }
 
-    /// `object` loaded and relocated against the kernel's BTF, and that BTF, for its programs'
-    /// attach points.
-    pub fn load(&self, object: &[u8]) -> Result<(Ebpf, Btf)> {
-        let btf = self.for_object(object)?;
+    /// `object` loaded and relocated against the kernel's BTF, and its attach points.
+    pub fn load(&self, object: &[u8]) -> Result<(Ebpf, AttachPoints)> {
+        let (btf, attach) = self.for_object(object)?;
         let ebpf = EbpfLoader::new().btf(Some(&btf)).load(object)?;
-        Ok((ebpf, btf))
+        Ok((ebpf, attach))
     }
 
     /// `object` loaded and relocated against the kernel's BTF, for programs whose attach
@@ -140,13 +172,13 @@ mod tests {
             let lean = lean::for_object(&raw, object)
                 .unwrap_or_else(|e| panic!("{name}: no cut-down BTF: {e:#}"));
             assert!(
-                lean.len() * 3 < raw.len(),
+                lean.btf.len() * 20 < raw.len(),
                 "{name}: {} of {} bytes kept",
-                lean.len(),
+                lean.btf.len(),
                 raw.len()
             );
-            let lean =
-                Btf::parse(&lean, Endianness::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let lean = Btf::parse(&lean.btf, Endianness::default())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
             let expected = relocated(object, &whole).map_err(|e| format!("{e:#}"));
             let got = relocated(object, &lean).map_err(|e| format!("{e:#}"));
             assert!(
@@ -158,38 +190,37 @@ mod tests {
     }
 
     #[test]
-    fn attach_points_keep_the_kernels_type_ids() {
+    fn attach_points_are_the_kernels_type_ids() {
         use aya_obj::btf::BtfKind;
         let (raw, whole) = kernel();
         let mut checked = 0;
         for (name, object) in OBJECTS {
-            let lean = Btf::parse(
-                &lean::for_object(&raw, object).unwrap_or_default(),
-                Endianness::default(),
-            )
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-            for (prefix, kernel, kind) in [
-                ("tp_btf/", "btf_trace_", BtfKind::Typedef),
-                ("iter/", "bpf_iter_", BtfKind::Func),
-            ] {
-                for section in sections(object) {
-                    let Some(point) = section.strip_prefix(prefix) else {
-                        continue;
-                    };
-                    let type_name = format!("{kernel}{point}");
-                    let id = whole.id_by_type_name_kind(&type_name, kind);
-                    assert!(id.is_ok(), "{type_name} not in the kernel's BTF");
-                    assert_eq!(
-                        lean.id_by_type_name_kind(&type_name, kind).ok(),
-                        id.ok(),
-                        "{name}: {type_name}"
-                    );
-                    checked += 1;
-                }
+            let lean = lean::for_object(&raw, object)
+                .unwrap_or_else(|e| panic!("{name}: no cut-down BTF: {e:#}"));
+            let attach = AttachPoints(lean.attach);
+            for section in sections(object) {
+                let (type_name, kind, id) = if let Some(point) = section.strip_prefix("tp_btf/") {
+                    let id = attach.id(format!("btf_trace_{point}")).ok();
+                    (format!("btf_trace_{point}"), BtfKind::Typedef, id)
+                } else if let Some(point) = section.strip_prefix("iter/") {
+                    let id = attach.id(format!("bpf_iter_{point}")).ok();
+                    (format!("bpf_iter_{point}"), BtfKind::Func, id)
+                } else {
+                    continue;
+                };
+                let expected = whole.id_by_type_name_kind(&type_name, kind);
+                assert!(expected.is_ok(), "{type_name} not in the kernel's BTF");
+                assert_eq!(id, expected.ok(), "{name}: {type_name}");
+                checked += 1;
             }
         }
         // tp_btf: packetloss 1, peers 5, socksummary 1; iter: peers 1, socksummary 2.
         assert_eq!(checked, 10);
+        let none = AttachPoints(HashMap::new()).id("btf_trace_x".into());
+        assert!(
+            none.is_err_and(|e| format!("{e:#}").contains("btf_trace_x")),
+            "an unknown attach point is named"
+        );
     }
 
     fn sections(object: &[u8]) -> Vec<String> {

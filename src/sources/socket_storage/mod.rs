@@ -66,15 +66,15 @@ pub struct SocketStorage {
 impl SocketStorage {
     /// Loads and attaches the tagging tracepoint and loads both iterators.
     pub fn load(kernel_btf: &KernelBtf) -> Result<Self> {
-        let (mut ebpf, btf) = kernel_btf.load(OBJECT)?;
+        let (mut ebpf, attach) = kernel_btf.load(OBJECT)?;
         let tp: &mut BtfTracePoint = program(&mut ebpf, "tag_on_state")?.try_into()?;
-        tp.load("inet_sock_set_state", &btf)?;
+        attach.tracepoint(tp, "inet_sock_set_state")?;
         // Attached before any sweep, so that no socket slips between the two.
         tp.attach()?;
         let sweep: &mut Iter = program(&mut ebpf, "tag_existing")?.try_into()?;
-        sweep.load("tcp", &btf)?;
+        attach.iter(sweep, "tcp")?;
         let pass: &mut Iter = program(&mut ebpf, "sum_sockets")?.try_into()?;
-        pass.load("bpf_sk_storage_map", &btf)?;
+        attach.iter(pass, "bpf_sk_storage_map")?;
         Ok(Self {
             ebpf,
             swept: HashSet::new(),

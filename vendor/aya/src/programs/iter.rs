@@ -66,9 +66,16 @@ impl Iter {
 
     /// Loads the program inside the kernel.
     pub fn load(&mut self, iter_type: &str, btf: &Btf) -> Result<(), ProgramError> {
-        let Self { data } = self;
         let type_name = format!("bpf_iter_{iter_type}");
-        data.attach_btf_id = Some(btf.id_by_type_name_kind(type_name.as_str(), BtfKind::Func)?);
+        self.load_by_btf_id(btf.id_by_type_name_kind(type_name.as_str(), BtfKind::Func)?)
+    }
+
+    /// Loads the program inside the kernel, its attach point given by the id of
+    /// `bpf_iter_<name>` in the kernel's BTF (net-exporter patch: the id found without a
+    /// parse of the whole BTF).
+    pub fn load_by_btf_id(&mut self, attach_btf_id: u32) -> Result<(), ProgramError> {
+        let Self { data } = self;
+        data.attach_btf_id = Some(attach_btf_id);
         load_program_with_attach_type(BPF_PROG_TYPE_TRACING, BPF_TRACE_ITER, data)
     }
 

@@ -62,9 +62,16 @@ impl BtfTracePoint {
     /// * `tracepoint` - full name of the tracepoint that we should attach to
     /// * `btf` - btf information for the target system
     pub fn load(&mut self, tracepoint: &str, btf: &Btf) -> Result<(), ProgramError> {
-        let Self { data } = self;
         let type_name = format!("btf_trace_{tracepoint}");
-        data.attach_btf_id = Some(btf.id_by_type_name_kind(type_name.as_str(), BtfKind::Typedef)?);
+        self.load_by_btf_id(btf.id_by_type_name_kind(type_name.as_str(), BtfKind::Typedef)?)
+    }
+
+    /// Loads the program inside the kernel, its attach point given by the id of
+    /// `btf_trace_<name>` in the kernel's BTF (net-exporter patch: the id found without a
+    /// parse of the whole BTF).
+    pub fn load_by_btf_id(&mut self, attach_btf_id: u32) -> Result<(), ProgramError> {
+        let Self { data } = self;
+        data.attach_btf_id = Some(attach_btf_id);
         load_program_with_attach_type(BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP, data)
     }
 
