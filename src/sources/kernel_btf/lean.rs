@@ -66,13 +66,16 @@ pub struct Lean {
 pub fn for_object(kernel: &[u8], object: &[u8]) -> Result<Lean> {
     let asked = asked(object)?;
     let kernel = Types::parse(kernel).context("kernel BTF")?;
-    let mut attach = HashMap::new();
-    for (name, kind) in &asked.attach {
-        let id = kernel
-            .id_of(name.as_bytes(), *kind as u32)
-            .with_context(|| format!("kernel BTF has no {name}"))?;
-        attach.insert(name.clone(), id);
-    }
+    // An attach point this kernel lacks is left out: the program that needs it fails to load,
+    // naming it, as it would against the whole BTF, and the object's others still load.
+    let attach = asked
+        .attach
+        .into_iter()
+        .filter_map(|(name, kind)| {
+            let id = kernel.id_of(name.as_bytes(), kind as u32)?;
+            Some((name, id))
+        })
+        .collect();
     Ok(Lean {
         btf: kernel.keep(&asked.types),
         attach,
@@ -531,6 +534,23 @@ mod tests {
         // Ids of attach points are the input's.
         assert_eq!(parsed.id_of(b"other", KIND_STRUCT), Some(6));
         assert_eq!(parsed.id_of(b"other", KIND_TYPEDEF), None);
+    }
+
+    #[test]
+    fn an_attach_point_the_kernel_lacks_is_left_out() {
+        static PEERS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/peers.bpf.o"));
+        let kernel = btf(
+            &[
+                ("int", KIND_INT, 4, &[32]),
+                ("btf_trace_tcp_send_reset", KIND_TYPEDEF, 1, &[]),
+            ],
+            &[],
+        );
+        let lean = for_object(&kernel, PEERS).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(
+            lean.attach,
+            HashMap::from([("btf_trace_tcp_send_reset".to_string(), 2)])
+        );
     }
 
     #[test]
