@@ -32,11 +32,12 @@ use ipnet::IpNet;
 use net_exporter::checks::{kernel_log, masquerade};
 use net_exporter::config::{Config, FileConfig, Flags};
 use net_exporter::inventory::{ClusterView, PodInfo, cgroup};
-use net_exporter::probes::packetloss::{bpf, btf};
+use net_exporter::probes::packetloss::{bpf, reasons};
 use net_exporter::probes::{
     arp, conntrack, format, netdev, podip, qdisc, sock, sockbacklog, softnet, tcp, tcpext,
     tcpsummary,
 };
+use net_exporter::sources::kernel_btf;
 use net_exporter::sources::routes as route;
 use net_exporter::sources::{links, netlink};
 use netlink_packet_core::{DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload};
@@ -1420,12 +1421,12 @@ fn btf_header() -> impl Strategy<Value = BtfHeader> {
 }
 
 fn btf_parsers(input: &[u8]) {
-    guarded("btf::drop_reasons", input, || {
-        drop(btf::drop_reasons(input))
+    guarded("reasons::drop_reasons", input, || {
+        drop(reasons::drop_reasons(input))
     });
     for wanted in ["skb_drop_reason", "", "a"] {
-        guarded("btf::enum_variants", input, || {
-            drop(btf::enum_variants(input, wanted))
+        guarded("kernel_btf::enum_variants", input, || {
+            drop(kernel_btf::enum_variants(input, wanted))
         });
     }
 }
@@ -3112,7 +3113,7 @@ proptest! {
         let blob = build_btf(&types, &header);
         btf_parsers(&blob);
         if header.overrides.iter().all(Option::is_none) {
-            let got = btf::enum_variants(&blob, "skb_drop_reason").unwrap();
+            let got = kernel_btf::enum_variants(&blob, "skb_drop_reason").unwrap();
             let want: Vec<(String, i64)> = values
                 .iter()
                 .map(|(n, v)| {
@@ -3142,7 +3143,7 @@ proptest! {
                     reasons.insert(v, short.to_string());
                 }
             }
-            prop_assert_eq!(btf::drop_reasons(&blob).unwrap(), reasons);
+            prop_assert_eq!(reasons::drop_reasons(&blob).unwrap(), reasons);
         }
     }
 
@@ -3156,7 +3157,7 @@ proptest! {
         let at = 4 + 4 * field;
         blob[at..at + 4].copy_from_slice(&claimed.to_ne_bytes());
         btf_parsers(&blob);
-        prop_assert!(btf::drop_reasons(&blob).is_err());
+        prop_assert!(reasons::drop_reasons(&blob).is_err());
     }
 
     #[test]
@@ -3167,7 +3168,7 @@ proptest! {
         let seeds = &*FORMAT_SEEDS;
         let input = apply(&seeds[seed.index(seeds.len())], &mutations, seeds);
         let text = String::from_utf8_lossy(&input);
-        guarded("btf::reasons_from_format", &input, || drop(btf::reasons_from_format(&text)));
+        guarded("reasons::reasons_from_format", &input, || drop(reasons::reasons_from_format(&text)));
         guarded("bpf::parse_reason_offset", &input, || drop(bpf::parse_reason_offset(&text)));
     }
 
@@ -3177,7 +3178,7 @@ proptest! {
         junk in "[{}\",0-9 a-z_:;()]{0,200}",
     ) {
         for t in [text.as_str(), junk.as_str(), &format!("__print_symbolic(REC->reason,{junk}")] {
-            guarded("btf::reasons_from_format", t.as_bytes(), || drop(btf::reasons_from_format(t)));
+            guarded("reasons::reasons_from_format", t.as_bytes(), || drop(reasons::reasons_from_format(t)));
             guarded("bpf::parse_reason_offset", t.as_bytes(), || drop(bpf::parse_reason_offset(t)));
         }
     }
@@ -3200,8 +3201,8 @@ proptest! {
                 want.insert(*n, name.clone());
             }
         }
-        let got = guarded("btf::reasons_from_format", text.as_bytes(), || {
-            btf::reasons_from_format(&text)
+        let got = guarded("reasons::reasons_from_format", text.as_bytes(), || {
+            reasons::reasons_from_format(&text)
         });
         if want.is_empty() {
             prop_assert!(got.is_err());
@@ -3245,7 +3246,7 @@ proptest! {
         let Some(btf) = KERNEL_BTF.as_ref() else { return Ok(()) };
         let seeds = vec![btf.clone()];
         let input = apply(btf, &mutations, &seeds);
-        guarded("btf::drop_reasons", &input, || drop(btf::drop_reasons(&input)));
+        guarded("reasons::drop_reasons", &input, || drop(reasons::drop_reasons(&input)));
     }
 }
 
@@ -3772,7 +3773,7 @@ fn netlink_many_small_messages_stay_bounded() {
 #[test]
 fn kernel_btf_parses_within_limits() {
     if let Some(btf) = KERNEL_BTF.as_ref() {
-        let r = guarded("btf::drop_reasons", btf, || btf::drop_reasons(btf)).unwrap();
+        let r = guarded("reasons::drop_reasons", btf, || reasons::drop_reasons(btf)).unwrap();
         assert!(!r.is_empty());
     }
 }
@@ -3805,8 +3806,8 @@ fn crashers_stay_fixed() {
                 "text" => text_parsers(&input, SOME_NAMES),
                 "btf" => btf_parsers(&input),
                 "reason_format" => {
-                    guarded("btf::reasons_from_format", &input, || {
-                        drop(btf::reasons_from_format(&text))
+                    guarded("reasons::reasons_from_format", &input, || {
+                        drop(reasons::reasons_from_format(&text))
                     });
                     guarded("bpf::parse_reason_offset", &input, || {
                         drop(bpf::parse_reason_offset(&text))

@@ -12,7 +12,7 @@
 //! the probe fails with the reason and the agent runs on without it.
 
 pub mod bpf;
-pub mod btf;
+pub mod reasons;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use super::{Build, MetricDef, Probe, Scope, Series};
 use crate::metrics;
 use crate::sources::bpf_programs::BpfMapFill;
+use crate::sources::kernel_btf;
 use crate::sources::links::links;
 use crate::sources::{Collection, Node, TargetSources};
 pub use bpf::AttachMode;
@@ -136,7 +137,7 @@ impl Loaded {
                 .remove(&gone);
             for k in &gone {
                 if let Some(v) = counts.by_key.remove(k)
-                    && btf::is_drop(&self.name(k.reason))
+                    && reasons::is_drop(&self.name(k.reason))
                 {
                     *counts.retired.entry(k.reason).or_default() += v;
                 }
@@ -175,9 +176,9 @@ const OWN_NAMESPACE: &str = "/proc/self/ns/net";
 
 /// Reason names from the kernel's BTF, else from the tracepoint format, else none (numbers).
 fn reason_names(btf_path: &Path) -> BTreeMap<u32, String> {
-    let from_btf = std::fs::read(btf_path)
-        .map_err(anyhow::Error::from)
-        .and_then(|b| btf::drop_reasons(&b));
+    let from_btf = kernel_btf::read(btf_path)
+        .with_context(|| btf_path.display().to_string())
+        .and_then(|b| reasons::drop_reasons(&b));
     match from_btf {
         Ok(r) => r,
         Err(e) => {
@@ -187,7 +188,7 @@ fn reason_names(btf_path: &Path) -> BTreeMap<u32, String> {
                     std::fs::read_to_string(format!("{t}/events/skb/kfree_skb/format")).ok()
                 })
                 .ok_or_else(|| anyhow!("tracefs not readable"))
-                .and_then(|f| btf::reasons_from_format(&f));
+                .and_then(|f| reasons::reasons_from_format(&f));
             tracing::warn!(probe = "packetloss", error = %format!("{e:#}"), fallback = from_format.is_ok(), "drop reason names not read from BTF; using the tracepoint format");
             from_format.unwrap_or_default()
         }
@@ -223,7 +224,7 @@ fn counts_for(
         };
         if mine {
             let name = loaded.name(k.reason);
-            if btf::is_drop(&name) {
+            if reasons::is_drop(&name) {
                 *by_reason.entry(name).or_default() += v;
             }
         }
@@ -337,7 +338,7 @@ impl Probe for PacketLoss {
             let retired = st.retired.iter().map(|(r, v)| (*r, *v));
             for (reason, v) in kept.chain(retired) {
                 let name = loaded.name(reason);
-                if !btf::is_drop(&name) {
+                if !reasons::is_drop(&name) {
                     continue;
                 }
                 if let Some(i) = LEGACY.iter().position(|l| *l == name) {

@@ -17,8 +17,8 @@
 //! need more: an object with one is refused, and the caller parses the BTF whole.
 //!
 //! Hand-written because no crate filters BTF: aya parses all of it, and libbpf's
-//! `btf__*` API would bring a C library for this alone. The format is the kernel's
-//! (Documentation/bpf/btf.rst); only its framing is read here, never interpreted further.
+//! `btf__*` API would bring a C library for this alone. The records are read with [`super::raw`]
+//! (their framing only) and copied as they are, but for the type ids and names they hold.
 
 use std::collections::{HashMap, HashSet};
 
@@ -26,29 +26,7 @@ use anyhow::{Context, Result, bail, ensure};
 use aya_obj::btf::BtfKind;
 use object::{Object, ObjectSection};
 
-const MAGIC: u16 = 0xeb9f;
-const HEADER_LEN: usize = 24;
-const RECORD_LEN: usize = 12;
-
-const KIND_INT: u32 = 1;
-const KIND_PTR: u32 = 2;
-const KIND_ARRAY: u32 = 3;
-const KIND_STRUCT: u32 = 4;
-const KIND_UNION: u32 = 5;
-const KIND_ENUM: u32 = 6;
-const KIND_FWD: u32 = 7;
-const KIND_TYPEDEF: u32 = 8;
-const KIND_VOLATILE: u32 = 9;
-const KIND_CONST: u32 = 10;
-const KIND_RESTRICT: u32 = 11;
-const KIND_FUNC: u32 = 12;
-const KIND_FUNC_PROTO: u32 = 13;
-const KIND_VAR: u32 = 14;
-const KIND_DATASEC: u32 = 15;
-const KIND_FLOAT: u32 = 16;
-const KIND_DECL_TAG: u32 = 17;
-const KIND_TYPE_TAG: u32 = 18;
-const KIND_ENUM64: u32 = 19;
+use super::raw::*;
 
 /// CO-RE relocation kinds that compare whole types (`TYPE_ID_LOCAL`, `TYPE_ID_TARGET`,
 /// `TYPE_EXISTS`, `TYPE_SIZE`, `TYPE_MATCHES`), following pointers.
@@ -77,7 +55,7 @@ pub fn for_object(kernel: &[u8], object: &[u8]) -> Result<Lean> {
         })
         .collect();
     Ok(Lean {
-        btf: kernel.keep(&asked.types),
+        btf: keep(&kernel, &asked.types),
         attach,
     })
 }
@@ -181,210 +159,109 @@ fn flavorless(name: &[u8]) -> &[u8] {
         .map_or(name, |at| &name[..at])
 }
 
-fn u32_at(data: &[u8], at: usize) -> Result<u32> {
-    let bytes = data
-        .get(at..at + 4)
-        .with_context(|| format!("truncated at byte {at}"))?;
-    Ok(u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+/// Where the record of `id` holds type ids (byte offsets), each with whether it is a
+/// pointer's.
+fn type_fields(types: &Types, id: u32) -> Vec<(usize, bool)> {
+    let info = u32_at(types.record(id), 4).unwrap_or(0);
+    let vlen = (info & 0xffff) as usize;
+    match kind(info) {
+        KIND_PTR => vec![(8, true)],
+        KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG | KIND_FUNC
+        | KIND_VAR | KIND_DECL_TAG => vec![(8, false)],
+        KIND_ARRAY => vec![(12, false), (16, false)],
+        KIND_STRUCT | KIND_UNION => (0..vlen).map(|i| (16 + 12 * i, false)).collect(),
+        KIND_DATASEC => (0..vlen).map(|i| (12 + 12 * i, false)).collect(),
+        KIND_FUNC_PROTO => std::iter::once((8, false))
+            .chain((0..vlen).map(|i| (16 + 8 * i, false)))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
-/// Raw BTF: its type records, found by id, and its strings.
-struct Types<'a> {
-    types: &'a [u8],
-    strings: &'a [u8],
-    /// Where the record of type `id` starts in `types`, at `id - 1` (id 0 is `void`).
-    starts: Vec<u32>,
-}
-
-impl<'a> Types<'a> {
-    fn parse(data: &'a [u8]) -> Result<Self> {
-        let magic = data.get(..2).context("truncated header")?;
-        ensure!(
-            u16::from_ne_bytes([magic[0], magic[1]]) == MAGIC,
-            "not BTF of this machine's byte order"
-        );
-        let header_len = u32_at(data, 4)? as usize;
-        ensure!(header_len >= HEADER_LEN, "header of {header_len} bytes");
-        let part = |off: usize| -> Result<&'a [u8]> {
-            let start = header_len + u32_at(data, off)? as usize;
-            let end = start + u32_at(data, off + 4)? as usize;
-            data.get(start..end)
-                .with_context(|| format!("section {start}..{end} out of bounds"))
-        };
-        let types = part(8)?;
-        let strings = part(16)?;
-        let mut starts = Vec::new();
-        let mut at = 0;
-        while at < types.len() {
-            starts.push(at as u32);
-            let id = starts.len();
-            let info = u32_at(types, at + 4).with_context(|| format!("type {id}"))?;
-            let vlen = (info & 0xffff) as usize;
-            let extra = match kind(info) {
-                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
-                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
-                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
-                KIND_ARRAY => 12,
-                KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
-                KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
-                other => bail!("type {id} is of unknown kind {other}"),
-            };
-            at += RECORD_LEN + extra;
-            ensure!(at <= types.len(), "type {id} runs past the type section");
-        }
-        Ok(Self {
-            types,
-            strings,
-            starts,
-        })
-    }
-
-    fn count(&self) -> u32 {
-        self.starts.len() as u32
-    }
-
-    /// The record of type `id` (1..=count): its 12-byte header and what follows it.
-    fn record(&self, id: u32) -> &'a [u8] {
-        let start = self.starts[id as usize - 1] as usize;
-        let end = self
-            .starts
-            .get(id as usize)
-            .map_or(self.types.len(), |&s| s as usize);
-        &self.types[start..end]
-    }
-
-    fn string(&self, offset: u32) -> Result<&'a [u8]> {
-        let rest = self
-            .strings
-            .get(offset as usize..)
-            .with_context(|| format!("string offset {offset} out of bounds"))?;
-        let len = rest
-            .iter()
-            .position(|&b| b == 0)
-            .with_context(|| format!("string at {offset} not terminated"))?;
-        Ok(&rest[..len])
-    }
-
-    fn name(&self, id: u32) -> Result<&'a [u8]> {
-        self.string(u32_at(self.record(id), 0)?)
-    }
-
-    /// Where the record of `id` holds type ids (byte offsets), each with whether it is a
-    /// pointer's.
-    fn type_fields(&self, id: u32) -> Vec<(usize, bool)> {
-        let info = u32_at(self.record(id), 4).unwrap_or(0);
-        let vlen = (info & 0xffff) as usize;
-        match kind(info) {
-            KIND_PTR => vec![(8, true)],
-            KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG
-            | KIND_FUNC | KIND_VAR | KIND_DECL_TAG => vec![(8, false)],
-            KIND_ARRAY => vec![(12, false), (16, false)],
-            KIND_STRUCT | KIND_UNION => (0..vlen).map(|i| (16 + 12 * i, false)).collect(),
-            KIND_DATASEC => (0..vlen).map(|i| (12 + 12 * i, false)).collect(),
-            KIND_FUNC_PROTO => std::iter::once((8, false))
-                .chain((0..vlen).map(|i| (16 + 8 * i, false)))
-                .collect(),
-            _ => Vec::new(),
+/// A BTF of the types named in `names` (flavor left out) and those they reach other than
+/// through a pointer, in their order, numbered from 1.
+fn keep(kernel: &Types, names: &HashSet<Vec<u8>>) -> Vec<u8> {
+    let count = kernel.count();
+    let mut kept = vec![false; count as usize + 1];
+    let mut pending = Vec::new();
+    for id in 1..=count {
+        if kernel
+            .name(id)
+            .is_ok_and(|name| !name.is_empty() && names.contains(flavorless(name)))
+        {
+            kept[id as usize] = true;
+            pending.push(id);
         }
     }
-
-    /// The id of the type named `name` of kind `kind`.
-    fn id_of(&self, name: &[u8], kind_wanted: u32) -> Option<u32> {
-        (1..=self.count()).find(|&id| {
-            u32_at(self.record(id), 4).is_ok_and(|info| kind(info) == kind_wanted)
-                && self.name(id).is_ok_and(|n| n == name)
-        })
-    }
-
-    /// A BTF of the types named in `names` (flavor left out) and those they reach other than
-    /// through a pointer, in their order, numbered from 1.
-    fn keep(&self, names: &HashSet<Vec<u8>>) -> Vec<u8> {
-        let count = self.count();
-        let mut kept = vec![false; count as usize + 1];
-        let mut pending = Vec::new();
-        for id in 1..=count {
-            if self
-                .name(id)
-                .is_ok_and(|name| !name.is_empty() && names.contains(flavorless(name)))
+    while let Some(id) = pending.pop() {
+        for (at, through_pointer) in type_fields(kernel, id) {
+            let target = u32_at(kernel.record(id), at).unwrap_or(0);
+            if let Some(seen) = kept.get_mut(target as usize)
+                && target != 0
+                && !through_pointer
+                && !*seen
             {
-                kept[id as usize] = true;
-                pending.push(id);
+                *seen = true;
+                pending.push(target);
             }
         }
-        while let Some(id) = pending.pop() {
-            for (at, through_pointer) in self.type_fields(id) {
-                let target = u32_at(self.record(id), at).unwrap_or(0);
-                if let Some(seen) = kept.get_mut(target as usize)
-                    && target != 0
-                    && !through_pointer
-                    && !*seen
-                {
-                    *seen = true;
-                    pending.push(target);
-                }
-            }
-        }
-        // The new ids: 0 (`void`) for a type left out, reached only through pointers.
-        let mut renumbered = vec![0u32; count as usize + 1];
-        let mut next = 1;
-        for id in 1..=count {
-            if kept[id as usize] {
-                renumbered[id as usize] = next;
-                next += 1;
-            }
-        }
-
-        let mut strings = Strings::default();
-        let mut types = Vec::new();
-        for id in (1..=count).filter(|&id| kept[id as usize]) {
-            let record = self.record(id);
-            let start = types.len();
-            types.extend_from_slice(record);
-            let mut put = |at: usize, word: u32| {
-                types[start + at..start + at + 4].copy_from_slice(&word.to_ne_bytes())
-            };
-            for (at, _) in self.type_fields(id) {
-                let target = u32_at(record, at).unwrap_or(0) as usize;
-                put(at, renumbered.get(target).copied().unwrap_or(0));
-            }
-            let info = u32_at(record, 4).unwrap_or(0);
-            let vlen = (info & 0xffff) as usize;
-            // Where names sit in the record: its own, then its members', enumerators' or
-            // parameters'.
-            let member_names = match kind(info) {
-                KIND_STRUCT | KIND_UNION | KIND_ENUM64 => (0..vlen).map(|i| 12 + 12 * i).collect(),
-                KIND_ENUM | KIND_FUNC_PROTO => (0..vlen).map(|i| 12 + 8 * i).collect(),
-                _ => Vec::new(),
-            };
-            for at in std::iter::once(0).chain(member_names) {
-                let name = u32_at(record, at)
-                    .and_then(|offset| self.string(offset))
-                    .unwrap_or_default();
-                put(at, strings.add(name));
-            }
-        }
-
-        let strings = strings.bytes;
-        let mut out = Vec::with_capacity(HEADER_LEN + types.len() + strings.len());
-        out.extend_from_slice(&MAGIC.to_ne_bytes());
-        out.extend_from_slice(&[1, 0]); // version 1, no flags
-        for word in [
-            HEADER_LEN as u32,
-            0,
-            types.len() as u32,
-            types.len() as u32,
-            strings.len() as u32,
-        ] {
-            out.extend_from_slice(&word.to_ne_bytes());
-        }
-        out.extend_from_slice(&types);
-        out.extend_from_slice(&strings);
-        out
     }
-}
+    // The new ids: 0 (`void`) for a type left out, reached only through pointers.
+    let mut renumbered = vec![0u32; count as usize + 1];
+    let mut next = 1;
+    for id in 1..=count {
+        if kept[id as usize] {
+            renumbered[id as usize] = next;
+            next += 1;
+        }
+    }
 
-fn kind(info: u32) -> u32 {
-    (info >> 24) & 0x1f
+    let mut strings = Strings::default();
+    let mut types = Vec::new();
+    for id in (1..=count).filter(|&id| kept[id as usize]) {
+        let record = kernel.record(id);
+        let start = types.len();
+        types.extend_from_slice(record);
+        let mut put = |at: usize, word: u32| {
+            types[start + at..start + at + 4].copy_from_slice(&word.to_ne_bytes())
+        };
+        for (at, _) in type_fields(kernel, id) {
+            let target = u32_at(record, at).unwrap_or(0) as usize;
+            put(at, renumbered.get(target).copied().unwrap_or(0));
+        }
+        let info = u32_at(record, 4).unwrap_or(0);
+        let vlen = (info & 0xffff) as usize;
+        // Where names sit in the record: its own, then its members', enumerators' or
+        // parameters'.
+        let member_names = match kind(info) {
+            KIND_STRUCT | KIND_UNION | KIND_ENUM64 => (0..vlen).map(|i| 12 + 12 * i).collect(),
+            KIND_ENUM | KIND_FUNC_PROTO => (0..vlen).map(|i| 12 + 8 * i).collect(),
+            _ => Vec::new(),
+        };
+        for at in std::iter::once(0).chain(member_names) {
+            let name = u32_at(record, at)
+                .and_then(|offset| kernel.string(offset))
+                .unwrap_or_default();
+            put(at, strings.add(name));
+        }
+    }
+
+    let strings = strings.bytes;
+    let mut out = Vec::with_capacity(HEADER_LEN + types.len() + strings.len());
+    out.extend_from_slice(&MAGIC.to_ne_bytes());
+    out.extend_from_slice(&[1, 0]); // version 1, no flags
+    for word in [
+        HEADER_LEN as u32,
+        0,
+        types.len() as u32,
+        types.len() as u32,
+        strings.len() as u32,
+    ] {
+        out.extend_from_slice(&word.to_ne_bytes());
+    }
+    out.extend_from_slice(&types);
+    out.extend_from_slice(&strings);
+    out
 }
 
 /// A BTF string section being written: each string once, the empty one at offset 0.
@@ -486,7 +363,7 @@ mod tests {
         );
         let names: HashSet<Vec<u8>> = [b"sock".to_vec(), b"bad".to_vec()].into();
         let parsed = Types::parse(&kernel).unwrap_or_else(|e| panic!("{e:#}"));
-        let bytes = parsed.keep(&names);
+        let bytes = keep(&parsed, &names);
         let lean = Types::parse(&bytes).unwrap_or_else(|e| panic!("{e:#}"));
         // int, sock, the pointer to net, inner, the pointer to void, bad: renumbered 1-6.
         let word = |id, at| u32_at(lean.record(id), at).unwrap_or(u32::MAX);

@@ -11,6 +11,7 @@
 //! more memory at start, nothing else lost.
 
 mod lean;
+mod raw;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -62,7 +63,7 @@ impl KernelBtf {
     /// cannot be told, all of it) and its attach points.
     fn for_object(&self, object: &[u8]) -> Result<(Btf, AttachPoints)> {
         let context = || format!("kernel BTF {}", self.path.display());
-        let file = read_off_heap(&self.path).with_context(context)?;
+        let file = read(&self.path).with_context(context)?;
         let kernel = &file[..];
         let whole = match lean::for_object(kernel, object) {
             Ok(lean) => {
@@ -109,13 +110,18 @@ impl KernelBtf {
 /// follows the largest block freed): later blocks up to that size then come from the heap,
 /// and a thread's arena keeps its freed top, which `malloc_trim` does not return, so 5-6 MiB
 /// stayed resident for good in about half the runs (measured with `/proc/PID/smaps`).
-fn read_off_heap(path: &Path) -> Result<memmap2::MmapMut> {
+pub fn read(path: &Path) -> Result<memmap2::MmapMut> {
     let mut file = File::open(path)?;
     let len = usize::try_from(file.metadata()?.len())?;
     anyhow::ensure!(len > 0, "empty");
     let mut memory = memmap2::MmapMut::map_anon(len)?;
     file.read_exact(&mut memory)?;
     Ok(memory)
+}
+
+/// The (name, value) pairs of the enum (ENUM or ENUM64) called `wanted` in raw BTF.
+pub fn enum_variants(btf: &[u8], wanted: &str) -> Result<Vec<(String, i64)>> {
+    raw::Types::parse(btf)?.enum_variants(wanted)
 }
 
 #[cfg(test)]
