@@ -10,6 +10,7 @@
 //! - Parsers of kernel replies that more than one component needs: [`links`] (devices),
 //!   [`routes`] (routes, addresses, rules), [`ipvs`], [`sysctl`].
 
+pub mod bpf_maps;
 pub mod bpf_programs;
 pub mod collection;
 

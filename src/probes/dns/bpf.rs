@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHashMap, IterableMap, PerCpuArray, PerCpuHashMap};
+
+use crate::sources::bpf_maps::{self, Values};
 use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType};
 use aya::{Ebpf, EbpfLoader};
 
@@ -237,15 +239,14 @@ impl DnsCounter {
             .context("map dns_counts missing")?;
         let counts: PerCpuHashMap<_, DnsKey, DnsCounts> = PerCpuHashMap::try_from(map)?;
         let mut out = Vec::new();
-        for entry in counts.iter() {
-            // An entry deleted between listing and reading is skipped, not an error.
-            let Ok((key, values)) = entry else { continue };
+        bpf_maps::for_each(counts.map(), Values::PerCpu, |key, values| {
             let mut sum = DnsCounts::default();
-            for v in values.iter() {
+            for v in values {
                 sum.add(v);
             }
             out.push((key, sum));
-        }
+        })
+        .context("reading map dns_counts")?;
         let lost = self.uncounted(UNCOUNTED_COUNTS)?;
         let fill = BpfMapFill::of(counts.map(), "dns_counts", out.len(), lost);
         Ok((out, fill))
@@ -263,7 +264,11 @@ impl DnsCounter {
             .map_mut("dns_flights")
             .context("map dns_flights missing")?;
         let mut flights: BpfHashMap<_, DnsFlight, DnsSent> = BpfHashMap::try_from(map)?;
-        let all: Vec<(DnsFlight, DnsSent)> = flights.iter().filter_map(|e| e.ok()).collect();
+        let mut all: Vec<(DnsFlight, DnsSent)> = Vec::new();
+        bpf_maps::for_each(flights.map(), Values::Shared, |flight, sent: &[DnsSent]| {
+            all.extend(sent.first().map(|s| (flight, *s)));
+        })
+        .context("reading map dns_flights")?;
         let mut expired = Vec::new();
         for (flight, sent) in &all {
             // Only what this call deletes counts: the answer's program may take it first.

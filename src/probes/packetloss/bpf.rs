@@ -5,6 +5,8 @@ use std::collections::HashMap;
 
 use anyhow::{Context, Result, bail};
 use aya::maps::{IterableMap, PerCpuArray, PerCpuHashMap};
+
+use crate::sources::bpf_maps::{self, Values};
 use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 
@@ -247,11 +249,10 @@ impl DropCounter {
         let map = self.ebpf.map("drops").context("map drops missing")?;
         let drops: PerCpuHashMap<_, DropKey, u64> = PerCpuHashMap::try_from(map)?;
         let mut out = HashMap::new();
-        for entry in drops.iter() {
-            // An entry deleted between listing and reading is skipped, not an error.
-            let Ok((key, values)) = entry else { continue };
+        bpf_maps::for_each(drops.map(), Values::PerCpu, |key, values: &[u64]| {
             out.insert(key, values.iter().sum());
-        }
+        })
+        .context("reading map drops")?;
         let map = self.ebpf.map("overflow").context("map overflow missing")?;
         let overflow: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         let lost = overflow.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);

@@ -3,6 +3,8 @@
 use anyhow::{Context, Result};
 use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, IterableMap, PerCpuArray, PerCpuHashMap};
+
+use crate::sources::bpf_maps::{self, Values};
 use aya::programs::{BtfTracePoint, Iter};
 
 use crate::sources::bpf_programs::BpfMapFill;
@@ -302,15 +304,14 @@ impl PeerCounter {
             .context("map peer_backends missing")?;
         let backends: PerCpuHashMap<_, BackendKey, BackendCounts> = PerCpuHashMap::try_from(map)?;
         let mut out = Vec::new();
-        for entry in backends.iter() {
-            // An entry deleted between listing and reading is skipped, not an error.
-            let Ok((key, values)) = entry else { continue };
+        bpf_maps::for_each(backends.map(), Values::PerCpu, |key, values| {
             let mut sum = BackendCounts::default();
-            for v in values.iter() {
+            for v in values {
                 sum.add(v);
             }
             out.push((key, sum));
-        }
+        })
+        .context("reading map peer_backends")?;
         let lost = self.uncounted(UNCOUNTED_BACKENDS)?;
         let fill = BpfMapFill::of(backends.map(), "peer_backends", out.len(), lost);
         Ok((out, fill))
@@ -356,8 +357,15 @@ impl PeerCounter {
             .map("peer_timings")
             .context("map peer_timings missing")?;
         let timings: BpfHashMap<_, PeerKey, PeerTiming> = BpfHashMap::try_from(map)?;
-        // An entry deleted between listing and reading is skipped, not an error.
-        let out: Vec<_> = timings.iter().filter_map(|e| e.ok()).collect();
+        let mut out = Vec::new();
+        bpf_maps::for_each(
+            timings.map(),
+            Values::Shared,
+            |key, value: &[PeerTiming]| {
+                out.extend(value.first().map(|v| (key, *v)));
+            },
+        )
+        .context("reading map peer_timings")?;
         let fill = BpfMapFill::of(
             timings.map(),
             "peer_timings",
@@ -383,15 +391,14 @@ impl PeerCounter {
         let map = self.ebpf.map("peers").context("map peers missing")?;
         let peers: PerCpuHashMap<_, PeerKey, PeerCounts> = PerCpuHashMap::try_from(map)?;
         let mut out = Vec::new();
-        for entry in peers.iter() {
-            // An entry deleted between listing and reading is skipped, not an error.
-            let Ok((key, values)) = entry else { continue };
+        bpf_maps::for_each(peers.map(), Values::PerCpu, |key, values| {
             let mut sum = PeerCounts::default();
-            for v in values.iter() {
+            for v in values {
                 sum.add(v);
             }
             out.push((key, sum));
-        }
+        })
+        .context("reading map peers")?;
         let lost = self.uncounted(UNCOUNTED_PEERS)?;
         let fill = BpfMapFill::of(peers.map(), "peers", out.len(), lost);
         Ok((out, fill))
