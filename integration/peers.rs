@@ -802,8 +802,10 @@ fn peers_listener_overflows_are_the_ports() {
         "{ss}"
     );
     // listen(2) holds up to three; fewer when a handshake completed on A's side only (the
-    // queue was full when B took its last ACK: an overflow, answered with an RST).
-    assert!((1..=3).contains(&recv_q), "{ss}");
+    // queue was full when B took its last ACK: an overflow, answered with an RST); four when
+    // two last ACKs were taken at once on two CPUs (the kernel checks that the queue is full
+    // and adds to it without a lock between: seen here about once in five runs).
+    assert!((1..=4).contains(&recv_q), "{ss}");
     assert_eq!(
         peer_value(&s, "netexporter_listener_accept_queue_limit", &b, &port),
         send_q

@@ -34,7 +34,7 @@ pub mod bpf;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
@@ -169,8 +169,10 @@ pub struct Peers {
 /// The attached program and what it has counted.
 struct Loaded {
     counter: Mutex<PeerCounter>,
-    read: Mutex<Read>,
-    budgets: Mutex<HashMap<u64, Budget>>,
+    /// Written by `prepare`, read by every namespace's collection at once.
+    read: RwLock<Read>,
+    /// Each namespace's, locked only by its own collection.
+    budgets: Mutex<HashMap<u64, Arc<Mutex<Budget>>>>,
     /// When the counter was attached: addresses wait for the Kubernetes view only so long.
     attached: Instant,
     /// Kubernetes mode: the Services and EndpointSlices that name other addresses.
@@ -1055,7 +1057,7 @@ impl Probe for Peers {
         self.loaded = Some(Loaded {
             translations,
             counter: Mutex::new(counter),
-            read: Mutex::new(Read::default()),
+            read: RwLock::new(Read::default()),
             budgets: Mutex::new(HashMap::new()),
             attached: Instant::now(),
             objects: node.cluster_objects.clone(),
@@ -1069,7 +1071,7 @@ impl Probe for Peers {
         let Some(loaded) = &self.loaded else {
             return Vec::new();
         };
-        let read = loaded.read.lock().unwrap_or_else(|e| e.into_inner());
+        let read = loaded.read.read().unwrap_or_else(|e| e.into_inner());
         read.fills.clone()
     }
 
@@ -1078,7 +1080,7 @@ impl Probe for Peers {
     fn prepare(&self, collection: &Collection) {
         let Some(loaded) = &self.loaded else { return };
         let mut counter = loaded.counter.lock().unwrap_or_else(|e| e.into_inner());
-        let mut read = loaded.read.lock().unwrap_or_else(|e| e.into_inner());
+        let mut read = loaded.read.write().unwrap_or_else(|e| e.into_inner());
         let r = &mut *read;
         Directory::refresh(
             loaded.objects.as_deref(),
@@ -1158,19 +1160,27 @@ impl Probe for Peers {
             .as_ref()
             .ok_or_else(|| anyhow!("the peer counter is not attached"))?;
         let (inode, is_node) = (src.inode(), src.is_node());
-        let read = loaded.read.lock().unwrap_or_else(|e| e.into_inner());
+        let read = loaded.read.read().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = &read.error {
             return Err(anyhow!("{e}"));
         }
         let mine: Vec<&(PeerKey, PeerCounts)> =
             of_namespace(&read.entries, inode, is_node, |k| k.netns).collect();
         let generation = loaded.naming.of(src.cluster());
-        let mut budgets = loaded.budgets.lock().unwrap_or_else(|e| e.into_inner());
+        let budget = Arc::clone(
+            loaded
+                .budgets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(inode)
+                .or_default(),
+        );
+        let mut budget = budget.lock().unwrap_or_else(|e| e.into_inner());
         let cluster = src.cluster().map(|c| c.as_ref());
         let mut out = series_for(
             &mine,
             &read.timings,
-            budgets.entry(inode).or_default(),
+            &mut budget,
             &self.options,
             cluster,
             read.directory.as_ref(),
@@ -1181,7 +1191,7 @@ impl Probe for Peers {
             of_namespace(&read.backends, inode, is_node, |k| k.peer.netns).collect();
         out.extend(backend_series(
             &backends,
-            budgets.entry(inode).or_default(),
+            &mut budget,
             &self.options,
             cluster,
             read.directory.as_ref(),
@@ -1191,7 +1201,7 @@ impl Probe for Peers {
         if let Some(listeners) = read.listeners.get(&inode) {
             out.extend(listener_series(
                 listeners,
-                budgets.entry(inode).or_default(),
+                &mut budget,
                 self.options.listeners_per_namespace,
             ));
         }
