@@ -42,6 +42,16 @@ fn main() {
         "peer counter benchmark: {CONNECTIONS} connections and {} MiB bulk per run, {PAIRS} alternating pairs",
         BULK_BYTES >> 20
     );
+    // `-- per-connection`: only the programs' cost per connection (bpf_stats), a minute
+    // instead of the pairs' several.
+    if !std::env::args().any(|a| a == "per-connection") {
+        ratios_of_pairs(btf);
+    }
+    per_connection(btf);
+}
+
+/// Throughput with the programs attached and detached, in alternating pairs.
+fn ratios_of_pairs(btf: &KernelBtf) {
     // Each pair also runs a second detached arm: its ratio to the first (an A/A test) is the
     // noise floor of this machine, printed beside the ratios it qualifies.
     let mut conn = Ratios::default();
@@ -63,6 +73,10 @@ fn main() {
     println!(
         "on/off: median of the per-pair ratios (attached / detached); off/off: two detached runs of the same pair (the noise)."
     );
+}
+
+/// What the programs cost per connection, from the kernel's statistics.
+fn per_connection(btf: &KernelBtf) {
 
     // What the programs cost per connection, from the kernel's statistics: robust where the
     // ratios above drown in this machine's noise. Their share of a connection's time is the
