@@ -77,7 +77,6 @@ fn ratios_of_pairs(btf: &KernelBtf) {
 
 /// What the programs cost per connection, from the kernel's statistics.
 fn per_connection(btf: &KernelBtf) {
-
     // What the programs cost per connection, from the kernel's statistics: robust where the
     // ratios above drown in this machine's noise. Their share of a connection's time is the
     // throughput a CPU-bound connection loop loses to them.
