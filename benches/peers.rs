@@ -11,6 +11,9 @@
 //! "on" is the default configuration: the translation follower (`net:net_dev_queue`, one run per
 //! packet queued) included.
 //!
+//! Then the cost per connection from the kernel's statistics, beside the floor: programs that do
+//! nothing on the same hooks (`-- per-connection` runs only this part).
+//!
 //! Needs root (CAP_BPF, CAP_PERFMON).
 
 use std::io::{Read, Write};
@@ -75,45 +78,100 @@ fn ratios_of_pairs(btf: &KernelBtf) {
     );
 }
 
-/// What the programs cost per connection, from the kernel's statistics.
+/// What the programs cost per connection, from the kernel's statistics: robust where the
+/// ratios above drown in this machine's noise. Their share of a connection's time is the
+/// throughput a CPU-bound connection loop loses to them. The floor (programs that do nothing
+/// on the two hooks that fire on every connection) is measured in alternation with them: what
+/// the hooks cost before any counting, and what the counting adds (`over floor`), both in the
+/// same minutes of this machine's speed.
 fn per_connection(btf: &KernelBtf) {
-    // What the programs cost per connection, from the kernel's statistics: robust where the
-    // ratios above drown in this machine's noise. Their share of a connection's time is the
-    // throughput a CPU-bound connection loop loses to them.
-    let per_connection = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-        .ok()
-        .and_then(|_stats| {
-            let counter = PeerCounter::load(btf, true).ok()?;
-            let before = counter.program_stats();
-            let (t0, n0) = counter.run_stats();
-            let rate = connections_per_second();
-            let (t1, n1) = counter.run_stats();
-            let after = counter.program_stats();
-            let runs = (n1 - n0) as f64 / f64::from(CONNECTIONS);
-            let ns = (t1 - t0).as_nanos() as f64 / f64::from(CONNECTIONS);
-            let programs: Vec<String> = after
-                .iter()
-                .filter_map(|(name, t, n)| {
-                    let (_, t_before, n_before) = before.iter().find(|(b, _, _)| b == name)?;
-                    let runs = n - n_before;
-                    (runs > 0).then(|| {
-                        let per_event = (*t - *t_before).as_nanos() as f64 / runs as f64;
-                        format!("{name} {per_event:.0} ns/event ({runs} runs)")
-                    })
-                })
-                .collect();
-            Some((runs, ns, ns / (1e9 / rate), programs))
-        });
-    match per_connection {
-        Some((runs, ns, share, programs)) => {
-            println!(
-                "per connection (bpf_stats, their own timing included): {runs:.1} program runs, {ns:.0} ns, {:.2} % of the connection's time",
-                share * 100.0
-            );
-            println!("per program: {}", programs.join("; "));
+    let Ok(_stats) = aya::sys::enable_stats(aya::sys::Stats::RunTime) else {
+        println!("per connection: bpf_stats unavailable");
+        return;
+    };
+    let measure = |counter: PeerCounter| {
+        let before = counter.program_stats();
+        let rate = connections_per_second();
+        let after = counter.program_stats();
+        let mut ns = 0.0;
+        let mut runs = 0;
+        let mut programs = Vec::new();
+        for (name, t, n) in &after {
+            let Some((_, t0, n0)) = before.iter().find(|(b, _, _)| b == name) else {
+                continue;
+            };
+            if n > n0 {
+                let took = (*t - *t0).as_nanos() as f64;
+                programs.push(format!(
+                    "{name} {:.0} ns/event ({} runs)",
+                    took / (n - n0) as f64,
+                    n - n0
+                ));
+                ns += took;
+                runs += n - n0;
+            }
         }
-        None => println!("per connection: bpf_stats unavailable"),
+        let per = f64::from(CONNECTIONS);
+        Run {
+            runs: runs as f64 / per,
+            ns: ns / per,
+            // The connection's own time, without the programs': what it costs with none.
+            connection_ns: 1e9 / rate - ns / per,
+            programs,
+        }
+    };
+    let (mut floor, mut counted) = (Vec::new(), Vec::new());
+    let mut last = Vec::new();
+    for _ in 0..3 {
+        match PeerCounter::load_floor(btf) {
+            Ok(c) => floor.push(measure(c)),
+            Err(e) => {
+                println!("per connection: no floor: {e:#}");
+                return;
+            }
+        }
+        let Ok(c) = PeerCounter::load(btf, true) else {
+            return;
+        };
+        let m = measure(c);
+        last = m.programs.clone();
+        counted.push(m);
     }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let pick = |rows: &[Run], f: fn(&Run) -> f64| median(&mut rows.iter().map(f).collect());
+    let connection = pick(&counted, |r| r.connection_ns);
+    let (runs, ns) = (pick(&counted, |r| r.runs), pick(&counted, |r| r.ns));
+    let (floor_runs, floor_ns) = (pick(&floor, |r| r.runs), pick(&floor, |r| r.ns));
+    println!(
+        "per connection (bpf_stats, their own timing included; medians of 3 alternating runs; a connection itself {:.1} us):",
+        connection / 1e3
+    );
+    println!(
+        "  counter: {runs:.1} program runs, {ns:.0} ns, {:.2} % of the connection's time",
+        ns / connection * 100.0
+    );
+    println!(
+        "  floor:   {floor_runs:.1} program runs, {floor_ns:.0} ns, {:.2} % (programs that do nothing on the same hooks)",
+        floor_ns / connection * 100.0
+    );
+    println!(
+        "  over floor: {:.0} ns, {:.2} % (what the counting adds)",
+        ns - floor_ns,
+        (ns - floor_ns) / connection * 100.0
+    );
+    println!("  per program (last run): {}", last.join("; "));
+}
+
+/// One measured run of connections: program runs and their ns per connection, the
+/// connection's own ns, and each program's ns per event.
+struct Run {
+    runs: f64,
+    ns: f64,
+    connection_ns: f64,
+    programs: Vec<String>,
 }
 
 /// Connections through loopback, each with a 1 KiB request and a 1 KiB answer, one after the

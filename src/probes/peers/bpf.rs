@@ -275,6 +275,29 @@ impl PeerCounter {
         })
     }
 
+    /// The benchmark's floor: programs that do nothing (`floor_state`, `floor_queue`),
+    /// attached where `peer_state` and `peer_translated` attach: what the hooks cost a
+    /// connection before any counting.
+    pub fn load_floor(kernel_btf: &KernelBtf) -> Result<Self> {
+        let (mut ebpf, attach) = kernel_btf.load(OBJECT)?;
+        for (program, tracepoint) in [
+            ("floor_state", "inet_sock_set_state"),
+            ("floor_queue", "net_dev_queue"),
+        ] {
+            let prog: &mut BtfTracePoint = ebpf
+                .program_mut(program)
+                .with_context(|| format!("program {program} missing from the object"))?
+                .try_into()?;
+            attach.tracepoint(prog, tracepoint)?;
+            prog.attach()
+                .with_context(|| format!("attach tp_btf/{tracepoint}"))?;
+        }
+        Ok(Self {
+            ebpf,
+            translations_error: None,
+        })
+    }
+
     fn follow_translations(ebpf: &mut Ebpf, attach: &AttachPoints) -> Result<()> {
         let (program, tracepoint) = TRANSLATIONS;
         let prog: &mut BtfTracePoint = ebpf
