@@ -12,9 +12,9 @@ use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use aya::Pod;
-use aya::maps::MapData;
+use aya::maps::{MapData, MapType};
 use aya_obj::generated::{bpf_attr, bpf_cmd};
 
 /// At most this much buffer per batch: with many CPUs a per-CPU entry is large (96 CPUs × 80
@@ -57,6 +57,23 @@ fn walk<K: Pod, V: Pod>(
     how: Walk,
     mut each: impl FnMut(K, &[V]),
 ) -> Result<()> {
+    // The kernel writes the map's own sizes into the buffers: they must be `K`'s and `V`'s.
+    let info = map.info().context("BPF map info")?;
+    let per_cpu = matches!(
+        info.map_type(),
+        Ok(MapType::PerCpuHash | MapType::LruPerCpuHash)
+    );
+    ensure!(
+        info.key_size() as usize == size_of::<K>()
+            && info.value_size() as usize == size_of::<V>()
+            && per_cpu == (values == Values::PerCpu),
+        "BPF map of {}-byte keys and {}-byte values ({}) read as {}-byte keys and {}-byte values ({values:?})",
+        info.key_size(),
+        info.value_size(),
+        if per_cpu { "per CPU" } else { "shared" },
+        size_of::<K>(),
+        size_of::<V>(),
+    );
     let cpus = match values {
         Values::Shared => 1,
         Values::PerCpu => aya::util::nr_cpus()
@@ -286,6 +303,15 @@ mod tests {
             )
             .unwrap_or_else(|e| panic!("{e:#}"));
             assert!(seen.iter().all(|&n| n == 1), "each key once");
+
+            let wrong = walk(&shared, Values::Shared, how, |_: u64, _: &[u32]| {});
+            assert!(
+                wrong.is_err_and(|e| format!("{e:#}")
+                    .contains("8-byte values (shared) read as 8-byte keys and 4-byte values")),
+                "a map read with the wrong value type is refused"
+            );
+            let wrong = walk(&per_cpu, Values::Shared, how, |_: u64, _: &[[u8; 12]]| {});
+            assert!(wrong.is_err(), "a per-CPU map read as shared is refused");
 
             let mut sum = 0;
             let mut count = 0;
