@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram as OtelHistogram, Meter};
 
-use super::prometheus::histogram_lines;
+use super::prometheus::{histogram_lines, render_bounds};
 use crate::collector::{ObservedSeries, Snapshot};
 use crate::probes::{self, Histogram, Kind};
 
@@ -33,8 +33,14 @@ pub fn lines(series: &[ObservedSeries], m: usize, out: &mut Vec<(String, String)
         })
         .collect();
     list.sort_by(|a, b| a.0.cmp(&b.0));
+    // A metric's series share its bounds: rendered once.
+    let mut les: Option<(&[f64], Vec<String>)> = None;
     for (_, attrs, h) in list {
-        histogram_lines(attrs, h, out);
+        let rendered = match &les {
+            Some((bounds, rendered)) if *bounds == h.bounds => rendered,
+            _ => &les.insert((h.bounds, render_bounds(h.bounds))).1,
+        };
+        histogram_lines(attrs, h, rendered, out);
     }
 }
 

@@ -176,31 +176,49 @@ fn write_family(
 }
 
 /// The lines of one histogram: a cumulative `_bucket` per bound and `+Inf` (in that order, as
-/// the format wants them), `_sum`, `_count`.
+/// the format wants them), `_sum`, `_count`. `les`: the bounds as rendered (`render` of each).
+/// The series' labels are rendered once, in two parts around where `le` sorts: a peer's
+/// histogram is 12 lines with the same labels.
 pub fn histogram_lines(
     attrs: &[KeyValue],
     h: &crate::probes::Histogram,
+    les: &[String],
     out: &mut Vec<(String, String)>,
 ) {
+    let pairs = label_pairs(attrs.iter());
+    let at = pairs.partition_point(|(name, _)| *name < "le");
+    let (head, tail) = (render_pairs(&pairs[..at]), render_pairs(&pairs[at..]));
+    let line = |suffix: &str, le: Option<&str>| {
+        let mut s = String::with_capacity(suffix.len() + head.len() + tail.len() + 24);
+        s.push_str(suffix);
+        let mut parts = [head.as_str(), "", tail.as_str()];
+        let le_pair;
+        if let Some(le) = le {
+            le_pair = format!("le=\"{le}\"");
+            parts[1] = &le_pair;
+        }
+        for (i, part) in parts.into_iter().filter(|p| !p.is_empty()).enumerate() {
+            s.push(if i == 0 { '{' } else { ',' });
+            s.push_str(part);
+        }
+        if s.len() > suffix.len() {
+            s.push('}');
+        }
+        s
+    };
     let mut cumulative = 0u64;
-    let mut with_le = attrs.to_vec();
-    with_le.push(KeyValue::new("le", ""));
     for (i, n) in h.counts.iter().enumerate() {
         cumulative += n;
-        let le = h.bounds.get(i).map_or("+Inf".to_string(), |b| b.render());
-        if let Some(last) = with_le.last_mut() {
-            *last = KeyValue::new("le", le);
-        }
-        out.push((
-            format!("_bucket{}", labels(with_le.iter())),
-            cumulative.to_string(),
-        ));
+        let le = les.get(i).map_or("+Inf", String::as_str);
+        out.push((line("_bucket", Some(le)), cumulative.to_string()));
     }
-    out.push((format!("_sum{}", labels(attrs.iter())), h.sum.render()));
-    out.push((
-        format!("_count{}", labels(attrs.iter())),
-        cumulative.to_string(),
-    ));
+    out.push((line("_sum", None), h.sum.render()));
+    out.push((line("_count", None), cumulative.to_string()));
+}
+
+/// The rendered bounds of a histogram, as `le` values.
+pub fn render_bounds(bounds: &[f64]) -> Vec<String> {
+    bounds.iter().map(|b| b.render()).collect()
 }
 
 trait PromValue: Copy {
@@ -262,7 +280,17 @@ fn points<T: PromValue>(
 
 /// Labels sorted by name, so that a series renders the same whatever order the SDK kept.
 fn labels<'a>(attrs: impl Iterator<Item = &'a KeyValue>) -> String {
-    let mut attrs: Vec<(&str, &KeyValue)> = attrs
+    let body = render_pairs(&label_pairs(attrs));
+    if body.is_empty() {
+        return body;
+    }
+    format!("{{{body}}}")
+}
+
+/// The attributes that are labels, by their label name (semantic-convention attributes renamed
+/// to the contract's labels, the rest as they are), sorted by it.
+fn label_pairs<'a>(attrs: impl Iterator<Item = &'a KeyValue>) -> Vec<(&'a str, &'a KeyValue)> {
+    let mut pairs: Vec<(&str, &KeyValue)> = attrs
         .filter_map(|kv| {
             let key = kv.key.as_str();
             match SEMCONV_LABELS.iter().find(|(otel, _)| *otel == key) {
@@ -272,10 +300,17 @@ fn labels<'a>(attrs: impl Iterator<Item = &'a KeyValue>) -> String {
             }
         })
         .collect();
-    attrs.sort_by(|a, b| a.0.cmp(b.0));
+    pairs.sort_by(|a, b| a.0.cmp(b.0));
+    pairs
+}
+
+/// `name="value",...` without braces.
+fn render_pairs(pairs: &[(&str, &KeyValue)]) -> String {
     let mut s = String::with_capacity(128);
-    for (i, (name, kv)) in attrs.into_iter().enumerate() {
-        s.push(if i == 0 { '{' } else { ',' });
+    for (i, (name, kv)) in pairs.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
         push_label_name(&mut s, name);
         s.push_str("=\"");
         match &kv.value {
@@ -283,9 +318,6 @@ fn labels<'a>(attrs: impl Iterator<Item = &'a KeyValue>) -> String {
             other => escape_label_value(&mut s, &other.to_string()),
         }
         s.push('"');
-    }
-    if !s.is_empty() {
-        s.push('}');
     }
     s
 }
@@ -339,7 +371,15 @@ mod tests {
             sum: 0.0105,
         };
         let mut lines = Vec::new();
-        histogram_lines(&[KeyValue::new("peer", "a")], &h, &mut lines);
+        let les = render_bounds(h.bounds);
+        histogram_lines(&[KeyValue::new("peer", "a")], &h, &les, &mut lines);
+        histogram_lines(&[], &h, &les, &mut lines);
+        histogram_lines(
+            &[KeyValue::new("a", "1"), KeyValue::new("z", "2")],
+            &h,
+            &les,
+            &mut lines,
+        );
         let mut out = String::new();
         write_family(&mut out, "x_seconds", "help", "histogram", lines);
         assert_eq!(
@@ -349,7 +389,17 @@ mod tests {
              x_seconds_bucket{le=\"0.002\",peer=\"a\"} 2\n\
              x_seconds_bucket{le=\"+Inf\",peer=\"a\"} 3\n\
              x_seconds_sum{peer=\"a\"} 0.0105\n\
-             x_seconds_count{peer=\"a\"} 3\n"
+             x_seconds_count{peer=\"a\"} 3\n\
+             x_seconds_bucket{le=\"0.001\"} 2\n\
+             x_seconds_bucket{le=\"0.002\"} 2\n\
+             x_seconds_bucket{le=\"+Inf\"} 3\n\
+             x_seconds_sum 0.0105\n\
+             x_seconds_count 3\n\
+             x_seconds_bucket{a=\"1\",le=\"0.001\",z=\"2\"} 2\n\
+             x_seconds_bucket{a=\"1\",le=\"0.002\",z=\"2\"} 2\n\
+             x_seconds_bucket{a=\"1\",le=\"+Inf\",z=\"2\"} 3\n\
+             x_seconds_sum{a=\"1\",z=\"2\"} 0.0105\n\
+             x_seconds_count{a=\"1\",z=\"2\"} 3\n"
         );
     }
 
