@@ -17,12 +17,12 @@ use std::sync::Mutex;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram as OtelHistogram, Meter};
 
-use super::prometheus::{histogram_lines, render_bounds};
+use super::prometheus::{Sample, histogram_lines, render_bounds};
 use crate::collector::{ObservedSeries, Snapshot};
 use crate::probes::{self, Histogram, Kind};
 
 /// The Prometheus lines of histogram metric `m` of one probe's `series`, sorted by labels.
-pub fn lines(series: &[ObservedSeries], m: usize, out: &mut Vec<(String, String)>) {
+pub fn lines(series: &[ObservedSeries], m: usize, out: &mut Vec<(String, Sample)>) {
     let mut list: Vec<(String, &[KeyValue], &Histogram)> = series
         .iter()
         .flat_map(|s| {

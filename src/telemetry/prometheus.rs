@@ -23,7 +23,28 @@ pub struct Family {
     pub kind: &'static str,
     /// `(labels, value)`, the name's suffix (`_bucket`, `_sum`, `_count`) in front of labels;
     /// in the order written (a histogram's buckets by increasing `le`).
-    pub lines: Vec<(String, String)>,
+    pub lines: Vec<(String, Sample)>,
+}
+
+/// A data point's value, kept a number until it is written: a string per line would be one
+/// allocation more for each of tens of thousands of lines.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Sample {
+    U64(u64),
+    I64(i64),
+    F64(f64),
+}
+
+impl std::fmt::Display for Sample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Sample::U64(v) => write!(f, "{v}"),
+            Sample::I64(v) => write!(f, "{v}"),
+            Sample::F64(v) if v.is_nan() => f.write_str("NaN"),
+            Sample::F64(v) if v.is_infinite() => f.write_str(if v > 0.0 { "+Inf" } else { "-Inf" }),
+            Sample::F64(v) => write!(f, "{v}"),
+        }
+    }
 }
 
 /// Renders every gauge and sum of `rm`, and `families`, sorted by name.
@@ -32,7 +53,7 @@ pub fn encode(rm: &ResourceMetrics, families: Vec<Family>) -> String {
     metrics.sort_by(|a, b| a.name().cmp(b.name()));
     let mut families = families.into_iter().peekable();
     let mut out = String::with_capacity(64 * 1024);
-    let mut lines: Vec<(String, String)> = Vec::new();
+    let mut lines: Vec<(String, Sample)> = Vec::new();
     for m in metrics {
         while let Some(f) = families.next_if(|f| f.name < m.name()) {
             write_family(&mut out, f.name, f.help, f.kind, f.lines);
@@ -44,7 +65,7 @@ pub fn encode(rm: &ResourceMetrics, families: Vec<Family>) -> String {
             AggregatedMetrics::F64(d) => points(d, &mut lines),
         };
         let Some(kind) = kind else { continue };
-        lines.sort_unstable();
+        lines.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         write_family(
             &mut out,
             m.name(),
@@ -101,10 +122,10 @@ pub fn probe_families(snapshot: &Snapshot) -> Vec<Family> {
                             l.clone()
                         };
                         if let Some(l) = l {
-                            lines.push((l, v.to_string()));
+                            lines.push((l, Sample::U64(*v)));
                         }
                     }
-                    lines.sort_unstable();
+                    lines.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                     drop_duplicates(def.name, &mut lines);
                     if def.kind == Kind::Counter {
                         "counter"
@@ -131,7 +152,7 @@ pub fn probe_families(snapshot: &Snapshot) -> Vec<Family> {
 
 /// Keeps one of several series with one label set (two would make the exposition invalid),
 /// and says so: no probe makes them, so one is a bug to report, not a series to lose quietly.
-fn drop_duplicates(family: &str, lines: &mut Vec<(String, String)>) {
+fn drop_duplicates(family: &str, lines: &mut Vec<(String, Sample)>) {
     let before = lines.len();
     let mut first_duplicate = None;
     lines.dedup_by(|later, kept| {
@@ -159,7 +180,7 @@ fn write_family(
     name: &str,
     help: &str,
     kind: &str,
-    lines: Vec<(String, String)>,
+    lines: Vec<(String, Sample)>,
 ) {
     if lines.is_empty() {
         return;
@@ -169,9 +190,7 @@ fn write_family(
     for (labels, value) in &lines {
         out.push_str(name);
         out.push_str(labels);
-        out.push(' ');
-        out.push_str(value);
-        out.push('\n');
+        let _ = writeln!(out, " {value}");
     }
 }
 
@@ -183,7 +202,7 @@ pub fn histogram_lines(
     attrs: &[KeyValue],
     h: &crate::probes::Histogram,
     les: &[String],
-    out: &mut Vec<(String, String)>,
+    out: &mut Vec<(String, Sample)>,
 ) {
     let pairs = label_pairs(attrs.iter());
     let at = pairs.partition_point(|(name, _)| *name < "le");
@@ -210,46 +229,36 @@ pub fn histogram_lines(
     for (i, n) in h.counts.iter().enumerate() {
         cumulative += n;
         let le = les.get(i).map_or("+Inf", String::as_str);
-        out.push((line("_bucket", Some(le)), cumulative.to_string()));
+        out.push((line("_bucket", Some(le)), Sample::U64(cumulative)));
     }
-    out.push((line("_sum", None), h.sum.render()));
-    out.push((line("_count", None), cumulative.to_string()));
+    out.push((line("_sum", None), Sample::F64(h.sum)));
+    out.push((line("_count", None), Sample::U64(cumulative)));
 }
 
 /// The rendered bounds of a histogram, as `le` values.
 pub fn render_bounds(bounds: &[f64]) -> Vec<String> {
-    bounds.iter().map(|b| b.render()).collect()
+    bounds.iter().map(|b| Sample::F64(*b).to_string()).collect()
 }
 
 trait PromValue: Copy {
-    fn render(self) -> String;
+    fn sample(self) -> Sample;
 }
 
 impl PromValue for u64 {
-    fn render(self) -> String {
-        self.to_string()
+    fn sample(self) -> Sample {
+        Sample::U64(self)
     }
 }
 
 impl PromValue for i64 {
-    fn render(self) -> String {
-        self.to_string()
+    fn sample(self) -> Sample {
+        Sample::I64(self)
     }
 }
 
 impl PromValue for f64 {
-    fn render(self) -> String {
-        if self.is_nan() {
-            "NaN".into()
-        } else if self.is_infinite() {
-            if self > 0.0 {
-                "+Inf".into()
-            } else {
-                "-Inf".into()
-            }
-        } else {
-            self.to_string()
-        }
+    fn sample(self) -> Sample {
+        Sample::F64(self)
     }
 }
 
@@ -257,20 +266,20 @@ impl PromValue for f64 {
 /// this agent never records (histograms).
 fn points<T: PromValue>(
     d: &MetricData<T>,
-    out: &mut Vec<(String, String)>,
+    out: &mut Vec<(String, Sample)>,
 ) -> Option<&'static str> {
     match d {
         MetricData::Gauge(g) => {
             out.extend(
                 g.data_points()
-                    .map(|p| (labels(p.attributes()), p.value().render())),
+                    .map(|p| (labels(p.attributes()), p.value().sample())),
             );
             Some("gauge")
         }
         MetricData::Sum(s) => {
             out.extend(
                 s.data_points()
-                    .map(|p| (labels(p.attributes()), p.value().render())),
+                    .map(|p| (labels(p.attributes()), p.value().sample())),
             );
             Some(if s.is_monotonic() { "counter" } else { "gauge" })
         }
@@ -324,6 +333,12 @@ fn render_pairs(pairs: &[(&str, &KeyValue)]) -> String {
 
 /// Label names allow `[a-zA-Z_][a-zA-Z0-9_]*`; anything else becomes `_`.
 fn push_label_name(s: &mut String, name: &str) {
+    let valid =
+        |i: usize, b: u8| b.is_ascii_alphabetic() || b == b'_' || (i > 0 && b.is_ascii_digit());
+    if !name.is_empty() && name.bytes().enumerate().all(|(i, b)| valid(i, b)) {
+        s.push_str(name);
+        return;
+    }
     for (i, c) in name.chars().enumerate() {
         let ok = c.is_ascii_alphabetic() || c == '_' || (i > 0 && c.is_ascii_digit());
         s.push(if ok { c } else { '_' });
@@ -331,7 +346,7 @@ fn push_label_name(s: &mut String, name: &str) {
 }
 
 fn escape_label_value(s: &mut String, v: &str) {
-    if !v.contains(['\\', '"', '\n']) {
+    if !v.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
         s.push_str(v);
         return;
     }
@@ -429,9 +444,12 @@ mod tests {
 
     #[test]
     fn float_rendering() {
-        assert_eq!(0.25f64.render(), "0.25");
-        assert_eq!(f64::NAN.render(), "NaN");
-        assert_eq!(f64::INFINITY.render(), "+Inf");
+        assert_eq!(Sample::F64(0.25).to_string(), "0.25");
+        assert_eq!(Sample::F64(f64::NAN).to_string(), "NaN");
+        assert_eq!(Sample::F64(f64::INFINITY).to_string(), "+Inf");
+        assert_eq!(Sample::F64(f64::NEG_INFINITY).to_string(), "-Inf");
+        assert_eq!(Sample::F64(3.0).to_string(), "3");
+        assert_eq!(Sample::I64(-2).to_string(), "-2");
     }
 
     /// 5,000 series of one counter (what 100 namespaces with 50 peers each pass): every one
@@ -470,7 +488,7 @@ mod tests {
         assert_eq!(f.lines.len(), 5000);
         assert_eq!(
             f.lines[7],
-            (r#"{netns="ns0007",port="80"}"#.to_string(), "7".to_string())
+            (r#"{netns="ns0007",port="80"}"#.to_string(), Sample::U64(7))
         );
         let text = encode(&ResourceMetrics::default(), families);
         assert_eq!(text.matches(&format!("\n{}{{", def.name)).count(), 5000);
