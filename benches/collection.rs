@@ -236,6 +236,13 @@ fn peers_cost(world: &World) -> String {
                     let local = ["route", "replace", "local", "10.77.0.0/25", "dev", "lo"];
                     let ok = std::process::Command::new("ip").args(local).status();
                     assert!(ok.is_ok_and(|s| s.success()), "ip route {local:?}");
+                    // No TIME_WAIT sockets: each arm's 5,000 connections would leave as many
+                    // in the node's TCP hash for a minute, and every namespace's sock_diag
+                    // dump walks them, so an arm's scrapes would cost what the arms before it
+                    // left (the off arm measured 45 ms a scrape without them, 310-530 ms with).
+                    let no_tw = ["-qw", "net.ipv4.tcp_max_tw_buckets=0"];
+                    let ok = std::process::Command::new("sysctl").args(no_tw).status();
+                    assert!(ok.is_ok_and(|s| s.success()), "sysctl {no_tw:?}");
                     let l = TcpListener::bind("0.0.0.0:8081").expect("listen");
                     for p in 0..PEERS_PER_NAMESPACE {
                         let c = TcpStream::connect((Ipv4Addr::new(10, 77, 0, 2 + p as u8), 8081));
@@ -258,27 +265,34 @@ fn peers_cost(world: &World) -> String {
     let mut lat = vec![Vec::new(); arms.len()];
     let mut cpu = vec![Duration::ZERO; arms.len()];
     let mut series = vec![0; arms.len()];
+    // The largest resident set and peak of each arm's rounds, MiB.
+    let mut memory = vec![(0.0f64, 0.0f64); arms.len()];
     for _ in 0..PEERS_ROUNDS {
         for (i, (_, extra)) in arms.iter().enumerate() {
             let m = measure_config("auto", extra, &[], None, &touch);
             lat[i].extend(m.latencies);
             cpu[i] += m.cpu;
             series[i] = m.series;
+            let (rss, hwm) = (m.rss_kib as f64 / 1024.0, m.hwm_kib as f64 / 1024.0);
+            memory[i] = (memory[i].0.max(rss), memory[i].1.max(hwm));
         }
     }
     let per = |c: Duration| ms(c / PEERS_ROUNDS as u32);
     let (off, off_cpu) = (ms(median(&mut lat[0])), per(cpu[0]));
     let mut line = format!(
-        "{n:>5} netns x {PEERS_PER_NAMESPACE} peers: off scrape {off:.2} ms, cpu {off_cpu:.2} ms, series {}",
-        series[0]
+        "{n:>5} netns x {PEERS_PER_NAMESPACE} peers: off scrape {off:.2} ms, cpu {off_cpu:.2} ms, series {}, rss {:.1} MiB (peak {:.1})",
+        series[0], memory[0].0, memory[0].1
     );
     for (i, (name, _)) in arms.iter().enumerate().skip(1) {
         let (scrape, c) = (ms(median(&mut lat[i])), per(cpu[i]));
         line += &format!(
-            "; {name} scrape {scrape:.2} ms ({:.2}x), cpu {c:.2} ms ({:.2}x), series {}",
+            "; {name} scrape {scrape:.2} ms ({:.2}x), cpu {c:.2} ms ({:.2}x, +{:.2} ms), series {}, rss {:.1} MiB (peak {:.1})",
             scrape / off,
             c / off_cpu.max(1e-6),
-            series[i]
+            c - off_cpu,
+            series[i],
+            memory[i].0,
+            memory[i].1
         );
     }
     line
