@@ -206,19 +206,28 @@ pub fn histogram_lines(
 ) {
     let pairs = label_pairs(attrs.iter());
     let at = pairs.partition_point(|(name, _)| *name < "le");
-    let (head, tail) = (render_pairs(&pairs[..at]), render_pairs(&pairs[at..]));
+    let (mut head, mut tail) = (String::new(), String::new());
+    render_pairs(&mut head, &pairs[..at]);
+    render_pairs(&mut tail, &pairs[at..]);
     let line = |suffix: &str, le: Option<&str>| {
         let mut s = String::with_capacity(suffix.len() + head.len() + tail.len() + 24);
         s.push_str(suffix);
-        let mut parts = [head.as_str(), "", tail.as_str()];
-        let le_pair;
-        if let Some(le) = le {
-            le_pair = format!("le=\"{le}\"");
-            parts[1] = &le_pair;
+        let mut first = true;
+        let mut part = |s: &mut String, text: &str| {
+            s.push(if first { '{' } else { ',' });
+            s.push_str(text);
+            first = false;
+        };
+        if !head.is_empty() {
+            part(&mut s, &head);
         }
-        for (i, part) in parts.into_iter().filter(|p| !p.is_empty()).enumerate() {
-            s.push(if i == 0 { '{' } else { ',' });
-            s.push_str(part);
+        if let Some(le) = le {
+            part(&mut s, "le=\"");
+            s.push_str(le);
+            s.push('"');
+        }
+        if !tail.is_empty() {
+            part(&mut s, &tail);
         }
         if s.len() > suffix.len() {
             s.push('}');
@@ -289,11 +298,14 @@ fn points<T: PromValue>(
 
 /// Labels sorted by name, so that a series renders the same whatever order the SDK kept.
 fn labels<'a>(attrs: impl Iterator<Item = &'a KeyValue>) -> String {
-    let body = render_pairs(&label_pairs(attrs));
-    if body.is_empty() {
-        return body;
+    let mut s = String::with_capacity(128);
+    s.push('{');
+    render_pairs(&mut s, &label_pairs(attrs));
+    if s.len() == 1 {
+        return String::new();
     }
-    format!("{{{body}}}")
+    s.push('}');
+    s
 }
 
 /// The attributes that are labels, by their label name (semantic-convention attributes renamed
@@ -313,22 +325,20 @@ fn label_pairs<'a>(attrs: impl Iterator<Item = &'a KeyValue>) -> Vec<(&'a str, &
     pairs
 }
 
-/// `name="value",...` without braces.
-fn render_pairs(pairs: &[(&str, &KeyValue)]) -> String {
-    let mut s = String::with_capacity(128);
+/// Appends `name="value",...`, without braces.
+fn render_pairs(s: &mut String, pairs: &[(&str, &KeyValue)]) {
     for (i, (name, kv)) in pairs.iter().enumerate() {
         if i > 0 {
             s.push(',');
         }
-        push_label_name(&mut s, name);
+        push_label_name(s, name);
         s.push_str("=\"");
         match &kv.value {
-            Value::String(v) => escape_label_value(&mut s, v.as_str()),
-            other => escape_label_value(&mut s, &other.to_string()),
+            Value::String(v) => escape_label_value(s, v.as_str()),
+            other => escape_label_value(s, &other.to_string()),
         }
         s.push('"');
     }
-    s
 }
 
 /// Label names allow `[a-zA-Z_][a-zA-Z0-9_]*`; anything else becomes `_`.
