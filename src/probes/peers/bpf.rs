@@ -242,17 +242,7 @@ impl PeerCounter {
     pub fn load(kernel_btf: &KernelBtf, follow_translations: bool) -> Result<Self> {
         let (mut ebpf, attach) = kernel_btf.load(OBJECT)?;
         for (program, tracepoint) in PROGRAMS {
-            let prog: &mut BtfTracePoint = ebpf
-                .program_mut(program)
-                .with_context(|| format!("program {program} missing from the object"))?
-                .try_into()?;
-            attach.tracepoint(prog, tracepoint).map_err(|e| {
-                // Verifier logs span many lines; one line keeps the log greppable.
-                let text = format!("{:#}", anyhow::Error::from(e)).replace('\n', " | ");
-                anyhow::anyhow!("tp_btf/{tracepoint}: {text}")
-            })?;
-            prog.attach()
-                .with_context(|| format!("attach tp_btf/{tracepoint}"))?;
+            attach_tracepoint(&mut ebpf, &attach, program, tracepoint)?;
         }
         let sampler: &mut Iter = ebpf
             .program_mut(SAMPLER)
@@ -284,13 +274,7 @@ impl PeerCounter {
             ("floor_state", "inet_sock_set_state"),
             ("floor_queue", "net_dev_queue"),
         ] {
-            let prog: &mut BtfTracePoint = ebpf
-                .program_mut(program)
-                .with_context(|| format!("program {program} missing from the object"))?
-                .try_into()?;
-            attach.tracepoint(prog, tracepoint)?;
-            prog.attach()
-                .with_context(|| format!("attach tp_btf/{tracepoint}"))?;
+            attach_tracepoint(&mut ebpf, &attach, program, tracepoint)?;
         }
         Ok(Self {
             ebpf,
@@ -300,16 +284,7 @@ impl PeerCounter {
 
     fn follow_translations(ebpf: &mut Ebpf, attach: &AttachPoints) -> Result<()> {
         let (program, tracepoint) = TRANSLATIONS;
-        let prog: &mut BtfTracePoint = ebpf
-            .program_mut(program)
-            .with_context(|| format!("program {program} missing from the object"))?
-            .try_into()?;
-        attach
-            .tracepoint(prog, tracepoint)
-            .with_context(|| format!("load tp_btf/{tracepoint}"))?;
-        prog.attach()
-            .with_context(|| format!("attach tp_btf/{tracepoint}"))?;
-        Ok(())
+        attach_tracepoint(ebpf, attach, program, tracepoint)
     }
 
     /// Why connections to a translated address are not followed to their backend (`None`:
@@ -460,6 +435,27 @@ impl PeerCounter {
             }
         }
     }
+}
+
+/// Loads `program` for the BTF tracepoint `tracepoint` and attaches it.
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    attach: &AttachPoints,
+    program: &str,
+    tracepoint: &str,
+) -> Result<()> {
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(program)
+        .with_context(|| format!("program {program} missing from the object"))?
+        .try_into()?;
+    attach.tracepoint(prog, tracepoint).map_err(|e| {
+        // Verifier logs span many lines; one line keeps the log greppable.
+        let text = format!("{:#}", anyhow::Error::from(e)).replace('\n', " | ");
+        anyhow::anyhow!("load tp_btf/{tracepoint}: {text}")
+    })?;
+    prog.attach()
+        .with_context(|| format!("attach tp_btf/{tracepoint}"))?;
+    Ok(())
 }
 
 #[cfg(test)]
