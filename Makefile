@@ -55,6 +55,7 @@ bench: deps release
 	$(CARGO) bench --bench drops
 	$(CARGO) bench --bench peers
 	$(CARGO) bench --bench dns
+	$(CARGO) bench --bench exposition
 
 ## 100 namespaces with traffic for 10 minutes, scraped every second: RSS and CPU over time.
 soak: deps release

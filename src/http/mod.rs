@@ -28,6 +28,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
+use tower_http::CompressionLevel;
 use tower_http::compression::CompressionLayer;
 use tower_http::timeout::TimeoutLayer;
 
@@ -48,8 +49,10 @@ pub struct App {
 
 /// The routes. `/healthz` and `/readyz` answer without authentication (kubelet probes carry no
 /// credentials); everything else needs it when `auth` is set. Responses are gzip-compressed for
-/// clients that accept gzip, and a request that takes longer than `request_timeout` gets a
-/// `503`.
+/// clients that accept gzip (Prometheus does), at the fastest level: at 100 namespaces with 50
+/// peers each the text is ~4.6 MiB, which the default level took 19 ms to compress (2.2x the
+/// render) and the fastest 2.7 ms, for 0.23 MiB instead of 0.14 (`make bench`, exposition).
+/// A request that takes longer than `request_timeout` gets a `503`.
 pub fn router(app: Arc<App>, auth: Option<Arc<BasicAuth>>, request_timeout: Duration) -> Router {
     let mut protected = Router::new()
         .route(&app.telemetry_path.clone(), get(metrics))
@@ -66,7 +69,7 @@ pub fn router(app: Arc<App>, auth: Option<Arc<BasicAuth>>, request_timeout: Dura
             StatusCode::SERVICE_UNAVAILABLE,
             request_timeout,
         ))
-        .layer(CompressionLayer::new())
+        .layer(CompressionLayer::new().quality(CompressionLevel::Fastest))
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {

@@ -17,32 +17,8 @@ use std::sync::Mutex;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram as OtelHistogram, Meter};
 
-use super::prometheus::{Sample, histogram_lines, render_bounds};
-use crate::collector::{ObservedSeries, Snapshot};
+use crate::collector::Snapshot;
 use crate::probes::{self, Histogram, Kind};
-
-/// The Prometheus lines of histogram metric `m` of one probe's `series`, sorted by labels.
-pub fn lines(series: &[ObservedSeries], m: usize, out: &mut Vec<(String, Sample)>) {
-    let mut list: Vec<(String, &[KeyValue], &Histogram)> = series
-        .iter()
-        .flat_map(|s| {
-            s.histograms
-                .iter()
-                .filter(|(i, _)| *i == m)
-                .map(|(_, h)| (key(&s.attrs), s.attrs.as_slice(), h))
-        })
-        .collect();
-    list.sort_by(|a, b| a.0.cmp(&b.0));
-    // A metric's series share its bounds: rendered once.
-    let mut les: Option<(&[f64], Vec<String>)> = None;
-    for (_, attrs, h) in list {
-        let rendered = match &les {
-            Some((bounds, rendered)) if *bounds == h.bounds => rendered,
-            _ => &les.insert((h.bounds, render_bounds(h.bounds))).1,
-        };
-        histogram_lines(attrs, h, rendered, out);
-    }
-}
 
 /// A series' identity across snapshots: its attributes, sorted.
 fn key(attrs: &[KeyValue]) -> String {

@@ -10,7 +10,7 @@ pub mod otlp;
 pub mod prometheus;
 pub mod traces;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -113,6 +113,8 @@ pub struct Telemetry {
     /// Serializes "set the snapshot, collect a reader" so that callbacks of one collect all
     /// see the same snapshot.
     gate: Mutex<()>,
+    /// What the next `/metrics` text is expected to take (the last one's size and a margin).
+    exposition_size: AtomicUsize,
     pub export_stats: Arc<ExportStats>,
 }
 
@@ -175,6 +177,7 @@ impl Telemetry {
             current,
             histograms,
             gate: Mutex::new(()),
+            exposition_size: AtomicUsize::new(0),
             export_stats,
         };
         // The SDK makes each instrument's first table at its series ceiling (4,000 or more
@@ -194,9 +197,13 @@ impl Telemetry {
     /// Renders `snapshot` in the text exposition format: the probes' series from the snapshot
     /// itself, the agent's own from the Prometheus reader collected over it.
     pub fn render_prometheus(&self, snapshot: Arc<Snapshot>) -> String {
-        let families = prometheus::probe_families(&snapshot);
-        let rm = self.collect(&self.prometheus, snapshot);
-        prometheus::encode(&rm, families)
+        let rm = self.collect(&self.prometheus, Arc::clone(&snapshot));
+        let capacity = self.exposition_size.load(Ordering::Relaxed);
+        let text = prometheus::encode(&rm, &prometheus::probe_families(&snapshot), capacity);
+        // A little over the last text's size: the next one is written without growing.
+        self.exposition_size
+            .store(text.len() + text.len() / 8, Ordering::Relaxed);
+        text
     }
 
     /// Collects the OTLP reader over `snapshot` (`None` when OTLP push is off). Tell

@@ -1,4 +1,4 @@
-//! The Prometheus text exposition format: the probes' metrics rendered straight from the
+//! The Prometheus text exposition format: the probes' metrics written straight from the
 //! collection's snapshot ([`probe_families`]), the agent's own from a collected
 //! `ResourceMetrics`.
 //!
@@ -6,25 +6,16 @@
 //! exactly as recorded: that crate appends `_total` and unit suffixes and adds `otel_scope_*`
 //! labels unless each is switched off, pulls in the `prometheus` crate, and measured ~3x slower
 //! per collect on this workload (see docs/architecture.md). The format itself is small.
-//! Output is sorted by metric name and then by label set, so it is stable for golden tests.
+//! Output is sorted by metric name and then by label set, so it is stable for tests.
 
 use std::fmt::Write;
+use std::ops::Range;
 
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, Metric, MetricData, ResourceMetrics};
 
-use crate::collector::Snapshot;
-use crate::probes::{self, Kind, SEMCONV_LABELS};
-
-/// A metric family rendered apart from the SDK's data (the probes').
-pub struct Family {
-    pub name: &'static str,
-    pub help: &'static str,
-    pub kind: &'static str,
-    /// `(labels, value)`, the name's suffix (`_bucket`, `_sum`, `_count`) in front of labels;
-    /// in the order written (a histogram's buckets by increasing `le`).
-    pub lines: Vec<(String, Sample)>,
-}
+use crate::collector::{ObservedSeries, Snapshot};
+use crate::probes::{self, Histogram, Kind, SEMCONV_LABELS};
 
 /// A data point's value, kept a number until it is written: a string per line would be one
 /// allocation more for each of tens of thousands of lines.
@@ -47,16 +38,17 @@ impl std::fmt::Display for Sample {
     }
 }
 
-/// Renders every gauge and sum of `rm`, and `families`, sorted by name.
-pub fn encode(rm: &ResourceMetrics, families: Vec<Family>) -> String {
+/// Renders every gauge and sum of `rm`, and the probes' `families`, sorted by name.
+/// `capacity`: the text's expected size (the last one's), so that it is not grown by copying.
+pub fn encode(rm: &ResourceMetrics, families: &ProbeFamilies, capacity: usize) -> String {
     let mut metrics: Vec<&Metric> = rm.scope_metrics().flat_map(|s| s.metrics()).collect();
     metrics.sort_by(|a, b| a.name().cmp(b.name()));
-    let mut families = families.into_iter().peekable();
-    let mut out = String::with_capacity(64 * 1024);
+    let mut probe_metrics = families.order.iter().peekable();
+    let mut out = String::with_capacity(capacity.max(64 * 1024));
     let mut lines: Vec<(String, Sample)> = Vec::new();
     for m in metrics {
-        while let Some(f) = families.next_if(|f| f.name < m.name()) {
-            write_family(&mut out, f.name, f.help, f.kind, f.lines);
+        while let Some(f) = probe_metrics.next_if(|f| f.0 < m.name()) {
+            families.write(&mut out, *f);
         }
         lines.clear();
         let kind = match m.data() {
@@ -66,186 +58,238 @@ pub fn encode(rm: &ResourceMetrics, families: Vec<Family>) -> String {
         };
         let Some(kind) = kind else { continue };
         lines.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        write_family(
-            &mut out,
-            m.name(),
-            m.description(),
-            kind,
-            std::mem::take(&mut lines),
-        );
+        write_family(&mut out, m.name(), m.description(), kind, &lines);
     }
-    for f in families {
-        write_family(&mut out, f.name, f.help, f.kind, f.lines);
+    for f in probe_metrics {
+        families.write(&mut out, *f);
     }
     out
 }
 
-/// Every metric of the enabled probes in `snapshot`, as families sorted by name. Rendered
-/// straight from the snapshot rather than through the OpenTelemetry SDK, which the OTLP push
-/// alone uses: the SDK's observable instruments cost ~10 us a series here (a hashed, sorted
+/// The probes' series of one snapshot, ready to be written metric by metric. Written straight
+/// from the snapshot rather than through the OpenTelemetry SDK, which the OTLP push alone
+/// uses: the SDK's observable instruments cost ~10 us a series here (a hashed, sorted
 /// attribute set per observation, a map rebuilt at every collect: docs/architecture.md) and
 /// cap each instrument's series (past the cap it folds them into one
-/// `otel_metric_overflow` series: 100 namespaces with 40 peers each passed it). Each series'
-/// labels are rendered once for all its metrics.
-pub fn probe_families(snapshot: &Snapshot) -> Vec<Family> {
-    let mut out = Vec::new();
+/// `otel_metric_overflow` series: 100 namespaces with 40 peers each passed it).
+///
+/// A probe's series are sorted by their labels once for all its metrics, and each line is
+/// written into the exposition where it belongs: no string per line (at 100 namespaces with
+/// 50 peers each, ~38,000 lines, most of them a histogram's buckets).
+pub struct ProbeFamilies<'a> {
+    /// Every series' labels rendered (`name="value",...`, without braces), one after another:
+    /// one string for all of them.
+    text: String,
+    /// Per probe, indexed like [`probes::PROBES`]: its series, sorted by their labels.
+    sorted: Vec<Vec<Labelled<'a>>>,
+    /// `(name, probe, metric)` of every metric of the probes that have series, by name.
+    order: Vec<(&'static str, usize, usize)>,
+}
+
+struct Labelled<'a> {
+    series: &'a ObservedSeries,
+    /// Its labels in `text`: those that sort before `le` (`head`), then those after (`tail`),
+    /// with a comma between when there are both (`head.start..tail.end` is the whole set).
+    head: Range<usize>,
+    tail: Range<usize>,
+}
+
+impl ProbeFamilies<'_> {
+    fn labels(&self, s: &Labelled) -> &str {
+        self.text.get(s.head.start..s.tail.end).unwrap_or_default()
+    }
+}
+
+/// Every metric of the enabled probes in `snapshot`, sorted by name.
+pub fn probe_families(snapshot: &Snapshot) -> ProbeFamilies<'_> {
+    let mut text = String::new();
+    let mut sorted = Vec::with_capacity(snapshot.series.len());
+    let mut order = Vec::new();
+    let mut pairs = Vec::new();
     for (p, list) in snapshot.series.iter().enumerate() {
-        let Some(probe) = probes::PROBES.get(p) else {
-            continue;
-        };
-        // Most series have one value (the peers' all do): its labels move into its line,
-        // and only a series with several values has them copied.
-        let mut rendered: Vec<Option<String>> = list
-            .iter()
-            .map(|s| {
-                s.values
-                    .iter()
-                    .any(Option::is_some)
-                    .then(|| labels(s.attrs.iter()))
-            })
-            .collect();
-        let last: Vec<Option<usize>> = list
-            .iter()
-            .map(|s| s.values.iter().rposition(Option::is_some))
-            .collect();
-        for (m, def) in probe.metrics.iter().enumerate() {
-            let mut lines = Vec::new();
-            let kind = match def.kind {
-                Kind::Counter | Kind::Gauge => {
-                    for ((s, l), last) in list.iter().zip(&mut rendered).zip(&last) {
-                        let Some(Some(v)) = s.values.get(m) else {
-                            continue;
-                        };
-                        let l = if *last == Some(m) {
-                            l.take()
-                        } else {
-                            l.clone()
-                        };
-                        if let Some(l) = l {
-                            lines.push((l, Sample::U64(*v)));
-                        }
-                    }
-                    lines.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                    drop_duplicates(def.name, &mut lines);
-                    if def.kind == Kind::Counter {
-                        "counter"
-                    } else {
-                        "gauge"
-                    }
-                }
-                Kind::Histogram => {
-                    super::histograms::lines(list, m, &mut lines);
-                    "histogram"
-                }
-            };
-            out.push(Family {
-                name: def.name,
-                help: def.help,
-                kind,
-                lines,
+        let mut labelled = Vec::with_capacity(list.len());
+        for series in list {
+            label_pairs_into(series.attrs.iter(), &mut pairs);
+            let at = pairs.partition_point(|(label, _)| *label < "le");
+            let start = text.len();
+            render_pairs(&mut text, &pairs[..at]);
+            let head = start..text.len();
+            if at > 0 && at < pairs.len() {
+                text.push(',');
+            }
+            let tail_start = text.len();
+            render_pairs(&mut text, &pairs[at..]);
+            labelled.push(Labelled {
+                series,
+                head,
+                tail: tail_start..text.len(),
             });
         }
-    }
-    out.sort_by(|a, b| a.name.cmp(b.name));
-    out
-}
-
-/// Keeps one of several series with one label set (two would make the exposition invalid),
-/// and says so: no probe makes them, so one is a bug to report, not a series to lose quietly.
-fn drop_duplicates(family: &str, lines: &mut Vec<(String, Sample)>) {
-    let before = lines.len();
-    let mut first_duplicate = None;
-    lines.dedup_by(|later, kept| {
-        let same = later.0 == kept.0;
-        if same && first_duplicate.is_none() {
-            first_duplicate = Some(later.0.clone());
-        }
-        same
-    });
-    if let Some(labels) = first_duplicate {
-        static WARNED: std::sync::Once = std::sync::Once::new();
-        WARNED.call_once(|| {
-            tracing::warn!(
-                family,
-                labels = %labels,
-                dropped = before - lines.len(),
-                "two series with one label set: kept one (a bug; this is said once)"
+        sorted.push(labelled);
+        if let Some(probe) = probes::PROBES.get(p)
+            && !list.is_empty()
+        {
+            order.extend(
+                probe
+                    .metrics
+                    .iter()
+                    .enumerate()
+                    .map(|(m, d)| (d.name, p, m)),
             );
-        });
+        }
+    }
+    let mut families = ProbeFamilies {
+        text,
+        sorted: Vec::new(),
+        order,
+    };
+    // Stable: two series with one label set (a bug, see `duplicate`) keep their order.
+    for list in &mut sorted {
+        list.sort_by(|a, b| families.labels(a).cmp(families.labels(b)));
+    }
+    families.sorted = sorted;
+    families.order.sort_by(|a, b| a.0.cmp(b.0));
+    families
+}
+
+impl ProbeFamilies<'_> {
+    /// Writes metric `m` of probe `p`: nothing when no series has a value of it.
+    fn write(&self, out: &mut String, (name, p, m): (&'static str, usize, usize)) {
+        let (Some(def), Some(list)) = (
+            probes::PROBES.get(p).and_then(|probe| probe.metrics.get(m)),
+            self.sorted.get(p),
+        ) else {
+            return;
+        };
+        let start = out.len();
+        let kind = match def.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        };
+        write_header(out, name, def.help, kind);
+        let body = out.len();
+        let mut previous = None;
+        let mut les: Option<(&[f64], Vec<String>)> = None;
+        for s in list {
+            let value = s.series.values.get(m).copied().flatten();
+            let histogram = s
+                .series
+                .histograms
+                .iter()
+                .find_map(|(i, h)| (*i == m).then_some(h));
+            if value.is_none() && histogram.is_none() {
+                continue;
+            }
+            let labels = self.labels(s);
+            if previous == Some(labels) {
+                duplicate(name, labels);
+                continue;
+            }
+            previous = Some(labels);
+            if let Some(v) = value {
+                out.push_str(name);
+                if !labels.is_empty() {
+                    out.push('{');
+                    out.push_str(labels);
+                    out.push('}');
+                }
+                let _ = writeln!(out, " {v}");
+            }
+            if let Some(h) = histogram {
+                // A metric's series share its bounds: rendered once.
+                let rendered = match &les {
+                    Some((bounds, rendered)) if *bounds == h.bounds => rendered,
+                    _ => &les.insert((h.bounds, render_bounds(h.bounds))).1,
+                };
+                let part = |r: &Range<usize>| self.text.get(r.clone()).unwrap_or_default();
+                write_histogram(out, name, (part(&s.head), part(&s.tail)), h, rendered);
+            }
+        }
+        if out.len() == body {
+            out.truncate(start);
+        }
     }
 }
 
-fn write_family(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    kind: &str,
-    lines: Vec<(String, Sample)>,
-) {
+/// Two series with one label set would make the exposition invalid: the first is kept, and
+/// since no probe makes them, the second is a bug to report, not a series to lose quietly.
+fn duplicate(family: &str, labels: &str) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!(
+            family,
+            labels,
+            "two series with one label set: kept the first (a bug; this is said once)"
+        );
+    });
+}
+
+fn write_header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn write_family(out: &mut String, name: &str, help: &str, kind: &str, lines: &[(String, Sample)]) {
     if lines.is_empty() {
         return;
     }
-    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for (labels, value) in &lines {
+    write_header(out, name, help, kind);
+    for (labels, value) in lines {
         out.push_str(name);
         out.push_str(labels);
         let _ = writeln!(out, " {value}");
     }
 }
 
-/// The lines of one histogram: a cumulative `_bucket` per bound and `+Inf` (in that order, as
-/// the format wants them), `_sum`, `_count`. `les`: the bounds as rendered (`render` of each).
-/// The series' labels are rendered once, in two parts around where `le` sorts: a peer's
-/// histogram is 12 lines with the same labels.
-pub fn histogram_lines(
-    attrs: &[KeyValue],
-    h: &crate::probes::Histogram,
+/// The lines of one histogram series: a cumulative `_bucket` per bound and `+Inf` (in that
+/// order, as the format wants them), `_sum`, `_count`. `les`: the bounds as rendered;
+/// `head`, `tail`: the series' labels rendered, those that sort before `le` and after.
+fn write_histogram(
+    out: &mut String,
+    name: &str,
+    (head, tail): (&str, &str),
+    h: &Histogram,
     les: &[String],
-    out: &mut Vec<(String, Sample)>,
 ) {
-    let pairs = label_pairs(attrs.iter());
-    let at = pairs.partition_point(|(name, _)| *name < "le");
-    let (mut head, mut tail) = (String::new(), String::new());
-    render_pairs(&mut head, &pairs[..at]);
-    render_pairs(&mut tail, &pairs[at..]);
-    let line = |suffix: &str, le: Option<&str>| {
-        let mut s = String::with_capacity(suffix.len() + head.len() + tail.len() + 24);
-        s.push_str(suffix);
-        let mut first = true;
-        let mut part = |s: &mut String, text: &str| {
-            s.push(if first { '{' } else { ',' });
-            s.push_str(text);
-            first = false;
-        };
+    let line = |out: &mut String, suffix: &str, le: Option<&str>, value: Sample| {
+        out.push_str(name);
+        out.push_str(suffix);
+        let mut separator = '{';
         if !head.is_empty() {
-            part(&mut s, &head);
+            out.push(separator);
+            out.push_str(head);
+            separator = ',';
         }
         if let Some(le) = le {
-            part(&mut s, "le=\"");
-            s.push_str(le);
-            s.push('"');
+            out.push(separator);
+            out.push_str("le=\"");
+            out.push_str(le);
+            out.push('"');
+            separator = ',';
         }
         if !tail.is_empty() {
-            part(&mut s, &tail);
+            out.push(separator);
+            out.push_str(tail);
+            separator = ',';
         }
-        if s.len() > suffix.len() {
-            s.push('}');
+        if separator == ',' {
+            out.push('}');
         }
-        s
+        let _ = writeln!(out, " {value}");
     };
     let mut cumulative = 0u64;
     for (i, n) in h.counts.iter().enumerate() {
         cumulative += n;
         let le = les.get(i).map_or("+Inf", String::as_str);
-        out.push((line("_bucket", Some(le)), Sample::U64(cumulative)));
+        line(out, "_bucket", Some(le), Sample::U64(cumulative));
     }
-    out.push((line("_sum", None), Sample::F64(h.sum)));
-    out.push((line("_count", None), Sample::U64(cumulative)));
+    line(out, "_sum", None, Sample::F64(h.sum));
+    line(out, "_count", None, Sample::U64(cumulative));
 }
 
 /// The rendered bounds of a histogram, as `le` values.
-pub fn render_bounds(bounds: &[f64]) -> Vec<String> {
+fn render_bounds(bounds: &[f64]) -> Vec<String> {
     bounds.iter().map(|b| Sample::F64(*b).to_string()).collect()
 }
 
@@ -299,30 +343,43 @@ fn points<T: PromValue>(
 /// Labels sorted by name, so that a series renders the same whatever order the SDK kept.
 fn labels<'a>(attrs: impl Iterator<Item = &'a KeyValue>) -> String {
     let mut s = String::with_capacity(128);
-    s.push('{');
-    render_pairs(&mut s, &label_pairs(attrs));
-    if s.len() == 1 {
-        return String::new();
-    }
-    s.push('}');
+    push_labels(&mut s, &label_pairs(attrs));
     s
 }
 
 /// The attributes that are labels, by their label name (semantic-convention attributes renamed
 /// to the contract's labels, the rest as they are), sorted by it.
 fn label_pairs<'a>(attrs: impl Iterator<Item = &'a KeyValue>) -> Vec<(&'a str, &'a KeyValue)> {
-    let mut pairs: Vec<(&str, &KeyValue)> = attrs
-        .filter_map(|kv| {
-            let key = kv.key.as_str();
-            match SEMCONV_LABELS.iter().find(|(otel, _)| *otel == key) {
-                Some((_, Some(label))) => Some((*label, kv)),
-                Some((_, None)) => None,
-                None => Some((key, kv)),
-            }
-        })
-        .collect();
-    pairs.sort_by(|a, b| a.0.cmp(b.0));
+    let mut pairs = Vec::new();
+    label_pairs_into(attrs, &mut pairs);
     pairs
+}
+
+/// The same into `pairs` (cleared first), whose allocation is reused.
+fn label_pairs_into<'a>(
+    attrs: impl Iterator<Item = &'a KeyValue>,
+    pairs: &mut Vec<(&'a str, &'a KeyValue)>,
+) {
+    pairs.clear();
+    pairs.extend(attrs.filter_map(|kv| {
+        let key = kv.key.as_str();
+        match SEMCONV_LABELS.iter().find(|(otel, _)| *otel == key) {
+            Some((_, Some(label))) => Some((*label, kv)),
+            Some((_, None)) => None,
+            None => Some((key, kv)),
+        }
+    }));
+    pairs.sort_by(|a, b| a.0.cmp(b.0));
+}
+
+/// Appends the label set with its braces (nothing when it is empty).
+fn push_labels(s: &mut String, pairs: &[(&str, &KeyValue)]) {
+    if pairs.is_empty() {
+        return;
+    }
+    s.push('{');
+    render_pairs(s, pairs);
+    s.push('}');
 }
 
 /// Appends `name="value",...`, without braces.
@@ -395,22 +452,23 @@ mod tests {
             counts: vec![2, 0, 1],
             sum: 0.0105,
         };
-        let mut lines = Vec::new();
         let les = render_bounds(h.bounds);
-        histogram_lines(&[KeyValue::new("peer", "a")], &h, &les, &mut lines);
-        histogram_lines(&[], &h, &les, &mut lines);
-        histogram_lines(
-            &[KeyValue::new("a", "1"), KeyValue::new("z", "2")],
-            &h,
-            &les,
-            &mut lines,
-        );
         let mut out = String::new();
-        write_family(&mut out, "x_seconds", "help", "histogram", lines);
+        for attrs in [
+            vec![KeyValue::new("peer", "a")],
+            vec![],
+            vec![KeyValue::new("a", "1"), KeyValue::new("z", "2")],
+        ] {
+            let pairs = label_pairs(attrs.iter());
+            let at = pairs.partition_point(|(label, _)| *label < "le");
+            let (mut head, mut tail) = (String::new(), String::new());
+            render_pairs(&mut head, &pairs[..at]);
+            render_pairs(&mut tail, &pairs[at..]);
+            write_histogram(&mut out, "x_seconds", (&head, &tail), &h, &les);
+        }
         assert_eq!(
             out,
-            "# HELP x_seconds help\n# TYPE x_seconds histogram\n\
-             x_seconds_bucket{le=\"0.001\",peer=\"a\"} 2\n\
+            "x_seconds_bucket{le=\"0.001\",peer=\"a\"} 2\n\
              x_seconds_bucket{le=\"0.002\",peer=\"a\"} 2\n\
              x_seconds_bucket{le=\"+Inf\",peer=\"a\"} 3\n\
              x_seconds_sum{peer=\"a\"} 0.0105\n\
@@ -493,15 +551,68 @@ mod tests {
             });
         }
         let families = probe_families(&snapshot);
-        let f = families.iter().find(|f| f.name == def.name).unwrap();
-        assert_eq!(f.kind, "counter");
-        assert_eq!(f.lines.len(), 5000);
-        assert_eq!(
-            f.lines[7],
-            (r#"{netns="ns0007",port="80"}"#.to_string(), Sample::U64(7))
-        );
-        let text = encode(&ResourceMetrics::default(), families);
+        let text = encode(&ResourceMetrics::default(), &families, 0);
         assert_eq!(text.matches(&format!("\n{}{{", def.name)).count(), 5000);
+        let line = |i: u64| format!("\n{}{{netns=\"ns{i:04}\",port=\"80\"}} {i}\n", def.name);
+        let at = |i| text.find(&line(i)).unwrap();
+        assert!(at(0) < at(7) && at(7) < at(4999), "sorted by labels");
+        // A metric without values writes nothing, not even its HELP and TYPE.
+        for (i, other) in crate::probes::PROBES[p].metrics.iter().enumerate() {
+            let header = format!("# TYPE {} ", other.name);
+            assert_eq!(text.contains(&header), i == m, "{}", other.name);
+        }
         assert!(!text.contains("overflow"));
+    }
+
+    /// Histogram series in label order, a duplicate label set written once, and another
+    /// probe's metric between them in name order.
+    #[test]
+    fn probe_families_write_histograms_in_label_order_and_a_duplicate_once() {
+        let (p, m) = crate::probes::PROBES
+            .iter()
+            .enumerate()
+            .find_map(|(p, probe)| {
+                let m = probe
+                    .metrics
+                    .iter()
+                    .position(|d| d.kind == Kind::Histogram)?;
+                Some((p, m))
+            })
+            .unwrap();
+        let metrics = crate::probes::PROBES[p].metrics;
+        let def = &metrics[m];
+        let mut snapshot = Snapshot {
+            series: vec![Vec::new(); crate::probes::PROBES.len()],
+            ..Default::default()
+        };
+        for (peer, count) in [("b", 2), ("a", 1), ("b", 5)] {
+            let mut counts = vec![0; def.bounds.len() + 1];
+            counts[0] = count;
+            snapshot.series[p].push(crate::collector::ObservedSeries {
+                attrs: vec![KeyValue::new("peer", peer)],
+                values: vec![None; metrics.len()],
+                histograms: vec![(
+                    m,
+                    crate::probes::Histogram {
+                        bounds: def.bounds,
+                        counts,
+                        sum: 1.5,
+                    },
+                )],
+            });
+        }
+        let text = encode(&ResourceMetrics::default(), &probe_families(&snapshot), 0);
+        let count = |peer: &str| format!("{}_count{{peer=\"{peer}\"}} ", def.name);
+        assert_eq!(text.matches(&count("b")).count(), 1, "{text}");
+        assert!(
+            text.contains(&format!("{}2\n", count("b"))),
+            "the first kept"
+        );
+        assert!(text.find(&count("a")) < text.find(&count("b")));
+        assert_eq!(
+            text.matches(&format!("# TYPE {} histogram\n", def.name))
+                .count(),
+            1
+        );
     }
 }
