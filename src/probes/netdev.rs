@@ -31,7 +31,7 @@ pub fn parse(reply: &[u8]) -> Result<Vec<Series>> {
         .filter_map(|l| {
             let s = l.stats?;
             Some(Series::labelled(
-                ("if_name", l.name),
+                ("if_name", l.name.into()),
                 [
                     s.rx_bytes,
                     s.rx_errors,

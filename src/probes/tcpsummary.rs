@@ -178,7 +178,7 @@ impl Probe for TcpSummary {
                 METRICS.len(),
                 METRICS.len() - 1,
                 1,
-                ("path", path.to_string()),
+                ("path", path.to_string().into()),
             ));
         }
         Ok(out)

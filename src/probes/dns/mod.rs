@@ -24,7 +24,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::peers::{Directory, NamingVersion, PeersOptions, SYNC_WAIT, ip_of, renamed, resolve};
-use super::{Build, Histogram, MetricDef, Probe, Scope, Series};
+use super::{Build, Histogram, LabelValue, MetricDef, Probe, Scope, Series};
 use crate::inventory::ClusterView;
 use crate::inventory::objects::ClusterObjects;
 use crate::metrics;
@@ -328,14 +328,14 @@ fn series_for(
     let n = METRICS.len();
     let mut out = Vec::new();
     for ((name, kind, proto), (c, expired)) in sums {
-        let labels = vec![
-            ("resolver", name.to_string()),
-            ("resolver_kind", kind.to_string()),
-            ("network.transport", proto.to_string()),
+        let labels: Vec<(&'static str, LabelValue)> = vec![
+            ("resolver", Arc::<str>::from(name).into()),
+            ("resolver_kind", Arc::<str>::from(kind).into()),
+            ("network.transport", Arc::<str>::from(proto).into()),
         ];
-        let with = |label: &'static str, value: &str| {
+        let with = |label: &'static str, value: &'static str| {
             let mut l = labels.clone();
-            l.push((label, value.to_string()));
+            l.push((label, value.into()));
             l
         };
         for (t, v) in TYPES.iter().zip(c.queries) {
@@ -551,7 +551,7 @@ impl Probe for Dns {
                 METRICS.len(),
                 INFO,
                 1,
-                vec![("cgroup", loaded.cgroup.display().to_string())],
+                vec![("cgroup", loaded.cgroup.display().to_string().into())],
             ));
         }
         Ok(out)

@@ -329,7 +329,7 @@ impl Probe for PacketLoss {
         let n = METRICS.len();
         let mut out: Vec<Series> = counts_for(loaded, &st, src.inode(), src.is_node(), &own_veths)
             .into_iter()
-            .map(|(reason, v)| Series::one(n, REASON, v, ("reason", reason)))
+            .map(|(reason, v)| Series::one(n, REASON, v, ("reason", reason.into())))
             .collect();
 
         if src.is_node() {
@@ -357,7 +357,7 @@ impl Probe for PacketLoss {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .mode;
-            out.push(Series::one(n, INFO, 1, ("attach", mode.name().to_string())));
+            out.push(Series::one(n, INFO, 1, ("attach", mode.name().into())));
         }
         Ok(out)
     }
