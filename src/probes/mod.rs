@@ -273,8 +273,9 @@ pub fn attribute_name(label: &'static str) -> &'static str {
 /// series had ~8 before: 100 namespaces x 50 peers are ~30,000 series).
 pub type LabelValue = opentelemetry::StringValue;
 
-/// One set of values from a probe for one target: `values[i]` belongs to `METRICS[i]`.
-/// `None` means the running kernel does not have that counter (the series is left out, never
+/// One set of values from a probe for one target: `values[i]` belongs to `METRICS[i]`, and
+/// metrics past its end have none (a series of one metric carries no slots for the rest: the
+/// peers' ~30,000 series at 100 namespaces have one value each of 14 metrics). `None` means the running kernel does not have that counter (the series is left out, never
 /// reported as a made-up zero). `labels` are the extra labels of multi-series probes
 /// (`if_name`; `role`, `peer`, `port` ...), in the order they are exported. `histograms` holds
 /// the values of the histogram metrics, by index in `METRICS` (their `values` are `None`).
@@ -334,8 +335,11 @@ impl Series {
     ) -> Self {
         Self {
             labels,
-            values: vec![None; len],
-            histograms: vec![(index, histogram)],
+            values: Vec::new(),
+            histograms: (index < len)
+                .then_some((index, histogram))
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -362,9 +366,10 @@ impl Series {
         value: u64,
         labels: Vec<(&'static str, LabelValue)>,
     ) -> Self {
-        let mut values = vec![None; len];
-        if let Some(v) = values.get_mut(index) {
-            *v = Some(value);
+        let mut values = Vec::new();
+        if index < len {
+            values.resize(index, None);
+            values.push(Some(value));
         }
         Self {
             labels,
