@@ -275,7 +275,8 @@ pub type LabelValue = opentelemetry::StringValue;
 
 /// One set of values from a probe for one target: `values[i]` belongs to `METRICS[i]`, and
 /// metrics past its end have none (a series of one metric carries no slots for the rest: the
-/// peers' ~30,000 series at 100 namespaces have one value each of 14 metrics). `None` means the running kernel does not have that counter (the series is left out, never
+/// peers' ~30,000 series at 100 namespaces have one value each of 14 metrics). `None` means
+/// the running kernel does not have that counter (the series is left out, never
 /// reported as a made-up zero). `labels` are the extra labels of multi-series probes
 /// (`if_name`; `role`, `peer`, `port` ...), in the order they are exported. `histograms` holds
 /// the values of the histogram metrics, by index in `METRICS` (their `values` are `None`).
@@ -336,10 +337,11 @@ impl Series {
         Self {
             labels,
             values: Vec::new(),
-            histograms: (index < len)
-                .then_some((index, histogram))
-                .into_iter()
-                .collect(),
+            histograms: if index < len {
+                vec![(index, histogram)]
+            } else {
+                Vec::new()
+            },
         }
     }
 
