@@ -1,5 +1,6 @@
 //! The agent's own cost as it reports it: its BPF programs' runs and run time on `/metrics`
-//! agree with the kernel's program statistics as `bpftool prog show` prints them.
+//! agree with the kernel's program statistics as `bpftool prog show` prints them, and so do the
+//! runs the kernel skipped (recursion misses).
 
 use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};
@@ -28,9 +29,10 @@ impl Drop for BpfStats {
     }
 }
 
-/// `bpftool prog show`: (run_cnt, run_time_ns) of each program named in `names`; each name
-/// must belong to exactly one loaded program (the agent's).
-fn bpftool(names: &[String]) -> BTreeMap<String, (u64, u64)> {
+/// `bpftool prog show`: (run_cnt, run_time_ns, recursion_misses) of each program named in
+/// `names`; each name must belong to exactly one loaded program (the agent's). bpftool leaves a
+/// field out when it is 0.
+fn bpftool(names: &[String]) -> BTreeMap<String, (u64, u64, u64)> {
     let progs: Value =
         serde_json::from_str(&run(&["bpftool", "prog", "show", "--json"])).expect("bpftool json");
     let mut out = BTreeMap::new();
@@ -43,7 +45,10 @@ fn bpftool(names: &[String]) -> BTreeMap<String, (u64, u64)> {
             .collect();
         assert_eq!(same.len(), 1, "programs named {name}: {same:?}");
         let n = |k: &str| same[0][k].as_u64().unwrap_or(0);
-        out.insert(name.clone(), (n("run_cnt"), n("run_time_ns")));
+        out.insert(
+            name.clone(),
+            (n("run_cnt"), n("run_time_ns"), n("recursion_misses")),
+        );
     }
     out
 }
@@ -88,7 +93,13 @@ fn bpf_program_statistics_equal_bpftools() {
             .expect("run time")
             * 1e9)
             .round() as u64;
-        let ((r0, t0), (r1, t1)) = (before[name], after[name]);
+        let misses = s
+            .value(
+                "netexporter_bpf_program_recursion_misses_total",
+                &[("program", name)],
+            )
+            .expect("recursion misses") as u64;
+        let ((r0, t0, m0), (r1, t1, m1)) = (before[name], after[name]);
         assert!(
             (r0..=r1).contains(&runs),
             "{name}: runs {runs} not within bpftool's {r0}..={r1}"
@@ -96,6 +107,10 @@ fn bpf_program_statistics_equal_bpftools() {
         assert!(
             (t0..=t1).contains(&ns),
             "{name}: run time {ns} ns not within bpftool's {t0}..={t1}"
+        );
+        assert!(
+            (m0..=m1).contains(&misses),
+            "{name}: recursion misses {misses} not within bpftool's {m0}..={m1}"
         );
     }
     let state = before["peer_state"].0;

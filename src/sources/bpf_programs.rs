@@ -1,7 +1,10 @@
 //! The agent's own BPF programs as the kernel accounts them: how often each ran and for how
 //! long (the kernel's program statistics, counted only while `kernel.bpf_stats_enabled` is 1;
 //! turning them on costs every BPF program on the node two clock reads per run, so it is left
-//! to the operator). The same numbers `bpftool prog show` prints as `run_cnt` / `run_time_ns`.
+//! to the operator). The same numbers `bpftool prog show` prints as `run_cnt` / `run_time_ns`,
+//! and its `recursion_misses`: runs the kernel skipped, always counted (since 5.12), because the
+//! program was already running on that CPU (a softirq interrupting it in process context). A
+//! skipped run is an event the program never saw: counted here, it is not lost silently.
 //!
 //! Read from `/proc/self/fdinfo`: each BPF program file descriptor the agent holds says the
 //! program's id and statistics; the name comes from the kernel's program list (which keeps 15
@@ -49,6 +52,8 @@ pub struct BpfProgram {
     pub name: String,
     pub runs: u64,
     pub run_time_ns: u64,
+    /// `None` on kernels that do not count them (before 5.12).
+    pub recursion_misses: Option<u64>,
 }
 
 /// The programs behind this process's file descriptors, by id. `names` keeps each program's
@@ -105,6 +110,7 @@ fn parse(fdinfo: &str) -> Option<BpfProgram> {
         name: format!("id-{id}"),
         runs: field("run_cnt")?,
         run_time_ns: field("run_time_ns")?,
+        recursion_misses: field("recursion_misses"),
     })
 }
 
@@ -134,17 +140,20 @@ mod tests {
     fn reads_a_programs_fdinfo() {
         let fdinfo = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t1057\nprog_type:\t26\n\
                       prog_jited:\t1\nprog_tag:\t0b3f3c6e1b1a3c2d\nmemlock:\t4096\nprog_id:\t412\n\
-                      run_time_ns:\t123456\nrun_cnt:\t789\nrecursion_misses:\t0\nverified_insns:\t330\n";
+                      run_time_ns:\t123456\nrun_cnt:\t789\nrecursion_misses:\t3\nverified_insns:\t330\n";
         assert_eq!(
             parse(fdinfo),
             Some(BpfProgram {
                 id: 412,
                 name: "id-412".into(),
                 runs: 789,
-                run_time_ns: 123456
+                run_time_ns: 123456,
+                recursion_misses: Some(3),
             })
         );
         assert_eq!(parse("pos:\t0\nprog_id:\t5\n"), None, "no statistics");
+        let before_5_12 = parse("prog_id:\t5\nrun_time_ns:\t1\nrun_cnt:\t2\n");
+        assert_eq!(before_5_12.map(|p| p.recursion_misses), Some(None));
         assert_eq!(parse("prog_id:\tx\nrun_cnt:\t1\nrun_time_ns:\t1\n"), None);
     }
 }

@@ -330,6 +330,7 @@ pub const SELF_METRICS: &[MetricDef] = crate::metrics![
     gauge "netexporter_check_problems" "Problems a configuration check found at its last run (label check).",
     counter "netexporter_bpf_program_runs_total" "Runs of each BPF program the agent loaded, from the kernel's program statistics (bpftool prog show's run_cnt); they count only while kernel.bpf_stats_enabled is 1. Labels: program.",
     counter "netexporter_bpf_program_run_seconds_total" "Time each BPF program the agent loaded has run, from the kernel's program statistics (bpftool prog show's run_time_ns); counted only while kernel.bpf_stats_enabled is 1. Labels: program.",
+    counter "netexporter_bpf_program_recursion_misses_total" "Runs of each BPF program the agent loaded that the kernel skipped because the program was already running on that CPU (bpftool prog show's recursion_misses; always counted, kernels 5.12 and later): each is an event the program never saw, so its counters are short by as many. Labels: program.",
     gauge "netexporter_bpf_stats_enabled" "1 while the kernel counts BPF program runs and run time (sysctl kernel.bpf_stats_enabled; costs every BPF program on the node two clock reads per run, so the operator chooses), else 0. Present while the agent holds BPF programs.",
     gauge "netexporter_bpf_map_entries" "Entries in each of the agent's BPF maps that can fill up, as the last collection read them. Labels: map.",
     gauge "netexporter_bpf_map_max_entries" "Capacity of each of the agent's BPF maps that can fill up (its max_entries in the kernel). Labels: map.",
@@ -480,6 +481,16 @@ fn register_self_instruments(
         Box::new(|snap, obs| {
             for p in &snap.bpf_programs {
                 obs.observe(p.runs, &program_attrs(snap, p));
+            }
+        }),
+    );
+    counter(
+        "netexporter_bpf_program_recursion_misses_total",
+        Box::new(|snap, obs| {
+            for p in &snap.bpf_programs {
+                if let Some(misses) = p.recursion_misses {
+                    obs.observe(misses, &program_attrs(snap, p));
+                }
             }
         }),
     );
