@@ -179,7 +179,7 @@ fn main() {
     }
     println!();
     println!(
-        "the peers probe's part of a scrape (its programs, the sampling iterator in every namespace, its series), {PEERS_ROUNDS} alternating rounds of {SCRAPES} scrapes each:"
+        "the peers probe's part of a scrape (its programs, the sampling iterator where connections may be open, its series; held: one connection of each namespace kept open), {PEERS_ROUNDS} alternating rounds of {SCRAPES} scrapes each:"
     );
     for line in peers_rows {
         println!("{line}");
@@ -226,7 +226,11 @@ fn peers_cost(world: &World) -> String {
     // made local by one `local` route (not 127/8: every loopback address is one peer,
     // `loopback`); a connection to a local address comes from that address, so the accepting
     // side sees the same 50.
-    let touch = || {
+    // The `held` arm also keeps one connection of each namespace open (and its accepted end)
+    // while it is measured: every namespace then holds an open connection the sampling
+    // iterator must visit at each collection, as on a node whose Pods keep connections.
+    let held: std::sync::Mutex<Vec<(TcpStream, TcpStream)>> = Default::default();
+    let touch_and_hold = |hold: bool| {
         for i in 0..world.count {
             let ns = std::fs::File::open(format!("/run/netns/{}", world.name(i))).expect("netns");
             std::thread::scope(|s| {
@@ -246,21 +250,31 @@ fn peers_cost(world: &World) -> String {
                     let l = TcpListener::bind("0.0.0.0:8081").expect("listen");
                     for p in 0..PEERS_PER_NAMESPACE {
                         let c = TcpStream::connect((Ipv4Addr::new(10, 77, 0, 2 + p as u8), 8081));
-                        drop((c, l.accept()));
+                        let a = l.accept();
+                        if let (true, 0, Ok(c), Ok((a, _))) = (hold, p, &c, &a) {
+                            let pair = (c.try_clone().expect("dup"), a.try_clone().expect("dup"));
+                            held.lock().expect("held").push(pair);
+                        }
+                        drop((c, a));
                     }
                 });
             });
         }
     };
+    let touch = || touch_and_hold(false);
+    let touch_held = || touch_and_hold(true);
     // Off; on with the defaults; on with a lean budget (5 peers of their own per namespace,
-    // one with histograms): the series, not the kernel reads, are what a scrape pays for.
-    let arms = [
-        ("off", "probes:\n  peers:\n    enabled: false\n"),
-        ("on", ""),
+    // one with histograms): the series, not the kernel reads, are what a scrape pays for; on
+    // with a connection held open in every namespace (the sampling walks at their budget).
+    let arms: [(&str, &str, &dyn Fn()); 4] = [
+        ("off", "probes:\n  peers:\n    enabled: false\n", &touch),
+        ("on", "", &touch),
         (
             "lean",
             "probes:\n  peers:\n    peers_per_namespace: 5\n    histogram_peers: 1\n",
+            &touch,
         ),
+        ("held", "", &touch_held),
     ];
     let mut lat = vec![Vec::new(); arms.len()];
     let mut cpu = vec![Duration::ZERO; arms.len()];
@@ -268,8 +282,9 @@ fn peers_cost(world: &World) -> String {
     // The largest resident set and peak of each arm's rounds, MiB.
     let mut memory = vec![(0.0f64, 0.0f64); arms.len()];
     for _ in 0..PEERS_ROUNDS {
-        for (i, (_, extra)) in arms.iter().enumerate() {
-            let m = measure_config("auto", extra, &[], None, &touch);
+        for (i, (_, extra, touch)) in arms.iter().enumerate() {
+            let m = measure_config("auto", extra, &[], None, *touch);
+            held.lock().expect("held").clear();
             lat[i].extend(m.latencies);
             cpu[i] += m.cpu;
             series[i] = m.series;
@@ -283,7 +298,7 @@ fn peers_cost(world: &World) -> String {
         "{n:>5} netns x {PEERS_PER_NAMESPACE} peers: off scrape {off:.2} ms, cpu {off_cpu:.2} ms, series {}, rss {:.1} MiB (peak {:.1})",
         series[0], memory[0].0, memory[0].1
     );
-    for (i, (name, _)) in arms.iter().enumerate().skip(1) {
+    for (i, (name, _, _)) in arms.iter().enumerate().skip(1) {
         let (scrape, c) = (ms(median(&mut lat[i])), per(cpu[i]));
         line += &format!(
             "; {name} scrape {scrape:.2} ms ({:.2}x), cpu {c:.2} ms ({:.2}x, +{:.2} ms), series {}, rss {:.1} MiB (peak {:.1})",

@@ -56,6 +56,7 @@ fn main() -> Result<()> {
         "sockbacklog/inet6.bin",
         &src.tcp_sockets(libc::AF_INET6 as u8, StateFlags::LISTEN)?,
     )?;
+    write("listeners/listeners.bin", &src.tcp_listeners()?)?;
 
     // Node-wide files.
     for (rel, file) in [

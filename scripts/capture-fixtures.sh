@@ -33,12 +33,16 @@ py "$A" 'import socket,time
 l=socket.socket(); l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); l.bind(("10.204.0.1",8080)); l.listen(16)
 s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); s.bind(("10.204.0.1",9090)); s.listen(16)
 l6=socket.socket(socket.AF_INET6); l6.bind(("fd00:204::1",8086)); l6.listen(16)
+f=socket.socket(); f.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); f.bind(("10.204.0.1",8081)); f.listen(1)
 c,_=s.accept()
 time.sleep(600)'
 sleep 0.5
 # In B: three clients of the full listener, one IPv6 one, one writer that fills both queues.
 py "$B" 'import socket,time
 cs=[socket.create_connection(("10.204.0.1",8080)) for _ in range(3)]
+# Four to the listener of backlog 1: two fill its queue, the SYNs of the others are dropped.
+fs=[socket.socket() for _ in range(4)]
+for f in fs: f.setblocking(False); f.connect_ex(("10.204.0.1",8081))
 c6=socket.create_connection(("fd00:204::1",8086))
 w=socket.create_connection(("10.204.0.1",9090)); w.setblocking(False)
 try:
@@ -71,10 +75,14 @@ bin=target/debug/examples/capture_fixtures
 for attempt in 1 2 3 4 5; do
   before=$(ip netns exec "$A" nstat -asz --json)
   links_before=$(ip -n "$A" -s -s -j link show)
+  listen_before=$(ip netns exec "$A" ss -Hltnm)
   "$bin" "$out" "/run/netns/$A"
   after=$(ip netns exec "$A" nstat -asz --json)
   links_after=$(ip -n "$A" -s -s -j link show)
-  if [ "$before" = "$after" ] && [ "$links_before" = "$links_after" ]; then
+  listen_after=$(ip netns exec "$A" ss -Hltnm)
+  if [ "$before" = "$after" ] && [ "$links_before" = "$links_after" ] \
+    && [ "$listen_before" = "$listen_after" ]; then
+    printf '%s\n' "$listen_after" > "$out/listeners/ss.txt"
     mkdir -p "$out/tools"
     printf '%s\n' "$after" > "$out/tools/nstat.json"
     printf '%s\n' "$links_after" > "$out/tools/ip-link.json"

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use netlink_packet_sock_diag::constants::TCP_LISTEN;
-use netlink_packet_sock_diag::inet::StateFlags;
 
 use super::{Build, MetricDef, Probe, Scope, Series};
 use crate::component::NoOptions;
@@ -67,9 +66,7 @@ impl Probe for SockBacklog {
         if let Some(bpf) = self.summaries.as_ref().and_then(|s| s.summary(src.inode())) {
             return Ok(vec![Series::new(vec![Some(bpf?.accept_queue)])]);
         }
-        let ipv6 = src.has_ipv6();
-        let total = accept_queue(&src.tcp_sockets_any_family(StateFlags::LISTEN, ipv6)?)
-            .context("sock_diag reply")?;
+        let total = accept_queue(&src.tcp_listeners()?).context("sock_diag reply")?;
         Ok(vec![Series::new(vec![Some(total)])])
     }
 }

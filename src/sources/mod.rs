@@ -52,6 +52,7 @@ pub struct TargetSources<'a> {
     cluster: Option<Arc<ClusterView>>,
     files: [Option<Arc<Vec<u8>>>; NetFile::ALL.len()],
     links: Option<Arc<Vec<u8>>>,
+    listeners: Option<Arc<Vec<u8>>>,
 }
 
 /// Where a target's data comes from.
@@ -92,6 +93,7 @@ impl<'a> TargetSources<'a> {
             cluster: None,
             files: Default::default(),
             links: None,
+            listeners: None,
         }
     }
 
@@ -214,6 +216,33 @@ impl<'a> TargetSources<'a> {
 
     /// sock_diag dump of the TCP sockets of one family (`AF_INET`/`AF_INET6`) in `states`.
     pub fn tcp_sockets(&mut self, family: u8, states: StateFlags) -> Result<Vec<u8>> {
+        self.tcp_sockets_with(family, states, ExtensionFlags::empty())
+    }
+
+    /// The namespace's TCP listeners, both families, each with its memory counters (the
+    /// `INET_DIAG_SKMEMINFO` attribute: its drops). One dump per collection, shared by the
+    /// probes that read listeners: a LISTEN-only dump walks the listening hash alone, never
+    /// the node's established one.
+    pub fn tcp_listeners(&mut self) -> Result<Arc<Vec<u8>>> {
+        if let Some(v) = &self.listeners {
+            return Ok(v.clone());
+        }
+        let ipv6 = self.has_ipv6();
+        let v = Arc::new(self.tcp_sockets_any_family_with(
+            StateFlags::LISTEN,
+            ipv6,
+            ExtensionFlags::SKMEMINFO,
+        )?);
+        self.listeners = Some(v.clone());
+        Ok(v)
+    }
+
+    fn tcp_sockets_with(
+        &mut self,
+        family: u8,
+        states: StateFlags,
+        extensions: ExtensionFlags,
+    ) -> Result<Vec<u8>> {
         let session = match &mut self.kernel {
             Kernel::Captured(dir) => {
                 let v6 = family == libc::AF_INET6 as u8;
@@ -229,7 +258,7 @@ impl<'a> TargetSources<'a> {
         let req = SockDiagMessage::InetRequest(InetRequest {
             family,
             protocol: libc::IPPROTO_TCP as u8,
-            extensions: ExtensionFlags::empty(),
+            extensions,
             states,
             socket_id,
         });
@@ -241,11 +270,20 @@ impl<'a> TargetSources<'a> {
     /// hash (`TCPDIAG_GETSOCK`); where the kernel refuses that request, one sock_diag dump per
     /// family (`ipv6`: whether to dump IPv6 too).
     pub fn tcp_sockets_any_family(&mut self, states: StateFlags, ipv6: bool) -> Result<Vec<u8>> {
+        self.tcp_sockets_any_family_with(states, ipv6, ExtensionFlags::empty())
+    }
+
+    fn tcp_sockets_any_family_with(
+        &mut self,
+        states: StateFlags,
+        ipv6: bool,
+        extensions: ExtensionFlags,
+    ) -> Result<Vec<u8>> {
         let one_walk = match &mut self.kernel {
             Kernel::Captured(dir) => captured(dir, "inet_any.bin"),
             Kernel::Live { session, .. } => {
                 let sock = session.diag.as_mut().map_err(|e| anyhow!("{e}"))?;
-                let request = netlink::tcpdiag_request(states.bits());
+                let request = netlink::tcpdiag_request(states.bits(), extensions.bits());
                 sock.dump_raw(netlink::TCPDIAG_GETSOCK, &request)
             }
         };
@@ -253,9 +291,11 @@ impl<'a> TargetSources<'a> {
             Ok(reply) => Ok(reply),
             Err(e) => {
                 tracing::debug!(error = %format!("{e:#}"), "TCPDIAG_GETSOCK refused; one dump per family");
-                let mut reply = self.tcp_sockets(libc::AF_INET as u8, states.clone())?;
+                let v4 = libc::AF_INET as u8;
+                let mut reply = self.tcp_sockets_with(v4, states.clone(), extensions.clone())?;
                 if ipv6 {
-                    reply.extend(self.tcp_sockets(libc::AF_INET6 as u8, states)?);
+                    let v6 = libc::AF_INET6 as u8;
+                    reply.extend(self.tcp_sockets_with(v6, states, extensions)?);
                 }
                 Ok(reply)
             }

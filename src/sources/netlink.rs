@@ -268,10 +268,12 @@ const SOCK_DIAG_BY_FAMILY: u16 = 20;
 pub const TCPDIAG_GETSOCK: u16 = 18;
 
 /// The body of a `TCPDIAG_GETSOCK` dump of every TCP socket in `states` (a bit per TCP
-/// state): `struct inet_diag_req`, all zero but the states. No crate builds it.
-pub fn tcpdiag_request(states: u32) -> [u8; 60] {
+/// state), with the attributes `extensions` asks for (`idiag_ext`, a bit per
+/// `INET_DIAG_*` attribute): `struct inet_diag_req`, all zero but those. No crate builds it.
+pub fn tcpdiag_request(states: u32, extensions: u8) -> [u8; 60] {
     // idiag_family, idiag_src_len, idiag_dst_len, idiag_ext (4), id (48), states, dbs.
     let mut req = [0u8; 60];
+    req[3] = extensions;
     req[52..56].copy_from_slice(&states.to_ne_bytes());
     req
 }

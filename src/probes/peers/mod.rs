@@ -25,12 +25,15 @@
 //!
 //! Beside the counters: connect-latency and RTT histograms per (role, peer), counted into log2
 //! buckets in the kernel and folded here into fourfold ones; and, from a sampling iterator
-//! (`iter/tcp`) run in the namespaces with counted connections within a time budget per
-//! collection, after the maps are read, an RTT sample of every open connection and the bytes it
-//! moved so far (read by the next collection), and each listening port's accept queue and drops
-//! (this collection's). `docs/peers.md` has the design and its costs.
+//! (`iter/tcp`) run within a time budget per collection, after the maps are read, in the
+//! namespaces that may hold open connections (not those where the last walk found none and
+//! no connection opened since), an RTT sample of every open connection and the bytes it moved
+//! so far (read by the next collection). Each listening port's accept queue and drops come
+//! from the collection's LISTEN-only sock_diag dump (`listeners.rs`). `docs/peers.md` has the
+//! design and its costs.
 
 pub mod bpf;
+mod listeners;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -54,9 +57,9 @@ use crate::metrics;
 use crate::sources::bpf_programs::BpfMapFill;
 use crate::sources::{Collection, Node, TargetSources};
 use bpf::{
-    BUCKETS, BackendCounts, BackendKey, CLIENT, Listener, PeerCounter, PeerCounts, PeerKey,
-    PeerTiming,
+    BUCKETS, BackendCounts, BackendKey, CLIENT, PeerCounter, PeerCounts, PeerKey, PeerTiming,
 };
+use listeners::Listener;
 
 /// `probes.peers`.
 #[derive(Deserialize, Serialize, JsonSchema, Debug, Clone, PartialEq, Eq)]
@@ -87,8 +90,8 @@ pub struct PeersOptions {
     /// counted as `peer="external"`; inside them it stays an address (a Pod of another node
     /// that backs no Service). Empty: no address is called external.
     pub cluster_networks: Vec<IpNet>,
-    /// Time a collection may spend sampling open connections and listeners (`iter/tcp`, one
-    /// walk of the node's TCP hash per namespace, ~2 ms here): namespaces with counted
+    /// Time a collection may spend sampling open connections (`iter/tcp`, one walk of the
+    /// node's TCP hash per namespace, ~2 ms here): the namespaces that may hold open
     /// connections take turns, each collection going on where the last stopped.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "crate::component::DurationText")]
@@ -451,12 +454,33 @@ struct Read {
     /// the version of the watched objects it was built from.
     directory: Option<Directory>,
     directory_version: Option<u64>,
-    /// The listeners of each namespace as last sampled, by inode.
-    listeners: HashMap<u64, Vec<Listener>>,
+    /// What the last walk of each namespace found, by inode.
+    walks: HashMap<u64, Walk>,
+    /// The peer map's uncounted events at the last read: while they grow, connections may
+    /// open uncounted, so every namespace is walked.
+    uncounted: u64,
     /// The namespace sampled last: the next collection starts after it.
     cursor: u64,
     /// The last error of sampling a namespace's open connections, said once until it changes.
     sample_error: Option<String>,
+}
+
+/// A namespace's last walk by the sampling iterator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Walk {
+    /// Open connections with a role it sampled.
+    open: usize,
+    /// The namespace's connections opened (summed over its keys) as read just before it.
+    opened: u64,
+}
+
+impl Walk {
+    /// Whether the namespace may hold an open connection with a role now, with `opened` its
+    /// connections opened as just read: the walk found some, or one opened since. A connection
+    /// open now either was open at the walk (and found) or opened after the read before it.
+    fn again(walk: Option<&Walk>, opened: u64) -> bool {
+        walk.is_none_or(|w| w.open > 0 || w.opened != opened)
+    }
 }
 
 /// The series a key is counted under.
@@ -1146,17 +1170,22 @@ impl Probe for Peers {
         }
         // After the read, from its keys (a second walk of the map only for them would cost as
         // many syscalls as there are keys): what the walks add to the maps (RTT samples,
-        // bytes) is read by the next collection; the listeners they return are this one's.
-        let counted: HashSet<u64> = read
-            .entries
-            .iter()
-            .map(|(k, _)| u64::from(k.netns))
-            .collect();
+        // bytes) is read by the next collection.
+        let mut opened: HashMap<u64, u64> = HashMap::new();
+        for (k, c) in &read.entries {
+            *opened.entry(u64::from(k.netns)).or_default() += c.opened;
+        }
+        let uncounted = read.fills.first().map_or(0, |f| f.uncounted);
+        if uncounted != read.uncounted {
+            // Connections may have opened uncounted: walk every namespace again.
+            read.uncounted = uncounted;
+            read.walks.clear();
+        }
         sample_namespaces(
             &mut counter,
             &mut read,
             collection,
-            &counted,
+            &opened,
             self.options.sample_budget,
         );
         loaded
@@ -1210,13 +1239,12 @@ impl Probe for Peers {
             loaded.attached.elapsed() < SYNC_WAIT,
             generation,
         ));
-        if let Some(listeners) = read.listeners.get(&inode) {
-            out.extend(listener_series(
-                listeners,
-                &mut budget,
-                self.options.listeners_per_namespace,
-            ));
-        }
+        let listeners = listeners::parse(&src.tcp_listeners()?)?;
+        out.extend(listener_series(
+            &listeners,
+            &mut budget,
+            self.options.listeners_per_namespace,
+        ));
         if is_node {
             out.push(Series::only(
                 METRICS.len(),
@@ -1252,24 +1280,27 @@ fn of_namespace<K, V>(
     range(inode).iter().chain(unknown)
 }
 
-/// Runs the sampling iterator in the namespaces of this collection that have counted
-/// connections, taking turns within `budget`: an RTT sample of each open connection, the
-/// bytes and retransmits it has so far, and the namespace's listeners (kept until its next
-/// turn). At least one namespace is sampled per collection. A namespace that vanished since
-/// discovery is skipped.
+/// Runs the sampling iterator in the namespaces of this collection that may hold open
+/// connections with a role (`opened`: each namespace's connections opened, as just read; see
+/// `Walk::again`), taking turns within `budget`: an RTT sample of each open connection, and
+/// the bytes and retransmits it has so far. At least one namespace is sampled per collection
+/// when any needs it. A namespace that vanished since discovery is skipped.
 fn sample_namespaces(
     counter: &mut PeerCounter,
     read: &mut Read,
     collection: &Collection,
-    counted: &HashSet<u64>,
+    opened: &HashMap<u64, u64>,
     budget: Duration,
 ) {
-    read.listeners
-        .retain(|inode, _| !collection.is_gone(*inode));
+    read.walks.retain(|inode, _| !collection.is_gone(*inode));
     let mut turn: Vec<&(u64, Option<std::path::PathBuf>)> = collection
         .namespaces
         .iter()
-        .filter(|(inode, _)| counted.contains(inode))
+        .filter(|(inode, _)| {
+            opened
+                .get(inode)
+                .is_some_and(|&n| Walk::again(read.walks.get(inode), n))
+        })
         .collect();
     turn.sort_by_key(|(inode, _)| *inode);
     let start = turn.partition_point(|(inode, _)| *inode <= read.cursor);
@@ -1289,8 +1320,9 @@ fn sample_namespaces(
             },
         };
         match result {
-            Ok(listeners) => {
-                read.listeners.insert(*inode, listeners);
+            Ok(open) => {
+                let opened = opened.get(inode).copied().unwrap_or(0);
+                read.walks.insert(*inode, Walk { open, opened });
             }
             Err(e) => error = Some(format!("{e:#}")),
         }
@@ -1299,7 +1331,7 @@ fn sample_namespaces(
         tracing::warn!(
             probe = "peers",
             error = error.as_deref().unwrap_or_default(),
-            "sampling a namespace's sockets failed: there, RTT and bytes are counted at close only, and its listeners are not shown"
+            "sampling a namespace's sockets failed: there, RTT and bytes are counted at close only"
         );
     }
     read.sample_error = error;
@@ -1944,10 +1976,21 @@ mod tests {
     }
 
     #[test]
+    fn a_namespace_is_walked_again_only_if_it_may_hold_open_connections() {
+        // Never walked: walk.
+        assert!(Walk::again(None, 0));
+        // The last walk sampled connections: they may still be open.
+        assert!(Walk::again(Some(&Walk { open: 2, opened: 7 }), 7));
+        // It found none, but connections opened since the read before it.
+        assert!(Walk::again(Some(&Walk { open: 0, opened: 7 }), 8));
+        // It found none and nothing opened since: nothing to sample.
+        assert!(!Walk::again(Some(&Walk { open: 0, opened: 7 }), 7));
+    }
+
+    #[test]
     fn listeners_sum_per_port_and_ports_past_the_budget_are_other() {
         let l = |cookie, port, queue, drops| Listener {
             port,
-            family: 4,
             queue,
             limit: 128,
             drops,

@@ -12,8 +12,8 @@
  * - tcp:tcp_send_reset, tcp:tcp_receive_reset: RSTs sent and received on a socket.
  * - Latency histograms, per key: connect latency (a client's SYN_SENT -> ESTABLISHED) and the
  *   socket's smoothed RTT, sampled when an opened connection closes and, while it is open, by
- *   iter/tcp, which user space runs in each namespace once per collection (it also reports
- *   the bytes a long connection has moved so far).
+ *   iter/tcp, which user space runs at each collection in the namespaces that may hold open
+ *   connections (it also reports the bytes a long connection has moved so far).
  * - net:net_dev_queue: the first packets of connections whose destination conntrack translated
  *   (a ClusterIP, by kube-proxy's DNAT rules): the address they were sent to, remembered until
  *   the client's socket opens or fails, which counts it by that backend as well. */
@@ -539,10 +539,10 @@ int BPF_PROG(peer_translated, struct sk_buff *skb)
 	return 0;
 }
 
-/* Run by user space once per collection in each namespace (a tcp iterator walks the sockets of
- * the namespace it is created in): an RTT sample of every open connection with a role, and
- * what its counters gained so far; each listener's accept queue and drops are written to the
- * reader (struct peer_listener). */
+/* Run by user space at a collection in the namespaces that may hold open connections with a
+ * role (a tcp iterator walks the sockets of the namespace it is created in): an RTT sample of
+ * each, and what its counters gained so far. Writes one byte per connection sampled: a
+ * namespace where a walk found none and no connection opened since is not walked again. */
 SEC("iter/tcp")
 int peer_sample(struct bpf_iter__tcp *ctx)
 {
@@ -550,6 +550,7 @@ int peer_sample(struct bpf_iter__tcp *ctx)
 	struct peer_tag *tag;
 	struct tcp_sock *tp;
 	struct sock *sk;
+	__u8 sampled = 1;
 	int state;
 
 	if (!skc)
@@ -559,25 +560,14 @@ int peer_sample(struct bpf_iter__tcp *ctx)
 		return 0;
 	sk = (struct sock *)tp;
 	state = skc->skc_state;
-	if (state == TCP_LISTEN) {
-		struct peer_listener l = {};
-
-		l.port = skc->skc_num;
-		l.family = skc->skc_family == AF_INET6 ? 6 : 4;
-		l.queue = sk->sk_ack_backlog;
-		l.limit = sk->sk_max_ack_backlog;
-		l.drops = sk->sk_drops.counter;
-		l.cookie = bpf_get_socket_cookie(sk);
-		bpf_seq_write(ctx->meta->seq, &l, sizeof(l));
+	if (state == TCP_LISTEN || state == TCP_SYN_SENT || state == TCP_CLOSE)
 		return 0;
-	}
 	tag = bpf_sk_storage_get(&peer_tags, tp, 0, 0);
 	if (!tag)
 		return 0;
-	if (state == TCP_SYN_SENT || state == TCP_CLOSE)
-		return 0;
 	sample_rtt(tp, tag);
 	report(sk, tp, tag, state);
+	bpf_seq_write(ctx->meta->seq, &sampled, sizeof(sampled));
 	return 0;
 }
 

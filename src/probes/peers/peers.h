@@ -53,20 +53,6 @@ struct peer_timing {
 	__u64 rtt_sum_us;
 };
 
-/* A TCP listener of the namespace the sampling iterator walks, written to its reader: listeners
- * are few, and their queues are only worth their current value. */
-struct peer_listener {
-	__u16 port;    /* local port, host order */
-	__u8 family;   /* 4 or 6 */
-	__u8 pad;
-	__u32 queue;   /* connections waiting for accept() (sk_ack_backlog) */
-	__u32 limit;   /* the accept queue's limit (sk_max_ack_backlog: listen()'s backlog) */
-	__u32 drops;   /* SYNs and handshakes dropped by the listener (sk_drops: a full accept
-			* queue, and other listen drops), since it was opened */
-	__u64 cookie;  /* the socket's cookie: which listener this is, so that user space keeps
-			* the drops of one that closed in its port's counter */
-};
-
 /* A connection as its first packet left with a translated destination (an iptables DNAT
  * rule, as kube-proxy writes for a ClusterIP): the client's side, ports and addresses in
  * network order, IPv4 in the first 4 bytes. */
