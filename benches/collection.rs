@@ -222,7 +222,8 @@ fn peers_cost(world: &World) -> String {
     let n = world.count;
     // Once the agent runs, every namespace connects to PEERS_PER_NAMESPACE distinct addresses
     // and accepts them: each namespace has that many client peers and as many server peers,
-    // and takes its turn at the sampling iterator. The addresses are 10.77.0.2, .3, ...,
+    // and is walked once by the sampling iterator (which finds them closed, and walks it
+    // again only when a connection opens there). The addresses are 10.77.0.2, .3, ...,
     // made local by one `local` route (not 127/8: every loopback address is one peer,
     // `loopback`); a connection to a local address comes from that address, so the accepting
     // side sees the same 50.
