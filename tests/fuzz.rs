@@ -33,6 +33,7 @@ use net_exporter::checks::{kernel_log, masquerade};
 use net_exporter::config::{Config, FileConfig, Flags};
 use net_exporter::inventory::{ClusterView, PodInfo, cgroup};
 use net_exporter::probes::packetloss::{bpf, reasons};
+use net_exporter::probes::peers::listeners;
 use net_exporter::probes::{
     arp, conntrack, format, netdev, podip, qdisc, sock, sockbacklog, softnet, tcp, tcpext,
     tcpsummary,
@@ -351,6 +352,7 @@ static NETLINK_SEEDS: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
         "tcpsummary/inet6.bin",
         "sockbacklog/inet.bin",
         "sockbacklog/inet6.bin",
+        "listeners/listeners.bin",
     ]
     .iter()
     .map(|f| fixture(f))
@@ -1146,6 +1148,16 @@ fn all_netlink_parsers(input: &[u8]) {
     });
     guarded("sockbacklog::accept_queue", input, || {
         drop(sockbacklog::accept_queue(input))
+    });
+    guarded("listeners::parse", input, || {
+        if let Ok(found) = listeners::parse(input) {
+            assert!(
+                found.len() <= most,
+                "listeners::parse: {} listeners from {} bytes",
+                found.len(),
+                input.len()
+            );
+        }
     });
     guarded("route::parse_routes", input, || {
         drop(route::parse_routes(input))

@@ -33,7 +33,7 @@
 //! design and its costs.
 
 pub mod bpf;
-mod listeners;
+pub mod listeners;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
