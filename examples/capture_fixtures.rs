@@ -57,6 +57,7 @@ fn main() -> Result<()> {
         &src.tcp_sockets(libc::AF_INET6 as u8, StateFlags::LISTEN)?,
     )?;
     write("listeners/listeners.bin", &src.tcp_listeners()?)?;
+    write("tcphash/tcp_ehash_entries", &src.tcp_hash_entries()?)?;
 
     // Node-wide files.
     for (rel, file) in [

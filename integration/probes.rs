@@ -37,6 +37,7 @@ const PROBES: &[&str] = &[
     "tcpsummary",
     "arp",
     "sockbacklog",
+    "tcphash",
 ];
 
 /// Rounds of "read, scrape, read" before a gauge that keeps moving fails the test.
@@ -1408,4 +1409,76 @@ fn deleted_namespace_is_gone_from_the_next_scrape() {
         "namespace {name} is still alive after the agent's scrape (its veth {} exists)",
         veth.host
     );
+}
+
+/// Restores a host sysctl on drop, so a failing test leaves the machine as it found it.
+struct HostSysctl {
+    name: &'static str,
+    was: String,
+}
+
+impl HostSysctl {
+    fn set(name: &'static str, value: &str) -> Self {
+        let was = run(&["sysctl", "-n", name]).trim().to_string();
+        run(&["sysctl", "-qw", &format!("{name}={value}")]);
+        Self { name, was }
+    }
+}
+
+impl Drop for HostSysctl {
+    fn drop(&mut self) {
+        let _ = output(&["sysctl", "-qw", &format!("{}={}", self.name, self.was)]);
+    }
+}
+
+/// A namespace made with the host's default shares its TCP hash; one made while
+/// `tcp_child_ehash_entries` is set has its own of that size. The agent's gauge says which and
+/// how big, as `sysctl net.ipv4.tcp_ehash_entries` reads in each (negative: shared).
+#[test]
+fn tcp_hash_buckets_say_whether_a_namespace_shares_the_hosts_hash() {
+    require_root();
+    let sysctl = |ns: Option<&Netns>| -> i64 {
+        let v = match ns {
+            Some(ns) => ns.run(&["sysctl", "-n", "net.ipv4.tcp_ehash_entries"]),
+            None => run(&["sysctl", "-n", "net.ipv4.tcp_ehash_entries"]),
+        };
+        v.trim().parse().expect("tcp_ehash_entries")
+    };
+    let shared = {
+        let _default = HostSysctl::set("net.ipv4.tcp_child_ehash_entries", "0");
+        Netns::new("hsh")
+    };
+    let own = {
+        let _set = HostSysctl::set("net.ipv4.tcp_child_ehash_entries", "1024");
+        Netns::new("hown")
+    };
+    let agent = Agent::start(&[]);
+    let scrape = poll(Duration::from_secs(20), || {
+        let s = agent.scrape();
+        let seen = s.find("netexporter_tcp_hash_buckets", &[("netns", &own.name)]);
+        (!seen.is_empty()).then_some(s)
+    })
+    .expect("the namespaces' tcp_hash_buckets");
+    for (ns, want) in [
+        (None, "false"),
+        (Some(&shared), "true"),
+        (Some(&own), "false"),
+    ] {
+        let truth = sysctl(ns);
+        let who = ns.map_or("the node", |n| n.name.as_str());
+        let samples: Vec<&Sample> = scrape
+            .find("netexporter_tcp_hash_buckets", &[])
+            .into_iter()
+            .filter(|s| s.labels.get("netns").map(String::as_str) == ns.map(|n| n.name.as_str()))
+            .collect();
+        assert_eq!(samples.len(), 1, "{who}: {samples:?}");
+        assert_eq!(samples[0].value, truth.unsigned_abs() as f64, "{who}");
+        assert_eq!(
+            samples[0].labels.get("shared").map(String::as_str),
+            Some(want),
+            "{who}"
+        );
+        assert_eq!(truth < 0, want == "true", "{who}: sysctl reads {truth}");
+    }
+    assert_eq!(sysctl(Some(&own)), 1024);
 }

@@ -89,6 +89,7 @@ const LABELS: &[&str] = &[
     "signal",
     "job",
     "instance",
+    "shared",
 ];
 
 /// Metrics that exist in Kubernetes mode only (docs/kubernetes.md): a standalone agent has no

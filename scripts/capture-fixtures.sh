@@ -87,6 +87,7 @@ for attempt in 1 2 3 4 5; do
     printf '%s\n' "$after" > "$out/tools/nstat.json"
     printf '%s\n' "$links_after" > "$out/tools/ip-link.json"
     ip netns exec "$A" cat /proc/net/sockstat > "$out/tools/sockstat"
+    ip netns exec "$A" sysctl -n net.ipv4.tcp_ehash_entries > "$out/tools/sysctl-tcp-ehash-entries.txt"
     tc -n "$A" -s -j qdisc show > "$out/tools/tc-qdisc.json"
     ip -n "$A" -4 -j neigh show > "$out/tools/ip-neigh.json"
     ip netns exec "$A" ss -tanH state established > "$out/tools/ss-established.txt"

@@ -35,7 +35,7 @@ use net_exporter::inventory::{ClusterView, PodInfo, cgroup};
 use net_exporter::probes::packetloss::{bpf, reasons};
 use net_exporter::probes::peers::listeners;
 use net_exporter::probes::{
-    arp, conntrack, format, netdev, podip, qdisc, sock, sockbacklog, softnet, tcp, tcpext,
+    arp, conntrack, format, netdev, podip, qdisc, sock, sockbacklog, softnet, tcp, tcpext, tcphash,
     tcpsummary,
 };
 use net_exporter::sources::kernel_btf;
@@ -389,6 +389,7 @@ static TEXT_SEEDS: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
         "conntrack/nf_conntrack_max",
         "arp/arp_cache",
         "arp/gc_thresh3",
+        "tcphash/tcp_ehash_entries",
         "tools/sockstat",
         "e2e/proc/net/snmp",
         "e2e/proc/net/netstat",
@@ -1265,6 +1266,7 @@ fn text_parsers(input: &[u8], names: &[&str]) {
     guarded("tcpext::parse", input, || drop(tcpext::parse(input)));
     guarded("sock::parse", input, || drop(sock::parse(input)));
     guarded("softnet::parse", input, || drop(softnet::parse(input)));
+    guarded("tcphash::parse", input, || drop(tcphash::parse(input)));
     let count = fixture("conntrack/nf_conntrack_count");
     let max = fixture("conntrack/nf_conntrack_max");
     let stat = fixture("conntrack/nf_conntrack");

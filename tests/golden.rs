@@ -392,6 +392,20 @@ fn sock_equals_sockstat_seen_by_the_tool() {
 }
 
 #[test]
+fn tcp_hash_equals_what_sysctl_printed_in_the_namespace() {
+    // `sysctl -n` ran in the namespace beside the capture: the size, negative when shared.
+    let s = parse("tcphash").expect("tcphash");
+    let printed: i64 = tool("sysctl-tcp-ehash-entries.txt")
+        .trim()
+        .parse()
+        .expect("number");
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].values, vec![Some(printed.unsigned_abs())]);
+    let shared = if printed < 0 { "true" } else { "false" };
+    assert_eq!(s[0].label("shared"), Some(shared));
+}
+
+#[test]
 fn conntrack_counters_are_at_most_the_later_conntrack_s() {
     // `conntrack -S` ran after the capture, over netlink: every counter it shows must be at
     // least what the /proc table said a moment before.

@@ -23,6 +23,7 @@ pub mod sockbacklog;
 pub mod softnet;
 pub mod tcp;
 pub mod tcpext;
+pub mod tcphash;
 pub mod tcpsummary;
 pub mod udp;
 
@@ -42,6 +43,7 @@ pub static PROBES: &[Registration] = &[
     Registration::of::<sock::Sock>(),
     Registration::of::<softnet::Softnet>(),
     Registration::of::<tcpsummary::TcpSummary>(),
+    Registration::of::<tcphash::TcpHash>(),
     Registration::of::<arp::Arp>(),
     Registration::of::<sockbacklog::SockBacklog>(),
     Registration::of::<packetloss::PacketLoss>(),

@@ -159,6 +159,15 @@ impl<'a> TargetSources<'a> {
         Ok(v)
     }
 
+    /// `net.ipv4.tcp_ehash_entries` as the namespace reads it, raw (captured:
+    /// `tcp_ehash_entries`).
+    pub fn tcp_hash_entries(&self) -> Result<Vec<u8>> {
+        match &self.kernel {
+            Kernel::Live { session, .. } => session.tcp_hash.clone().map_err(|e| anyhow!("{e}")),
+            Kernel::Captured(dir) => captured(dir, "tcp_ehash_entries"),
+        }
+    }
+
     /// Whether the namespace has IPv6 (its sockstat6 could be opened).
     pub fn has_ipv6(&self) -> bool {
         match &self.kernel {

@@ -57,6 +57,9 @@ impl NetFile {
     }
 }
 
+/// The sysctl that tells a namespace's TCP established hash (kernels 6.1 and later).
+pub const TCP_HASH_SYSCTL: &[&str] = &["net", "ipv4", "tcp_ehash_entries"];
+
 /// Something that could not be opened stays an error with its cause, reported by the probe
 /// that needs it; the rest of the session works.
 type Opened<T> = std::result::Result<T, String>;
@@ -69,12 +72,16 @@ pub struct NetnsSession {
     pub(crate) diag: Opened<NlSocket>,
     /// The namespace's cookie, as BPF programs name it (`None`: the kernel has none to give).
     pub(crate) cookie: Option<u64>,
+    /// `net.ipv4.tcp_ehash_entries` as the namespace reads it (negative: it shares the host's
+    /// hash). Read once, at the opening: a namespace's hash is chosen when it is created and
+    /// never changes, and net sysctls answer for the namespace of the thread that opens them.
+    pub(crate) tcp_hash: Opened<Vec<u8>>,
 }
 
 impl NetnsSession {
     /// Opens a session for the agent's own namespace, with files from `<procfs>/net/`.
     pub fn open_own(procfs: &Path) -> Self {
-        Self::open_here(&procfs.join("net"))
+        Self::open_here(&procfs.join("net"), procfs)
     }
 
     /// Opens a session for the namespace behind `ns_path` (`/run/netns/NAME`,
@@ -86,7 +93,7 @@ impl NetnsSession {
             s.spawn(|| {
                 nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
                     .with_context(|| format!("setns into {}", ns_path.display()))?;
-                Ok::<_, anyhow::Error>(Self::open_here(&net_dir))
+                Ok::<_, anyhow::Error>(Self::open_here(&net_dir, procfs))
             })
             .join()
             .map_err(|_| anyhow!("namespace opener thread panicked"))?
@@ -95,7 +102,7 @@ impl NetnsSession {
         Ok(session)
     }
 
-    fn open_here(net_dir: &Path) -> Self {
+    fn open_here(net_dir: &Path, procfs: &Path) -> Self {
         let open_file = |f: NetFile| {
             let path: PathBuf = net_dir.join(f.file_name());
             File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))
@@ -108,6 +115,10 @@ impl NetnsSession {
             route,
             diag: NlSocket::open(NETLINK_SOCK_DIAG)
                 .map_err(|e| format!("netlink sock_diag socket: {e}")),
+            tcp_hash: {
+                let p = super::sysctl::path(procfs, TCP_HASH_SYSCTL);
+                std::fs::read(&p).map_err(|e| format!("read {}: {e}", p.display()))
+            },
         }
     }
 
