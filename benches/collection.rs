@@ -24,7 +24,7 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use net_exporter::probes::tcpsummary;
@@ -179,7 +179,7 @@ fn main() {
     }
     println!();
     println!(
-        "the peers probe's part of a scrape (its programs, the sampling iterator where connections may be open, its series; held: one connection of each namespace kept open), {PEERS_ROUNDS} alternating rounds of {SCRAPES} scrapes each:"
+        "the peers probe's part of a scrape (its programs, the sampling iterator where connections may be open, its series; held: one connection of each namespace kept open; busy: every namespace connecting all along, against off-busy), {PEERS_ROUNDS} alternating rounds of {SCRAPES} scrapes each:"
     );
     for line in peers_rows {
         println!("{line}");
@@ -215,6 +215,54 @@ const PEERS_SIZES: [usize; 1] = [100];
 const PEERS_ROUNDS: usize = 3;
 /// Distinct remote addresses each namespace connects to (the "50 peers each").
 const PEERS_PER_NAMESPACE: usize = 50;
+/// In the `busy` arms, each namespace opens a connection to its next peer this often: a few
+/// between any two scrapes, so that every namespace's counts move at every collection.
+const BUSY_EVERY: Duration = Duration::from_millis(100);
+
+/// Every namespace of the world connecting to its peers, one thread each, until dropped.
+struct Busy {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Busy {
+    fn start(world: &World) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..world.count)
+            .map(|i| {
+                let ns =
+                    std::fs::File::open(format!("/run/netns/{}", world.name(i))).expect("netns");
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                    // The port `touch` used: the same keys, so the same series, only moving.
+                    let l = TcpListener::bind("0.0.0.0:8081").expect("listen");
+                    let mut p = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let to = (Ipv4Addr::new(10, 77, 0, 2 + p as u8), 8081);
+                        // As `touch` does (nothing written: unread data would make the close
+                        // a reset, and resets series of their own).
+                        if TcpStream::connect(to).is_ok() {
+                            let _ = l.accept();
+                        }
+                        p = (p + 1) % PEERS_PER_NAMESPACE;
+                        std::thread::sleep(BUSY_EVERY);
+                    }
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
 
 /// The agent with the peers probe off, then on, in alternating rounds: the median scrape and
 /// the CPU per scrape of each, and their ratios (on / off).
@@ -264,18 +312,30 @@ fn peers_cost(world: &World) -> String {
     };
     let touch = || touch_and_hold(false);
     let touch_held = || touch_and_hold(true);
+    let busy: std::sync::Mutex<Option<Busy>> = Default::default();
+    let touch_busy = || {
+        touch();
+        *busy.lock().expect("busy") = Some(Busy::start(world));
+    };
+    let off = "probes:\n  peers:\n    enabled: false\n";
     // Off; on with the defaults; on with a lean budget (5 peers of their own per namespace,
     // one with histograms): the series, not the kernel reads, are what a scrape pays for; on
-    // with a connection held open in every namespace (the sampling walks at their budget).
-    let arms: [(&str, &str, &dyn Fn()); 4] = [
-        ("off", "probes:\n  peers:\n    enabled: false\n", &touch),
-        ("on", "", &touch),
+    // with a connection held open in every namespace (the sampling walks at their budget);
+    // and off and on again with every namespace connecting all along (`Busy`), on against
+    // the off of the same traffic. Each arm: name, config, what runs after the agent starts,
+    // and the arm it is compared with.
+    let arms: [(&str, &str, &dyn Fn(), usize); 6] = [
+        ("off", off, &touch, 0),
+        ("on", "", &touch, 0),
         (
             "lean",
             "probes:\n  peers:\n    peers_per_namespace: 5\n    histogram_peers: 1\n",
             &touch,
+            0,
         ),
-        ("held", "", &touch_held),
+        ("held", "", &touch_held, 0),
+        ("off-busy", off, &touch_busy, 4),
+        ("busy", "", &touch_busy, 4),
     ];
     let mut lat = vec![Vec::new(); arms.len()];
     let mut cpu = vec![Duration::ZERO; arms.len()];
@@ -283,9 +343,10 @@ fn peers_cost(world: &World) -> String {
     // The largest resident set and peak of each arm's rounds, MiB.
     let mut memory = vec![(0.0f64, 0.0f64); arms.len()];
     for _ in 0..PEERS_ROUNDS {
-        for (i, (_, extra, touch)) in arms.iter().enumerate() {
+        for (i, (_, extra, touch, _)) in arms.iter().enumerate() {
             let m = measure_config("auto", extra, &[], None, *touch);
             held.lock().expect("held").clear();
+            busy.lock().expect("busy").take();
             lat[i].extend(m.latencies);
             cpu[i] += m.cpu;
             series[i] = m.series;
@@ -294,13 +355,25 @@ fn peers_cost(world: &World) -> String {
         }
     }
     let per = |c: Duration| ms(c / PEERS_ROUNDS as u32);
-    let (off, off_cpu) = (ms(median(&mut lat[0])), per(cpu[0]));
+    // Each arm's median scrape and CPU per scrape, ms.
+    let measured: Vec<(f64, f64)> = (0..arms.len())
+        .map(|i| (ms(median(&mut lat[i])), per(cpu[i])))
+        .collect();
+    let (off, off_cpu) = measured[0];
     let mut line = format!(
         "{n:>5} netns x {PEERS_PER_NAMESPACE} peers: off scrape {off:.2} ms, cpu {off_cpu:.2} ms, series {}, rss {:.1} MiB (peak {:.1})",
         series[0], memory[0].0, memory[0].1
     );
-    for (i, (name, _, _)) in arms.iter().enumerate().skip(1) {
-        let (scrape, c) = (ms(median(&mut lat[i])), per(cpu[i]));
+    for (i, (name, _, _, against)) in arms.iter().enumerate().skip(1) {
+        let (scrape, c) = measured[i];
+        let (off, off_cpu) = measured[*against];
+        if i == *against {
+            line += &format!(
+                "; {name} scrape {scrape:.2} ms, cpu {c:.2} ms, series {}, rss {:.1} MiB (peak {:.1})",
+                series[i], memory[i].0, memory[i].1
+            );
+            continue;
+        }
         line += &format!(
             "; {name} scrape {scrape:.2} ms ({:.2}x), cpu {c:.2} ms ({:.2}x, +{:.2} ms), series {}, rss {:.1} MiB (peak {:.1})",
             scrape / off,
