@@ -844,3 +844,51 @@ until(orphaned, "the orphan in FIN-WAIT-2")
 open(ready, "w").close()
 forever()
 "#;
+
+/// On the sock_diag path a namespace whose TCP sockets in use are all listeners (sockstat's
+/// `inuse` counts them) is not dumped: nothing of it is in the node's established hash, and
+/// the LISTEN-only dump that says so walks the listening hash alone. Its counts stay what ss
+/// shows: none while it only listens (an IPv4 and an IPv6 listener), the connection as soon as
+/// it holds one.
+#[test]
+fn a_namespace_that_only_listens_needs_no_established_dump_and_its_connections_still_count() {
+    require_root();
+    let files = Files::new();
+    let ns = Netns::new("slst");
+    let diag = agent(&files, "sources:\n  socket_path: sock_diag\n");
+    let running = [Running {
+        path: "sock_diag",
+        agent: &diag,
+    }];
+    let (ready, go, connected) = (files.marker(), files.marker(), files.marker());
+    let script = r#"
+import os, socket, sys, time
+ready, go, connected = sys.argv[1:4]
+l4 = socket.socket(); l4.bind(("127.0.0.1", 7001)); l4.listen(4)
+l6 = socket.socket(socket.AF_INET6); l6.bind(("::1", 7002)); l6.listen(4)
+open(ready, "w").close()
+while not os.path.exists(go):
+    time.sleep(0.05)
+c = socket.create_connection(("127.0.0.1", 7001)); a, _ = l4.accept()
+open(connected, "w").close()
+time.sleep(600)
+"#;
+    let paths = [&ready, &go, &connected].map(|p| p.to_string_lossy().into_owned());
+    let mut server = ns.spawn(&["python3", "-c", script, &paths[0], &paths[1], &paths[2]]);
+    wait_ready(&mut server, &ready, "listeners");
+    // The case the shortcut is for, as the kernel counts it: every socket in use a listener.
+    let inuse = |file: &str, prefix: &str| -> String {
+        let text = ns.run(&["cat", file]);
+        let line = text.lines().find(|l| l.starts_with(prefix)).unwrap_or("");
+        line.split_whitespace().nth(2).unwrap_or("").to_string()
+    };
+    assert_eq!(inuse("/proc/net/sockstat", "TCP:"), "1");
+    assert_eq!(inuse("/proc/net/sockstat6", "TCP6:"), "1");
+    let only_listening = settle(&running, &[&ns], Duration::from_secs(30));
+    assert_eq!(only_listening[0].established, 0, "{only_listening:?}");
+
+    std::fs::write(&go, "").expect("go");
+    wait_ready(&mut server, &connected, "the connection");
+    let connected = settle(&running, &[&ns], Duration::from_secs(30));
+    assert_eq!(connected[0].established, 2, "{connected:?}");
+}
