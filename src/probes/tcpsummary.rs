@@ -104,7 +104,7 @@ pub fn families_to_dump(src: &mut TargetSources) -> Vec<u8> {
     } else {
         0
     };
-    let listeners = if tw == 0 && v4 + v6 > 0 {
+    let listeners = if tw == 0 && (v4 > 0 || v6 > 0) {
         listeners_by_family(src)
     } else {
         None
@@ -255,5 +255,7 @@ mod tests {
         assert_eq!(families(2, 0, 1, true), vec![v4, v6]);
         // No listener dump: whatever is in use is dumped.
         assert_eq!(families(2, 0, 0, false), vec![v4]);
+        // Counts no namespace has: dumped, no overflow.
+        assert_eq!(families(u64::MAX, u64::MAX, 0, true), vec![v4, v6]);
     }
 }
