@@ -893,11 +893,9 @@ fn floor(world: &World) -> Duration {
                     .tcp_sockets(family, StateFlags::ESTABLISHED | StateFlags::TIME_WAIT)
                     .map_or(0, |v| v.len());
             }
-            for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-                bytes += src
-                    .tcp_sockets(family, StateFlags::LISTEN)
-                    .map_or(0, |v| v.len());
-            }
+            // The listeners, as the agent reads them: one LISTEN-only dump (both families),
+            // which `families_to_dump` may already have made (it is cached per target).
+            bytes += src.tcp_listeners().map_or(0, |v| v.len());
             if is_node {
                 bytes += src.qdiscs().map_or(0, |v| v.len());
                 bytes += src.neighbours(AddressFamily::Inet).map_or(0, |v| v.len());
