@@ -41,9 +41,11 @@ pub struct PeerCounts {
     pub resets_received: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Opened connections that closed: `opened - closed` are open now.
+    pub closed: u64,
 }
 
-// SAFETY: repr(C), ten u64 fields, no padding, any bit pattern valid.
+// SAFETY: repr(C), eleven u64 fields, no padding, any bit pattern valid.
 unsafe impl aya::Pod for PeerCounts {}
 
 impl PeerCounts {
@@ -58,6 +60,7 @@ impl PeerCounts {
         self.resets_received += o.resets_received;
         self.bytes_sent += o.bytes_sent;
         self.bytes_received += o.bytes_received;
+        self.closed += o.closed;
     }
 
     /// Connections opened or failed: what the busiest peers are ranked by.
@@ -78,6 +81,7 @@ impl PeerCounts {
             resets_received: self.resets_received.saturating_sub(base.resets_received),
             bytes_sent: self.bytes_sent.saturating_sub(base.bytes_sent),
             bytes_received: self.bytes_received.saturating_sub(base.bytes_received),
+            closed: self.closed.saturating_sub(base.closed),
         }
     }
 }
@@ -460,10 +464,11 @@ mod tests {
                 "resets_sent",
                 "resets_received",
                 "bytes_sent",
-                "bytes_received"
+                "bytes_received",
+                "closed"
             ]
         );
-        assert_eq!(std::mem::size_of::<PeerCounts>(), 80);
+        assert_eq!(std::mem::size_of::<PeerCounts>(), 88);
         assert_eq!(
             fields(header, "peer_timing"),
             ["connect", "connect_sum_us", "rtt", "rtt_sum_us"]

@@ -454,10 +454,11 @@ struct Read {
     /// the version of the watched objects it was built from.
     directory: Option<Directory>,
     directory_version: Option<u64>,
-    /// What the last walk of each namespace found, by inode.
-    walks: HashMap<u64, Walk>,
-    /// The peer map's uncounted events at the last read: while they grow, connections may
-    /// open uncounted, so every namespace is walked.
+    /// Open connections the last walk of each namespace sampled, by inode.
+    walks: HashMap<u64, usize>,
+    /// The peer map's uncounted events at the last read: once there are any, connections may
+    /// have opened uncounted, and namespaces are walked as they were before the counts of
+    /// closed connections told which hold open ones (`Walk::needed`).
     uncounted: u64,
     /// The namespace sampled last: the next collection starts after it.
     cursor: u64,
@@ -465,21 +466,22 @@ struct Read {
     sample_error: Option<String>,
 }
 
-/// A namespace's last walk by the sampling iterator.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A namespace's connections with a role as just read, summed over its keys: those opened and
+/// those of them closed since.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Walk {
-    /// Open connections with a role it sampled.
-    open: usize,
-    /// The namespace's connections opened (summed over its keys) as read just before it.
     opened: u64,
+    closed: u64,
 }
 
 impl Walk {
-    /// Whether the namespace may hold an open connection with a role now, with `opened` its
-    /// connections opened as just read: the walk found some, or one opened since. A connection
-    /// open now either was open at the walk (and found) or opened after the read before it.
-    fn again(walk: Option<&Walk>, opened: u64) -> bool {
-        walk.is_none_or(|w| w.open > 0 || w.opened != opened)
+    /// Whether the sampling iterator has something to find in the namespace: it holds an open
+    /// connection with a role (more opened than closed; a connection that opens after the read
+    /// is sampled by the next collection, or at its close). Once the map has lost events
+    /// (`uncounted`) an open or a close may have gone uncounted: then also a namespace never
+    /// walked, or whose last walk found open connections (`last`).
+    fn needed(&self, uncounted: bool, last: Option<usize>) -> bool {
+        self.opened != self.closed || (uncounted && last.is_none_or(|n| n > 0))
     }
 }
 
@@ -1171,9 +1173,11 @@ impl Probe for Peers {
         // After the read, from its keys (a second walk of the map only for them would cost as
         // many syscalls as there are keys): what the walks add to the maps (RTT samples,
         // bytes) is read by the next collection.
-        let mut opened: HashMap<u64, u64> = HashMap::new();
+        let mut connections: HashMap<u64, Walk> = HashMap::new();
         for (k, c) in &read.entries {
-            *opened.entry(u64::from(k.netns)).or_default() += c.opened;
+            let w = connections.entry(u64::from(k.netns)).or_default();
+            w.opened += c.opened;
+            w.closed += c.closed;
         }
         let uncounted = read.fills.first().map_or(0, |f| f.uncounted);
         if uncounted != read.uncounted {
@@ -1185,7 +1189,7 @@ impl Probe for Peers {
             &mut counter,
             &mut read,
             collection,
-            &opened,
+            &connections,
             self.options.sample_budget,
         );
         loaded
@@ -1280,26 +1284,27 @@ fn of_namespace<K, V>(
     range(inode).iter().chain(unknown)
 }
 
-/// Runs the sampling iterator in the namespaces of this collection that may hold open
-/// connections with a role (`opened`: each namespace's connections opened, as just read; see
-/// `Walk::again`), taking turns within `budget`: an RTT sample of each open connection, and
+/// Runs the sampling iterator in the namespaces of this collection that hold open
+/// connections with a role (`connections`: each namespace's, as just read; see
+/// `Walk::needed`), taking turns within `budget`: an RTT sample of each open connection, and
 /// the bytes and retransmits it has so far. At least one namespace is sampled per collection
 /// when any needs it. A namespace that vanished since discovery is skipped.
 fn sample_namespaces(
     counter: &mut PeerCounter,
     read: &mut Read,
     collection: &Collection,
-    opened: &HashMap<u64, u64>,
+    connections: &HashMap<u64, Walk>,
     budget: Duration,
 ) {
     read.walks.retain(|inode, _| !collection.is_gone(*inode));
+    let uncounted = read.uncounted > 0;
     let mut turn: Vec<&(u64, Option<std::path::PathBuf>)> = collection
         .namespaces
         .iter()
         .filter(|(inode, _)| {
-            opened
+            connections
                 .get(inode)
-                .is_some_and(|&n| Walk::again(read.walks.get(inode), n))
+                .is_some_and(|w| w.needed(uncounted, read.walks.get(inode).copied()))
         })
         .collect();
     turn.sort_by_key(|(inode, _)| *inode);
@@ -1321,8 +1326,7 @@ fn sample_namespaces(
         };
         match result {
             Ok(open) => {
-                let opened = opened.get(inode).copied().unwrap_or(0);
-                read.walks.insert(*inode, Walk { open, opened });
+                read.walks.insert(*inode, open);
             }
             Err(e) => error = Some(format!("{e:#}")),
         }
@@ -1976,15 +1980,21 @@ mod tests {
     }
 
     #[test]
-    fn a_namespace_is_walked_again_only_if_it_may_hold_open_connections() {
-        // Never walked: walk.
-        assert!(Walk::again(None, 0));
-        // The last walk sampled connections: they may still be open.
-        assert!(Walk::again(Some(&Walk { open: 2, opened: 7 }), 7));
-        // It found none, but connections opened since the read before it.
-        assert!(Walk::again(Some(&Walk { open: 0, opened: 7 }), 8));
-        // It found none and nothing opened since: nothing to sample.
-        assert!(!Walk::again(Some(&Walk { open: 0, opened: 7 }), 7));
+    fn a_namespace_is_walked_only_while_it_holds_open_connections() {
+        let w = |opened, closed| Walk { opened, closed };
+        // Connections open now: walk, whatever the last walk found.
+        assert!(w(7, 5).needed(false, Some(0)));
+        assert!(w(7, 5).needed(false, None));
+        // All closed: nothing to sample, even just after connections opened and closed.
+        assert!(!w(7, 7).needed(false, None));
+        assert!(!w(7, 7).needed(false, Some(3)));
+        // More closed than opened: an open went uncounted; one may still be open.
+        assert!(w(3, 4).needed(false, Some(0)));
+        // The map lost events: a namespace not walked yet, or whose last walk found open
+        // connections, is walked, however its counts look.
+        assert!(w(7, 7).needed(true, None));
+        assert!(w(7, 7).needed(true, Some(2)));
+        assert!(!w(7, 7).needed(true, Some(0)));
     }
 
     #[test]

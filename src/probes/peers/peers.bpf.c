@@ -5,8 +5,8 @@
  * collection.
  *
  * - sock:inet_sock_set_state: connections opened (and the socket tagged with its role), failed
- *   to open by reason, reset; at CLOSE, what the socket's own counters added since the last
- *   report (retransmitted segments, bytes each way).
+ *   to open by reason, reset, closed; at CLOSE, what the socket's own counters added since the
+ *   last report (retransmitted segments, bytes each way).
  * - tcp:tcp_retransmit_skb: the same report, so that a long connection's retransmits are
  *   counted as they happen, not only at its end.
  * - tcp:tcp_send_reset, tcp:tcp_receive_reset: RSTs sent and received on a socket.
@@ -33,6 +33,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define TCP_FIN_WAIT1 4
 #define TCP_FIN_WAIT2 5
 #define TCP_CLOSE 7
+#define TCP_CLOSE_WAIT 8
 #define TCP_LAST_ACK 9
 #define TCP_LISTEN 10
 #define TCP_CLOSING 11
@@ -49,8 +50,8 @@ char LICENSE[] SEC("license") = "GPL";
 #define NFCT_INFOMASK 7UL
 #define IPS_DST_NAT (1UL << 5) /* enum ip_conntrack_status: the destination was translated */
 
-/* Not preallocated: a preallocated per-CPU hash would hold PEERS_MAX_ENTRIES x CPUs x 80
- * bytes from the start (126 MB on a 96-CPU node); this one grows with the keys in use. */
+/* Not preallocated: a preallocated per-CPU hash would hold PEERS_MAX_ENTRIES x CPUs x 88
+ * bytes from the start (138 MB on a 96-CPU node); this one grows with the keys in use. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -303,23 +304,23 @@ static __always_inline __u64 payload_received(struct sock *sk, struct tcp_sock *
 	return received - (received && (flags_of(sk) & (1UL << SOCK_DONE)) ? 1 : 0);
 }
 
-/* Adds what the socket's counters gained since the last report to its peer's. The kernel
- * zeroes them when a socket is disconnected and reused; a counter below its last report is
- * counted from zero. */
+/* Adds what the socket's counters gained since the last report to its peer's (`v`: its
+ * counters if already looked up, else NULL). The kernel zeroes them when a socket is
+ * disconnected and reused; a counter below its last report is counted from zero. */
 static __always_inline void report(struct sock *sk, struct tcp_sock *tp, struct peer_tag *tag,
-				   int state)
+				   int state, struct peer_counts *v)
 {
 	__u32 retrans = tp->total_retrans;
 	__u64 sent = payload_sent(tp, state), received = payload_received(sk, tp);
 	__u64 d_retrans, d_sent, d_received;
-	struct peer_counts *v;
 
 	d_retrans = retrans >= tag->retransmits ? retrans - tag->retransmits : retrans;
 	d_sent = sent >= tag->bytes_sent ? sent - tag->bytes_sent : sent;
 	d_received = received >= tag->bytes_received ? received - tag->bytes_received : received;
 	if (!d_retrans && !d_sent && !d_received)
 		return;
-	v = counts_of(&tag->key);
+	if (!v)
+		v = counts_of(&tag->key);
 	if (!v)
 		return;
 	v->retransmits += d_retrans;
@@ -328,6 +329,13 @@ static __always_inline void report(struct sock *sk, struct tcp_sock *tp, struct 
 	tag->retransmits = retrans;
 	tag->bytes_sent = sent;
 	tag->bytes_received = received;
+}
+
+/* The states of an opened connection, as it leaves them for CLOSE: it was counted opened. */
+static __always_inline int was_open(int state)
+{
+	return state == TCP_ESTABLISHED || state == TCP_FIN_WAIT1 || state == TCP_FIN_WAIT2 ||
+	       state == TCP_CLOSE_WAIT || state == TCP_CLOSING || state == TCP_LAST_ACK;
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -404,16 +412,23 @@ int BPF_PROG(peer_state, struct sock *sk, int oldstate, int newstate)
 			      err == ECONNREFUSED ? BACKEND_REFUSED :
 			      err == ETIMEDOUT	  ? BACKEND_TIMEOUT :
 						    BACKEND_OTHER);
-	} else if (err == ECONNRESET && tag) {
+		v = NULL; /* the report's key is the tag's */
+	} else if (tag && was_open(oldstate)) {
 		/* Only connections opened while the program ran have a role to count under. */
 		v = counts_of(&tag->key);
-		if (v)
-			v->reset += 1;
+		if (v) {
+			if (err == ECONNRESET)
+				v->reset += 1;
+			/* Opened less closed: whether a namespace may hold open connections to sample. */
+			v->closed += 1;
+		}
+	} else {
+		v = NULL;
 	}
 	if (tag) {
 		if (oldstate != TCP_SYN_SENT)
 			sample_rtt(tp, tag);
-		report(sk, tp, tag, oldstate);
+		report(sk, tp, tag, oldstate, v);
 		/* A disconnected socket may connect again: its counters start from zero. */
 		tag->retransmits = 0;
 		tag->bytes_sent = 0;
@@ -450,7 +465,7 @@ int BPF_PROG(peer_retransmit, struct sock *sk, struct sk_buff *skb)
 		return 0;
 	tag = tag_of(tp, sk);
 	if (tag)
-		report(sk, tp, tag, sk->__sk_common.skc_state);
+		report(sk, tp, tag, sk->__sk_common.skc_state, NULL);
 	return 0;
 }
 
@@ -539,10 +554,10 @@ int BPF_PROG(peer_translated, struct sk_buff *skb)
 	return 0;
 }
 
-/* Run by user space at a collection in the namespaces that may hold open connections with a
- * role (a tcp iterator walks the sockets of the namespace it is created in): an RTT sample of
- * each, and what its counters gained so far. Writes one byte per connection sampled: a
- * namespace where a walk found none and no connection opened since is not walked again. */
+/* Run by user space at a collection in the namespaces that hold open connections with a role
+ * (more opened than closed; a tcp iterator walks the sockets of the namespace it is created
+ * in): an RTT sample of each, and what its counters gained so far. Writes one byte per
+ * connection sampled. */
 SEC("iter/tcp")
 int peer_sample(struct bpf_iter__tcp *ctx)
 {
@@ -566,7 +581,7 @@ int peer_sample(struct bpf_iter__tcp *ctx)
 	if (!tag)
 		return 0;
 	sample_rtt(tp, tag);
-	report(sk, tp, tag, state);
+	report(sk, tp, tag, state, NULL);
 	bpf_seq_write(ctx->meta->seq, &sampled, sizeof(sampled));
 	return 0;
 }

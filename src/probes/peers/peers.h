@@ -27,6 +27,7 @@ struct peer_counts {
 	__u64 resets_received; /* RSTs received on a socket (tcp:tcp_receive_reset) */
 	__u64 bytes_sent;     /* payload acknowledged by the peer (tcp_sock.bytes_acked) */
 	__u64 bytes_received; /* payload received in order (tcp_sock.bytes_received) */
+	__u64 closed;   /* opened connections that closed: opened - closed are open now */
 };
 
 /* What a socket remembers: the key it is counted under (taken when it opened: a closed
