@@ -518,22 +518,24 @@ impl Bucket {
 /// counters never go back.
 #[derive(Default)]
 struct Budget {
-    buckets: HashMap<PeerKey, Bucket>,
-    /// The name each key was decided under (also for keys folded into `other`).
-    names: HashMap<PeerKey, (String, &'static str)>,
-    /// A key that moved to another name (its address reused by another Pod, or named only
-    /// later) counts from its read at the move on: that read.
-    offsets: HashMap<PeerKey, (PeerCounts, PeerTiming)>,
-    /// What keys that moved away had counted under a bucket: kept in its series while the
-    /// bucket has keys, so that it never goes back.
-    retired: HashMap<Bucket, PeerCounts>,
-    retired_timed: HashMap<Bucket, PeerTiming>,
+    /// What each key was decided under, by key: one lookup a key and collection.
+    keys: HashMap<PeerKey, KeyState>,
+    /// Every bucket a key of the namespace was counted under, by its id (the index), with its
+    /// labels, made once: a collection sums into a vector by id, and its series clone the
+    /// labels (no string compares, no label values made anew).
+    bucket_list: Vec<BucketLabels>,
+    bucket_ids: HashMap<Bucket, usize>,
+    /// The ids in the buckets' order (role, port, peer): the series' order, the same
+    /// whatever order the buckets came in.
+    bucket_order: Vec<usize>,
+    /// What keys that moved away had counted under a bucket (by id): kept in its series while
+    /// the bucket has keys, so that it never goes back.
+    retired: HashMap<usize, PeerCounts>,
+    retired_timed: HashMap<usize, PeerTiming>,
     /// The naming generation the names were last checked against.
     generation: Option<u64>,
     /// Peers with series of their own: (peer, kind).
     named: HashSet<(String, &'static str)>,
-    /// The histograms a key is counted under: its bucket without the port, or `other`.
-    timed_buckets: HashMap<PeerKey, Bucket>,
     /// Peers with histograms of their own.
     timed: HashSet<(String, &'static str)>,
     /// Listening ports with series of their own.
@@ -555,6 +557,64 @@ struct Budget {
     backend_offsets: HashMap<BackendKey, BackendCounts>,
     backend_retired: HashMap<BackendBucket, BackendCounts>,
     backend_generation: Option<u64>,
+}
+
+/// A peer key's decisions.
+#[derive(Default)]
+struct KeyState {
+    /// Its buckets and the name they were decided under; `None` until decided, and again
+    /// after it moved to another name (decided anew at the next collection).
+    decided: Option<Decided>,
+    /// A key that moved to another name (its address reused by another Pod, or named only
+    /// later) counts from its read at the move on: that read.
+    offset: Option<(PeerCounts, PeerTiming)>,
+}
+
+struct Decided {
+    /// The ids (in `Budget::bucket_list`) of its counters' bucket and its histograms' (the
+    /// bucket without the port, or `other`).
+    bucket: usize,
+    timed: usize,
+    /// The name it was decided under (also for keys folded into `other`).
+    name: (String, &'static str),
+}
+
+/// A bucket and the label sets of its series: its own, and with each direction.
+struct BucketLabels {
+    bucket: Bucket,
+    labels: Vec<(&'static str, LabelValue)>,
+    transmit: Vec<(&'static str, LabelValue)>,
+    receive: Vec<(&'static str, LabelValue)>,
+}
+
+impl Budget {
+    /// The id of `bucket`, made the first time it is seen.
+    fn bucket_id(&mut self, bucket: Bucket) -> usize {
+        if let Some(id) = self.bucket_ids.get(&bucket) {
+            return *id;
+        }
+        let labels = bucket.labels();
+        let with = |value: &'static str| {
+            let mut l = labels.clone();
+            l.push(("direction", value.into()));
+            l
+        };
+        let (transmit, receive) = (with("transmit"), with("receive"));
+        let id = self.bucket_list.len();
+        let list = &self.bucket_list;
+        let at = self
+            .bucket_order
+            .partition_point(|other| list[*other].bucket < bucket);
+        self.bucket_order.insert(at, id);
+        self.bucket_ids.insert(bucket.clone(), id);
+        self.bucket_list.push(BucketLabels {
+            bucket,
+            labels,
+            transmit,
+            receive,
+        });
+        id
+    }
 }
 
 /// The series a backend key is counted under: a named (address connected to, backend) pair,
@@ -593,18 +653,36 @@ fn backend_address(key: &BackendKey) -> IpAddr {
 
 /// Adds what keys that moved away had counted to their old buckets' `sums`: kept while a
 /// bucket has keys (its series never goes back), forgotten once it has none (its series ends).
-fn add_retired<B: Eq + std::hash::Hash + Ord, C>(
+fn add_retired<B: Eq + std::hash::Hash, C>(
     retired: &mut HashMap<B, C>,
-    sums: &mut BTreeMap<&B, C>,
+    sums: &mut impl Sums<B, C>,
     add: fn(&mut C, &C),
 ) {
-    retired.retain(|b, r| match sums.get_mut(b) {
+    retired.retain(|b, r| match sums.sum_of(b) {
         Some(s) => {
             add(s, r);
             true
         }
         None => false,
     });
+}
+
+/// A collection's sums by bucket: the backends' by bucket, the peers' by bucket id.
+trait Sums<B, C> {
+    /// The sum of bucket `b`, if it has keys this collection.
+    fn sum_of(&mut self, b: &B) -> Option<&mut C>;
+}
+
+impl<B: Ord, C> Sums<B, C> for BTreeMap<&B, C> {
+    fn sum_of(&mut self, b: &B) -> Option<&mut C> {
+        self.get_mut(b)
+    }
+}
+
+impl<C> Sums<usize, C> for Vec<Option<C>> {
+    fn sum_of(&mut self, b: &usize) -> Option<&mut C> {
+        self.get_mut(*b)?.as_mut()
+    }
 }
 
 /// [`rename_moved`] for the backend keys: a key moves when the address connected to or the
@@ -866,30 +944,27 @@ fn rename_moved(
     directory: Option<&Directory>,
 ) {
     for (key, counts) in mine {
-        let Some(was) = budget.names.get(key) else {
+        let Some(state) = budget.keys.get_mut(key) else {
             continue;
         };
-        if !renamed(address(key), was, (options, cluster, directory)) {
+        let Some(was) = &state.decided else { continue };
+        if !renamed(address(key), &was.name, (options, cluster, directory)) {
             continue;
         }
         let timing = timings.get(key).copied().unwrap_or_default();
-        let (base, base_timing) = budget.offsets.get(key).copied().unwrap_or_default();
-        if let Some(b) = budget.buckets.remove(key) {
-            budget
-                .retired
-                .entry(b)
-                .or_default()
-                .add(&counts.since(&base));
-        }
-        if let Some(b) = budget.timed_buckets.remove(key) {
-            budget
-                .retired_timed
-                .entry(b)
-                .or_default()
-                .add(&timing.since(&base_timing));
-        }
-        budget.offsets.insert(*key, (*counts, timing));
-        budget.names.remove(key);
+        let (base, base_timing) = state.offset.unwrap_or_default();
+        budget
+            .retired
+            .entry(was.bucket)
+            .or_default()
+            .add(&counts.since(&base));
+        budget
+            .retired_timed
+            .entry(was.timed)
+            .or_default()
+            .add(&timing.since(&base_timing));
+        state.offset = Some((*counts, timing));
+        state.decided = None;
     }
 }
 
@@ -922,13 +997,23 @@ fn series_for(
         budget.generation = Some(generation);
         rename_moved(mine, timings, budget, options, cluster, directory);
     }
-    let mut new: Vec<&&(PeerKey, PeerCounts)> = mine
-        .iter()
-        .filter(|(k, _)| !budget.buckets.contains_key(k))
-        .collect();
+    // Each key's buckets, one lookup a key; the keys not decided yet apart.
+    let mut counted: Vec<(usize, usize, &(PeerKey, PeerCounts), bool)> =
+        Vec::with_capacity(mine.len());
+    let mut new: Vec<&(PeerKey, PeerCounts)> = Vec::new();
+    for entry in mine {
+        match budget.keys.get(&entry.0) {
+            Some(KeyState {
+                decided: Some(d),
+                offset,
+            }) => counted.push((d.bucket, d.timed, entry, offset.is_some())),
+            _ => new.push(entry),
+        }
+    }
     // The busiest first, then by key: the same map gives the same decisions.
     new.sort_by(|(ka, va), (kb, vb)| vb.events().cmp(&va.events()).then(ka.cmp(kb)));
-    for (key, _) in new {
+    for entry in new {
+        let key = &entry.0;
         let role = if key.role == CLIENT {
             "client"
         } else {
@@ -968,28 +1053,38 @@ fn series_for(
             } else {
                 other
             };
-        budget.buckets.insert(*key, bucket);
-        budget.timed_buckets.insert(*key, timed);
-        budget.names.insert(*key, named_now);
+        let (bucket, timed) = (budget.bucket_id(bucket), budget.bucket_id(timed));
+        let state = budget.keys.entry(*key).or_default();
+        state.decided = Some(Decided {
+            bucket,
+            timed,
+            name: named_now,
+        });
+        counted.push((bucket, timed, entry, state.offset.is_some()));
     }
-    let mut sums: BTreeMap<&Bucket, PeerCounts> = BTreeMap::new();
-    let mut timed: BTreeMap<&Bucket, PeerTiming> = BTreeMap::new();
-    for (key, counts) in mine {
-        let offset = budget.offsets.get(key);
-        if let Some(b) = budget.buckets.get(key) {
-            let c = offset.map_or(*counts, |(o, _)| counts.since(o));
-            sums.entry(b).or_default().add(&c);
-        }
-        if let (Some(b), Some(t)) = (budget.timed_buckets.get(key), timings.get(key)) {
+    let mut sums: Vec<Option<PeerCounts>> = vec![None; budget.bucket_list.len()];
+    let mut timed: Vec<Option<PeerTiming>> = vec![None; budget.bucket_list.len()];
+    for (bucket, timed_bucket, (key, counts), moved) in counted {
+        let offset = if moved {
+            budget.keys.get(key).and_then(|s| s.offset.as_ref())
+        } else {
+            None
+        };
+        let c = offset.map_or(*counts, |(o, _)| counts.since(o));
+        sums[bucket].get_or_insert_default().add(&c);
+        if let Some(t) = timings.get(key) {
             let t = offset.map_or(*t, |(_, o)| t.since(o));
-            timed.entry(b).or_default().add(&t);
+            timed[timed_bucket].get_or_insert_default().add(&t);
         }
     }
     add_retired(&mut budget.retired, &mut sums, PeerCounts::add);
     add_retired(&mut budget.retired_timed, &mut timed, PeerTiming::add);
     let n = METRICS.len();
     let mut out = Vec::new();
-    for (bucket, t) in timed {
+    for &id in &budget.bucket_order {
+        let (Some(Some(t)), Some(b)) = (timed.get(id), budget.bucket_list.get(id)) else {
+            continue;
+        };
         for (metric, counts, sum_us) in [
             (CONNECT_LATENCY, &t.connect, t.connect_sum_us),
             (RTT, &t.rtt, t.rtt_sum_us),
@@ -1000,19 +1095,15 @@ fn series_for(
                     counts: exported(counts),
                     sum: sum_us as f64 / 1e6,
                 };
-                out.push(Series::histogram(n, metric, h, bucket.labels()));
+                out.push(Series::histogram(n, metric, h, b.labels.clone()));
             }
         }
     }
-    for (bucket, c) in sums {
-        let labels = bucket.labels();
-        out.push(Series::only(n, CONNECTIONS, c.opened, labels.clone()));
-        let with = |name: &'static str, value: &'static str| {
-            let mut l = Vec::with_capacity(labels.len() + 1);
-            l.extend_from_slice(&labels);
-            l.push((name, value.into()));
-            l
+    for &id in &budget.bucket_order {
+        let (Some(Some(c)), Some(b)) = (sums.get(id), budget.bucket_list.get(id)) else {
+            continue;
         };
+        out.push(Series::only(n, CONNECTIONS, c.opened, b.labels.clone()));
         for (reason, v) in [
             ("refused", c.refused),
             ("timeout", c.timeout),
@@ -1020,25 +1111,28 @@ fn series_for(
             ("other", c.other),
         ] {
             if v > 0 {
-                out.push(Series::only(n, FAILURES, v, with("reason", reason)));
+                let mut l = Vec::with_capacity(b.labels.len() + 1);
+                l.extend_from_slice(&b.labels);
+                l.push(("reason", reason.into()));
+                out.push(Series::only(n, FAILURES, v, l));
             }
         }
         if c.retransmits > 0 {
-            out.push(Series::only(n, RETRANSMITS, c.retransmits, labels.clone()));
+            out.push(Series::only(
+                n,
+                RETRANSMITS,
+                c.retransmits,
+                b.labels.clone(),
+            ));
         }
-        for (direction, resets, bytes) in [
-            ("transmit", c.resets_sent, c.bytes_sent),
-            ("receive", c.resets_received, c.bytes_received),
+        for (labels, resets, bytes) in [
+            (&b.transmit, c.resets_sent, c.bytes_sent),
+            (&b.receive, c.resets_received, c.bytes_received),
         ] {
             if resets > 0 {
-                out.push(Series::only(
-                    n,
-                    RESETS,
-                    resets,
-                    with("direction", direction),
-                ));
+                out.push(Series::only(n, RESETS, resets, labels.clone()));
             }
-            out.push(Series::only(n, BYTES, bytes, with("direction", direction)));
+            out.push(Series::only(n, BYTES, bytes, labels.clone()));
         }
     }
     out
