@@ -123,11 +123,11 @@ fn snapshot(peers: bool) -> Snapshot {
                 if !name.is_empty() {
                     attrs.push(KeyValue::new("if_name", *name));
                 }
-                series[p].push(ObservedSeries {
+                series[p].push(ObservedSeries::with_attrs(
                     attrs,
-                    values: values.clone(),
-                    histograms: Vec::new(),
-                });
+                    values.clone(),
+                    Vec::new(),
+                ));
             }
         }
     }
@@ -155,11 +155,7 @@ fn peer_series(base: &[KeyValue], metrics: &[probes::MetricDef], out: &mut Vec<O
         attrs.extend(labels);
         let mut values = vec![None; metrics.len()];
         values[metric] = Some(value);
-        ObservedSeries {
-            attrs,
-            values,
-            histograms: Vec::new(),
-        }
+        ObservedSeries::with_attrs(attrs, values, Vec::new())
     };
     for role in ["client", "server"] {
         for peer in 0..=NAMED {
@@ -201,10 +197,10 @@ fn peer_series(base: &[KeyValue], metrics: &[probes::MetricDef], out: &mut Vec<O
                     counts[peer % bounds.len()] = 50;
                     let mut attrs = base.to_vec();
                     attrs.extend(labels(true));
-                    out.push(ObservedSeries {
+                    out.push(ObservedSeries::with_attrs(
                         attrs,
-                        values: vec![None; metrics.len()],
-                        histograms: vec![(
+                        vec![None; metrics.len()],
+                        vec![(
                             m,
                             Histogram {
                                 bounds,
@@ -212,7 +208,7 @@ fn peer_series(base: &[KeyValue], metrics: &[probes::MetricDef], out: &mut Vec<O
                                 sum: 0.0123,
                             },
                         )],
-                    });
+                    ));
                 }
             }
         }

@@ -37,12 +37,50 @@ pub const TRACE: &str = "net_exporter::trace";
 /// Name under which namespace discovery and entering report, beside the probes.
 pub const NETNS_COLLECTOR: &str = "netns";
 
-/// A series ready to be observed: its full attribute set and its values.
+/// A series ready to be observed: its attributes (its target's, shared by the target's
+/// series, then its own labels) and its values.
 #[derive(Debug, Clone)]
 pub struct ObservedSeries {
-    pub attrs: Vec<KeyValue>,
+    /// The target's (`k8s.pod.name`, `netns` ...; the node's name for node-scope metrics).
+    pub base: Arc<[KeyValue]>,
+    /// The probe's labels of the series.
+    pub labels: probes::Labels,
     pub values: Vec<Option<u64>>,
     pub histograms: Vec<(usize, probes::Histogram)>,
+}
+
+impl ObservedSeries {
+    /// A series whose attributes are all in `attrs` (tests, benchmarks).
+    pub fn with_attrs(
+        attrs: Vec<KeyValue>,
+        values: Vec<Option<u64>>,
+        histograms: Vec<(usize, probes::Histogram)>,
+    ) -> Self {
+        Self {
+            base: attrs.into(),
+            labels: probes::Labels::default(),
+            values,
+            histograms,
+        }
+    }
+
+    /// Every attribute as OpenTelemetry has them: the target's, then the series' own.
+    pub fn attrs(&self) -> Vec<KeyValue> {
+        let own = self
+            .labels
+            .iter()
+            .map(|(k, v)| KeyValue::new(*k, v.clone()));
+        self.base.iter().cloned().chain(own).collect()
+    }
+
+    /// The value of attribute `key` (a target's or the series' own), if it has it.
+    pub fn attr(&self, key: &str) -> Option<String> {
+        let base = self.base.iter().find(|kv| kv.key.as_str() == key);
+        base.map(|kv| kv.value.as_str().into_owned()).or_else(|| {
+            let own = self.labels.iter().find(|(k, _)| *k == key);
+            own.map(|(_, v)| v.as_str().to_string())
+        })
+    }
 }
 
 /// How one collector (a probe, or namespace discovery) did in one collection.
@@ -620,7 +658,8 @@ impl Collector {
         let mut netns_failures: Vec<String> = discovery_error.into_iter().collect();
         let mut sessions = HashMap::new();
         let mut targets = 0;
-        let node_attrs = vec![KeyValue::new(NODE_ATTRIBUTE, self.node_name.clone())];
+        let node_attrs: Arc<[KeyValue]> =
+            Arc::from([KeyValue::new(NODE_ATTRIBUTE, self.node_name.clone())]);
         let (mut series_total, mut dropped, mut dropped_targets) = (0usize, 0usize, 0usize);
 
         for r in results {
@@ -635,7 +674,7 @@ impl Collector {
                 netns_failures.push(format!("{who}: {e}"));
             }
             // Shared label values: one allocation per target, not per series.
-            let base: Vec<KeyValue> = r
+            let base: Arc<[KeyValue]> = r
                 .target
                 .labels
                 .iter()
@@ -676,15 +715,11 @@ impl Collector {
                         } else {
                             &base
                         };
-                        series[slot.index].extend(list.into_iter().map(|s| {
-                            let mut attrs = Vec::with_capacity(attrs_base.len() + s.labels.len());
-                            attrs.extend_from_slice(attrs_base);
-                            attrs.extend(s.labels.into_iter().map(|(k, v)| KeyValue::new(k, v)));
-                            ObservedSeries {
-                                attrs,
-                                values: s.values,
-                                histograms: s.histograms,
-                            }
+                        series[slot.index].extend(list.into_iter().map(|s| ObservedSeries {
+                            base: Arc::clone(attrs_base),
+                            labels: s.labels,
+                            values: s.values,
+                            histograms: s.histograms,
                         }));
                     }
                     Err(e) => failures[j].push(format!("{who}: {e:#}")),
@@ -720,7 +755,7 @@ impl Collector {
             series,
             collectors,
             availability: availability(slots),
-            node_attrs,
+            node_attrs: node_attrs.to_vec(),
             targets,
             series_count: series_total as u64,
             series_dropped_total: state.series_dropped_total,

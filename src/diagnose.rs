@@ -31,12 +31,7 @@ impl Target {
     }
 
     fn matches(&self, s: &ObservedSeries) -> bool {
-        let attr = |k: &str| {
-            s.attrs
-                .iter()
-                .find(|kv| kv.key.as_str() == k)
-                .map(|kv| kv.value.as_str().into_owned())
-        };
+        let attr = |k: &str| s.attr(k);
         match self {
             Self::Pod { namespace, name } => {
                 attr("k8s.namespace.name").as_deref() == Some(namespace)
@@ -305,11 +300,7 @@ fn resolvers(snapshot: &Snapshot, target: &Target) -> Vec<ResolverRow> {
 
 /// Label `k` of a series, or "".
 fn label_of(s: &ObservedSeries, k: &str) -> String {
-    s.attrs
-        .iter()
-        .find(|kv| kv.key.as_str() == k)
-        .map(|kv| kv.value.as_str().into_owned())
-        .unwrap_or_default()
+    s.attr(k).unwrap_or_default()
 }
 
 /// The series' value of metric `name` of its probe (`metrics`), or 0.
@@ -506,11 +497,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| KeyValue::new(k.to_string(), v.to_string())),
         );
-        ObservedSeries {
-            attrs,
-            values,
-            histograms,
-        }
+        ObservedSeries::with_attrs(attrs, values, histograms)
     }
 
     #[test]
@@ -681,11 +668,7 @@ mod tests {
                     .iter()
                     .map(|(k, v)| KeyValue::new(k.to_string(), v.to_string())),
             );
-            ObservedSeries {
-                attrs,
-                values,
-                histograms: Vec::new(),
-            }
+            ObservedSeries::with_attrs(attrs, values, Vec::new())
         };
         let q = "netexporter_dns_queries_total";
         let a = "netexporter_dns_answers_total";

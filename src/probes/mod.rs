@@ -275,6 +275,12 @@ pub fn attribute_name(label: &'static str) -> &'static str {
 /// series had ~8 before: 100 namespaces x 50 peers are ~30,000 series).
 pub type LabelValue = opentelemetry::StringValue;
 
+/// A series' own labels, shared: a probe that makes several series of one label set (the
+/// peers' bucket: its connections, its bytes each way, at every collection) clones a pointer,
+/// and the collection keeps it as it is, beside the target's attributes, instead of copying
+/// both into one set per series.
+pub type Labels = std::sync::Arc<[(&'static str, LabelValue)]>;
+
 /// One set of values from a probe for one target: `values[i]` belongs to `METRICS[i]`, and
 /// metrics past its end have none (a series of one metric carries no slots for the rest: the
 /// peers' ~30,000 series at 100 namespaces have one value each of 14 metrics). `None` means
@@ -284,7 +290,7 @@ pub type LabelValue = opentelemetry::StringValue;
 /// the values of the histogram metrics, by index in `METRICS` (their `values` are `None`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Series {
-    pub labels: Vec<(&'static str, LabelValue)>,
+    pub labels: Labels,
     pub values: Vec<Option<u64>>,
     pub histograms: Vec<(usize, Histogram)>,
 }
@@ -314,7 +320,7 @@ impl Histogram {
 impl Series {
     pub fn new(values: Vec<Option<u64>>) -> Self {
         Self {
-            labels: Vec::new(),
+            labels: Labels::default(),
             values,
             histograms: Vec::new(),
         }
@@ -323,7 +329,7 @@ impl Series {
     /// `values` with one extra label.
     pub fn labelled(label: (&'static str, LabelValue), values: Vec<Option<u64>>) -> Self {
         Self {
-            labels: vec![label],
+            labels: Labels::from([label]),
             values,
             histograms: Vec::new(),
         }
@@ -334,10 +340,10 @@ impl Series {
         len: usize,
         index: usize,
         histogram: Histogram,
-        labels: Vec<(&'static str, LabelValue)>,
+        labels: impl Into<Labels>,
     ) -> Self {
         Self {
-            labels,
+            labels: labels.into(),
             values: Vec::new(),
             histograms: if index < len {
                 vec![(index, histogram)]
@@ -364,19 +370,14 @@ impl Series {
     }
 
     /// The same with any number of labels.
-    pub fn only(
-        len: usize,
-        index: usize,
-        value: u64,
-        labels: Vec<(&'static str, LabelValue)>,
-    ) -> Self {
+    pub fn only(len: usize, index: usize, value: u64, labels: impl Into<Labels>) -> Self {
         let mut values = Vec::new();
         if index < len {
             values.resize(index, None);
             values.push(Some(value));
         }
         Self {
-            labels,
+            labels: labels.into(),
             values,
             histograms: Vec::new(),
         }

@@ -83,9 +83,10 @@ impl Replay {
                     let Some(instrument) = self.instruments.get(&(p, *m)) else {
                         continue;
                     };
-                    let id = (p, *m, key(&s.attrs));
+                    let attrs = s.attrs();
+                    let id = (p, *m, key(&attrs));
                     let (counts, sum) = gained(state.sent.get(&id), h);
-                    replay(h.bounds, &counts, sum, |v| instrument.record(v, &s.attrs));
+                    replay(h.bounds, &counts, sum, |v| instrument.record(v, &attrs));
                     pending.insert(id, h.clone());
                 }
             }

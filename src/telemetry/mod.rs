@@ -291,7 +291,7 @@ fn register_probe_instruments(
                 let snap = read(&current);
                 for s in snap.series.get(p).into_iter().flatten() {
                     if let Some(Some(v)) = s.values.get(m) {
-                        obs.observe(*v, &s.attrs);
+                        obs.observe(*v, &s.attrs());
                     }
                 }
             };

@@ -8,10 +8,11 @@
 //! per collect on this workload (see docs/architecture.md). The format itself is small.
 //! Output is sorted by metric name and then by label set, so it is stable for tests.
 
+use std::borrow::Cow;
 use std::fmt::Write;
 use std::ops::Range;
 
-use opentelemetry::{KeyValue, Value};
+use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, Metric, MetricData, ResourceMetrics};
 
 use crate::collector::{ObservedSeries, Snapshot};
@@ -112,7 +113,11 @@ pub fn probe_families(snapshot: &Snapshot) -> ProbeFamilies<'_> {
     for list in &snapshot.series {
         let mut labelled = Vec::with_capacity(list.len());
         for series in list {
-            label_pairs_into(series.attrs.iter(), &mut pairs);
+            let own = series
+                .labels
+                .iter()
+                .map(|(k, v)| (*k, Cow::Borrowed(v.as_str())));
+            label_pairs_into(series.base.iter().map(attribute).chain(own), &mut pairs);
             let at = pairs.partition_point(|(label, _)| *label < "le");
             let start = text.len();
             render_pairs(&mut text, &pairs[..at]);
@@ -359,33 +364,37 @@ fn labels<'a>(attrs: impl Iterator<Item = &'a KeyValue>) -> String {
     s
 }
 
+/// An attribute as (name, text).
+fn attribute(kv: &KeyValue) -> (&str, Cow<'_, str>) {
+    (kv.key.as_str(), kv.value.as_str())
+}
+
 /// The attributes that are labels, by their label name (semantic-convention attributes renamed
 /// to the contract's labels, the rest as they are), sorted by it.
-fn label_pairs<'a>(attrs: impl Iterator<Item = &'a KeyValue>) -> Vec<(&'a str, &'a KeyValue)> {
+fn label_pairs<'a>(attrs: impl Iterator<Item = &'a KeyValue>) -> Vec<(&'a str, Cow<'a, str>)> {
     let mut pairs = Vec::new();
-    label_pairs_into(attrs, &mut pairs);
+    label_pairs_into(attrs.map(attribute), &mut pairs);
     pairs
 }
 
-/// The same into `pairs` (cleared first), whose allocation is reused.
+/// The same from (name, text) pairs into `pairs` (cleared first), whose allocation is reused.
 fn label_pairs_into<'a>(
-    attrs: impl Iterator<Item = &'a KeyValue>,
-    pairs: &mut Vec<(&'a str, &'a KeyValue)>,
+    attrs: impl Iterator<Item = (&'a str, Cow<'a, str>)>,
+    pairs: &mut Vec<(&'a str, Cow<'a, str>)>,
 ) {
     pairs.clear();
-    pairs.extend(attrs.filter_map(|kv| {
-        let key = kv.key.as_str();
+    pairs.extend(attrs.filter_map(|(key, text)| {
         match SEMCONV_LABELS.iter().find(|(otel, _)| *otel == key) {
-            Some((_, Some(label))) => Some((*label, kv)),
+            Some((_, Some(label))) => Some((*label, text)),
             Some((_, None)) => None,
-            None => Some((key, kv)),
+            None => Some((key, text)),
         }
     }));
     pairs.sort_by(|a, b| a.0.cmp(b.0));
 }
 
 /// Appends the label set with its braces (nothing when it is empty).
-fn push_labels(s: &mut String, pairs: &[(&str, &KeyValue)]) {
+fn push_labels(s: &mut String, pairs: &[(&str, Cow<str>)]) {
     if pairs.is_empty() {
         return;
     }
@@ -395,17 +404,14 @@ fn push_labels(s: &mut String, pairs: &[(&str, &KeyValue)]) {
 }
 
 /// Appends `name="value",...`, without braces.
-fn render_pairs(s: &mut String, pairs: &[(&str, &KeyValue)]) {
-    for (i, (name, kv)) in pairs.iter().enumerate() {
+fn render_pairs(s: &mut String, pairs: &[(&str, Cow<str>)]) {
+    for (i, (name, text)) in pairs.iter().enumerate() {
         if i > 0 {
             s.push(',');
         }
         push_label_name(s, name);
         s.push_str("=\"");
-        match &kv.value {
-            Value::String(v) => escape_label_value(s, v.as_str()),
-            other => escape_label_value(s, &other.to_string()),
-        }
+        escape_label_value(s, text);
         s.push('"');
     }
 }
@@ -553,14 +559,14 @@ mod tests {
         for i in 0..5000u64 {
             let mut values = vec![None; crate::probes::PROBES[p].metrics.len()];
             values[m] = Some(i);
-            snapshot.series[p].push(crate::collector::ObservedSeries {
-                attrs: vec![
+            snapshot.series[p].push(crate::collector::ObservedSeries::with_attrs(
+                vec![
                     KeyValue::new("netns", format!("ns{i:04}")),
                     KeyValue::new("server.port", "80"),
                 ],
                 values,
-                histograms: Vec::new(),
-            });
+                Vec::new(),
+            ));
         }
         let families = probe_families(&snapshot);
         let text = encode(&ResourceMetrics::default(), &families, 0);
@@ -600,10 +606,10 @@ mod tests {
         for (peer, count) in [("b", 2), ("a", 1), ("b", 5)] {
             let mut counts = vec![0; def.bounds.len() + 1];
             counts[0] = count;
-            snapshot.series[p].push(crate::collector::ObservedSeries {
-                attrs: vec![KeyValue::new("peer", peer)],
-                values: vec![None; metrics.len()],
-                histograms: vec![(
+            snapshot.series[p].push(crate::collector::ObservedSeries::with_attrs(
+                vec![KeyValue::new("peer", peer)],
+                vec![None; metrics.len()],
+                vec![(
                     m,
                     crate::probes::Histogram {
                         bounds: def.bounds,
@@ -611,7 +617,7 @@ mod tests {
                         sum: 1.5,
                     },
                 )],
-            });
+            ));
         }
         let text = encode(&ResourceMetrics::default(), &probe_families(&snapshot), 0);
         let count = |peer: &str| format!("{}_count{{peer=\"{peer}\"}} ", def.name);

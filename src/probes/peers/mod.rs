@@ -50,7 +50,7 @@ use ipnet::IpNet;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Build, Histogram, LabelValue, MetricDef, Probe, Scope, Series};
+use super::{Build, Histogram, LabelValue, Labels, MetricDef, Probe, Scope, Series};
 use crate::inventory::ClusterView;
 use crate::inventory::objects::{self, ClusterObjects};
 use crate::metrics;
@@ -582,9 +582,9 @@ struct Decided {
 /// A bucket and the label sets of its series: its own, and with each direction.
 struct BucketLabels {
     bucket: Bucket,
-    labels: Vec<(&'static str, LabelValue)>,
-    transmit: Vec<(&'static str, LabelValue)>,
-    receive: Vec<(&'static str, LabelValue)>,
+    labels: Labels,
+    transmit: Labels,
+    receive: Labels,
 }
 
 impl Budget {
@@ -597,9 +597,10 @@ impl Budget {
         let with = |value: &'static str| {
             let mut l = labels.clone();
             l.push(("direction", value.into()));
-            l
+            Labels::from(l)
         };
         let (transmit, receive) = (with("transmit"), with("receive"));
+        let labels = Labels::from(labels);
         let id = self.bucket_list.len();
         let list = &self.bucket_list;
         let at = self
