@@ -60,10 +60,15 @@ fn main() {
         "the benchmark creates network namespaces: run it as root"
     );
     let tag = format!("nb{}", std::process::id() % 1000);
+    if std::env::args().any(|a| a == "listeners") {
+        println!("{}", listeners_cost(&tag));
+        return;
+    }
     let mut world = World {
-        tag,
+        tag: tag.clone(),
         count: 0,
         sockets: Vec::new(),
+        busy: true,
     };
     if std::env::args().any(|a| a == "peers") {
         for n in PEERS_SIZES {
@@ -200,7 +205,61 @@ fn main() {
         println!("{row}");
     }
     println!();
+    drop(world);
+    println!("{}", listeners_cost(&tag));
+    println!();
     connection_setup();
+}
+
+/// Namespaces that only listen: a scrape with one IPv4 listener in each of 100 namespaces and
+/// nothing else, against the same namespaces empty, in alternating rounds (the peers probe
+/// off). On the sock_diag path the socket summaries skip the established hash of a namespace
+/// whose sockets in use are all listeners (docs/sockets.md): each such walk of the node's
+/// whole TCP hash cost ~1 ms here, 5x a listen-only world's scrape before (267419d).
+fn listeners_cost(tag: &str) -> String {
+    const N: usize = 100;
+    let mut world = World {
+        tag: format!("{tag}l"),
+        count: 0,
+        sockets: Vec::new(),
+        busy: false,
+    };
+    world.grow_to(N);
+    let peers_off = "probes:\n  peers:\n    enabled: false\n";
+    let (mut empty, mut listening) = (Duration::ZERO, Duration::ZERO);
+    let mut path = String::new();
+    for _ in 0..PEERS_ROUNDS {
+        empty += measure_config("auto", peers_off, &[], None, &|| {}).cpu;
+        let listeners: Vec<_> = (0..N)
+            .map(|i| listener_in(Path::new(&format!("/run/netns/{}", world.name(i)))))
+            .collect();
+        let m = measure_config("auto", peers_off, &[], None, &|| {});
+        listening += m.cpu;
+        path = m.path;
+        drop(listeners);
+    }
+    let per = |c: Duration| ms(c / PEERS_ROUNDS as u32);
+    format!(
+        "{N} namespaces that only listen (one IPv4 listener each, socket summaries: {path}), \
+         {PEERS_ROUNDS} alternating rounds of {SCRAPES} scrapes, peers off: empty cpu {:.2} ms, \
+         listening cpu {:.2} ms ({:.2}x)",
+        per(empty),
+        per(listening),
+        per(listening) / per(empty).max(1e-6)
+    )
+}
+
+/// A listener on port 8080 of namespace `ns`, opened by a thread inside it.
+fn listener_in(ns: &Path) -> TcpListener {
+    let ns_file = std::fs::File::open(ns).expect("open netns");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            TcpListener::bind("0.0.0.0:8080").expect("listen")
+        })
+        .join()
+        .expect("listener thread")
+    })
 }
 
 const MEMORY_HEADER: &str = "netns   bpf  vmhwm_mib  vmrss_mib  hwm/rss";
@@ -771,11 +830,13 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// The benchmark's namespaces and the sockets that keep them busy.
+/// The benchmark's namespaces and the sockets that keep them busy (`busy`: each gets
+/// [`busy_sockets`]; else none).
 struct World {
     tag: String,
     count: usize,
     sockets: Vec<Vec<std::os::fd::OwnedFd>>,
+    busy: bool,
 }
 
 impl World {
@@ -813,8 +874,10 @@ impl World {
                     "ip -n {ns} link set {dev} up"
                 );
             }
-            let path = format!("/run/netns/{}", self.name(i));
-            self.sockets.push(busy_sockets(Path::new(&path)));
+            if self.busy {
+                let path = format!("/run/netns/{}", self.name(i));
+                self.sockets.push(busy_sockets(Path::new(&path)));
+            }
         }
         self.count = n;
     }
