@@ -524,10 +524,9 @@ struct Budget {
     /// labels, made once: a collection sums into a vector by id, and its series clone the
     /// labels (no string compares, no label values made anew).
     bucket_list: Vec<BucketLabels>,
-    bucket_ids: HashMap<Bucket, usize>,
-    /// The ids in the buckets' order (role, port, peer): the series' order, the same
-    /// whatever order the buckets came in.
-    bucket_order: Vec<usize>,
+    /// The ids by bucket, in the buckets' order (role, port, peer): the series' order, the
+    /// same whatever order the buckets came in.
+    bucket_ids: BTreeMap<Bucket, usize>,
     /// What keys that moved away had counted under a bucket (by id): kept in its series while
     /// the bucket has keys, so that it never goes back.
     retired: HashMap<usize, PeerCounts>,
@@ -581,7 +580,6 @@ struct Decided {
 
 /// A bucket and the label sets of its series: its own, and with each direction.
 struct BucketLabels {
-    bucket: Bucket,
     labels: Labels,
     transmit: Labels,
     receive: Labels,
@@ -602,14 +600,8 @@ impl Budget {
         let (transmit, receive) = (with("transmit"), with("receive"));
         let labels = Labels::from(labels);
         let id = self.bucket_list.len();
-        let list = &self.bucket_list;
-        let at = self
-            .bucket_order
-            .partition_point(|other| list[*other].bucket < bucket);
-        self.bucket_order.insert(at, id);
-        self.bucket_ids.insert(bucket.clone(), id);
+        self.bucket_ids.insert(bucket, id);
         self.bucket_list.push(BucketLabels {
-            bucket,
             labels,
             transmit,
             receive,
@@ -1082,7 +1074,7 @@ fn series_for(
     add_retired(&mut budget.retired_timed, &mut timed, PeerTiming::add);
     let n = METRICS.len();
     let mut out = Vec::new();
-    for &id in &budget.bucket_order {
+    for &id in budget.bucket_ids.values() {
         let (Some(Some(t)), Some(b)) = (timed.get(id), budget.bucket_list.get(id)) else {
             continue;
         };
@@ -1100,7 +1092,7 @@ fn series_for(
             }
         }
     }
-    for &id in &budget.bucket_order {
+    for &id in budget.bucket_ids.values() {
         let (Some(Some(c)), Some(b)) = (sums.get(id), budget.bucket_list.get(id)) else {
             continue;
         };
